@@ -1,0 +1,91 @@
+"""The producer processes: start them, let them walk, notice when they end.
+
+Producers are forked children that die with the controller (PDEATHSIG), so a
+controller killed with -9 leaves no producer writing into the ledger while the
+next run lists the same directories again.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import traceback
+
+from ledger import db, logbook, migration, walkqueue
+
+from .walk import Limits, Producer
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:   # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _produce(ledger_path: str, src: bytes, producer_id: int, limits: Limits,
+             parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
+    engine = db.writer(ledger_path)
+    with engine.connect() as conn:
+        try:
+            Producer(conn, src, producer_id, limits).run()
+            walkqueue.finish_producer(conn, producer_id)
+        except Exception:
+            logbook.add(conn, "error", f"producer {producer_id} crashed: "
+                        + traceback.format_exc().strip().splitlines()[-1])
+            traceback.print_exc(file=sys.stderr)
+            os._exit(3)
+
+
+class Walk:
+    """P producer processes walking SRC into the ledger."""
+
+    def __init__(self, ledger_path: str, src: str, count: int, limits: Limits):
+        self.ledger_path, self.src, self.count, self.limits = ledger_path, src, count, limits
+        self.procs: list[multiprocessing.Process] = []
+
+    def start(self) -> None:
+        engine = db.writer(self.ledger_path)
+        with engine.connect() as conn:
+            walkqueue.reset_claimed(conn)
+            walkqueue.seed(conn)
+            migration.start_producers(conn, self.count)
+        engine.dispose()
+        ctx = multiprocessing.get_context("fork")
+        for pid in range(1, self.count + 1):
+            p = ctx.Process(target=_produce, name=f"fleetsync-producer-{pid}", daemon=True,
+                            args=(self.ledger_path, os.fsencode(self.src), pid, self.limits,
+                                  os.getpid()))
+            p.start()
+            self.procs.append(p)
+
+    def running(self) -> bool:
+        return any(p.is_alive() for p in self.procs)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the producers; True when every one ended well and the walk is complete."""
+        for p in self.procs:
+            p.join(timeout)
+        if self.running():
+            return False
+        ok = all(p.exitcode == 0 for p in self.procs)
+        if ok:
+            engine = db.writer(self.ledger_path)
+            with engine.connect() as conn:
+                ok = walkqueue.walk_finished(conn)
+                if ok:
+                    migration.set_walk_done(conn)
+            engine.dispose()
+        return ok
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+        for p in self.procs:
+            p.join()

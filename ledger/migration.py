@@ -1,0 +1,119 @@
+"""The migration row: what this ledger is for, and how long it has run.
+
+A ledger belongs to one SRC and one DEST for life; opening it for another pair
+is refused. Running time is kept across resumes: each run adds its own span,
+and a crashed run's span ends at its last controller heartbeat.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from . import schema
+from .db import LedgerError
+from .schema import migration, producers
+
+# The API calls a run live while its heartbeat is younger than this.
+LIVE_AFTER_HEARTBEAT = 15.0
+
+
+@dataclass
+class Migration:
+    migration_id: str
+    src: str
+    dest: str
+    options: dict
+    walk_done: bool
+
+
+def _row_to_migration(row) -> Migration:
+    return Migration(row.migration_id, row.src, row.dest, json.loads(row.options),
+                     bool(row.walk_done))
+
+
+def load(conn: Connection) -> Migration | None:
+    row = conn.execute(select(migration)).first()
+    return _row_to_migration(row) if row else None
+
+
+def open_or_create(engine: Engine, src: str, dest: str, options: dict) -> Migration:
+    """The ledger's migration, created on first use; another SRC/DEST is refused."""
+    schema.create(engine)
+    with engine.connect() as conn:
+        with conn.begin():
+            row = conn.execute(select(migration)).first()
+            if row is None:
+                conn.execute(insert(migration).values(
+                    id=1, migration_id=str(uuid.uuid4()), schema_version=schema.SCHEMA_VERSION,
+                    src=src, dest=dest, options=json.dumps(options, sort_keys=True),
+                    created_ts=time.time()))
+                row = conn.execute(select(migration)).first()
+        found = _row_to_migration(row)
+    if (found.src, found.dest) != (src, dest):
+        raise LedgerError(
+            f"this ledger belongs to another migration ({found.src} -> {found.dest}); "
+            f"use another --ledger for {src} -> {dest}")
+    return found
+
+
+def start_run(conn: Connection) -> None:
+    """Close the span of a crashed run (up to its last heartbeat) and open a new one."""
+    now = time.time()
+    with conn.begin():
+        row = conn.execute(select(migration.c.run_started_ts, migration.c.run_heartbeat_ts,
+                                  migration.c.finished_ts)).one()
+        extra = 0.0
+        if row.run_started_ts is not None and row.finished_ts is None:
+            extra = max(0.0, (row.run_heartbeat_ts or row.run_started_ts) - row.run_started_ts)
+        conn.execute(update(migration).values(
+            elapsed_before=migration.c.elapsed_before + extra,
+            run_started_ts=now, run_heartbeat_ts=now, finished_ts=None))
+
+
+def heartbeat(conn: Connection) -> None:
+    with conn.begin():
+        conn.execute(update(migration).values(run_heartbeat_ts=time.time()))
+
+
+def end_run(conn: Connection) -> None:
+    """Fold this run's span into elapsed_before; the run is over."""
+    now = time.time()
+    with conn.begin():
+        row = conn.execute(select(migration.c.run_started_ts)).one()
+        span = max(0.0, now - row.run_started_ts) if row.run_started_ts else 0.0
+        conn.execute(update(migration).values(
+            elapsed_before=migration.c.elapsed_before + span,
+            run_started_ts=None, run_heartbeat_ts=now, finished_ts=now))
+
+
+def elapsed(row, now: float | None = None) -> float:
+    """Seconds the migration has been running, across resumes (from a migration row)."""
+    now = time.time() if now is None else now
+    total = row.elapsed_before
+    if row.run_started_ts is not None:
+        beat = row.run_heartbeat_ts or row.run_started_ts
+        live = now - beat < LIVE_AFTER_HEARTBEAT
+        total += (now if live else beat) - row.run_started_ts
+    return max(0.0, total)
+
+
+def set_walk_done(conn: Connection) -> None:
+    with conn.begin():
+        conn.execute(update(migration).values(walk_done=1))
+
+
+def start_producers(conn: Connection, count: int) -> None:
+    """Producer rows 1..count, running; the rows of an earlier run are reused."""
+    now = time.time()
+    with conn.begin():
+        conn.execute(producers.delete().where(producers.c.producer_id > count))
+        for pid in range(1, count + 1):
+            res = conn.execute(update(producers).where(producers.c.producer_id == pid)
+                               .values(state="running", started_ts=now, finished_ts=None))
+            if res.rowcount == 0:
+                conn.execute(insert(producers).values(producer_id=pid, state="running",
+                                                      started_ts=now))
