@@ -1,0 +1,155 @@
+"""The Bottle app: `make_app(ledger_path, token=None)`.
+
+Every route is a row of ROUTES; the same rows register the routes and write
+/openapi.json. A request reads the ledger in one read transaction (one
+consistent snapshot) through the read-only engine, so the API can serve a
+live, finished or crashed migration and can never change it.
+"""
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import bottle
+from sqlalchemy import Connection, exc
+
+from ledger import queries
+from ledger.db import reader
+from ledger.schema import AttemptStatus
+
+from . import errors, metrics, openapi
+from .params import INT64_MAX, ChoiceParam, IntParam, Param, TextParam, parse_query
+
+MAX_PAGE = 10_000
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str                            # Bottle syntax: /batches/<task_id>
+    summary: str
+    view: Callable[..., dict | str]      # view(conn, **params) -> body
+    params: tuple[Param, ...] = ()
+    path_params: tuple[Param, ...] = ()
+    response: str = ""                   # schema name in openapi.SCHEMAS
+    media_type: str = errors.JSON_TYPE
+    public: bool = False                 # answered without the token
+    ledger: bool = True                  # False: view(**params), no snapshot opened
+
+
+def _healthz(conn: Connection) -> dict:
+    queries.batch_counts(conn)   # fails (503) when the ledger cannot be read
+    return {"status": "ok"}
+
+
+def _batch(conn: Connection, task_id: int, limit: int, offset: int) -> dict:
+    found = queries.batch(conn, task_id, limit=limit, offset=offset)
+    if found is None:
+        raise errors.not_found(f"no batch with task_id {task_id}")
+    return found
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("/status", "Batch counts, queue depth and finished producers",
+          lambda conn: queries.status(conn), response="Status"),
+    Route("/progress", "Completed, failed and pending batches",
+          lambda conn: queries.progress(conn), response="Progress"),
+    Route("/throughput", "Rates of succeeded batches since the migration started",
+          lambda conn: queries.throughput(conn), response="Throughput"),
+    Route("/workers", "Last heartbeat of every worker (master local time)",
+          lambda conn: queries.heartbeats(conn), response="Workers"),
+    Route("/logs", "The newest warnings and errors, newest last",
+          lambda conn, limit: queries.logs(conn, limit),
+          params=(IntParam("limit", "Lines of each level", 1, MAX_PAGE, queries.LOGS_LIMIT),),
+          response="Logs"),
+    Route("/results", "A page of the retained attempt results, newest last",
+          queries.results,
+          params=(
+              IntParam("limit", "Results in the page", 1, MAX_PAGE, queries.RESULTS_PAGE),
+              IntParam("after", "Only attempts with a greater attempt_id; the page is then "
+                                "the oldest matches (read forward)", 0, INT64_MAX),
+              IntParam("before", "Only attempts with a smaller attempt_id", 0, INT64_MAX),
+              ChoiceParam("status", "Only this attempt status",
+                          tuple(s.value for s in AttemptStatus)),
+              TextParam("worker", "Only attempts by this worker_id"),
+          ),
+          response="Results"),
+    Route("/batches/<task_id>", "One batch: its row, a page of its entries, every attempt",
+          _batch,
+          params=(IntParam("limit", "Entries in the page", 1, MAX_PAGE, 1000),
+                  IntParam("offset", "Entries to skip (ordered by path bytes)",
+                           0, INT64_MAX, 0)),
+          path_params=(IntParam("task_id", "The batch", 1, INT64_MAX),),
+          response="Batch"),
+    Route("/metrics", "The same numbers in Prometheus text format", metrics.render,
+          media_type=metrics.CONTENT_TYPE),
+    Route("/healthz", "Liveness: the ledger can be read (no token needed)", _healthz,
+          response="Health", public=True),
+    Route("/openapi.json", "This description", lambda: OPENAPI, ledger=False),
+)
+
+OPENAPI = openapi.describe(ROUTES)
+
+
+def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
+    """The API over the ledger at ledger_path (which must exist: LedgerError otherwise).
+
+    With a token, every route but /healthz wants `Authorization: Bearer <token>`.
+    """
+    engine = reader(ledger_path)
+    app = bottle.Bottle()
+    app.default_error_handler = errors.handle
+
+    @contextmanager
+    def snapshot():
+        try:
+            with engine.connect() as conn, conn.begin():
+                yield conn
+        except exc.OperationalError as e:
+            # e.g. a ledger whose tables are not created yet: the client may retry.
+            raise errors.unavailable(f"the ledger cannot be read now: {e.orig}") from None
+
+    def endpoint(route: Route) -> Callable:
+        def handle(**url_args: str) -> dict | str:
+            kwargs = parse_query(route.params)
+            for p in route.path_params:
+                kwargs[p.name] = p.parse(url_args[p.name])
+            if route.ledger:
+                with snapshot() as conn:
+                    body = route.view(conn, **kwargs)
+            else:
+                body = route.view(**kwargs)
+            if route.media_type != errors.JSON_TYPE:
+                bottle.response.content_type = route.media_type
+            return body
+        return handle
+
+    for route in ROUTES:
+        app.route(route.path, "GET", endpoint(route), name=route.path)
+
+    if token:
+        app.add_hook("before_request", _bearer_check(token))
+    app.add_hook("after_request", _no_store)
+    return app
+
+
+def _bearer_check(token: str) -> Callable[[], None]:
+    expected = token.encode()
+    public = {r.path for r in ROUTES if r.public}
+
+    def check() -> None:
+        if bottle.request.path in public:
+            return
+        # WSGI headers are latin-1 strings: back to the bytes the client sent.
+        header = bottle.request.get_header("Authorization", "").encode("latin-1")
+        scheme, _, given = header.strip().partition(b" ")
+        # compare_digest: the time taken says nothing about how much of the token matched.
+        if not (scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), expected)):
+            raise errors.unauthorized()
+    return check
+
+
+def _no_store() -> None:
+    # Live numbers: a proxy or browser cache would show stale progress.
+    bottle.response.set_header("Cache-Control", "no-store")

@@ -1,0 +1,92 @@
+"""Running the API on waitress: in the foreground (`fleetsync serve`) or in a
+background thread beside the controller (`fleetsync run`) and in tests.
+
+    python -m api.server --ledger PATH [--bind 127.0.0.1] [--port 8000] [--threads 8]
+"""
+from __future__ import annotations
+
+import argparse
+import threading
+
+import waitress
+from waitress import wasyncore
+
+DEFAULT_HOST = "127.0.0.1"   # only the operator's explicit --bind opens it wider
+DEFAULT_PORT = 8000
+
+# Waitress settings shared by both ways of running: no version in the Server header,
+# no hostname lookups.
+_SETTINGS = dict(ident="fleetsync", expose_tracebacks=False)
+
+
+def serve(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, threads: int = 8) -> None:
+    """Serve app until interrupted (Ctrl-C / SIGINT)."""
+    waitress.serve(app, host=host, port=port, threads=threads, **_SETTINGS)
+
+
+class ServerThread:
+    """The app served from a daemon thread; `port=0` picks a free port (see .port)."""
+
+    def __init__(self, app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 threads: int = 8) -> None:
+        # Binding happens here, in the caller's thread: a busy port fails at once.
+        self._server = waitress.create_server(app, host=host, port=port, threads=threads,
+                                              **_SETTINGS)
+        self.host = self._server.effective_host
+        self.port = self._server.effective_port
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleetsync-api", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        # waitress's own run() loops until the process ends; this loop checks for stop().
+        socket_map = self._server._map
+        while not self._stopping.is_set():
+            wasyncore.loop(timeout=0.2, map=socket_map, use_poll=True, count=1)
+        self._server.task_dispatcher.shutdown(timeout=5)   # let requests in flight finish
+        for channel in list(socket_map.values()):
+            channel.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, finish the requests in flight, close every connection."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._server.pull_trigger()   # wake the loop now rather than at its timeout
+            self._thread.join(timeout)
+        else:
+            self._server.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_in_thread(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                    threads: int = 8) -> ServerThread:
+    """Start serving app in a background thread; call .stop() on the result to end it."""
+    return ServerThread(app, host, port, threads).start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .app import make_app
+
+    parser = argparse.ArgumentParser(prog="python -m api.server", description=__doc__)
+    parser.add_argument("--ledger", required=True)
+    parser.add_argument("--bind", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args(argv)
+    serve(make_app(args.ledger), args.bind, args.port, args.threads)
+
+
+if __name__ == "__main__":
+    main()
