@@ -77,7 +77,7 @@ ROUTES: tuple[Route, ...] = (
           response="Results"),
     Route("/batches/<task_id>", "One batch: its row, a page of its entries, every attempt",
           _batch,
-          params=(IntParam("limit", "Entries in the page", 1, MAX_PAGE, 1000),
+          params=(IntParam("limit", "Entries in the page", 1, MAX_PAGE, queries.ENTRIES_PAGE),
                   IntParam("offset", "Entries to skip (ordered by path bytes)",
                            0, INT64_MAX, 0)),
           path_params=(IntParam("task_id", "The batch", 1, INT64_MAX),),

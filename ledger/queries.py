@@ -1,9 +1,10 @@
 """Every read the status API and `fleetsync status` make.
 
-Pure functions of an open Connection: the caller opens one read transaction
-per request, so all the numbers of one answer come from one snapshot. Counts
-come from `batch_counts` (kept by triggers), never from scanning `batches`, so
-every answer here costs O(1) or O(page size) at any number of batches.
+Pure functions of an open Connection. Numbers read through one Connection
+come from one snapshot until the caller ends its transaction (the API opens
+one read transaction per request). Counts come from `batch_counts` (kept by
+triggers), never from scanning `batches`, so every answer here costs O(1) or
+O(page size) at any number of batches.
 
 Rounding (the same everywhere): `elapsed_sec` to 1 decimal; every rate and
 every `gb_*` value to 2 decimals. Rates are computed from the rounded
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections import namedtuple
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from . import migration as _migration
 from .schema import BatchState
@@ -24,38 +26,63 @@ GIB = 1024 ** 3
 RETAINED_LIMIT = 100_000   # /results serves the newest this many attempts
 RESULTS_PAGE = 100         # default page size of /results
 LOGS_LIMIT = 100           # default number of warnings (and of errors) in /logs
+ENTRIES_PAGE = 1000        # default page of entries in /batches/<task_id>
 HEARTBEAT_FORMAT = "%Y-%m-%d %H:%M:%S"
 
-_COUNTS = text("SELECT state, batches, files, directories, bytes FROM batch_counts")
-_PRODUCERS_DONE = text("SELECT count(*) FROM producers WHERE state = 'done'")
-_MIGRATION = text("SELECT elapsed_before, run_started_ts, run_heartbeat_ts FROM migration")
-_HEARTBEATS = text("SELECT worker_id, heartbeat_ts FROM workers "
-                   "WHERE heartbeat_ts IS NOT NULL ORDER BY worker_id")
+_COUNTS = "SELECT state, batches, files, directories, bytes FROM batch_counts"
+_PRODUCERS_DONE = "SELECT count(*) FROM producers WHERE state = 'done'"
+_MIGRATION = "SELECT elapsed_before, run_started_ts, run_heartbeat_ts FROM migration"
+_HEARTBEATS = ("SELECT worker_id, heartbeat_ts FROM workers "
+               "WHERE heartbeat_ts IS NOT NULL ORDER BY worker_id")
 # The log_level index (level, log_id) makes this a walk of `limit` index entries.
-_LOG_TAIL = text("SELECT message FROM log WHERE level = :level "
-                 "ORDER BY log_id DESC LIMIT :limit")
+_LOG_TAIL = "SELECT message FROM log WHERE level = :level ORDER BY log_id DESC LIMIT :limit"
 # min() and max() of an INTEGER PRIMARY KEY read the two ends of the b-tree: O(1).
-_ATTEMPT_IDS = text("SELECT min(attempt_id), max(attempt_id) FROM attempts")
-_BATCH = text("SELECT task_id, state, file_count, directory_count, estimated_bytes, "
-              "retry_count, claim, worker_id, producer_id, last_exit_code, created_ts, "
-              "claimed_ts, finished_ts FROM batches WHERE task_id = :t")
-_ENTRIES = text("SELECT path, is_dir, size FROM batch_files WHERE task_id = :t "
-                "ORDER BY path LIMIT :limit OFFSET :offset")
-_ENTRY_COUNT = text("SELECT count(*) FROM batch_files WHERE task_id = :t")
+# Each needs its own SELECT: side by side in one, SQLite scans the table.
+_ATTEMPT_IDS = ("SELECT (SELECT min(attempt_id) FROM attempts), "
+                "(SELECT max(attempt_id) FROM attempts)")
+_BATCH_COLUMNS = ("task_id", "state", "file_count", "directory_count", "estimated_bytes",
+                  "retry_count", "claim", "worker_id", "producer_id", "last_exit_code",
+                  "created_ts", "claimed_ts", "finished_ts")
+_BATCH = f"SELECT {', '.join(_BATCH_COLUMNS)} FROM batches WHERE task_id = :t"
+_ENTRIES = ("SELECT path, is_dir, size FROM batch_files WHERE task_id = :t "
+            "ORDER BY path LIMIT :limit OFFSET :offset")
+_ENTRY_COUNT = "SELECT count(*) FROM batch_files WHERE task_id = :t"
 
-# attempts first (LEFT JOIN keeps SQLite from starting at batches), then the
+# attempts first (a LEFT JOIN keeps SQLite from starting at batches), then the
 # batch's sizes by primary key: a page costs O(limit), not a scan.
-_RESULT_COLUMNS = (
+_ResultRow = namedtuple("_ResultRow", "attempt_id worker_id task_id status retry_count "
+                        "rsync_exit_code bytes_sent bytes_received start_ts end_ts "
+                        "file_count directory_count estimated_bytes errors received_ts")
+_RESULTS_FROM = (
     "SELECT a.attempt_id, a.worker_id, a.task_id, a.status, a.retry_count, "
     "a.rsync_exit_code, a.bytes_sent, a.bytes_received, a.start_ts, a.end_ts, "
     "b.file_count, b.directory_count, b.estimated_bytes, a.errors, a.received_ts "
     "FROM attempts a LEFT JOIN batches b ON b.task_id = a.task_id ")
 
+_MigrationTimes = namedtuple("_MigrationTimes", "elapsed_before run_started_ts run_heartbeat_ts")
+
+
+def _rows(conn: Connection, sql: str, params: dict | None = None) -> list[tuple]:
+    """Rows of sql, run on the DBAPI connection inside conn's transaction.
+
+    /status and /progress are polled thousands of times a second; SQLAlchemy's
+    statement and result layers cost ~35 us per query, the sqlite3 cursor ~4
+    (measured; see bench/api.py). Beginning the transaction through conn (as
+    SQLAlchemy's autobegin would) keeps one snapshot across the calls.
+    """
+    if not conn.in_transaction():
+        conn.begin()
+    return conn.connection.driver_connection.execute(sql, params or {}).fetchall()
+
+
+def _value(conn: Connection, sql: str, params: dict | None = None):
+    return _rows(conn, sql, params)[0][0]
+
 
 def batch_counts(conn: Connection) -> dict[str, dict[str, int]]:
     """{state: {batches, files, directories, bytes}} for every BatchState (zeros if absent)."""
     counts = {s.value: dict(batches=0, files=0, directories=0, bytes=0) for s in BatchState}
-    for state, n, files, dirs, size in conn.execute(_COUNTS):
+    for state, n, files, dirs, size in _rows(conn, _COUNTS):
         counts[state] = dict(batches=n, files=files, directories=dirs, bytes=size)
     return counts
 
@@ -80,13 +107,13 @@ def status(conn: Connection) -> dict[str, int]:
     return dict(total_batches=p["total"], completed_batches=p["completed"],
                 failed_batches=p["failed"],
                 queue_depth=counts[BatchState.PENDING.value]["batches"],
-                producers_done=conn.execute(_PRODUCERS_DONE).scalar_one())
+                producers_done=_value(conn, _PRODUCERS_DONE))
 
 
 def elapsed_sec(conn: Connection, now: float | None = None) -> float:
     """Running time across resumes, unrounded; 0.0 before the migration row exists."""
-    row = conn.execute(_MIGRATION).first()
-    return _migration.elapsed(row, now) if row is not None else 0.0
+    rows = _rows(conn, _MIGRATION)
+    return _migration.elapsed(_MigrationTimes(*rows[0]), now) if rows else 0.0
 
 
 def _rate(value: float, seconds: float) -> float:
@@ -128,7 +155,7 @@ def local_time(ts: float) -> str:
 
 def heartbeat_times(conn: Connection) -> list[tuple[str, float]]:
     """(worker_id, heartbeat_ts) of every worker heard from, by worker_id."""
-    return [(w, ts) for w, ts in conn.execute(_HEARTBEATS)]
+    return _rows(conn, _HEARTBEATS)
 
 
 def heartbeats(conn: Connection) -> dict[str, dict[str, str]]:
@@ -139,13 +166,14 @@ def heartbeats(conn: Connection) -> dict[str, dict[str, str]]:
 def logs(conn: Connection, limit: int = LOGS_LIMIT) -> dict[str, list[str]]:
     """/logs: the newest `limit` warnings and errors, each list newest last."""
     def tail(level: str) -> list[str]:
-        rows = conn.execute(_LOG_TAIL, {"level": level, "limit": limit}).scalars().all()
-        return rows[::-1]
+        return [m for (m,) in reversed(_rows(conn, _LOG_TAIL, {"level": level, "limit": limit}))]
     return {"warnings": tail("warning"), "errors": tail("error")}
 
 
 def _errors(stored: str | None) -> list[str]:
     """attempts.errors as a list; a value that is not a JSON list becomes its one line."""
+    if stored == "[]":   # most attempts: skip the parser
+        return []
     try:
         value = json.loads(stored) if stored else []
     except ValueError:
@@ -153,7 +181,7 @@ def _errors(stored: str | None) -> list[str]:
     return value if isinstance(value, list) else [str(value)]
 
 
-def _result(row) -> dict:
+def _result(row: _ResultRow) -> dict:
     """One /results item, built from an attempts row and its batch's sizes."""
     return {
         "worker_id": row.worker_id,
@@ -176,15 +204,19 @@ def _result(row) -> dict:
     }
 
 
+def _results(conn: Connection, sql: str, params: dict) -> list[dict]:
+    return [_result(_ResultRow(*r)) for r in _rows(conn, _RESULTS_FROM + sql, params)]
+
+
 def retained_window(conn: Connection, limit: int = RETAINED_LIMIT) -> tuple[int, int]:
     """(floor, retained_count): the retained attempts are those with attempt_id > floor.
 
     Attempts are never deleted (a trigger refuses it) and SQLite gives a new
-    row max(attempt_id) + 1, so the ids are dense: the newest `limit`
+    row max(attempt_id) + 1, so the ids have no gaps: the newest `limit`
     attempts are exactly the ids above max - limit, and their number comes
     from the two ends of the primary key without counting rows.
     """
-    low, high = conn.execute(_ATTEMPT_IDS).one()
+    low, high = _rows(conn, _ATTEMPT_IDS)[0]
     if high is None:
         return 0, 0
     floor = max(high - limit, low - 1)
@@ -203,28 +235,20 @@ def results(conn: Connection, limit: int = RESULTS_PAGE, after: int | None = Non
     older than the retained window are never served.
     """
     floor, retained = retained_window(conn, retained_limit)
-    where = ["a.attempt_id > :floor"]
-    params: dict = {"floor": floor, "limit": limit}
-    if after is not None:
-        where.append("a.attempt_id > :after")
-        params["after"] = after
-    if before is not None:
-        where.append("a.attempt_id < :before")
-        params["before"] = before
-    if status is not None:
-        where.append("a.status = :status")
-        params["status"] = status
-    if worker is not None:
-        where.append("a.worker_id = :worker")
-        params["worker"] = worker
+    params = {"floor": floor, "limit": limit, "after": after, "before": before,
+              "status": status, "worker": worker}
+    where = ["a.attempt_id > :floor"] + [
+        cond for name, cond in (("after", "a.attempt_id > :after"),
+                                ("before", "a.attempt_id < :before"),
+                                ("status", "a.status = :status"),
+                                ("worker", "a.worker_id = :worker"))
+        if params[name] is not None]
     order = "ASC" if after is not None else "DESC"
-    sql = (_RESULT_COLUMNS + "WHERE " + " AND ".join(where)
-           + f" ORDER BY a.attempt_id {order} LIMIT :limit")
-    rows = conn.execute(text(sql), params).all()
+    page = _results(conn, f"WHERE {' AND '.join(where)} "
+                          f"ORDER BY a.attempt_id {order} LIMIT :limit", params)
     if order == "DESC":
-        rows.reverse()
-    return {"results": [_result(r) for r in rows], "retained_limit": retained_limit,
-            "retained_count": retained}
+        page.reverse()
+    return {"results": page, "retained_limit": retained_limit, "retained_count": retained}
 
 
 def display_path(raw: bytes) -> str:
@@ -232,22 +256,22 @@ def display_path(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def batch(conn: Connection, task_id: int, limit: int = 1000, offset: int = 0) -> dict | None:
-    """/batches/<task_id>: the batch row, a page of its entries, and every attempt; None if unknown.
+def batch(conn: Connection, task_id: int, limit: int = ENTRIES_PAGE,
+          offset: int = 0) -> dict | None:
+    """/batches/<task_id>: the batch row, a page of its entries, every attempt; None if unknown.
 
     Each entry's `path` is for reading (not unique: a real backslash looks
     like an escape); `path_hex` is the exact bytes, as in sqlite3's
     `WHERE path = X'...'`.
     """
-    row = conn.execute(_BATCH, {"t": task_id}).first()
-    if row is None:
+    found = _rows(conn, _BATCH, {"t": task_id})
+    if not found:
         return None
     entries = [{"path": display_path(bytes(p)), "path_hex": bytes(p).hex(),
                 "is_dir": bool(d), "size": s}
-               for p, d, s in conn.execute(_ENTRIES, {"t": task_id, "limit": limit,
-                                                      "offset": offset})]
-    attempt_rows = conn.execute(text(_RESULT_COLUMNS + "WHERE a.task_id = :t "
-                                     "ORDER BY a.attempt_id"), {"t": task_id}).all()
-    return {"batch": dict(row._mapping), "entries": entries,
-            "entries_total": conn.execute(_ENTRY_COUNT, {"t": task_id}).scalar_one(),
-            "attempts": [_result(r) for r in attempt_rows]}
+               for p, d, s in _rows(conn, _ENTRIES, {"t": task_id, "limit": limit,
+                                                     "offset": offset})]
+    return {"batch": dict(zip(_BATCH_COLUMNS, found[0])), "entries": entries,
+            "entries_total": _value(conn, _ENTRY_COUNT, {"t": task_id}),
+            "attempts": _results(conn, "WHERE a.task_id = :t ORDER BY a.attempt_id",
+                                 {"t": task_id})}
