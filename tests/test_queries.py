@@ -1,0 +1,322 @@
+"""ledger/queries.py on real SQLite ledgers built through the real transitions."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from sqlalchemy import insert, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from ledger import batches, db, migration, queries, schema
+from ledger.batches import Report
+
+
+def new_ledger(tmp_path, with_migration: bool = True):
+    """(path, writer engine) of a fresh ledger; without the migration row if asked."""
+    path = str(tmp_path / "ledger.db")
+    engine = db.writer(path)
+    if with_migration:
+        migration.open_or_create(engine, "/src", "/dest", {})
+    else:
+        schema.create(engine)
+    return path, engine
+
+
+def enqueue(conn, n: int, files: int = 10, dirs: int = 1, size: int = 1000) -> None:
+    with conn.begin():
+        conn.execute(insert(schema.batches), [
+            dict(file_count=files, directory_count=dirs, estimated_bytes=size,
+                 created_ts=time.time()) for _ in range(n)])
+
+
+def truth(conn) -> dict[str, int]:
+    """Batches per state by scanning the table: what the triggers must agree with."""
+    return dict(conn.execute(text("SELECT state, count(*) FROM batches GROUP BY state")).all())
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    path, engine = new_ledger(tmp_path)
+    with engine.connect() as conn:
+        yield path, conn
+    engine.dispose()
+
+
+def test_an_empty_ledger_answers_zeros(tmp_path):
+    path, _ = new_ledger(tmp_path, with_migration=False)
+    with db.reader(path).connect() as conn:
+        assert queries.status(conn) == dict(total_batches=0, completed_batches=0,
+                                            failed_batches=0, queue_depth=0, producers_done=0)
+        assert queries.progress(conn) == dict(total=0, completed=0, failed=0, pending=0)
+        tp = queries.throughput(conn)
+        assert tp["elapsed_sec"] == 0.0 and tp["batches_completed"] == 0
+        assert all(tp[k] == 0 for k in tp)
+        assert queries.heartbeats(conn) == {"heartbeats": {}}
+        assert queries.logs(conn) == {"warnings": [], "errors": []}
+        assert queries.results(conn) == {"results": [], "retained_limit": 100_000,
+                                         "retained_count": 0}
+
+
+def test_counts_follow_every_transition(ledger):
+    path, conn = ledger
+    enqueue(conn, 10)
+    claims = batches.claim(conn, "w1", limit=5)
+    batches.succeed(conn, Report(claims[0].task_id, claims[0].claim, "w1", 0))
+    batches.succeed(conn, Report(claims[1].task_id, claims[1].claim, "w1", 0))
+    batches.retry(conn, Report(claims[2].task_id, claims[2].claim, "w1", 23), 1)
+    batches.fail(conn, Report(claims[3].task_id, claims[3].claim, "w1", 2), 0)
+    batches.release(conn, Report(claims[4].task_id, claims[4].claim, "w1", None), "lost")
+    batches.claim(conn, "w2", limit=2)          # two running now
+    assert truth(conn) == {"pending": 5, "running": 2, "succeeded": 2, "failed": 1}
+    with db.reader(path).connect() as ro:
+        assert queries.status(ro) == dict(total_batches=10, completed_batches=2,
+                                          failed_batches=1, queue_depth=5, producers_done=0)
+        assert queries.progress(ro) == dict(total=10, completed=2, failed=1, pending=7)
+
+
+def test_counts_match_a_full_scan(ledger):
+    path, conn = ledger
+    enqueue(conn, 25, files=3, dirs=2, size=7)
+    for i, c in enumerate(batches.claim(conn, "w", limit=20)):
+        if i % 3 == 0:
+            batches.succeed(conn, Report(c.task_id, c.claim, "w", 0))
+        elif i % 3 == 1:
+            batches.fail(conn, Report(c.task_id, c.claim, "w", 1), 0)
+    real = truth(conn)
+    with db.reader(path).connect() as ro:
+        s, p = queries.status(ro), queries.progress(ro)
+        t = queries.throughput(ro)
+    assert s["total_batches"] == p["total"] == sum(real.values()) == 25
+    assert s["completed_batches"] == p["completed"] == t["batches_completed"] == real["succeeded"]
+    assert s["failed_batches"] == p["failed"] == t["batches_failed"] == real["failed"]
+    assert s["queue_depth"] == real["pending"]
+    assert p["pending"] == real["pending"] + real["running"]
+    assert t["files_processed"] == 3 * real["succeeded"]
+    assert t["bytes_processed"] == 7 * real["succeeded"]
+
+
+def test_producers_done_counts_finished_producers(ledger):
+    path, conn = ledger
+    migration.start_producers(conn, 3)
+    with conn.begin():
+        conn.execute(text("UPDATE producers SET state = 'done' WHERE producer_id IN (1, 3)"))
+    with db.reader(path).connect() as ro:
+        assert queries.status(ro)["producers_done"] == 2
+
+
+def test_throughput_rounds_and_divides_by_the_elapsed_it_shows(ledger):
+    path, conn = ledger
+    enqueue(conn, 1, files=12034, size=9876543210)
+    enqueue(conn, 1, files=5, size=5)
+    (c, other) = batches.claim(conn, "w", limit=2)
+    batches.succeed(conn, Report(c.task_id, c.claim, "w", 0))
+    batches.fail(conn, Report(other.task_id, other.claim, "w", 2), 0)
+    with conn.begin():   # 70.0 s of earlier runs, and a live run started 7.24 s ago
+        conn.execute(text("UPDATE migration SET elapsed_before = 70.0, "
+                          "run_started_ts = 1000.0, run_heartbeat_ts = 1005.0"))
+    with db.reader(path).connect() as ro:
+        t = queries.throughput(ro, now=1007.24)
+    assert t == {
+        "batches_per_sec": 0.01,             # 1 / 77.2
+        "elapsed_sec": 77.2,                 # 77.24 to 1 decimal
+        "batches_completed": 1,
+        "batches_failed": 1,
+        "files_processed": 12034,
+        "bytes_processed": 9876543210,
+        "gb_processed": 9.2,                 # 9.198... GiB
+        "bytes_per_sec": round(9876543210 / 77.2, 2),
+        "gb_per_sec": 0.12,
+        "files_per_sec": 155.88,
+    }
+    assert all(isinstance(t[k], float) for k in t if k.endswith(("_sec", "gb_processed")))
+
+
+def test_a_dead_run_stops_the_clock_at_its_last_heartbeat(ledger):
+    path, conn = ledger
+    with conn.begin():
+        conn.execute(text("UPDATE migration SET elapsed_before = 5.0, "
+                          "run_started_ts = 1000.0, run_heartbeat_ts = 1010.0"))
+    with db.reader(path).connect() as ro:
+        assert queries.throughput(ro, now=5000.0)["elapsed_sec"] == 15.0
+
+
+def test_heartbeats_are_master_local_time(ledger):
+    path, conn = ledger
+    with conn.begin():
+        conn.execute(insert(schema.workers), [
+            dict(worker_id="host-b-uuid", host="b", state="up", heartbeat_ts=1714372002.7),
+            dict(worker_id="host-a-uuid", host="a", state="lost", heartbeat_ts=1714372000.0),
+            dict(worker_id="never-heard", host="c", state="up", heartbeat_ts=None)])
+    with db.reader(path).connect() as ro:
+        beats = queries.heartbeats(ro)["heartbeats"]
+    assert list(beats) == ["host-a-uuid", "host-b-uuid"]
+    assert beats["host-b-uuid"] == time.strftime("%Y-%m-%d %H:%M:%S",
+                                                 time.localtime(1714372002.7))
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", v) for v in beats.values())
+
+
+def test_logs_are_bounded_and_newest_last(ledger):
+    path, conn = ledger
+    with conn.begin():
+        for i in range(5):
+            conn.execute(insert(schema.log).values(ts=i, level="warning", message=f"w{i}"))
+            conn.execute(insert(schema.log).values(ts=i, level="info", message=f"i{i}"))
+        for i in range(2):
+            conn.execute(insert(schema.log).values(ts=i, level="error", message=f"e{i}"))
+    with db.reader(path).connect() as ro:
+        assert queries.logs(ro, limit=3) == {"warnings": ["w2", "w3", "w4"], "errors": ["e0", "e1"]}
+        assert queries.logs(ro)["warnings"] == [f"w{i}" for i in range(5)]
+
+
+def _attempts(conn, n: int) -> None:
+    """n attempts: success on w1, retry on w2, lost on w3, in turn."""
+    enqueue(conn, n, files=4, dirs=2, size=123)
+    for i in range(n):
+        worker = ("w1", "w2", "w3")[i % 3]
+        (c,) = batches.claim(conn, worker)
+        report = Report(c.task_id, c.claim, worker, 0, bytes_sent=10, bytes_received=20,
+                        start_ts=1.5, end_ts=2.5, errors=["x"] if i % 3 else [])
+        if i % 3 == 0:
+            batches.succeed(conn, report)
+        elif i % 3 == 1:
+            report.rsync_exit_code = 23
+            batches.retry(conn, report, 1)
+        else:
+            batches.release(conn, report, "host lost")
+
+
+def ids(page: dict) -> list[int]:
+    return [r["attempt_id"] for r in page["results"]]
+
+
+def test_results_pages_and_filters(ledger):
+    path, conn = ledger
+    _attempts(conn, 12)
+    with db.reader(path).connect() as ro:
+        assert ids(queries.results(ro)) == list(range(1, 13))
+        assert ids(queries.results(ro, limit=5)) == [8, 9, 10, 11, 12]   # newest, newest last
+        assert ids(queries.results(ro, limit=4, after=3)) == [4, 5, 6, 7]
+        assert ids(queries.results(ro, limit=3, before=8)) == [5, 6, 7]
+        assert ids(queries.results(ro, after=3, before=6)) == [4, 5]
+        assert ids(queries.results(ro, after=12)) == []
+        assert ids(queries.results(ro, status="retry")) == [2, 5, 8, 11]
+        assert ids(queries.results(ro, worker="w3", limit=2)) == [9, 12]
+        assert ids(queries.results(ro, worker="w1", status="retry")) == []
+        page = queries.results(ro, status="lost")
+        assert page["retained_count"] == 12 and page["retained_limit"] == 100_000
+
+
+def test_results_serve_only_the_retained_window(ledger):
+    path, conn = ledger
+    _attempts(conn, 12)
+    with db.reader(path).connect() as ro:
+        page = queries.results(ro, retained_limit=10)
+        assert ids(page) == list(range(3, 13))
+        assert page["retained_count"] == 10 and page["retained_limit"] == 10
+        assert ids(queries.results(ro, after=0, limit=2, retained_limit=10)) == [3, 4]
+        assert ids(queries.results(ro, before=5, retained_limit=10)) == [3, 4]
+
+
+def test_a_result_is_built_from_its_attempt_and_batch(ledger):
+    path, conn = ledger
+    _attempts(conn, 3)
+    with db.reader(path).connect() as ro:
+        success, retry, lost = queries.results(ro)["results"]
+    assert success == {
+        "worker_id": "w1", "task_id": 1, "status": "success", "retry_count": 0,
+        "rsync_exit_code": 0,
+        "stats": {"bytes_sent": 10, "bytes_received": 20, "start_ts": 1.5, "end_ts": 2.5,
+                  "file_count": 4, "directory_count": 2, "estimated_bytes": 123},
+        "errors": [], "received_ts": success["received_ts"], "attempt_id": 1}
+    assert isinstance(success["received_ts"], float)
+    assert retry["status"] == "retry" and retry["rsync_exit_code"] == 23
+    assert retry["errors"] == ["x"]
+    assert lost["status"] == "lost" and lost["errors"] == ["host lost", "x"]
+
+
+def test_attempt_ids_have_no_gaps_so_the_window_needs_no_count(ledger):
+    path, conn = ledger
+    _attempts(conn, 9)
+    stale = Report(1, 1, "w1", 0)                     # a late duplicate report: no row
+    assert not batches.succeed(conn, stale)
+    with pytest.raises(IntegrityError):               # a rolled-back insert
+        with conn.begin():
+            conn.execute(insert(schema.attempts).values(task_id=1, claim=9, retry_count=0,
+                                                        status="success", received_ts=1.0))
+            conn.execute(insert(schema.batches).values(task_id=1, file_count=0,
+                                                       directory_count=0, estimated_bytes=0,
+                                                       created_ts=0.0))
+    _attempts(conn, 3)
+    with conn.begin():
+        n, low, high = conn.execute(text(
+            "SELECT count(*), min(attempt_id), max(attempt_id) FROM attempts")).one()
+    assert (n, low, high) == (12, 1, 12)
+    with pytest.raises(Exception, match="never deleted"):
+        with conn.begin():
+            conn.execute(text("DELETE FROM attempts WHERE attempt_id = 3"))
+    with db.reader(path).connect() as ro:
+        assert queries.retained_window(ro, 5) == (7, 5)
+        assert queries.retained_window(ro) == (0, 12)
+
+
+def test_batch_detail_shows_any_path_bytes(ledger):
+    path, conn = ledger
+    enqueue(conn, 2)
+    names = [b"caf\xc3\xa9", b"dir/\xff\xfename", b"dir", b"back\\slash"]
+    with conn.begin():
+        conn.execute(insert(schema.batch_files), [
+            dict(task_id=1, path=p, is_dir=int(p == b"dir"), size=len(p)) for p in names])
+    (c,) = batches.claim(conn, "w1")
+    batches.retry(conn, Report(c.task_id, c.claim, "w1", 24), 1)
+    with db.reader(path).connect() as ro:
+        found = queries.batch(ro, 1)
+        assert found["batch"]["task_id"] == 1 and found["batch"]["state"] == "pending"
+        assert found["batch"]["retry_count"] == 1 and found["batch"]["last_exit_code"] == 24
+        assert found["entries_total"] == 4
+        by_hex = {e["path_hex"]: e for e in found["entries"]}
+        assert {bytes.fromhex(h) for h in by_hex} == set(names)
+        assert by_hex[b"caf\xc3\xa9".hex()]["path"] == "café"
+        assert by_hex[b"dir/\xff\xfename".hex()]["path"] == "dir/\\xff\\xfename"
+        assert by_hex[b"dir".hex()]["is_dir"] is True
+        assert [a["status"] for a in found["attempts"]] == ["retry"]
+        page = queries.batch(ro, 1, limit=2, offset=1)
+        assert [e["path_hex"] for e in page["entries"]] == [e["path_hex"] for e in
+                                                           found["entries"][1:3]]
+        assert queries.batch(ro, 2)["entries"] == []
+        assert queries.batch(ro, 99) is None
+
+
+@pytest.mark.parametrize("sql", [
+    queries._RESULTS_FROM + "WHERE a.attempt_id > 5 ORDER BY a.attempt_id DESC LIMIT 100",
+    queries._RESULTS_FROM + "WHERE a.attempt_id > 5 AND a.worker_id = 'w' "
+                            "ORDER BY a.attempt_id DESC LIMIT 100",
+    queries._RESULTS_FROM + "WHERE a.task_id = 7 ORDER BY a.attempt_id",
+    queries._ATTEMPT_IDS,
+    queries._LOG_TAIL.replace(":level", "'error'").replace(":limit", "100"),
+    queries._BATCH.replace(":t", "7"),
+])
+def test_reads_never_scan_a_big_table(ledger, sql):
+    _, conn = ledger
+    plan = " | ".join(r[3] for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+    assert "SCAN" not in plan.replace("SCAN CONSTANT ROW", ""), plan
+    assert "TEMP B-TREE" not in plan, plan      # no sort of the whole match either
+
+
+def test_one_connection_reads_one_snapshot(ledger):
+    path, conn = ledger
+    enqueue(conn, 3)
+    with db.reader(path).connect() as ro:
+        assert queries.progress(ro)["total"] == 3      # begins the read transaction
+        enqueue(conn, 2)
+        assert queries.status(ro)["total_batches"] == 3
+        ro.commit()
+        assert queries.summary(ro)["progress"]["total"] == 5
+
+
+def test_the_reader_cannot_write(ledger):
+    path, _ = ledger
+    with db.reader(path).connect() as ro:
+        with pytest.raises(OperationalError, match="readonly"):
+            with ro.begin():
+                ro.execute(text("UPDATE batch_counts SET batches = 7"))
