@@ -27,13 +27,13 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _produce(ledger_path: str, src: bytes, producer_id: int, limits: Limits,
+def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits: Limits,
              parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     engine = db.writer(ledger_path)
     with engine.connect() as conn:
         try:
-            Producer(conn, src, producer_id, limits).run()
+            Producer(conn, src, producer_id, limits, count).run()
             walkqueue.finish_producer(conn, producer_id)
         except Exception:
             logbook.add(conn, "error", f"producer {producer_id} crashed: "
@@ -59,7 +59,7 @@ class Walk:
         ctx = multiprocessing.get_context("fork")
         for pid in range(1, self.count + 1):
             p = ctx.Process(target=_produce, name=f"fleetsync-producer-{pid}", daemon=True,
-                            args=(self.ledger_path, os.fsencode(self.src), pid, self.limits,
+                            args=(self.ledger_path, os.fsencode(self.src), pid, self.count, self.limits,
                                   os.getpid()))
             p.start()
             self.procs.append(p)

@@ -2,28 +2,36 @@
 
 Producers share one queue of directories in the ledger, so a deep branch is
 handed out as soon as it is seen and no producer sits idle while another has a
-long list of subdirectories. Memory is bounded by one batch plus the few
+long list of subdirectories. Memory is bounded by a few batches plus the few
 directories claimed at a time, whatever the size of the tree.
+
+Listing is where the time goes (one lstat per entry for its size), so the
+ledger is written between listings: a closed batch is handed in at once when
+the write lock is free, and kept for a moment (with at most MAX_HELD_CUTS-1
+others) while another producer writes.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
-from ledger import logbook, walkqueue
-from ledger.walkqueue import Cut, Dir
+from ledger.logbook import show_path
+from ledger.walkqueue import CLAIM_MAX, Cut, Dir, WalkQueue
 
 KiB, MiB = 1024, 1024 * 1024
-CLAIM_DIRS = 8        # directories claimed per transaction: fewer transactions, fair sharing
+MAX_HELD_CUTS = 4     # closed batches kept in memory while the ledger is busy
 PUSH_EVERY = 64       # share newly seen subdirectories at least this often
+IDLE_SLEEP_MAX = 0.01  # an idle producer looks for new directories this often
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Where a batch is cut: whichever limit is reached first.
+    """Where a batch is cut: a batch never goes over a limit, except a single
+    entry that is over it alone (a huge file gets a batch of its own).
 
     500 entries and 100 MiB keep one rsync to about a second on a local disk,
     long next to the ~15 ms Ansible spends per batch, short enough that a lost
@@ -37,86 +45,111 @@ class Limits:
 
 
 class Producer:
-    def __init__(self, conn: Connection, src: bytes, producer_id: int, limits: Limits):
-        self.conn, self.src, self.producer_id, self.limits = conn, src, producer_id, limits
-        self.push: list[bytes] = []
-        self.done_dirs: list[int] = []
+    def __init__(self, conn: Connection, src: bytes, producer_id: int, limits: Limits,
+                 producers: int = 1):
+        self.queue = WalkQueue(conn, producer_id, producers)
+        self.src, self.limits = src, limits
+        self.push: list[bytes] = []   # subdirectories seen, not yet in the queue
+        self.cuts: list[Cut] = []     # closed batches, not yet in the ledger
         self._new_batch()
 
     def _new_batch(self) -> None:
         self.entries: list[tuple[bytes, int, int]] = []
         self.files = self.dirs = self.bytes = self.name_bytes = 0
+        self.done_dirs: list[int] = []   # listed to the end into this or earlier batches
+        self.errors: list[str] = []
 
     def run(self) -> None:
-        idle = 0
         while True:
-            claimed = walkqueue.push_and_claim(self.conn, self.producer_id, self.push, CLAIM_DIRS)
-            self.push = []
+            claimed = self.queue.sync(self.push, self.cuts, CLAIM_MAX)
+            self.push, self.cuts = [], []
             if claimed:
-                idle = 0
                 for d in claimed:
                     self.list_dir(d)
-                continue
-            if self.entries or self.done_dirs:
-                self.flush(None)
-            elif walkqueue.walk_finished(self.conn):
+            elif self.entries or self.done_dirs or self.errors:
+                self.cuts.append(self._cut(None))   # nothing left to add: enqueue it now
+            elif not self.wait_for_work():
                 return
-            else:
-                # Another producer is still listing: its subdirectories may come.
-                time.sleep(min(0.05, 0.001 * 2 ** idle))
-                idle += 1
+
+    def wait_for_work(self) -> bool:
+        """Sleep until a directory waits (True) or the walk is over (False).
+        Polling reads only, so it never takes the write lock from the others."""
+        for idle in itertools.count():
+            pending, claimed = self.queue.state()
+            if pending:
+                return True
+            if not claimed:
+                return False
+            time.sleep(min(IDLE_SLEEP_MAX, 0.0002 * 2 ** idle))
 
     def list_dir(self, d: Dir) -> None:
-        full = os.path.join(self.src, d.path) if d.path else self.src
+        """List one directory from its offset. Positions count entries in listing
+        order (SRC's own entry b"." first); `offset` positions are in the ledger."""
+        full = self.src + b"/" + d.path if d.path else self.src
+        prefix = d.path + b"/" if d.path else b""
         try:
             it = os.scandir(full)
         except OSError as e:
-            logbook.add(self.conn, "error",
-                        f"cannot list {logbook.show_path(full)}: {e.strerror}")
+            self.errors.append(f"cannot list {show_path(full)}: {e.strerror}")
             self.done_dirs.append(d.dir_id)
             return
         with it:
-            if not d.path and d.offset == 0:
-                self.add(b".", True, 0)    # SRC itself, so its mode and times arrive too
-            for i, entry in enumerate(it):
-                if i < d.offset:
-                    continue               # enqueued before a crash
-                rel = d.path + b"/" + entry.name if d.path else entry.name
-                try:
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                    size = 0 if is_dir else entry.stat(follow_symlinks=False).st_size
-                except OSError:
-                    continue               # vanished since it was listed
-                if is_dir:
-                    self.push.append(rel)
-                self.add(rel, is_dir, size)
-                if self.full():
-                    self.flush((d.dir_id, i + 1))
-                if len(self.push) >= PUSH_EVERY:
-                    walkqueue.push_and_claim(self.conn, self.producer_id, self.push, 0)
-                    self.push = []
+            pos, skip = d.offset, d.offset
+            if not d.path:   # SRC itself, so its mode and times arrive too
+                skip = max(0, d.offset - 1)
+                if d.offset == 0:
+                    pos = 1
+                    self.add(b".", 1, 0, d.dir_id, pos)
+            try:
+                for entry in itertools.islice(it, skip, None):
+                    pos += 1
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            is_dir, size = 1, 0
+                        else:
+                            is_dir, size = 0, entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue               # vanished since it was listed
+                    rel = prefix + entry.name
+                    if is_dir:
+                        self.push.append(rel)
+                    self.add(rel, is_dir, size, d.dir_id, pos)
+            except OSError as e:               # the listing itself broke off
+                self.errors.append(f"cannot list all of {show_path(full)}: {e.strerror}")
         self.done_dirs.append(d.dir_id)
+        if len(self.push) >= PUSH_EVERY:
+            self.hand_in(wait=False)
 
-    def add(self, rel: bytes, is_dir: bool, size: int) -> None:
-        self.entries.append((rel, int(is_dir), size))
-        self.name_bytes += len(rel) + 1
+    def add(self, rel: bytes, is_dir: int, size: int, dir_id: int, pos: int) -> None:
+        """Add the entry at position `pos` of directory `dir_id`, cutting the batch
+        before it when it would go over a limit, and after it when it is full."""
+        lim, name_bytes = self.limits, len(rel) + 1   # +1: NUL, rsync --from0
+        if self.entries and (self.bytes + size > lim.bytes
+                             or self.name_bytes + name_bytes > lim.name_bytes):
+            self.close_batch((dir_id, pos - 1))
+        self.entries.append((rel, is_dir, size))
+        self.name_bytes += name_bytes
         if is_dir:
             self.dirs += 1
         else:
             self.files += 1
             self.bytes += size
+        if len(self.entries) >= lim.entries:
+            self.close_batch((dir_id, pos))
 
-    def full(self) -> bool:
-        lim = self.limits
-        return (len(self.entries) >= lim.entries or self.bytes >= lim.bytes
-                or self.name_bytes >= lim.name_bytes)
-
-    def flush(self, partial: tuple[int, int] | None) -> None:
-        """Enqueue the batch with the directories it completes, in one transaction."""
-        if self.push:   # subdirectories must be queued before their parent is done
-            walkqueue.push_and_claim(self.conn, self.producer_id, self.push, 0)
-            self.push = []
-        walkqueue.enqueue(self.conn, self.producer_id, Cut(
-            self.entries, self.files, self.dirs, self.bytes, self.done_dirs, partial))
-        self.done_dirs = []
+    def _cut(self, partial: tuple[int, int] | None) -> Cut:
+        cut = Cut(self.entries, self.files, self.dirs, self.bytes, self.done_dirs, partial,
+                  self.errors)
         self._new_batch()
+        return cut
+
+    def close_batch(self, partial: tuple[int, int] | None) -> None:
+        """Close the batch (`partial`: how far its last directory is listed) and
+        hand it in, waiting for the ledger only when enough batches are held."""
+        self.cuts.append(self._cut(partial))
+        self.hand_in(wait=len(self.cuts) >= MAX_HELD_CUTS)
+
+    def hand_in(self, wait: bool) -> None:
+        """Subdirectories seen and batches closed go to the ledger (no claim)."""
+        if self.queue.sync(self.push, self.cuts, 0, wait=wait) is not None:
+            self.push, self.cuts = [], []
