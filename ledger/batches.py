@@ -185,3 +185,53 @@ def entries(conn: Connection, task_id: int) -> list[tuple[bytes, bool, int]]:
             "SELECT path, is_dir, size FROM batch_files WHERE task_id = :t ORDER BY path"),
             {"t": task_id}).all()
     return [(bytes(p), bool(d), s) for p, d, s in rows]
+
+
+@dataclass
+class WorkLeft:
+    walk_done: bool
+    pending: int
+    running: int
+
+    @property
+    def finished(self) -> bool:
+        return self.walk_done and self.pending == 0 and self.running == 0
+
+
+def work_left(conn: Connection) -> WorkLeft:
+    """What is still to do, from the counters (O(1))."""
+    with conn.begin():
+        counts = dict(conn.execute(text("SELECT state, batches FROM batch_counts")).all())
+        walk_done = conn.execute(text("SELECT walk_done FROM migration")).scalar()
+    return WorkLeft(bool(walk_done), counts.get(BatchState.PENDING.value, 0),
+                    counts.get(BatchState.RUNNING.value, 0))
+
+
+def retry_count_of(conn: Connection, task_id: int) -> int:
+    with conn.begin():
+        return conn.execute(select(batches.c.retry_count)
+                            .where(batches.c.task_id == task_id)).scalar() or 0
+
+
+def held_bytes(conn: Connection, worker_id: str) -> int | None:
+    """The largest batch a worker holds now (its estimated bytes), None when it holds none."""
+    with conn.begin():
+        return conn.execute(text(
+            "SELECT max(estimated_bytes) FROM batches WHERE state = 'running' "
+            "AND worker_id = :w"), {"w": worker_id}).scalar()
+
+
+def directory_total(conn: Connection) -> int:
+    with conn.begin():
+        return conn.execute(text("SELECT sum(directories) FROM batch_counts")).scalar() or 0
+
+
+def directory_page(conn: Connection, after: tuple[int, bytes], limit: int
+                   ) -> list[tuple[int, bytes]]:
+    """The next directories of the tree, in (task_id, path) order, after a cursor."""
+    with conn.begin():
+        rows = conn.execute(text(
+            "SELECT task_id, path FROM batch_files WHERE (task_id, path) > (:t, :p) "
+            "AND is_dir = 1 ORDER BY task_id, path LIMIT :n"),
+            {"t": after[0], "p": after[1], "n": limit}).all()
+    return [(t, bytes(p)) for t, p in rows]

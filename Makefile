@@ -1,0 +1,50 @@
+# Everything fleetsync needs, set up by the two targets the README starts with.
+#   make demo   install what is missing, migrate a sample tree with the API on, print the result
+#   make test   install what is missing, run the whole test suite
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEBS   := rsync openssh-server openssh-client sqlite3 fpart iproute2 procps
+DEMO   := demo
+
+.PHONY: demo test deps debs venv clean bench
+
+deps: debs venv
+
+# Debian packages, only when one is missing and only as root (else say what to install).
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    (apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null)) \
+	    || { echo "make: could not install:$$missing"; exit 1; }; \
+	  else echo "make: please install (as root):$$missing"; exit 1; fi; \
+	fi
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installed only when setup.cfg changes.
+$(VENV)/.installed: setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: deps
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+demo: deps
+	$(PY) -m controller.demo --dir $(DEMO)
+
+bench: deps
+	$(PY) bench/walk.py
+	$(PY) bench/copy.py
+	$(PY) bench/api.py
+
+clean:
+	rm -rf $(DEMO) bench/out .pytest_cache

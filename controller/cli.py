@@ -1,0 +1,100 @@
+"""The `fleetsync` command line: run, serve, status.
+
+Exit status: 0 every batch succeeded, 1 some batch failed for good, 2 a usage
+or configuration error, said in one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from . import sizes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_INVENTORY = os.path.join(REPO, "inventory", "local.ini")
+DEFAULT_LEDGER = "fleetsync.db"
+
+
+class UsageError(Exception):
+    """Bad input: one line, exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetsync", description=(
+        "Migrate a huge file tree with rsync across the hosts of an Ansible inventory, "
+        "with a SQLite ledger of every batch and a live JSON API."))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="walk SRC, copy it to DEST on the inventory's hosts "
+                         "(resumes when the ledger exists)")
+    run.add_argument("--src", required=True, help="source directory (walked on this machine)")
+    run.add_argument("--dest", required=True,
+                     help="destination: a path on the workers, or an rsync remote (host:/path)")
+    run.add_argument("--inventory", default=DEFAULT_INVENTORY,
+                     help="Ansible inventory of the workers (default: this machine alone)")
+    run.add_argument("--ledger", default=DEFAULT_LEDGER, help="SQLite ledger (default: %(default)s)")
+    _api_args(run)
+    run.add_argument("--no-api", action="store_true", help="do not serve the API during the run")
+    run.add_argument("--batch-files", type=int, default=500, metavar="N",
+                     help="entries per batch at most (default: %(default)s)")
+    run.add_argument("--batch-bytes", default="100MiB", metavar="SIZE",
+                     help="bytes per batch at most, e.g. 100MiB, 1G (default: %(default)s)")
+    run.add_argument("--producers", type=int, default=os.cpu_count() or 2, metavar="P",
+                     help="walker processes (default: the number of cores, %(default)s)")
+    run.add_argument("--max-retries", type=int, default=3, metavar="R",
+                     help="retries of a batch after a retryable rsync exit (default: %(default)s)")
+    run.add_argument("--rsync-option", action="append", default=[], metavar="OPT",
+                     help="extra rsync option, repeatable, e.g. --rsync-option=-AX")
+    run.add_argument("--heartbeat-timeout", type=float, default=120.0, metavar="SEC",
+                     help="a host silent this long while holding a batch is lost "
+                          "(plus the batch's bytes at 10 MiB/s; default: %(default)s)")
+    run.add_argument("--items-per-run", type=int, default=500, metavar="N",
+                     help="batches per slot per ansible-playbook run (default: %(default)s)")
+
+    serve = sub.add_parser("serve", help="serve the API of a ledger (running, finished or crashed)")
+    serve.add_argument("--ledger", default=DEFAULT_LEDGER)
+    _api_args(serve)
+
+    status = sub.add_parser("status", help="print the migration's numbers")
+    status.add_argument("--ledger", default=DEFAULT_LEDGER)
+    return p
+
+
+def _api_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bind", default="127.0.0.1",
+                   help="API address (default: %(default)s; another address needs care: --token)")
+    p.add_argument("--port", type=int, default=8000, help="API port (default: %(default)s)")
+    p.add_argument("--token", default=os.environ.get("FLEETSYNC_TOKEN"),
+                   help="bearer token the API requires (default: $FLEETSYNC_TOKEN)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from ledger.db import LedgerError
+    from .dispatch import DispatchError
+    from .inventory import InventoryError
+    try:
+        if args.command == "run":
+            from .run import run
+            return run(args)
+        if args.command == "serve":
+            from .run import serve
+            return serve(args)
+        from .run import status
+        return status(args)
+    except (UsageError, LedgerError, InventoryError, DispatchError, sizes.SizeError) as e:
+        print(f"fleetsync: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

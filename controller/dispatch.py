@@ -1,0 +1,295 @@
+"""The dispatcher: keeps every host of the inventory busy and records what happens.
+
+One thread owns the ledger connection of the controller. It starts one
+HostRun per usable host, turns runner events into heartbeats and batch
+transitions, notices lost hosts (unreachable, or silent while holding a
+batch), re-reads the inventory when it changes, and ends when the walk is done
+and nothing waits or runs.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import time
+from dataclasses import dataclass, field
+
+from ledger import batches, db, logbook, migration, workers
+from ledger.batches import Report
+
+from . import inventory, transfer
+from .hostrun import Event, HostRun, ansible_env
+from .policy import Policy, Verdict
+from .producers import Walk
+
+BACKOFF_FIRST, BACKOFF_MAX = 15.0, 600.0
+INVENTORY_EVERY = 2.0
+HEARTBEAT_EVERY = 1.0
+STALL_RATE = 10 << 20   # a held batch may keep a host silent for its bytes at 10 MiB/s
+
+
+class DispatchError(Exception):
+    """The run cannot go on: no host can work (said in one line)."""
+
+
+@dataclass
+class Settings:
+    ledger_path: str
+    inventory_path: str
+    policy: Policy = field(default_factory=Policy)
+    rsync_options: list[str] = field(default_factory=lambda: list(transfer.DEFAULT_RSYNC_OPTIONS))
+    items_per_run: int = 500          # batches per ansible-playbook run and slot
+    heartbeat_timeout: float = 120.0  # silence, beyond a held batch's own time, that loses a host
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, walk: Walk | None):
+        self.s = settings
+        self.walk = walk
+        self.engine = db.writer(settings.ledger_path)
+        self.conn = self.engine.connect()
+        self.mig = migration.load(self.conn)
+        self.conn.rollback()
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.hosts: dict[str, inventory.Host] = {}
+        self.runs: dict[str, HostRun] = {}
+        self.backoff: dict[str, float] = {}
+        self.preflight_errors: dict[str, str] = {}
+        self.beats: dict[str, float] = {}
+        self.worker_of_host: dict[str, str] = {}
+        self.losses: dict[str, int] = {}
+        self.stopping = False
+        self.dirs_done = self.dirs_failed = False
+        self._inventory_mtime = None
+        self._next_inventory = self._next_beat = 0.0
+
+    # -- the loop ---------------------------------------------------------------
+    def run(self, mode: str = "copy") -> None:
+        """Dispatch until nothing is left (mode "copy") or the pass ends ("dirs")."""
+        self.mode = mode
+        while True:
+            now = time.time()
+            if now >= self._next_inventory:
+                self._reload_inventory()
+                self._next_inventory = now + INVENTORY_EVERY
+            self._finish_walk()
+            left = batches.work_left(self.conn)
+            done = left.finished if mode == "copy" else self.dirs_done
+            if self.stopping or done:
+                for r in self.runs.values():
+                    r.drain()
+                if not self.runs:
+                    break
+            else:
+                self._start_runs()
+                self._check_silent(now)
+                self._check_hopeless()
+            self._handle_events(0.2)
+            if time.time() >= self._next_beat:
+                self._flush_heartbeats()
+        self._flush_heartbeats()
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def _finish_walk(self) -> None:
+        if self.walk is not None and not self.walk.running():
+            if not self.walk.join(0):
+                raise DispatchError("the walk of SRC failed; see the log in the ledger")
+            self.walk = None
+
+    # -- hosts --------------------------------------------------------------------
+    def _reload_inventory(self) -> None:
+        try:
+            mtime = os.stat(self.s.inventory_path).st_mtime_ns
+        except OSError:
+            mtime = None
+        if mtime == self._inventory_mtime and self.hosts:
+            return
+        self._inventory_mtime = mtime
+        try:
+            hosts = inventory.load(self.s.inventory_path, env=dict(os.environ) | ansible_env())
+        except inventory.InventoryError as e:
+            if not self.hosts:
+                raise
+            logbook.add(self.conn, "warning", f"{e}; keeping the hosts known before")
+            return
+        for name in set(self.hosts) - set(hosts):
+            logbook.add(self.conn, "info", f"host {name} left the inventory: no new batches")
+            workers.gone(self.conn, name)
+            if name in self.runs:
+                self.runs[name].drain()
+        for name in set(hosts) - set(self.hosts):
+            if self.hosts:
+                logbook.add(self.conn, "info", f"host {name} joined the inventory")
+        self.hosts = hosts
+
+    def _start_runs(self) -> None:
+        now = time.time()
+        for name, host in self.hosts.items():
+            if name in self.runs or self.backoff.get(name, 0) > now:
+                continue
+            if self.mode == "copy":
+                run = HostRun(host, self._extravars(), self.events, self.s.items_per_run)
+            else:
+                # One slot; enough items for every directory in commands of >= 100
+                # (a command holds up to 1000, fewer only when names are long).
+                dirs = batches.directory_total(self.conn)
+                run = HostRun(inventory.Host(host.name, host.vars, 1), self._extravars(),
+                              self.events, dirs // 100 + 10)
+            run.start()
+            self.runs[name] = run
+            if self.mode == "dirs":
+                return   # the directory pass runs on one slot of one host
+
+    def _extravars(self) -> dict:
+        return {"fleetsync_ledger": os.path.abspath(self.s.ledger_path),
+                "fleetsync_src": self.mig.src, "fleetsync_dest": self.mig.dest,
+                "fleetsync_migration_id": self.mig.migration_id,
+                "fleetsync_rsync_options": self.s.rsync_options,
+                "fleetsync_mode": self.mode}
+
+    def _lose(self, run: HostRun, why: str) -> None:
+        """The host is gone for now: its batches wait again, it rests before a retry."""
+        if run.lost:
+            return
+        run.lost = why
+        name = run.host.name
+        wid = run.worker_id or self.worker_of_host.get(name)
+        lost_before = 0
+        if wid:
+            released = batches.release_worker(self.conn, wid, f"host {name} lost: {why}")
+            lost_before = self._lost_count(name)
+            wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** lost_before)
+            workers.lost(self.conn, wid, time.time() + wait)
+        else:
+            released, wait = [], BACKOFF_FIRST
+        self.backoff[name] = time.time() + wait
+        logbook.add(self.conn, "warning", f"host {name} lost: {why}; {len(released)} "
+                    f"batches back to waiting; next try in {wait:.0f} s", worker_id=wid)
+        run.cancel()
+
+    def _lost_count(self, name: str) -> int:
+        """How often this host was lost before in this run (for the back-off)."""
+        self.losses[name] = self.losses.get(name, 0) + 1
+        return self.losses[name] - 1
+
+    def _check_silent(self, now: float) -> None:
+        for run in list(self.runs.values()):
+            if run.lost or not run.worker_id:
+                continue
+            held = batches.held_bytes(self.conn, run.worker_id)
+            if held is None:
+                continue
+            limit = self.s.heartbeat_timeout + held / STALL_RATE
+            if now - run.last_event > limit:
+                self._lose(run, f"silent for {now - run.last_event:.0f} s while holding a batch")
+
+    def _check_hopeless(self) -> None:
+        """Every host failed its preflight and none is running: say why, once."""
+        if self.hosts and not self.runs and set(self.hosts) <= set(self.preflight_errors):
+            first = sorted(self.preflight_errors.items())[0]
+            raise DispatchError(f"no host can run the migration: host {first[0]}: {first[1]}")
+
+    # -- events -------------------------------------------------------------------
+    def _handle_events(self, wait: float) -> None:
+        deadline = time.time() + wait
+        while True:
+            try:
+                ev = self.events.get(timeout=max(0.0, deadline - time.time()))
+            except queue.Empty:
+                return
+            self._handle(ev)
+
+    def _handle(self, ev: Event) -> None:
+        run = ev.run
+        if ev.kind == "finished":
+            self._finished(run, ev.status)
+            return
+        run.last_event = ev.ts
+        if run.worker_id:
+            self.beats[run.worker_id] = ev.ts
+        if ev.kind == "runner_on_unreachable" or ev.res.get("unreachable"):
+            self._lose(run, _one_line(ev.res.get("msg") or "unreachable"))
+        elif ev.task == "preflight":
+            self._preflight(run, ev)
+        elif ev.task == "batches" and ev.kind == "runner_item_on_ok":
+            out = transfer.parse(ev.res.get("stdout", ""))
+            if out is not None and run.worker_id:
+                self._record(out, run.worker_id, ev.ts)
+        elif ev.task == "batches" and ev.kind in ("runner_on_failed", "runner_item_on_failed"):
+            logbook.add(self.conn, "error", f"host {run.host.name}: "
+                        + _one_line(ev.res.get("msg") or "dispatch failed"),
+                        worker_id=run.worker_id)
+
+    def _preflight(self, run: HostRun, ev: Event) -> None:
+        stdout = ev.res.get("stdout", "")
+        if ev.kind == "runner_on_ok" and run.worker_id is None:
+            from .slot import parse_worker
+            run.worker_id = parse_worker(stdout)
+            self.worker_of_host[run.host.name] = run.worker_id
+            self.preflight_errors.pop(run.host.name, None)
+            slots = self.hosts[run.host.name].slots if run.host.name in self.hosts else None
+            workers.seen(self.conn, run.worker_id, run.host.name, slots or run.host.slots)
+            self.beats[run.worker_id] = ev.ts
+            for line in stdout.splitlines():
+                if line.startswith(f"{transfer.MARK} killed"):
+                    logbook.add(self.conn, "warning", f"host {run.host.name}: {line[12:]}",
+                                worker_id=run.worker_id)
+        elif ev.kind == "runner_on_failed":
+            errors = [ln[len(transfer.MARK) + 7:] for ln in stdout.splitlines()
+                      if ln.startswith(f"{transfer.MARK} error ")]
+            why = "; ".join(errors) or _one_line(ev.res.get("msg") or stdout or "failed")
+            if run.host.name not in self.preflight_errors:
+                logbook.add(self.conn, "error", f"host {run.host.name} preflight: {why}")
+            self.preflight_errors[run.host.name] = why
+
+    def _record(self, out: transfer.Outcome, worker_id: str, received: float) -> None:
+        report = Report(out.task_id, out.claim, worker_id, out.rsync_exit_code,
+                        out.bytes_sent, out.bytes_received, out.start_ts, out.end_ts,
+                        out.errors)
+        if out.task_id == 0:     # the directory pass
+            if out.rsync_exit_code != 0:
+                logbook.add(self.conn, "error", f"directory pass exit={out.rsync_exit_code}: "
+                            + "; ".join(out.errors[:3]), worker_id=worker_id)
+                self.dirs_failed = True
+            return
+        used = batches.retry_count_of(self.conn, out.task_id)
+        verdict = self.s.policy.verdict(out.rsync_exit_code, used)
+        if verdict is Verdict.SUCCEED:
+            batches.succeed(self.conn, report)
+        elif verdict is Verdict.RETRY:
+            batches.retry(self.conn, report, used + 1)
+        else:
+            batches.fail(self.conn, report, used)
+
+    def _finished(self, run: HostRun, status: str | None) -> None:
+        self.runs.pop(run.host.name, None)
+        name = run.host.name
+        if self.mode == "dirs" and run.worker_id and not run.lost:
+            self.dirs_done = True
+        wid = run.worker_id
+        if wid and not run.lost:
+            # A run that ended leaves nothing running on its host.
+            released = batches.release_worker(self.conn, wid, f"dispatch on {name} ended")
+            if released and not self.stopping:
+                logbook.add(self.conn, "warning", f"host {name}: dispatch ended ({status}) "
+                            f"holding {len(released)} batches; back to waiting", worker_id=wid)
+        if name in self.preflight_errors or (not wid and not run.lost):
+            if name not in self.preflight_errors:
+                self.preflight_errors[name] = f"dispatch ended before its preflight ({status})"
+                logbook.add(self.conn, "error", f"host {name}: {self.preflight_errors[name]}")
+            self.backoff[name] = time.time() + BACKOFF_FIRST
+
+    def _flush_heartbeats(self) -> None:
+        workers.heartbeat(self.conn, self.beats)
+        migration.heartbeat(self.conn)
+        self.beats = {}
+        self._next_beat = time.time() + HEARTBEAT_EVERY
+
+    def close(self) -> None:
+        self.conn.close()
+        self.engine.dispose()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:500]

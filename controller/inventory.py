@@ -1,0 +1,81 @@
+"""The fleet as the operator's Ansible inventory describes it, re-read when it changes.
+
+`ansible-inventory --list` resolves groups, group_vars and host_vars exactly as
+ansible-playbook would. Each host runs as many batches at once as its
+`fleetsync_slots` variable says (default 2); a slot is an alias of the host in
+the runtime inventory handed to ansible-runner, so one playbook run drives all
+of a host's slots side by side.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+DEFAULT_SLOTS = 2
+SLOT_SEP = "--slot"
+
+
+class InventoryError(Exception):
+    pass
+
+
+@dataclass
+class Host:
+    name: str
+    vars: dict
+    slots: int
+
+    def aliases(self) -> dict[str, dict]:
+        """One inventory entry per slot, each a copy of the host."""
+        base = dict(self.vars)
+        base.setdefault("ansible_host", self.name)
+        return {f"{self.name}{SLOT_SEP}{i}": dict(base, fleetsync_host=self.name)
+                for i in range(1, self.slots + 1)}
+
+
+def host_of(alias: str) -> str:
+    return alias.rsplit(SLOT_SEP, 1)[0]
+
+
+def load(path: str, env: dict | None = None) -> dict[str, Host]:
+    """Every host of the inventory with its variables; one clear error when it is broken."""
+    if not os.path.exists(path):
+        raise InventoryError(f"inventory {path} does not exist")
+    exe = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")
+    if not os.path.exists(exe):
+        exe = "ansible-inventory"
+    proc = subprocess.run([exe, "-i", path, "--list"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line or "ERROR" in line]
+    if proc.returncode != 0:
+        raise InventoryError(f"inventory {path} cannot be read: "
+                             + (warnings[-1] if warnings else proc.stderr.strip()[-300:]))
+    data = json.loads(proc.stdout)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    names = set(hostvars)
+    for group in data.values():
+        if isinstance(group, dict):
+            names.update(group.get("hosts", []))
+    if not names:
+        raise InventoryError(f"inventory {path} lists no host"
+                             + (f" ({warnings[-1]})" if warnings else ""))
+    hosts = {}
+    for name in sorted(names):
+        hv = hostvars.get(name, {})
+        try:
+            slots = int(hv.get("fleetsync_slots", DEFAULT_SLOTS))
+        except (TypeError, ValueError):
+            raise InventoryError(f"host {name}: fleetsync_slots must be a number") from None
+        if slots < 1:
+            raise InventoryError(f"host {name}: fleetsync_slots must be at least 1")
+        hosts[name] = Host(name, hv, slots)
+    return hosts
+
+
+def write_runtime(path: str, host: Host) -> None:
+    """The inventory one dispatch runs with: the host's slots as separate entries."""
+    with open(path, "w") as f:
+        json.dump({"all": {"hosts": host.aliases()}}, f)

@@ -1,0 +1,149 @@
+"""What `fleetsync run`, `serve` and `status` do, once the arguments are parsed."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+from ledger import batches, db, migration
+
+from . import sizes
+from .cli import UsageError
+from .dispatch import Dispatcher, Settings
+from .policy import Policy
+from .producers import Walk
+from .transfer import DEFAULT_RSYNC_OPTIONS
+from .walk import Limits
+
+
+def _check_paths(src: str, dest: str) -> tuple[str, str]:
+    """Absolute SRC and DEST, or one clear line about what is wrong."""
+    if not os.path.exists(src):
+        raise UsageError(f"SRC {src} does not exist")
+    if not os.path.isdir(src):
+        raise UsageError(f"SRC {src} is not a directory")
+    if not os.access(src, os.R_OK | os.X_OK):
+        raise UsageError(f"SRC {src} is not readable")
+    src = os.path.realpath(src)
+    if ":" in dest.split("/", 1)[0]:      # host:/path or rsync://: checked on the workers
+        return src, dest
+    dest = os.path.realpath(dest)
+    for a, b, what in ((dest, src, "DEST is inside SRC"), (src, dest, "SRC is inside DEST")):
+        if a == b or a.startswith(b.rstrip("/") + "/"):
+            raise UsageError(f"{what}: {src} -> {dest}")
+    return src, dest
+
+
+def _limits(args) -> Limits:
+    if args.batch_files < 1:
+        raise UsageError("--batch-files must be at least 1")
+    if args.producers < 1:
+        raise UsageError("--producers must be at least 1")
+    if args.max_retries < 0:
+        raise UsageError("--max-retries must be 0 or more")
+    return Limits(entries=args.batch_files, bytes=sizes.parse(args.batch_bytes))
+
+
+def _start_api(args, ledger_path: str):
+    """The API in a thread of this process; None when it cannot bind (said once)."""
+    from api.app import make_app
+    from api.server import start_in_thread
+    try:
+        return start_in_thread(make_app(ledger_path, token=args.token), args.bind, args.port)
+    except OSError as e:
+        print(f"fleetsync: warning: API not served on {args.bind}:{args.port}: {e.strerror}",
+              file=sys.stderr)
+        return None
+
+
+def run(args) -> int:
+    src, dest = _check_paths(args.src, args.dest)
+    limits = _limits(args)
+    if not os.path.exists(args.inventory):
+        raise UsageError(f"inventory {args.inventory} does not exist")
+    ledger_path = os.path.abspath(args.ledger)
+    options = {"batch_files": limits.entries, "batch_bytes": limits.bytes}
+    engine = db.writer(ledger_path)
+    mig = migration.open_or_create(engine, src, dest, options)
+    with engine.connect() as conn:
+        migration.start_run(conn)
+        released = batches.release_all(conn, "the controller restarted")
+    if released:
+        print(f"fleetsync: resumed: {len(released)} batches of the last run wait again",
+              file=sys.stderr)
+    walk = None
+    if not mig.walk_done:
+        walk = Walk(ledger_path, src, args.producers, Limits(**{
+            "entries": mig.options.get("batch_files", limits.entries),
+            "bytes": mig.options.get("batch_bytes", limits.bytes)}))
+        walk.start()
+    api = None if args.no_api else _start_api(args, ledger_path)
+    settings = Settings(ledger_path, os.path.abspath(args.inventory),
+                        Policy(max_retries=args.max_retries),
+                        [*DEFAULT_RSYNC_OPTIONS, *args.rsync_option],
+                        items_per_run=args.items_per_run,
+                        heartbeat_timeout=args.heartbeat_timeout)
+    dispatcher = Dispatcher(settings, walk)
+    stopped = threading.Event()
+
+    def _stop(signum, _frame):
+        if stopped.is_set():          # a second signal: stop now
+            raise KeyboardInterrupt
+        stopped.set()
+        print("fleetsync: stopping: finishing the batches in hand (again to stop now)",
+              file=sys.stderr)
+        dispatcher.stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        dispatcher.run("copy")
+        if not stopped.is_set():
+            Dispatcher(settings, None).run("dirs")
+    finally:
+        if walk is not None:
+            walk.stop()
+        dispatcher.close()
+        if api is not None:
+            api.stop()
+    with engine.connect() as conn:
+        left = batches.work_left(conn)
+        if left.finished:
+            migration.end_run(conn)
+    return _summary(ledger_path, stopped.is_set())
+
+
+def _summary(ledger_path: str, stopped: bool) -> int:
+    from ledger import queries
+    engine = db.reader(ledger_path)
+    with engine.connect() as conn:
+        st = queries.status(conn)
+    print(f"fleetsync: {st['completed_batches']} of {st['total_batches']} batches succeeded, "
+          f"{st['failed_batches']} failed, {st['queue_depth']} waiting"
+          + (" (stopped)" if stopped else ""))
+    if stopped:
+        return 1
+    return 1 if st["failed_batches"] else 0
+
+
+def serve(args) -> int:
+    from api.app import make_app
+    from api.server import serve as serve_api
+    if not os.path.exists(args.ledger):
+        raise UsageError(f"no ledger at {args.ledger}")
+    serve_api(make_app(os.path.abspath(args.ledger), token=args.token), args.bind, args.port)
+    return 0
+
+
+def status(args) -> int:
+    import json
+
+    from ledger import queries
+    if not os.path.exists(args.ledger):
+        raise UsageError(f"no ledger at {args.ledger}")
+    engine = db.reader(args.ledger)
+    with engine.connect() as conn:
+        print(json.dumps({"status": queries.status(conn), "progress": queries.progress(conn),
+                          "throughput": queries.throughput(conn)}, indent=2))
+    return 0

@@ -1,0 +1,94 @@
+"""What a worker slot runs next: called by the `fleetsync_claim` lookup plugin.
+
+Each slot of a host is one Ansible loop whose items are templated one at a
+time, on the controller, just before they run. Templating an item calls this
+module, which claims the next waiting batch in the ledger and returns its
+command. So one ansible-playbook run feeds a slot batch after batch with true
+dynamic balancing, and Ansible's cost is a `raw` item (~15 ms) per batch
+instead of a playbook run (~0.9 s).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from ledger import batches, db, migration
+
+from . import transfer
+
+IDLE_WAIT = 2.0     # seconds a slot waits for work before it reports idle
+POLL = 0.05
+STOP = f"echo {transfer.MARK} stop"
+IDLE = f"echo {transfer.MARK} idle"
+
+_engines: dict[str, object] = {}
+
+
+def _conn(ledger_path: str):
+    # One engine per process: the lookup runs in an Ansible worker process that
+    # lives for the whole loop.
+    if ledger_path not in _engines:
+        _engines[ledger_path] = db.writer(ledger_path)
+    return _engines[ledger_path].connect()
+
+
+def parse_worker(preflight_stdout: str) -> str:
+    for line in preflight_stdout.splitlines():
+        if line.startswith(f"{transfer.MARK} worker "):
+            return line.split(" ", 2)[2].strip()
+    raise ValueError("the preflight did not name the worker")
+
+
+_dirs_cursor: dict[str, tuple[int, bytes]] = {}
+DIRS_PER_COMMAND = 1000
+NAME_BYTES_PER_COMMAND = 64 * 1024
+
+
+def next_dirs_command(ledger_path: str, run_token: str, rsync_options: list[str]) -> str:
+    """The directory-metadata pass: the next directories of the tree, in order.
+
+    Only one slot runs this pass, so the cursor lives in this process.
+    """
+    with _conn(ledger_path) as conn:
+        mig = migration.load(conn)
+        conn.rollback()
+        page = batches.directory_page(conn, _dirs_cursor.get(run_token, (0, b"")),
+                                      DIRS_PER_COMMAND)
+        if not page:
+            return STOP
+        paths, size = [], 0
+        for task_id, path in page:
+            if paths and size + len(path) + 1 > NAME_BYTES_PER_COMMAND:
+                break
+            paths.append(path)
+            size += len(path) + 1
+            _dirs_cursor[run_token] = (task_id, path)
+        return transfer.dirs_command(paths, mig.src, mig.dest, rsync_options,
+                                     transfer.marker(mig.migration_id, run_token))
+
+
+def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,
+                 rsync_options: list[str], mode: str = "copy") -> str:
+    """Claim the next batch for this worker and return its command (or idle/stop)."""
+    if mode == "dirs":
+        return next_dirs_command(ledger_path, run_token, rsync_options)
+    with _conn(ledger_path) as conn:
+        mig = migration.load(conn)
+        conn.rollback()
+        mark = transfer.marker(mig.migration_id, run_token)
+        deadline = time.monotonic() + IDLE_WAIT
+        while True:
+            if os.path.exists(stop_file):
+                return STOP
+            claimed = batches.claim(conn, worker_id, 1)
+            if claimed:
+                c = claimed[0]
+                files = batches.entries(conn, c.task_id)
+                size = sum(s for _, d, s in files if not d)
+                return transfer.batch_command(c.task_id, c.claim, [p for p, _, _ in files],
+                                              mig.src, mig.dest, rsync_options, mark, size)
+            if batches.work_left(conn).finished:
+                return STOP
+            if time.monotonic() > deadline:
+                return IDLE
+            time.sleep(POLL)

@@ -1,0 +1,126 @@
+"""The shell command one batch runs on a worker host, and what its output says.
+
+The file list never meets a shell: it travels NUL-separated, gzip-compressed
+and base64-encoded inside the command, is decoded into a temporary file on the
+worker and handed to `rsync --from0 --files-from`. Only SRC and DEST appear in
+the command as words, quoted. The list's length is checked before rsync runs,
+so a damaged list can never pass for a short batch.
+
+rsync options (the defaults, changed with --rsync-option):
+  --archive        permissions, times, owner, group, symlinks, devices, specials
+  --numeric-ids    uid/gid as numbers: the data movers' name maps need not match
+  --hard-links     keeps hard links that fall inside one batch (not across batches)
+  --sparse         holes stay holes (runs of zeros in plain files become holes too)
+  ACLs (-A) and xattrs (-X) are off: a destination without them would fail every
+  batch with exit 23; add them with --rsync-option=-AX where both sides have them.
+  --timeout        rsync's own I/O timeout; `timeout -k` bounds the whole batch.
+"""
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+import zlib
+from dataclasses import dataclass, field
+
+DEFAULT_RSYNC_OPTIONS = ["--archive", "--numeric-ids", "--hard-links", "--sparse"]
+IO_TIMEOUT = 300          # rsync --timeout: seconds without any I/O
+MIN_BATCH_SECONDS = 900   # `timeout` bound of a batch: at least this...
+MIN_RATE = 1 << 20        # ...or its bytes at 1 MiB/s, whichever is longer
+LIST_DAMAGED = 250        # our own exit code: the file list did not arrive whole
+
+MARK = "@@fleetsync"
+
+
+def marker(migration_id: str, run_token: str) -> str:
+    """A string carried in every rsync's command line, to find leftovers of dead runs."""
+    return f"fleetsync:{migration_id}:{run_token}"
+
+
+def batch_seconds(estimated_bytes: int) -> int:
+    return max(MIN_BATCH_SECONDS, estimated_bytes // MIN_RATE)
+
+
+def _trailing(path: str) -> str:
+    return path if path.endswith("/") else path + "/"
+
+
+def encode_list(paths: list[bytes]) -> tuple[str, int]:
+    """The NUL-separated list, gzip-compressed and base64-encoded, and its length."""
+    raw = b"".join(p + b"\0" for p in paths)
+    gz = zlib.compressobj(6, zlib.DEFLATED, 31)   # 31: the gzip container
+    packed = gz.compress(raw) + gz.flush()
+    return base64.b64encode(packed).decode("ascii"), len(raw)
+
+
+def batch_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: str,
+                  options: list[str], mark: str, estimated_bytes: int) -> str:
+    """The command for one batch: decode the list, check it, run rsync, report."""
+    b64, length = encode_list(paths)
+    rsync = ["rsync", *options, "--stats", f"--timeout={IO_TIMEOUT}", "--from0",
+             '--files-from="$f"', f"--log-file-format={mark}", "--",
+             shlex.quote(_trailing(src)), shlex.quote(_trailing(dest))]
+    return "; ".join([
+        f"echo {MARK} begin task={task_id} claim={claim} start=$(date +%s.%N)",
+        'f=$(mktemp "${TMPDIR:-/tmp}/fleetsync.XXXXXX") || exit 1',
+        f'echo {b64} | base64 -d | gzip -dc > "$f"',
+        f'if [ "$(wc -c < "$f")" -eq {length} ]; then '
+        f"timeout -k 30 {batch_seconds(estimated_bytes)} {' '.join(rsync)} 2>&1; rc=$?; "
+        f"else echo 'fleetsync: the file list arrived damaged'; rc={LIST_DAMAGED}; fi",
+        'rm -f "$f"',
+        f"echo {MARK} end task={task_id} claim={claim} rc=$rc end=$(date +%s.%N)",
+    ])
+
+
+def dirs_command(paths: list[bytes], src: str, dest: str, options: list[str], mark: str) -> str:
+    """Directory-metadata pass: rsync the directories alone (no recursion) to set their
+    modes and times after every file has landed inside them."""
+    return batch_command(0, 0, paths, src, dest, [*options, "--dirs"], mark, 0)
+
+
+@dataclass
+class Outcome:
+    """One batch's result as parsed from the worker's output."""
+    task_id: int
+    claim: int
+    rsync_exit_code: int | None
+    start_ts: float | None = None
+    end_ts: float | None = None
+    bytes_sent: int | None = None
+    bytes_received: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+_BEGIN = re.compile(rf"^{MARK} begin task=(\d+) claim=(\d+) start=([\d.]+)", re.M)
+_END = re.compile(rf"^{MARK} end task=(\d+) claim=(\d+) rc=(\d+) end=([\d.]+)", re.M)
+_STAT = re.compile(r"^Total bytes (sent|received): ([\d,]+)", re.M)
+_VANISHED = re.compile(r'^rsync: \[sender\] link_stat ".*" failed: No such file or directory'
+                       r"|^file has vanished: ")
+VANISHED_EXIT = 24
+
+
+def parse(stdout: str) -> Outcome | None:
+    """The outcome of one batch, or None when the output holds no batch."""
+    begin = _BEGIN.search(stdout)
+    if not begin:
+        return None
+    out = Outcome(int(begin[1]), int(begin[2]), None, start_ts=float(begin[3]))
+    end = _END.search(stdout)
+    if end:
+        out.rsync_exit_code = int(end[3])
+        out.end_ts = float(end[4])
+    for kind, value in _STAT.findall(stdout):
+        setattr(out, f"bytes_{kind}", int(value.replace(",", "")))
+    out.errors = [line for line in stdout.splitlines()
+                  if line.startswith(("rsync:", "rsync error:", "fleetsync:", "timeout:"))
+                  or line.startswith("file has vanished:")]
+    if out.rsync_exit_code == 23 and _only_vanished(out.errors):
+        # rsync says 23 for a listed file that no longer exists; it is the same
+        # event as exit 24 ("vanished source files") and gets the same policy.
+        out.rsync_exit_code = VANISHED_EXIT
+    return out
+
+
+def _only_vanished(errors: list[str]) -> bool:
+    real = [e for e in errors if not e.startswith("rsync error:")]
+    return bool(real) and all(_VANISHED.search(e) for e in real)
