@@ -8,6 +8,7 @@ live, finished or crashed migration and can never change it.
 from __future__ import annotations
 
 import hmac
+import sqlite3
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -106,9 +107,11 @@ def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
         try:
             with engine.connect() as conn, conn.begin():
                 yield conn
-        except exc.OperationalError as e:
+        except (exc.OperationalError, sqlite3.OperationalError) as e:
             # e.g. a ledger whose tables are not created yet: the client may retry.
-            raise errors.unavailable(f"the ledger cannot be read now: {e.orig}") from None
+            # (queries read through the sqlite3 cursor, whose errors SQLAlchemy never sees.)
+            detail = getattr(e, "orig", e)
+            raise errors.unavailable(f"the ledger cannot be read now: {detail}") from None
 
     def endpoint(route: Route) -> Callable:
         def handle(**url_args: str) -> dict | str:

@@ -33,7 +33,7 @@ class ServerThread:
         self._server = waitress.create_server(app, host=host, port=port, threads=threads,
                                               **_SETTINGS)
         self.host = self._server.effective_host
-        self.port = self._server.effective_port
+        self.port = int(self._server.effective_port)   # waitress gives a string
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleetsync-api", daemon=True)
 
