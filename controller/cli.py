@@ -11,14 +11,11 @@ import signal
 import sys
 
 from . import sizes
+from .errors import UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_INVENTORY = os.path.join(REPO, "inventory", "local.ini")
 DEFAULT_LEDGER = "fleetsync.db"
-
-
-class UsageError(Exception):
-    """Bad input: one line, exit 2."""
 
 
 def _parser() -> argparse.ArgumentParser:

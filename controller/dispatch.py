@@ -42,7 +42,8 @@ class Settings:
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, walk: Walk | None):
+    def __init__(self, settings: Settings, walk: Walk | None,
+                 hosts: dict[str, inventory.Host] | None = None):
         self.s = settings
         self.walk = walk
         self.engine = db.writer(settings.ledger_path)
@@ -50,7 +51,7 @@ class Dispatcher:
         self.mig = migration.load(self.conn)
         self.conn.rollback()
         self.events: queue.Queue[Event] = queue.Queue()
-        self.hosts: dict[str, inventory.Host] = {}
+        self.hosts: dict[str, inventory.Host] = hosts or {}
         self.runs: dict[str, HostRun] = {}
         self.backoff: dict[str, float] = {}
         self.preflight_errors: dict[str, str] = {}
@@ -59,7 +60,7 @@ class Dispatcher:
         self.losses: dict[str, int] = {}
         self.stopping = False
         self.dirs_done = self.dirs_failed = False
-        self._inventory_mtime = None
+        self._inventory_mtime = _mtime(settings.inventory_path) if hosts else None
         self._next_inventory = self._next_beat = 0.0
 
     # -- the loop ---------------------------------------------------------------
@@ -99,10 +100,7 @@ class Dispatcher:
 
     # -- hosts --------------------------------------------------------------------
     def _reload_inventory(self) -> None:
-        try:
-            mtime = os.stat(self.s.inventory_path).st_mtime_ns
-        except OSError:
-            mtime = None
+        mtime = _mtime(self.s.inventory_path)
         if mtime == self._inventory_mtime and self.hosts:
             return
         self._inventory_mtime = mtime
@@ -289,6 +287,22 @@ class Dispatcher:
     def close(self) -> None:
         self.conn.close()
         self.engine.dispose()
+
+
+def _mtime(path: str) -> int | None:
+    """Newest change of an inventory: the file or directory, and the group_vars and
+    host_vars that Ansible reads beside or inside it."""
+    base = path if os.path.isdir(path) else os.path.dirname(path)
+    newest = None
+    for top in (path, os.path.join(base, "group_vars"), os.path.join(base, "host_vars")):
+        for d, _, files in os.walk(top) if os.path.isdir(top) else [("", [], [top])]:
+            for name in files:
+                try:
+                    m = os.stat(os.path.join(d, name)).st_mtime_ns
+                except OSError:
+                    continue
+                newest = m if newest is None else max(newest, m)
+    return newest
 
 
 def _one_line(text: str) -> str:

@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from . import inventory
+from . import inventory, transfer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAYBOOK = os.path.join(REPO, "playbooks", "dispatch.yml")
@@ -49,6 +49,25 @@ def ansible_env() -> dict[str, str]:
     return env
 
 
+def kill_leftovers(migration_id: str) -> int:
+    """Kill what a dead controller of this migration left on this machine: its
+    ansible-playbook runs (still claiming batches) and their rsyncs."""
+    mark = transfer.marker(migration_id, "").encode()
+    killed = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if mark not in f.read():
+                    continue
+            os.kill(int(pid), signal.SIGKILL)
+            killed += 1
+        except OSError:
+            pass
+    return killed
+
+
 @dataclass
 class Event:
     run: "HostRun"
@@ -72,7 +91,10 @@ class HostRun:
     preflight_error: str | None = None
 
     def start(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="fleetsync-run-")
+        # The marker in the directory name puts it in ansible-playbook's command line,
+        # so a later run can find and stop what a killed controller left behind.
+        self.dir = tempfile.mkdtemp(prefix=transfer.marker(
+            self.extravars["fleetsync_migration_id"], self.token) + "-")
         self.stop_file = os.path.join(self.dir, "stop")
         self.inventory = os.path.join(self.dir, "inventory.json")
         inventory.write_runtime(self.inventory, self.host)

@@ -9,8 +9,10 @@ import threading
 from ledger import batches, db, migration
 
 from . import sizes
-from .cli import UsageError
+from .errors import UsageError
 from .dispatch import Dispatcher, Settings
+from .hostrun import ansible_env, kill_leftovers
+from . import inventory
 from .policy import Policy
 from .producers import Walk
 from .transfer import DEFAULT_RSYNC_OPTIONS
@@ -60,12 +62,14 @@ def _start_api(args, ledger_path: str):
 def run(args) -> int:
     src, dest = _check_paths(args.src, args.dest)
     limits = _limits(args)
-    if not os.path.exists(args.inventory):
-        raise UsageError(f"inventory {args.inventory} does not exist")
+    hosts = inventory.load(args.inventory, env=dict(os.environ) | ansible_env())
     ledger_path = os.path.abspath(args.ledger)
     options = {"batch_files": limits.entries, "batch_bytes": limits.bytes}
     engine = db.writer(ledger_path)
     mig = migration.open_or_create(engine, src, dest, options)
+    killed = kill_leftovers(mig.migration_id)
+    if killed:
+        print(f"fleetsync: stopped {killed} processes left by an earlier run", file=sys.stderr)
     with engine.connect() as conn:
         migration.start_run(conn)
         released = batches.release_all(conn, "the controller restarted")
@@ -84,7 +88,7 @@ def run(args) -> int:
                         [*DEFAULT_RSYNC_OPTIONS, *args.rsync_option],
                         items_per_run=args.items_per_run,
                         heartbeat_timeout=args.heartbeat_timeout)
-    dispatcher = Dispatcher(settings, walk)
+    dispatcher = Dispatcher(settings, walk, hosts)
     stopped = threading.Event()
 
     def _stop(signum, _frame):
@@ -100,7 +104,7 @@ def run(args) -> int:
     try:
         dispatcher.run("copy")
         if not stopped.is_set():
-            Dispatcher(settings, None).run("dirs")
+            Dispatcher(settings, None, dispatcher.hosts).run("dirs")
     finally:
         if walk is not None:
             walk.stop()

@@ -1,0 +1,92 @@
+"""Helpers for tests that run the real `fleetsync` command on real trees."""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import stat
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fleetsync(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run `fleetsync ARGS` as an operator would, from a fresh process."""
+    return subprocess.run([sys.executable, "-m", "controller.cli", *args], cwd=REPO,
+                          capture_output=True, timeout=timeout, **kw)
+
+
+def popen(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "controller.cli", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+ODD_NAMES = [b"new\nline", b"tab\there", b"\xff\xfe-not-utf8", b"-leading-dash", b"--rsync-opt",
+             b"with space", b" leading space", b"x" * 255, b"quote'\"$(touch pwned)`id`"]
+
+
+def make_odd_tree(root: bytes) -> None:
+    """Every kind of entry and name a migration meets, with set modes and times."""
+    os.makedirs(root)
+    for i, name in enumerate(ODD_NAMES):
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(name * 3 + bytes([i]))
+    deep = root
+    for i in range(40):
+        deep = os.path.join(deep, b"d%02d" % i)
+    os.makedirs(deep)
+    with open(os.path.join(deep, b"bottom"), "wb") as f:
+        f.write(b"deep")
+    os.makedirs(os.path.join(root, b"empty", b"nested-empty"))
+    os.makedirs(os.path.join(root, b"dir\nwith\xffodd name"))
+    with open(os.path.join(root, b"dir\nwith\xffodd name", b"inner"), "wb") as f:
+        f.write(b"inner")
+    os.symlink(b"d00", os.path.join(root, b"link-to-dir"))
+    os.symlink(b"does/not/exist", os.path.join(root, b"dangling"))
+    os.mkfifo(os.path.join(root, b"fifo"))
+    with open(os.path.join(root, b"sparse"), "wb") as f:
+        f.seek(32 << 20)
+        f.write(b"end")
+    with open(os.path.join(root, b"exec"), "wb") as f:
+        f.write(b"#!/bin/sh\n")
+    os.chmod(os.path.join(root, b"exec"), 0o750)
+    os.chmod(os.path.join(root, b"empty"), 0o700)
+    # Old, distinct times everywhere, directories last (children change them).
+    for n, (d, dirs, files) in enumerate(sorted(os.walk(root), key=lambda t: -len(t[0]))):
+        for name in files + [x for x in dirs if os.path.islink(os.path.join(d, x))]:
+            p = os.path.join(d, name)
+            os.utime(p, ns=(1_500_000_000_123_456_789 + n, 1_500_000_000_123_456_789 + n),
+                     follow_symlinks=False)
+        os.utime(d, ns=(1_400_000_000_987_654_321 + n, 1_400_000_000_987_654_321 + n))
+
+
+def snapshot(root: bytes) -> dict[bytes, tuple]:
+    """Every entry under root (root included as b'.'): type, mode, mtime, content."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(d, name)
+            out[os.path.relpath(p, root)] = _entry(p)
+    out[b"."] = _entry(root)
+    return out
+
+
+def _entry(p: bytes) -> tuple:
+    st = os.lstat(p)
+    kind = stat.S_IFMT(st.st_mode)
+    if stat.S_ISREG(st.st_mode):
+        with open(p, "rb") as f:
+            content = hashlib.sha256(f.read()).hexdigest()
+    elif stat.S_ISLNK(st.st_mode):
+        content = os.readlink(p)
+    else:
+        content = None
+    return (kind, stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size if kind != stat.S_IFDIR
+            else None, content)

@@ -1,0 +1,224 @@
+"""End to end on this machine: real `fleetsync run`, real ansible-runner, real rsync."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import stat
+import time
+
+import pytest
+
+from controller.producers import Walk
+from controller.walk import Limits
+from ledger import db, migration
+
+from .support import fleetsync, make_odd_tree, popen, snapshot, REPO
+
+LOCAL = os.path.join(REPO, "inventory", "local.ini")
+
+
+def counts(ledger) -> dict[str, int]:
+    con = sqlite3.connect(ledger)
+    try:
+        return dict(con.execute("SELECT state, batches FROM batch_counts").fetchall())
+    finally:
+        con.close()
+
+
+def query(ledger, sql, *args):
+    con = sqlite3.connect(ledger)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def test_odd_tree_arrives_exactly(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    make_odd_tree(os.fsencode(src))
+    r = fleetsync("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+                  "--no-api", "--batch-files", "7")
+    assert r.returncode == 0, r.stderr.decode()
+    want, got = snapshot(os.fsencode(src)), snapshot(os.fsencode(dest))
+    assert set(got) == set(want)
+    for path in want:
+        assert got[path] == want[path], path
+    sparse = os.lstat(dest / "sparse")
+    assert sparse.st_blocks * 512 < sparse.st_size // 4          # holes stay holes
+    assert stat.S_ISFIFO(os.lstat(dest / "fifo").st_mode)
+    assert not (tmp_path / "pwned").exists() and not (dest / "pwned").exists()
+    c = counts(ledger)
+    assert c["succeeded"] > 3 and c["failed"] == c["pending"] == c["running"] == 0
+    # Exactly-once accounting: one successful attempt per batch.
+    assert query(ledger, "SELECT count(*) FROM attempts WHERE status='success'")[0][0] == c["succeeded"]
+
+
+def test_second_run_resumes_and_copies_nothing_again(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "f").write_text("x")
+    args = ("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger), "--no-api")
+    assert fleetsync(*args).returncode == 0
+    attempts = query(ledger, "SELECT count(*) FROM attempts")[0][0]
+    again = fleetsync(*args)
+    assert again.returncode == 0, again.stderr.decode()
+    assert query(ledger, "SELECT count(*) FROM attempts")[0][0] == attempts
+
+
+def walk_only(src, dest, ledger, **limits):
+    """Fill a ledger as `run` would, without dispatching (to change SRC after the walk)."""
+    engine = db.writer(str(ledger))
+    migration.open_or_create(engine, os.path.realpath(src), os.path.realpath(dest),
+                             {"batch_files": limits.get("entries", 500),
+                              "batch_bytes": 100 << 20})
+    walk = Walk(str(ledger), os.path.realpath(src), 1, Limits(**limits))
+    walk.start()
+    assert walk.join()
+
+
+def test_file_deleted_after_the_walk_is_exit_24_retried_then_failed(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_text(str(i))
+    walk_only(src, dest, ledger, entries=5)
+    (src / "f7").unlink()
+    r = fleetsync("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+                  "--no-api", "--max-retries", "1")
+    assert r.returncode == 1, r.stderr.decode()
+    [(task_id,)] = query(ledger, "SELECT task_id FROM batch_files WHERE path = CAST('f7' AS BLOB)")
+    rows = query(ledger, "SELECT retry_count, status, rsync_exit_code, errors FROM attempts "
+                 "WHERE task_id = ? ORDER BY attempt_id", task_id)
+    assert [(r[0], r[1], r[2]) for r in rows] == [(0, "retry", 24), (1, "failed", 24)]
+    assert "f7" in rows[-1][3]
+    logs = query(ledger, "SELECT level, message FROM log WHERE task_id = ? ORDER BY log_id", task_id)
+    assert logs == [("warning", f"task {task_id} retry 1 exit=24"),
+                    ("error", f"task {task_id} retry 1 exit=24")]
+    c = counts(ledger)
+    assert c["failed"] == 1 and c["succeeded"] == c["succeeded"] and c["pending"] == 0
+    # Everything else arrived.
+    assert sorted(os.listdir(dest)) == sorted(os.listdir(src))
+
+
+def test_unwritable_dest_is_one_clear_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    (tmp_path / "plainfile").write_text("not a directory")
+    dest = tmp_path / "plainfile" / "dest"
+    r = fleetsync("run", "--src", str(src), "--dest", str(dest), "--ledger",
+                  str(tmp_path / "l.db"), "--no-api")
+    assert r.returncode == 2
+    err = r.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "DEST" in err[0] and "not a writable directory" in err[0], err
+
+
+def test_unreachable_host_does_not_stop_the_others(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i}").write_text(str(i))
+    inv = tmp_path / "inv.ini"
+    # Port 9 on loopback: nothing listens, the connection is refused at once.
+    inv.write_text("[movers]\nlocalhost ansible_connection=local fleetsync_slots=2\n"
+                   "deadhost ansible_host=127.0.0.1 ansible_port=9 ansible_user=nobody\n")
+    r = fleetsync("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+                  "--no-api", "--inventory", str(inv), "--batch-files", "5")
+    assert r.returncode == 0, r.stderr.decode()
+    assert sorted(os.listdir(dest)) == sorted(os.listdir(src))
+    assert query(ledger, "SELECT DISTINCT host FROM workers") == [("localhost",)]
+    msgs = [m for (m,) in query(ledger, "SELECT message FROM log WHERE level != 'info'")]
+    assert any("deadhost" in m for m in msgs), msgs
+
+
+def test_kill_9_at_random_instants_then_resume(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    for d in range(30):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(60):
+            (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(2048))
+    args = ("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+            "--no-api", "--batch-files", "40")
+    rnd = random.Random(1)
+    for _ in range(3):
+        p = popen(*args, start_new_session=False)
+        time.sleep(rnd.uniform(1.0, 5.0))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    r = fleetsync(*args)
+    assert r.returncode == 0, r.stderr.decode()
+    assert snapshot(os.fsencode(src)) == snapshot(os.fsencode(dest))
+    c = counts(ledger)
+    total = query(ledger, "SELECT count(*) FROM batches")[0][0]
+    assert c["succeeded"] == total and c["pending"] == c["running"] == c["failed"] == 0
+    entries = query(ledger, "SELECT count(*), count(DISTINCT path) FROM batch_files")[0]
+    assert entries[0] == entries[1] == len(snapshot(os.fsencode(src)))
+    # Each batch succeeded exactly once in the books, whatever ran twice.
+    assert query(ledger, "SELECT count(*) FROM attempts WHERE status='success'")[0][0] == total
+    # Nothing of the killed runs is left running.
+    [(mid,)] = query(ledger, "SELECT migration_id FROM migration")
+    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _mentions(p, f"fleetsync:{mid}:")]
+    assert leftovers == []
+
+
+def _mentions(pid: str, text: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return text.encode() in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--src", "/nonexistent/src"], "does not exist"),
+    (["--batch-bytes", "lots"], "bad size"),
+    (["--batch-files", "0"], "--batch-files"),
+])
+def test_bad_input_is_exit_2_and_one_line(tmp_path, args, words):
+    src = tmp_path / "src"
+    src.mkdir()
+    base = {"--src": str(src), "--dest": str(tmp_path / "dest"), "--ledger": str(tmp_path / "l.db")}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    r = fleetsync("run", "--no-api", *[x for kv in base.items() for x in kv])
+    assert r.returncode == 2
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
+    assert not (tmp_path / "dest").exists()
+
+
+def test_src_inside_dest_and_the_reverse_are_refused(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for src, dest in ((tmp_path / "a" / "b", tmp_path / "a"), (tmp_path / "a", tmp_path / "a" / "b"),
+                      (tmp_path / "a", tmp_path / "a")):
+        r = fleetsync("run", "--no-api", "--src", str(src), "--dest", str(dest),
+                      "--ledger", str(tmp_path / "l.db"))
+        assert r.returncode == 2 and "inside" in r.stderr.decode(), r.stderr.decode()
+        assert len(r.stderr.decode().strip().splitlines()) == 1
+    assert not (tmp_path / "l.db").exists()
+
+
+def test_ledger_of_another_migration_is_refused(tmp_path):
+    for d in ("s1", "s2"):
+        (tmp_path / d).mkdir()
+    ledger = str(tmp_path / "l.db")
+    assert fleetsync("run", "--no-api", "--src", str(tmp_path / "s1"), "--dest",
+                     str(tmp_path / "d1"), "--ledger", ledger).returncode == 0
+    r = fleetsync("run", "--no-api", "--src", str(tmp_path / "s2"), "--dest",
+                  str(tmp_path / "d1"), "--ledger", ledger)
+    assert r.returncode == 2
+    assert "another migration" in r.stderr.decode()
+    assert len(r.stderr.decode().strip().splitlines()) == 1
+
+
+def test_broken_inventory_is_one_clear_error(tmp_path):
+    (tmp_path / "s").mkdir()
+    inv = tmp_path / "inv.yml"
+    inv.write_text("all: [this is: not, an inventory\n")
+    r = fleetsync("run", "--no-api", "--src", str(tmp_path / "s"), "--dest", str(tmp_path / "d"),
+                  "--ledger", str(tmp_path / "l.db"), "--inventory", str(inv))
+    assert r.returncode == 2
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "inventory" in lines[0], lines
