@@ -222,3 +222,20 @@ def test_broken_inventory_is_one_clear_error(tmp_path):
     assert r.returncode == 2
     lines = r.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "inventory" in lines[0], lines
+
+
+def test_operators_playbook_migrates_with_the_local_inventory(tmp_path):
+    import subprocess
+    import sys
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "f").write_text("x")
+    playbook = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    r = subprocess.run([playbook, "-i", LOCAL, os.path.join(REPO, "playbooks", "migrate.yml"),
+                        "-e", f"src={src}", "-e", f"dest={dest}", "-e", f"ledger={ledger}",
+                        "-e", "batch_files=10", "-e", "port=0"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert "1 of 1 batches succeeded" in r.stdout
+    assert (dest / "a" / "f").read_text() == "x"
+    assert query(ledger, "SELECT count(*) FROM workers")[0][0] == 1
