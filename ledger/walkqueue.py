@@ -89,9 +89,6 @@ class WalkQueue:
         self.raw: sqlite3.Connection = conn.connection.driver_connection
         self.cur = self.raw.cursor()
         self.producer_id, self.producers = producer_id, producers
-        # A walk writes a few MB per 100,000 entries: checkpoint every ~32 MB of
-        # WAL rather than every 4 MB, so a leaf page is copied back fewer times.
-        self.cur.execute("PRAGMA wal_autocheckpoint = 8192")
 
     def state(self) -> tuple[bool, bool]:
         """(some directory waits, some directory is being listed), without the write lock."""

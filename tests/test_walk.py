@@ -1,0 +1,336 @@
+"""The walk on real trees into real ledgers: every entry once, limits kept, kill -9 safe."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from controller.producers import Walk
+from controller.walk import Limits
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A walk in its own process, so that a test can kill it with -9 at any instant.
+WALK_CHILD = """
+import sys
+from controller.producers import Walk
+from controller.walk import Limits
+ledger, src, count, entries = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+walk = Walk(ledger, src, count, Limits(entries=entries))
+walk.start()
+print("started", flush=True)
+sys.exit(0 if walk.join() else 1)
+"""
+
+
+# ---------------------------------------------------------------- trees
+
+def touch(path: bytes, size: int = 0) -> None:
+    with open(path, "wb") as f:
+        f.write(b"x" * size)
+
+
+def make_odd_tree(root: bytes, outside: bytes) -> None:
+    """Every kind of entry and name the walk must carry, and symlinks it must not follow."""
+    os.makedirs(root)
+    for i, name in enumerate([b"new\nline", b"tab\there", b"\xff\xfe", b"-leading-dash",
+                              b"--rsync-option", b"with space", b" leading space",
+                              b"trailing space ", b"x" * 255]):
+        touch(os.path.join(root, name), i)
+    long_dir = os.path.join(root, b"y" * 255)
+    os.mkdir(long_dir)
+    touch(os.path.join(long_dir, b"z" * 255), 3)
+    deep = root
+    for i in range(40):
+        deep = os.path.join(deep, b"d%02d" % i)
+    os.makedirs(deep)
+    touch(os.path.join(deep, b"bottom"), 6)
+    os.makedirs(os.path.join(root, b"empty", b"nested-empty"))
+    os.makedirs(os.path.join(root, b"dir\nwith\xffodd name"))
+    touch(os.path.join(root, b"dir\nwith\xffodd name", b"inner"), 5)
+    os.makedirs(os.path.join(root, b"target", b"sub"))
+    touch(os.path.join(root, b"target", b"sub", b"file"), 4)
+    os.symlink(b"target", os.path.join(root, b"link-to-dir"))
+    os.symlink(os.path.join(root, b"target"), os.path.join(root, b"absolute-link-to-dir"))
+    os.symlink(b".", os.path.join(root, b"link-to-self"))
+    os.symlink(outside, os.path.join(root, b"link-outside"))
+    os.symlink(b"does/not/exist", os.path.join(root, b"dangling"))
+    os.mkfifo(os.path.join(root, b"fifo"))
+    os.makedirs(outside)
+    touch(os.path.join(outside, b"not-in-the-tree"))
+
+
+def make_wide_tree(root: bytes, dirs: int, files: int, fanout: int = 10) -> None:
+    """`dirs` directories (fanout per level), `files` files in each."""
+    os.makedirs(root)
+    made = [root]
+    for i in range(dirs):
+        parent = made[i // fanout]
+        d = os.path.join(parent, b"d%d" % i)
+        os.mkdir(d)
+        made.append(d)
+    for d in made[1:]:
+        for j in range(files):
+            touch(os.path.join(d, b"f%d" % j), j % 7)
+
+
+def expected(root: bytes) -> dict[bytes, tuple[int, int]]:
+    """What the walk must list: every entry under root (root as b'.') -> (is_dir, size).
+    os.walk does not descend symlinks; lstat says what each entry itself is."""
+    out = {b".": (1, 0)}
+    for d, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(d, name)
+            st = os.lstat(path)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            out[os.path.relpath(path, root)] = (1, 0) if is_dir else (0, st.st_size)
+    return out
+
+
+# ---------------------------------------------------------------- ledgers
+
+def run_walk(ledger: str, src: bytes, producers: int = 2, limits: Limits = Limits()) -> None:
+    walk = Walk(ledger, os.fsdecode(src), producers, limits)
+    walk.start()
+    assert walk.join(timeout=120), "the walk did not complete"
+
+
+def query(ledger: str, sql: str, *args) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def listed(ledger: str) -> dict[bytes, tuple[int, int]]:
+    """Every entry in batch_files, checking that none is there twice."""
+    rows = query(ledger, "SELECT path, is_dir, size FROM batch_files")
+    paths = [bytes(p) for p, _, _ in rows]
+    dups = {p for p in paths if paths.count(p) > 1} if len(set(paths)) != len(paths) else set()
+    assert not dups, f"listed more than once: {sorted(dups)[:10]}"
+    return {bytes(p): (d, s) for p, d, s in rows}
+
+
+def assert_counts_match(ledger: str) -> None:
+    """Each batch's counts, and the batch_counts triggers, agree with a recount."""
+    bad = query(ledger, """
+        SELECT b.task_id FROM batches b JOIN (
+            SELECT task_id, sum(is_dir = 0) AS files, sum(is_dir) AS dirs,
+                   sum(CASE WHEN is_dir THEN 0 ELSE size END) AS bytes
+            FROM batch_files GROUP BY task_id) r USING (task_id)
+        WHERE b.file_count != r.files OR b.directory_count != r.dirs
+              OR b.estimated_bytes != r.bytes""")
+    assert bad == []
+    assert query(ledger, "SELECT count(*) FROM batches WHERE task_id NOT IN "
+                         "(SELECT task_id FROM batch_files)") == [(0,)]
+    recount = query(ledger, "SELECT state, count(*), sum(file_count), sum(directory_count), "
+                            "sum(estimated_bytes) FROM batches GROUP BY state")
+    kept = query(ledger, "SELECT state, batches, files, directories, bytes FROM batch_counts "
+                         "WHERE batches != 0")
+    assert sorted(kept) == sorted(recount)
+
+
+def assert_walk_complete(ledger: str, src: bytes) -> None:
+    assert listed(ledger) == expected(src)
+    assert query(ledger, "SELECT count(*) FROM walk_dirs WHERE state != 'done'") == [(0,)]
+    assert query(ledger, "SELECT walk_done FROM migration") == [(1,)]
+    assert_counts_match(ledger)
+
+
+# ---------------------------------------------------------------- tests
+
+def test_every_entry_is_listed_once_and_symlinks_are_not_followed(tmp_path, make_ledger):
+    src = os.fsencode(tmp_path / "src")
+    make_odd_tree(src, os.fsencode(tmp_path / "outside"))
+    ledger = make_ledger(src)
+    run_walk(ledger, src, producers=2)
+    got = listed(ledger)
+    assert got == expected(src)
+    for link in (b"link-to-dir", b"absolute-link-to-dir", b"link-to-self", b"link-outside"):
+        assert got[link][0] == 0, f"{link!r} is a symlink, not a directory"
+        assert not any(p.startswith(link + b"/") for p in got), f"{link!r} was followed"
+    assert b"/".join(b"d%02d" % i for i in range(40)) + b"/bottom" in got
+    assert query(ledger, "SELECT count(*) FROM log") == [(0,)]
+    assert_walk_complete(ledger, src)
+
+
+def test_batch_limits_are_kept_and_a_huge_file_rides_alone(tmp_path, make_ledger):
+    src = os.fsencode(tmp_path / "src")
+    make_wide_tree(src, dirs=30, files=25)
+    for i in range(20):
+        touch(os.path.join(src, b"d3", b"n" * 120 + b"%d" % i), 1000 + i)
+    with open(os.path.join(src, b"d7", b"huge"), "wb") as f:
+        f.truncate(1 << 30)    # sparse: a GiB on paper, nothing on disk
+    limits = Limits(entries=7, bytes=10_000, name_bytes=400)
+    ledger = make_ledger(src)
+    run_walk(ledger, src, producers=2, limits=limits)
+    assert_walk_complete(ledger, src)
+    sizes: dict[int, list[tuple[int, int]]] = {}
+    for task_id, path, size in query(ledger, "SELECT task_id, path, size FROM batch_files"):
+        sizes.setdefault(task_id, []).append((len(path) + 1, size))
+    for task_id, entries in sizes.items():
+        assert len(entries) <= limits.entries
+        if len(entries) > 1:
+            assert sum(s for _, s in entries) <= limits.bytes, task_id
+            assert sum(n for n, _ in entries) <= limits.name_bytes, task_id
+    [(huge_batch,)] = query(ledger, "SELECT task_id FROM batch_files WHERE path = ?",
+                            b"d7/huge")
+    assert len(sizes[huge_batch]) == 1
+
+
+@pytest.mark.parametrize("producers", [1, 2, 4])
+def test_any_number_of_producers_lists_the_same_entries(tmp_path, make_ledger, producers):
+    src = os.fsencode(tmp_path / "src")
+    make_wide_tree(src, dirs=120, files=15, fanout=5)
+    make_odd_tree(os.path.join(src, b"odd"), os.fsencode(tmp_path / "outside"))
+    ledger = make_ledger(src)
+    run_walk(ledger, src, producers=producers, limits=Limits(entries=40))
+    assert_walk_complete(ledger, src)
+    assert query(ledger, "SELECT count(*), sum(state = 'done') FROM producers") == [
+        (producers, producers)]
+
+
+def test_a_finished_walk_run_again_adds_nothing(tmp_path, make_ledger):
+    src = os.fsencode(tmp_path / "src")
+    make_wide_tree(src, dirs=10, files=10)
+    ledger = make_ledger(src)
+    run_walk(ledger, src)
+    before = query(ledger, "SELECT count(*) FROM batches")
+    run_walk(ledger, src)
+    assert query(ledger, "SELECT count(*) FROM batches") == before
+    assert_walk_complete(ledger, src)
+
+
+def _walk_as_nobody(ledger: str, src: bytes) -> int:
+    """Run the walk in a child that gave up root, so permissions apply to it."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            walk = Walk(ledger, os.fsdecode(src), 2, Limits())
+            walk.start()
+            os._exit(0 if walk.join(timeout=60) else 1)
+        finally:
+            os._exit(2)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.fixture
+def open_to_nobody(tmp_path):
+    """tmp_path (and the way to it) usable by nobody while the test runs."""
+    dirs = [tmp_path, tmp_path.parent, tmp_path.parent.parent]
+    modes = [stat.S_IMODE(os.stat(d).st_mode) for d in dirs]
+    for d in dirs:
+        os.chmod(d, 0o777 if d == tmp_path else 0o755)
+    yield
+    for d, mode in zip(dirs, modes):
+        os.chmod(d, mode)
+
+
+def test_an_unreadable_directory_is_logged_and_the_walk_goes_on(tmp_path, make_ledger,
+                                                                 open_to_nobody):
+    # Root reads any directory: the walk runs as nobody (uid 65534) in a child instead.
+    src = os.fsencode(tmp_path / "src")
+    make_wide_tree(src, dirs=12, files=5, fanout=4)
+    locked = os.path.join(src, b"d1", b"locked\nname")
+    os.mkdir(locked)
+    touch(os.path.join(locked, b"secret"))
+    os.chmod(locked, 0)
+    ledger = make_ledger(src)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(ledger + suffix):
+            os.chmod(ledger + suffix, 0o666)
+    if os.geteuid() == 0:
+        assert _walk_as_nobody(ledger, src) == 0
+    else:
+        run_walk(ledger, src)
+    want = {p: v for p, v in expected(src).items() if not p.startswith(b"d1/locked\nname/")}
+    assert listed(ledger) == want            # its own entry is there, the rest goes on
+    [(level, message)] = query(ledger, "SELECT level, message FROM log")
+    assert level == "error"
+    assert message == f"cannot list {os.fsdecode(src)}/d1/locked\\x0aname: Permission denied"
+
+
+# ---------------------------------------------------------------- kill -9
+
+def start_child_walk(ledger: str, src: bytes, producers: int, entries: int) -> subprocess.Popen:
+    child = subprocess.Popen(
+        [sys.executable, "-c", WALK_CHILD, ledger, os.fsdecode(src), str(producers),
+         str(entries)], cwd=REPO, stdout=subprocess.PIPE, start_new_session=True)
+    assert child.stdout.readline() == b"started\n"
+    return child
+
+
+def _group_alive(pgid: int) -> bool:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
+
+
+def kill_controller(child: subprocess.Popen) -> None:
+    """kill -9 the walk's parent; its producers die with it (PDEATHSIG). Wait for them."""
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    deadline = time.monotonic() + 10
+    while _group_alive(child.pid):
+        assert time.monotonic() < deadline, "producers outlived their controller"
+        time.sleep(0.005)
+
+
+def test_kill_9_at_random_instants_then_resume(tmp_path, make_ledger):
+    seed = random.randrange(1 << 30)
+    rnd = random.Random(seed)
+    print(f"random seed {seed}")
+    src = os.fsencode(tmp_path / "src")
+    make_wide_tree(src, dirs=150, files=80)
+    make_odd_tree(os.path.join(src, b"odd"), os.fsencode(tmp_path / "outside"))
+    ledger = make_ledger(src)
+    progress = []
+    for _ in range(6):
+        child = start_child_walk(ledger, src, producers=rnd.choice([1, 2, 3]), entries=50)
+        time.sleep(rnd.uniform(0, 0.12))
+        kill_controller(child)
+        progress.append(query(ledger, "SELECT count(*) FROM batch_files")[0][0])
+        listed(ledger)       # never a duplicate, even between kills
+    run_walk(ledger, src, producers=2, limits=Limits(entries=50))
+    total = len(expected(src))
+    assert any(0 < n < total for n in progress), f"no kill landed mid-walk: {progress}"
+    assert_walk_complete(ledger, src)
+
+
+def test_a_flat_directory_cut_mid_way_resumes_after_kill_9(tmp_path, make_ledger):
+    src = os.fsencode(tmp_path / "src")
+    os.makedirs(src)
+    for i in range(5000):
+        touch(os.path.join(src, b"file-%05d" % i))
+    for attempt in range(10):
+        ledger = make_ledger(src, f"ledger{attempt}.db")
+        child = start_child_walk(ledger, src, producers=1, entries=100)
+        while True:     # kill as soon as the root directory is partly enqueued
+            rows = query(ledger, "SELECT state, offset FROM walk_dirs WHERE path = x''")
+            if rows and rows[0][1] > 0 or child.poll() is not None:
+                break
+        kill_controller(child)
+        [(state, offset)] = query(ledger, "SELECT state, offset FROM walk_dirs WHERE path = x''")
+        if state != "done":
+            break
+    assert state != "done" and 0 < offset < 5001, "the walk always finished before the kill"
+    run_walk(ledger, src, producers=1, limits=Limits(entries=100))
+    assert_walk_complete(ledger, src)
+    assert query(ledger, "SELECT max(file_count + directory_count) FROM batches") == [(100,)]
