@@ -176,6 +176,26 @@ _EXTRA_DDL = [
            directories = directories + NEW.directory_count, bytes = bytes + NEW.estimated_bytes
          WHERE state = NEW.state;
        END""",
+    # Ready views for audits with sqlite3 (see the README).
+    """CREATE VIEW IF NOT EXISTS failed_batches AS
+       SELECT b.task_id, b.retry_count, b.last_exit_code, b.worker_id,
+              datetime(b.finished_ts, 'unixepoch', 'localtime') AS finished, a.errors
+       FROM batches b LEFT JOIN attempts a ON a.attempt_id =
+            (SELECT max(attempt_id) FROM attempts WHERE task_id = b.task_id)
+       WHERE b.state = 'failed'""",
+    """CREATE VIEW IF NOT EXISTS worker_throughput AS
+       SELECT a.worker_id, count(*) AS batches, sum(b.file_count) AS files,
+              sum(b.estimated_bytes) AS bytes,
+              round(sum(a.end_ts - a.start_ts), 1) AS rsync_seconds,
+              round(sum(b.estimated_bytes) / 1048576.0
+                    / nullif(sum(a.end_ts - a.start_ts), 0), 1) AS mib_per_rsync_second,
+              sum(a.status = 'lost') AS lost
+       FROM attempts a JOIN batches b USING (task_id)
+       WHERE a.status IN ('success', 'lost') GROUP BY a.worker_id""",
+    """CREATE VIEW IF NOT EXISTS entries AS
+       SELECT f.path, CAST(f.path AS TEXT) AS path_text, f.is_dir, f.size, f.task_id,
+              b.state, b.worker_id, b.last_exit_code
+       FROM batch_files f JOIN batches b USING (task_id)""",
     "CREATE TRIGGER IF NOT EXISTS batch_counts_delete BEFORE DELETE ON batches BEGIN"
     " SELECT RAISE(ABORT, 'batches are never deleted'); END",
     "CREATE TRIGGER IF NOT EXISTS attempts_no_update BEFORE UPDATE ON attempts BEGIN"
