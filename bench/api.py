@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 
 from sqlalchemy import text  # noqa: E402
 
-from ledger import batches, db, migration, schema  # noqa: E402
+from ledger import batches, db, migration  # noqa: E402
 
 OUT = os.path.join(ROOT, "bench", "out")
 HOST = "127.0.0.1"   # the bench only ever talks to this machine
@@ -239,6 +239,7 @@ def main() -> None:
               f"{args.writer_rate or 'full'} transitions/s, {args.runs} x {args.seconds} s",
               flush=True)
         for endpoint in args.endpoints.split(","):
+            one_run(port, endpoint, args.clients, args.client_procs, 1.0)   # warm-up
             runs = []
             for r in range(args.runs):
                 before, cpu = moved.value, cpu_seconds(server.pid)

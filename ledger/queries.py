@@ -28,6 +28,10 @@ RESULTS_PAGE = 100         # default page size of /results
 LOGS_LIMIT = 100           # default number of warnings (and of errors) in /logs
 ENTRIES_PAGE = 1000        # default page of entries in /batches/<task_id>
 HEARTBEAT_FORMAT = "%Y-%m-%d %H:%M:%S"
+# Plain strings: these run on every /status request, and Enum attribute access is not free.
+_PENDING, _SUCCEEDED, _FAILED = (BatchState.PENDING.value, BatchState.SUCCEEDED.value,
+                                 BatchState.FAILED.value)
+_STATES = tuple(s.value for s in BatchState)
 
 _COUNTS = "SELECT state, batches, files, directories, bytes FROM batch_counts"
 _PRODUCERS_DONE = "SELECT count(*) FROM producers WHERE state = 'done'"
@@ -81,7 +85,7 @@ def _value(conn: Connection, sql: str, params: dict | None = None):
 
 def batch_counts(conn: Connection) -> dict[str, dict[str, int]]:
     """{state: {batches, files, directories, bytes}} for every BatchState (zeros if absent)."""
-    counts = {s.value: dict(batches=0, files=0, directories=0, bytes=0) for s in BatchState}
+    counts = {s: dict(batches=0, files=0, directories=0, bytes=0) for s in _STATES}
     for state, n, files, dirs, size in _rows(conn, _COUNTS):
         counts[state] = dict(batches=n, files=files, directories=dirs, bytes=size)
     return counts
@@ -89,8 +93,8 @@ def batch_counts(conn: Connection) -> dict[str, dict[str, int]]:
 
 def _progress(counts: dict) -> dict[str, int]:
     total = sum(c["batches"] for c in counts.values())
-    completed = counts[BatchState.SUCCEEDED.value]["batches"]
-    failed = counts[BatchState.FAILED.value]["batches"]
+    completed = counts[_SUCCEEDED]["batches"]
+    failed = counts[_FAILED]["batches"]
     return dict(total=total, completed=completed, failed=failed,
                 pending=total - completed - failed)
 
@@ -106,7 +110,7 @@ def status(conn: Connection) -> dict[str, int]:
     p = _progress(counts)
     return dict(total_batches=p["total"], completed_batches=p["completed"],
                 failed_batches=p["failed"],
-                queue_depth=counts[BatchState.PENDING.value]["batches"],
+                queue_depth=counts[_PENDING]["batches"],
                 producers_done=_value(conn, _PRODUCERS_DONE))
 
 
@@ -127,13 +131,13 @@ def throughput(conn: Connection, now: float | None = None) -> dict[str, int | fl
     divide by the rounded elapsed_sec (0.0 while it is 0).
     """
     counts = batch_counts(conn)
-    done = counts[BatchState.SUCCEEDED.value]
+    done = counts[_SUCCEEDED]
     seconds = round(elapsed_sec(conn, now), 1)
     return dict(
         batches_per_sec=_rate(done["batches"], seconds),
         elapsed_sec=seconds,
         batches_completed=done["batches"],
-        batches_failed=counts[BatchState.FAILED.value]["batches"],
+        batches_failed=counts[_FAILED]["batches"],
         files_processed=done["files"],
         bytes_processed=done["bytes"],
         gb_processed=round(done["bytes"] / GIB, 2),

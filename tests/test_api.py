@@ -254,7 +254,7 @@ def test_head_has_the_headers_and_no_body(app):
 def test_an_unexpected_failure_is_a_json_500_without_internals(app, monkeypatch):
     def broken(conn):
         raise RuntimeError("secret internals")
-    monkeypatch.setattr(queries, "status", broken)
+    monkeypatch.setattr(queries, "batch_counts", broken)
     message = assert_error(call(app, "/status"), 500)
     assert "secret" not in message
 
