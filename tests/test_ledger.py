@@ -1,0 +1,216 @@
+"""The ledger's guarantees, on real SQLite files: counters kept by triggers always
+equal a recount, transitions are guarded (a duplicate or late report changes
+nothing), attempts and batches are never changed or deleted behind our back."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from ledger import batches, db, migration
+from ledger.batches import Report
+from ledger.walkqueue import Cut, WalkQueue
+
+
+def new_ledger(path: str, n_batches: int):
+    """A ledger at `path` with n batches of different sizes, enqueued as the walk does."""
+    engine = db.writer(path)
+    migration.open_or_create(engine, "/src", "/dest", {})
+    cuts = []
+    for i in range(n_batches):
+        entries = [(b"b%d/d" % i, 1, 0)] + [(b"b%d/f%d" % (i, j), 0, 10 * j + i)
+                                            for j in range(i % 4 + 1)]
+        files = entries[1:]
+        cuts.append(Cut(entries, len(files), 1, sum(s for _, _, s in files), [], None))
+    with engine.connect() as conn:
+        WalkQueue(conn, 1, 1).sync([], cuts, 0)
+    return engine
+
+
+def read(conn, sql: str) -> list[tuple]:
+    with conn.begin():
+        return conn.execute(text(sql)).all()
+
+
+def recount(conn) -> list[tuple]:
+    return sorted(read(conn, 
+        "SELECT state, count(*), sum(file_count), sum(directory_count), sum(estimated_bytes) "
+        "FROM batches GROUP BY state"))
+
+
+def kept(conn) -> list[tuple]:
+    return sorted(read(conn, "SELECT state, batches, files, directories, bytes "
+                             "FROM batch_counts WHERE batches != 0"))
+
+
+def snapshot(conn) -> tuple:
+    """Everything a report could change."""
+    return (read(conn, "SELECT * FROM batches ORDER BY task_id"),
+            read(conn, "SELECT count(*) FROM attempts"), read(conn, "SELECT count(*) FROM log"),
+            kept(conn))
+
+
+def report(task_id: int, claim: int, exit_code: int | None = 0) -> Report:
+    return Report(task_id, claim, "w", exit_code)
+
+
+# One step of a random history: (operation, which batch or how many, a random number)
+STEPS = st.lists(st.tuples(
+    st.sampled_from(["claim", "succeed", "retry", "fail", "release", "duplicate", "stale",
+                     "release_all", "requeue"]),
+    st.integers(0, 20), st.integers(0, 3)), max_size=60)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=STEPS)
+def test_counters_equal_a_recount_after_any_history(steps):
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = new_ledger(os.path.join(tmp, "ledger.db"), 6)
+        with engine.connect() as conn:
+            run_history(conn, steps)
+        engine.dispose()
+
+
+def run_history(conn, steps) -> None:
+    """Apply the steps, checking the counters after each and that a report the ledger
+    must refuse (duplicate, stale claim, batch not running) changes nothing."""
+    state = {t: ("pending", 0) for t in range(1, 7)}   # task_id -> (state, claim)
+    applied: list[tuple[str, Report]] = []
+    for op, pick, n in steps:
+        running = sorted(t for t, (s, _) in state.items() if s == "running")
+        before = snapshot(conn)
+        if op == "claim":
+            got = batches.claim(conn, "w", n + 1)
+            waiting = sorted(t for t, (s, _) in state.items() if s == "pending")
+            assert [c.task_id for c in got] == waiting[:n + 1]
+            for c in got:
+                assert c.claim == state[c.task_id][1] + 1
+                state[c.task_id] = ("running", c.claim)
+        elif op in ("succeed", "retry", "fail", "release") and running:
+            task_id = running[pick % len(running)]
+            rep = report(task_id, state[task_id][1], {"succeed": 0, "retry": 23,
+                                                     "fail": 2, "release": None}[op])
+            assert transition(conn, op, rep)
+            state[task_id] = ({"succeed": "succeeded", "fail": "failed"}.get(op, "pending"),
+                              state[task_id][1])
+            applied.append((op, rep))
+        elif op == "duplicate" and applied:
+            assert not transition(conn, *applied[pick % len(applied)])
+            assert snapshot(conn) == before
+        elif op == "stale":
+            task_id = pick % len(state) + 1
+            now, claim = state[task_id]
+            if now == "running":
+                claim -= n + 1              # an earlier claim of the batch
+            for what in ("succeed", "retry", "fail", "release"):
+                assert not transition(conn, what, report(task_id, claim))
+            assert snapshot(conn) == before
+        elif op == "release_all":
+            assert sorted(batches.release_all(conn, "restart")) == running
+            for t in running:
+                state[t] = ("pending", state[t][1])
+        elif op == "requeue":
+            failed = sorted(t for t, (s, _) in state.items() if s == "failed")
+            assert batches.requeue(conn, None, "operator") == len(failed)
+            for t in failed:
+                state[t] = ("pending", state[t][1])
+        assert kept(conn) == recount(conn)
+        assert dict(read(conn, "SELECT task_id, state FROM batches")) == {
+            t: s for t, (s, _) in state.items()}
+
+
+def transition(conn, op: str, rep: Report) -> bool:
+    if op == "succeed":
+        return batches.succeed(conn, rep)
+    if op == "retry":
+        return batches.retry(conn, rep, 1)
+    if op == "fail":
+        return batches.fail(conn, rep, 3)
+    return batches.release(conn, Report(rep.task_id, rep.claim, rep.worker_id, None), "lost")
+
+
+def _hammer(path: str, worker: str, seed: int, rounds: int) -> None:
+    """One writer process: claim, report (sometimes twice, sometimes late), at random."""
+    rnd = random.Random(seed)
+    engine = db.writer(path)
+    ok = True
+    with engine.connect() as conn:
+        for _ in range(rounds):
+            for c in batches.claim(conn, worker, rnd.randint(1, 3)):
+                op = rnd.choice(["succeed", "retry", "retry", "fail", "release"])
+                rep = Report(c.task_id, c.claim, worker, {"succeed": 0, "retry": 23,
+                                                          "fail": 2, "release": None}[op])
+                ok &= transition(conn, op, rep)
+                ok &= not transition(conn, op, rep)                        # duplicate
+                ok &= not transition(conn, rnd.choice(["succeed", "fail"]),
+                                     Report(c.task_id, c.claim - 1, worker, 0))  # late
+    engine.dispose()
+    os._exit(0 if ok else 1)
+
+
+def test_counters_hold_under_concurrent_writers(tmp_path):
+    path = str(tmp_path / "ledger.db")
+    engine = new_ledger(path, 200)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_hammer, args=(path, f"w{i}", i, 60)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 4, "a duplicate or late report was accepted"
+    with engine.connect() as conn:
+        assert kept(conn) == recount(conn)
+        assert conn.execute(text("SELECT count(*) FROM attempts")).scalar() > 100
+        # Every claim ended in exactly one attempt; nothing ran after a batch ended.
+        assert conn.execute(text("""
+            SELECT count(*) FROM batches b WHERE claim - (state = 'running') !=
+                (SELECT count(*) FROM attempts a WHERE a.task_id = b.task_id)""")).scalar() == 0
+        assert conn.execute(text("""
+            SELECT count(*) FROM attempts a JOIN attempts later
+              ON later.task_id = a.task_id AND later.attempt_id > a.attempt_id
+            WHERE a.status IN ('success', 'failed')""")).scalar() == 0
+        assert conn.execute(text("""
+            SELECT count(*) FROM batches b WHERE retry_count !=
+                (SELECT count(*) FROM attempts a WHERE a.task_id = b.task_id
+                 AND a.status = 'retry')""")).scalar() == 0
+    engine.dispose()
+
+
+def test_attempts_and_batches_cannot_be_rewritten(tmp_path):
+    engine = new_ledger(str(tmp_path / "ledger.db"), 2)
+    with engine.connect() as conn:
+        [c] = batches.claim(conn, "w")
+        assert batches.fail(conn, report(c.task_id, c.claim, 2), 0)
+        for sql, why in [("UPDATE attempts SET rsync_exit_code = 0", "never changed"),
+                         ("DELETE FROM attempts", "never deleted"),
+                         ("DELETE FROM batches WHERE task_id = 1", "never deleted")]:
+            with pytest.raises(Exception, match=why):
+                with conn.begin():
+                    conn.execute(text(sql))
+        assert conn.execute(text("SELECT count(*), min(rsync_exit_code) FROM attempts")
+                            ).one() == (1, 2)
+        assert conn.execute(text("SELECT count(*) FROM batches")).scalar() == 2
+    engine.dispose()
+
+
+def test_a_finished_batch_never_goes_back(tmp_path):
+    engine = new_ledger(str(tmp_path / "ledger.db"), 1)
+    with engine.connect() as conn:
+        [c] = batches.claim(conn, "w")
+        rep = report(c.task_id, c.claim)
+        assert batches.succeed(conn, rep)
+        before = snapshot(conn)
+        assert not batches.retry(conn, report(c.task_id, c.claim, 23), 1)
+        assert not batches.release(conn, report(c.task_id, c.claim, None), "lost")
+        assert not batches.fail(conn, report(c.task_id, c.claim, 2), 1)
+        assert not batches.succeed(conn, rep)
+        assert batches.claim(conn, "w") == []
+        assert batches.release_all(conn, "restart") == []
+        assert snapshot(conn) == before
+    engine.dispose()
