@@ -59,14 +59,12 @@ class Dispatcher:
         self.worker_of_host: dict[str, str] = {}
         self.losses: dict[str, int] = {}
         self.stopping = False
-        self.dirs_done = self.dirs_failed = False
         self._inventory_mtime = _mtime(settings.inventory_path) if hosts else None
         self._next_inventory = self._next_beat = 0.0
 
     # -- the loop ---------------------------------------------------------------
-    def run(self, mode: str = "copy") -> None:
-        """Dispatch until nothing is left (mode "copy") or the pass ends ("dirs")."""
-        self.mode = mode
+    def run(self) -> None:
+        """Dispatch until every batch is done and the directory pass has run."""
         while True:
             now = time.time()
             if now >= self._next_inventory:
@@ -74,7 +72,7 @@ class Dispatcher:
                 self._next_inventory = now + INVENTORY_EVERY
             self._finish_walk()
             left = batches.work_left(self.conn)
-            done = left.finished if mode == "copy" else self.dirs_done
+            done = left.finished and migration.dirs_pass_done(self.conn)
             if self.stopping or done:
                 for r in self.runs.values():
                     r.drain()
@@ -126,25 +124,18 @@ class Dispatcher:
         for name, host in self.hosts.items():
             if name in self.runs or self.backoff.get(name, 0) > now:
                 continue
-            if self.mode == "copy":
-                run = HostRun(host, self._extravars(), self.events, self.s.items_per_run)
-            else:
-                # One slot; enough items for every directory in commands of >= 100
-                # (a command holds up to 1000, fewer only when names are long).
-                dirs = batches.directory_total(self.conn)
-                run = HostRun(inventory.Host(host.name, host.vars, 1), self._extravars(),
-                              self.events, dirs // 100 + 10)
+            # Enough loop items for a full share of batches, or for the whole
+            # directory pass (commands of >= 100 directories) on one slot.
+            items = max(self.s.items_per_run, batches.directory_total(self.conn) // 100 + 10)
+            run = HostRun(host, self._extravars(), self.events, items)
             run.start()
             self.runs[name] = run
-            if self.mode == "dirs":
-                return   # the directory pass runs on one slot of one host
 
     def _extravars(self) -> dict:
         return {"fleetsync_ledger": os.path.abspath(self.s.ledger_path),
                 "fleetsync_src": self.mig.src, "fleetsync_dest": self.mig.dest,
                 "fleetsync_migration_id": self.mig.migration_id,
-                "fleetsync_rsync_options": self.s.rsync_options,
-                "fleetsync_mode": self.mode}
+                "fleetsync_rsync_options": self.s.rsync_options}
 
     def _lose(self, run: HostRun, why: str) -> None:
         """The host is gone for now: its batches wait again, it rests before a retry."""
@@ -249,7 +240,6 @@ class Dispatcher:
             if out.rsync_exit_code != 0:
                 logbook.add(self.conn, "error", f"directory pass exit={out.rsync_exit_code}: "
                             + "; ".join(out.errors[:3]), worker_id=worker_id)
-                self.dirs_failed = True
             return
         used = batches.retry_count_of(self.conn, out.task_id)
         verdict = self.s.policy.verdict(out.rsync_exit_code, used)
@@ -263,8 +253,7 @@ class Dispatcher:
     def _finished(self, run: HostRun, status: str | None) -> None:
         self.runs.pop(run.host.name, None)
         name = run.host.name
-        if self.mode == "dirs" and run.worker_id and not run.lost:
-            self.dirs_done = True
+        migration.release_dirs_pass(self.conn, run.token)
         wid = run.worker_id
         if wid and not run.lost:
             # A run that ended leaves nothing running on its host.

@@ -102,9 +102,7 @@ def run(args) -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
-        dispatcher.run("copy")
-        if not stopped.is_set():
-            Dispatcher(settings, None, dispatcher.hosts).run("dirs")
+        dispatcher.run()
     finally:
         if walk is not None:
             walk.stop()

@@ -44,34 +44,30 @@ DIRS_PER_COMMAND = 1000
 NAME_BYTES_PER_COMMAND = 64 * 1024
 
 
-def next_dirs_command(ledger_path: str, run_token: str, rsync_options: list[str]) -> str:
-    """The directory-metadata pass: the next directories of the tree, in order.
+def _dirs_command(conn, mig, owner: str, run_token: str, rsync_options: list[str]) -> str:
+    """The next command of the directory pass, in tree order; STOP after the last.
 
-    Only one slot runs this pass, so the cursor lives in this process.
+    Only one slot runs the pass, so its cursor lives in this process.
     """
-    with _conn(ledger_path) as conn:
-        mig = migration.load(conn)
-        conn.rollback()
-        page = batches.directory_page(conn, _dirs_cursor.get(run_token, (0, b"")),
-                                      DIRS_PER_COMMAND)
-        if not page:
-            return STOP
-        paths, size = [], 0
-        for task_id, path in page:
-            if paths and size + len(path) + 1 > NAME_BYTES_PER_COMMAND:
-                break
-            paths.append(path)
-            size += len(path) + 1
-            _dirs_cursor[run_token] = (task_id, path)
-        return transfer.dirs_command(paths, mig.src, mig.dest, rsync_options,
-                                     transfer.marker(mig.migration_id, run_token))
+    page = batches.directory_page(conn, _dirs_cursor.get(owner, (0, b"")), DIRS_PER_COMMAND)
+    if not page:
+        migration.end_dirs_pass(conn, owner)
+        return STOP
+    paths, size = [], 0
+    for task_id, path in page:
+        if paths and size + len(path) + 1 > NAME_BYTES_PER_COMMAND:
+            break
+        paths.append(path)
+        size += len(path) + 1
+        _dirs_cursor[owner] = (task_id, path)
+    return transfer.dirs_command(paths, mig.src, mig.dest, rsync_options,
+                                 transfer.marker(mig.migration_id, run_token))
 
 
 def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,
-                 rsync_options: list[str], mode: str = "copy") -> str:
-    """Claim the next batch for this worker and return its command (or idle/stop)."""
-    if mode == "dirs":
-        return next_dirs_command(ledger_path, run_token, rsync_options)
+                 rsync_options: list[str], slot_name: str = "") -> str:
+    """Claim the next batch for this worker and return its command; when every batch
+    is done, one slot of the fleet runs the directory pass; then STOP."""
     with _conn(ledger_path) as conn:
         mig = migration.load(conn)
         conn.rollback()
@@ -88,6 +84,9 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
                 return transfer.batch_command(c.task_id, c.claim, [p for p, _, _ in files],
                                               mig.src, mig.dest, rsync_options, mark, size)
             if batches.work_left(conn).finished:
+                owner = f"{run_token}/{slot_name}"
+                if migration.claim_dirs_pass(conn, owner):
+                    return _dirs_command(conn, mig, owner, run_token, rsync_options)
                 return STOP
             if time.monotonic() > deadline:
                 return IDLE

@@ -53,6 +53,8 @@ migration = Table(
     Column("run_heartbeat_ts", Float),                # the controller was alive then
     Column("walk_done", Integer, nullable=False, server_default="0"),
     Column("finished_ts", Float),                     # last run ended with nothing left
+    Column("dirs_pass_token", Text),                  # the dispatch that runs this run's
+    Column("dirs_pass_done_ts", Float),               # directory pass, and when it ended
 )
 
 producers = Table(

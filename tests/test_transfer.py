@@ -1,0 +1,73 @@
+"""The batch command and the parsing of its output, with real sh, base64, gzip and rsync."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from controller import transfer
+
+
+def run_command(cmd: str) -> str:
+    return subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True,
+                          errors="replace").stdout
+
+
+def test_the_command_copies_odd_names_and_reports(tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    names = [b"new\nline", b"-dash", b"\xff\xfe", b"sp ace", b"q'\"$(x)`y`"]
+    for n in names:
+        (src / os.fsdecode(n)).write_bytes(n)
+    cmd = transfer.batch_command(7, 3, names, str(src), str(dest),
+                                 transfer.DEFAULT_RSYNC_OPTIONS, "fleetsync:m:t", 100)
+    out = transfer.parse(run_command(cmd))
+    assert (out.task_id, out.claim, out.rsync_exit_code) == (7, 3, 0)
+    assert out.end_ts >= out.start_ts > 0
+    assert out.bytes_sent > 0 and out.bytes_received > 0
+    assert out.errors == []
+    assert sorted(os.listdir(os.fsencode(dest))) == sorted(names)
+
+
+def test_a_damaged_list_never_runs_rsync(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    cmd = transfer.batch_command(1, 1, [b"a"], str(src), str(tmp_path / "dest"), ["-a"], "m", 0)
+    b64, _ = transfer.encode_list([b"a"])
+    damaged = cmd.replace(b64, transfer.encode_list([b"a", b"b"])[0])   # a longer list
+    out = transfer.parse(run_command(damaged))
+    assert out.rsync_exit_code == transfer.LIST_DAMAGED
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_listed_file_that_vanished_is_exit_24(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "here").write_text("x")
+    cmd = transfer.batch_command(2, 1, [b"here", b"gone"], str(src), str(tmp_path / "d"),
+                                 ["-a"], "m", 0)
+    out = transfer.parse(run_command(cmd))
+    assert out.rsync_exit_code == 24
+    assert any("gone" in e for e in out.errors)
+    assert (tmp_path / "d" / "here").exists()
+
+
+def test_other_errors_keep_their_exit_code(tmp_path):
+    cmd = transfer.batch_command(3, 1, [b"x"], str(tmp_path / "nosrc"), str(tmp_path / "d"),
+                                 ["-a", "--no-such-option"], "m", 0)
+    out = transfer.parse(run_command(cmd))
+    assert out.rsync_exit_code == 1
+    assert out.errors
+
+
+def test_parse_without_a_batch_is_none():
+    assert transfer.parse("@@fleetsync idle\n") is None
+    assert transfer.parse("") is None
+
+
+def test_long_lists_stay_under_the_argument_limit():
+    # 64 KiB of incompressible names (the walk's limit) still fits one argument.
+    names = [os.urandom(255).replace(b"\0", b"x").replace(b"/", b"y") for _ in range(260)]
+    cmd = transfer.batch_command(1, 1, names, "/s", "/d", ["-a"], "m", 0)
+    assert sum(len(n) + 1 for n in names) >= 64 * 1024
+    assert len(cmd.encode()) < 128 * 1024
