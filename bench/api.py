@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import random
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -29,7 +30,7 @@ sys.path.insert(0, ROOT)
 
 from sqlalchemy import text  # noqa: E402
 
-from ledger import batches, db, migration  # noqa: E402
+from ledger import batches, db, migration, schema  # noqa: E402
 
 OUT = os.path.join(ROOT, "bench", "out")
 HOST = "127.0.0.1"   # the bench only ever talks to this machine
@@ -89,10 +90,21 @@ def build_ledger(path: str, n: int) -> None:
     engine.dispose()
 
 
+def same_schema(path: str) -> bool:
+    """The cached ledger has every table and column of today's ledger/schema.py."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return all({c.name for c in table.columns}
+                   <= {r[1] for r in conn.execute(f"PRAGMA table_info({name})")}
+                   for name, table in schema.metadata.tables.items())
+    finally:
+        conn.close()
+
+
 def ledger_path(n: int, rebuild: bool) -> str:
     os.makedirs(OUT, exist_ok=True)
     path = os.path.join(OUT, f"api-{n}.db")
-    if rebuild or not os.path.exists(path):
+    if rebuild or not os.path.exists(path) or not same_schema(path):
         t0 = time.perf_counter()
         build_ledger(path, n)
         print(f"built {path} in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -244,6 +256,8 @@ def main() -> None:
             for r in range(args.runs):
                 before, cpu = moved.value, cpu_seconds(server.pid)
                 res = one_run(port, endpoint, args.clients, args.client_procs, args.seconds)
+                if not writer_proc.is_alive():
+                    raise SystemExit("the writer died: the numbers would be for an idle ledger")
                 res["writes"] = (moved.value - before) / args.seconds
                 res["cpu_us"] = ((cpu_seconds(server.pid) - cpu) * 1e6
                                  / max(1.0, res["rps"] * args.seconds))

@@ -12,17 +12,6 @@ from ledger import batches, db, migration, queries, schema
 from ledger.batches import Report
 
 
-def new_ledger(tmp_path, with_migration: bool = True):
-    """(path, writer engine) of a fresh ledger; without the migration row if asked."""
-    path = str(tmp_path / "ledger.db")
-    engine = db.writer(path)
-    if with_migration:
-        migration.open_or_create(engine, "/src", "/dest", {})
-    else:
-        schema.create(engine)
-    return path, engine
-
-
 def enqueue(conn, n: int, files: int = 10, dirs: int = 1, size: int = 1000) -> None:
     with conn.begin():
         conn.execute(insert(schema.batches), [
@@ -36,15 +25,18 @@ def truth(conn) -> dict[str, int]:
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    path, engine = new_ledger(tmp_path)
+def ledger(make_ledger):
+    """(path, writer Connection) of a new ledger with its migration row."""
+    path = make_ledger("/src")
+    engine = db.writer(path)
     with engine.connect() as conn:
         yield path, conn
     engine.dispose()
 
 
 def test_an_empty_ledger_answers_zeros(tmp_path):
-    path, _ = new_ledger(tmp_path, with_migration=False)
+    path = str(tmp_path / "ledger.db")
+    schema.create(db.writer(path))           # tables, and no migration row yet
     with db.reader(path).connect() as conn:
         assert queries.status(conn) == dict(total_batches=0, completed_batches=0,
                                             failed_batches=0, queue_depth=0, producers_done=0)
