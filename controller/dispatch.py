@@ -144,15 +144,14 @@ class Dispatcher:
         run.lost = why
         name = run.host.name
         wid = run.worker_id or self.worker_of_host.get(name)
-        lost_before = 0
+        wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** self._lost_count(name))
+        self.backoff[name] = time.time() + wait
+        released = []
         if wid:
             released = batches.release_worker(self.conn, wid, f"host {name} lost: {why}")
-            lost_before = self._lost_count(name)
-            wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** lost_before)
             workers.lost(self.conn, wid, time.time() + wait)
-        else:
-            released, wait = [], BACKOFF_FIRST
-        self.backoff[name] = time.time() + wait
+        elif name not in self.preflight_errors:
+            self.preflight_errors[name] = f"unreachable: {why}"
         logbook.add(self.conn, "warning", f"host {name} lost: {why}; {len(released)} "
                     f"batches back to waiting; next try in {wait:.0f} s", worker_id=wid)
         run.cancel()
@@ -174,7 +173,8 @@ class Dispatcher:
                 self._lose(run, f"silent for {now - run.last_event:.0f} s while holding a batch")
 
     def _check_hopeless(self) -> None:
-        """Every host failed its preflight and none is running: say why, once."""
+        """No host passed its preflight (each failed it or was unreachable before it)
+        and none is trying now: say why in one line rather than wait forever."""
         if self.hosts and not self.runs and set(self.hosts) <= set(self.preflight_errors):
             first = sorted(self.preflight_errors.items())[0]
             raise DispatchError(f"no host can run the migration: host {first[0]}: {first[1]}")
@@ -255,17 +255,18 @@ class Dispatcher:
         name = run.host.name
         migration.release_dirs_pass(self.conn, run.token)
         wid = run.worker_id
-        if wid and not run.lost:
-            # A run that ended leaves nothing running on its host.
+        if wid:
+            # A run that ended leaves nothing running on its host (a lookup of a
+            # lost host may have claimed one more batch while it was cancelled).
             released = batches.release_worker(self.conn, wid, f"dispatch on {name} ended")
-            if released and not self.stopping:
+            if released and not self.stopping and not run.lost:
                 logbook.add(self.conn, "warning", f"host {name}: dispatch ended ({status}) "
                             f"holding {len(released)} batches; back to waiting", worker_id=wid)
-        if name in self.preflight_errors or (not wid and not run.lost):
-            if name not in self.preflight_errors:
-                self.preflight_errors[name] = f"dispatch ended before its preflight ({status})"
-                logbook.add(self.conn, "error", f"host {name}: {self.preflight_errors[name]}")
-            self.backoff[name] = time.time() + BACKOFF_FIRST
+        elif not run.lost and name not in self.preflight_errors:
+            self.preflight_errors[name] = f"dispatch ended before its preflight ({status})"
+            logbook.add(self.conn, "error", f"host {name}: {self.preflight_errors[name]}")
+        if name in self.preflight_errors:
+            self.backoff[name] = max(self.backoff.get(name, 0), time.time() + BACKOFF_FIRST)
 
     def _flush_heartbeats(self) -> None:
         workers.heartbeat(self.conn, self.beats)
