@@ -36,9 +36,12 @@ def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits:
             Producer(conn, src, producer_id, limits, count).run()
             walkqueue.finish_producer(conn, producer_id)
         except Exception:
+            traceback.print_exc(file=sys.stderr)
+            # Its directories go back to the queue, from their offsets, so the other
+            # producers neither wait for them forever nor skip what was not enqueued.
+            walkqueue.release_claims(conn, producer_id)
             logbook.add(conn, "error", f"producer {producer_id} crashed: "
                         + traceback.format_exc().strip().splitlines()[-1])
-            traceback.print_exc(file=sys.stderr)
             os._exit(3)
 
 

@@ -64,6 +64,14 @@ def reset_claimed(conn: Connection) -> int:
             "WHERE state = 'claimed'")).rowcount
 
 
+def release_claims(conn: Connection, producer_id: int) -> int:
+    """A producer that failed hands its directories back, to be listed from their offsets."""
+    with conn.begin():
+        return conn.execute(text(
+            "UPDATE walk_dirs SET state = 'pending', producer_id = NULL "
+            "WHERE state = 'claimed' AND producer_id = :p"), {"p": producer_id}).rowcount
+
+
 def walk_finished(conn: Connection) -> bool:
     """No directory waits and none is being listed."""
     with conn.begin():

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+import controller.walk as walk_module
 from controller.producers import Walk
 from controller.walk import Limits
 
@@ -20,6 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A walk in its own process, so that a test can kill it with -9 at any instant.
 WALK_CHILD = """
 import sys
+import controller.walk as walk_module
 from controller.producers import Walk
 from controller.walk import Limits
 ledger, src, count, entries = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -334,3 +336,26 @@ def test_a_flat_directory_cut_mid_way_resumes_after_kill_9(tmp_path, make_ledger
     run_walk(ledger, src, producers=1, limits=Limits(entries=100))
     assert_walk_complete(ledger, src)
     assert query(ledger, "SELECT max(file_count + directory_count) FROM batches") == [(100,)]
+
+
+def test_a_crashed_producer_hands_its_directories_to_the_others(tmp_path, make_ledger,
+                                                               monkeypatch):
+    src = os.fsencode(tmp_path / "src")
+    make_wide_tree(src, dirs=40, files=20, fanout=4)
+    real_list_dir = walk_module.Producer.list_dir
+
+    def list_dir(self, d):        # a bug that only producer 1 meets, in the forked child
+        if self.queue.producer_id == 1:
+            raise RuntimeError("injected bug")
+        return real_list_dir(self, d)
+
+    monkeypatch.setattr(walk_module.Producer, "list_dir", list_dir)
+    ledger = make_ledger(src)
+    walk = Walk(ledger, os.fsdecode(src), 2, Limits(entries=30))
+    walk.start()
+    assert walk.join(timeout=60) is False            # a producer failed: not a clean walk
+    assert [p.exitcode for p in walk.procs] == [3, 0]
+    assert listed(ledger) == expected(src)           # yet the other one listed it all, once
+    assert query(ledger, "SELECT count(*) FROM walk_dirs WHERE state != 'done'") == [(0,)]
+    assert query(ledger, "SELECT message FROM log") == [
+        ("producer 1 crashed: RuntimeError: injected bug",)]

@@ -1,0 +1,172 @@
+"""Walk + enqueue speed next to `find` and `fpart`, on one tree, warm cache.
+
+    .venv/bin/python bench/walk.py [--tree DIR] [--runs 5] [--producers 1,2]
+
+Makes (or reuses) a tree of 1000 directories x 100 empty files (101,111
+entries with the directories and the top) under bench/out/, then times, median
+of --runs each: `find TREE`, `fpart -L -f 500 -o /dev/null TREE`, and the walk
+(P producers into a fresh ledger, from Walk.start() to walk_done), also as a
+whole `python -c` process (interpreter start and imports included). Then one
+more untimed walk per P for the peak RSS (parent + producers, summed, from
+/proc) and the ledger's bytes per entry after a checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from controller.producers import Walk  # noqa: E402
+from controller.walk import Limits  # noqa: E402
+from ledger import db, migration  # noqa: E402
+
+OUT = os.path.join(REPO, "bench", "out")
+
+WALK_PROCESS = """
+import sys
+from controller.producers import Walk
+from controller.walk import Limits
+walk = Walk(sys.argv[1], sys.argv[2], int(sys.argv[3]), Limits())
+walk.start()
+sys.exit(0 if walk.join() else 1)
+"""
+
+
+def make_tree(root: str, fanout: int = 10, levels: int = 3, files: int = 100) -> int:
+    """fanout**levels leaf directories of `files` empty files each (the shape of
+    /tmp/fs/tree100k); returns the number of entries, the top included."""
+    if not os.path.isdir(root):
+        tmp = root + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        dirs = [tmp]
+        for _ in range(levels):
+            dirs = [os.path.join(d, f"d{i}") for d in dirs for i in range(fanout)]
+            for d in dirs:
+                os.makedirs(d)
+        for d in dirs:
+            for j in range(files):
+                open(os.path.join(d, f"f{j}"), "wb").close()
+        os.rename(tmp, root)
+    return 1 + sum(len(ds) + len(fs) for _, ds, fs in os.walk(root))
+
+
+def fresh_ledger(path: str, tree: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    engine = db.writer(path)
+    migration.open_or_create(engine, tree, os.path.join(OUT, "dest"), {})
+    engine.dispose()
+
+
+def timed(fn, runs: int) -> list[float]:
+    return [fn() for _ in range(runs)]
+
+
+def run_command(argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t0
+
+
+def walk_in_process(ledger: str, tree: str, producers: int) -> float:
+    fresh_ledger(ledger, tree)
+    t0 = time.perf_counter()
+    walk = Walk(ledger, tree, producers, Limits())
+    walk.start()
+    assert walk.join(), "walk failed"
+    return time.perf_counter() - t0
+
+
+def walk_as_process(ledger: str, tree: str, producers: int) -> float:
+    fresh_ledger(ledger, tree)
+    return run_command([sys.executable, "-c", WALK_PROCESS, ledger, tree, str(producers)])
+
+
+def _kib(path: str, field: str) -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def peak_memory_kib(ledger: str, tree: str, producers: int) -> tuple[int, int]:
+    """Peaks of the summed RSS and PSS of the parent and every producer, polled
+    from /proc every 2 ms, with the walk in a `python -c` child so that the
+    parent is a real one. RSS counts the pages forked producers share with the
+    parent once per process; PSS splits them."""
+    fresh_ledger(ledger, tree)
+    child = subprocess.Popen([sys.executable, "-c", WALK_PROCESS, ledger, tree,
+                              str(producers)])
+    rss = pss = 0
+    while child.poll() is None:
+        try:
+            with open(f"/proc/{child.pid}/task/{child.pid}/children") as f:
+                pids = [child.pid, *(int(p) for p in f.read().split())]
+        except OSError:
+            pids = [child.pid]
+        rss = max(rss, sum(_kib(f"/proc/{p}/status", "VmRSS") for p in pids))
+        pss = max(pss, sum(_kib(f"/proc/{p}/smaps_rollup", "Pss") for p in pids))
+        time.sleep(0.002)
+    return rss, pss
+
+
+def bytes_per_entry(ledger: str) -> tuple[int, float]:
+    conn = sqlite3.connect(ledger)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    entries = conn.execute("SELECT count(*) FROM batch_files").fetchone()[0]
+    conn.close()
+    return entries, os.path.getsize(ledger) / entries
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tree", default=os.path.join(OUT, "tree100k"))
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--producers", default="1,2")
+    args = ap.parse_args()
+    os.makedirs(OUT, exist_ok=True)
+    tree = os.path.abspath(args.tree)
+    entries = make_tree(tree)
+    ledger = os.path.join(OUT, "walk-bench.db")
+    counts = [int(p) for p in args.producers.split(",")]
+    run_command(["find", tree])                      # warm the cache
+    walk_in_process(ledger, tree, 1)                 # and the ledger's directory
+
+    rows = [("find", timed(lambda: run_command(["find", tree]), args.runs)),
+            ("fpart -L -f 500", timed(lambda: run_command(
+                ["fpart", "-L", "-f", "500", "-o", "/dev/null", tree]), args.runs))]
+    for p in counts:
+        rows.append((f"fleetsync walk P={p}",
+                     timed(lambda: walk_in_process(ledger, tree, p), args.runs)))
+    for p in counts:
+        rows.append((f"  same, whole python -c P={p}",
+                     timed(lambda: walk_as_process(ledger, tree, p), args.runs)))
+
+    print(f"tree {tree}: {entries:,} entries; median of {args.runs} runs, warm cache")
+    print(f"{'':32} {'median s':>9} {'entries/s':>11} {'min s':>7} {'max s':>7}")
+    for name, ts in rows:
+        med = statistics.median(ts)
+        print(f"{name:32} {med:9.3f} {entries / med:11,.0f} {min(ts):7.3f} {max(ts):7.3f}")
+    for p in counts:
+        rss, pss = peak_memory_kib(ledger, tree, p)
+        listed, per_entry = bytes_per_entry(ledger)
+        assert listed == entries, (listed, entries)
+        print(f"P={p}: peak RSS {rss / 1024:.1f} MiB, PSS {pss / 1024:.1f} MiB "
+              f"(parent + producers); ledger {per_entry:.1f} bytes/entry after a checkpoint")
+
+
+if __name__ == "__main__":
+    main()
