@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 
 from sqlalchemy import text  # noqa: E402
 
+from api.server import DEFAULT_THREADS  # noqa: E402
 from ledger import batches, db, migration, schema  # noqa: E402
 
 OUT = os.path.join(ROOT, "bench", "out")
@@ -224,7 +225,7 @@ def main() -> None:
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--client-procs", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=8, help="waitress threads")
+    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="waitress threads")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--writer-rate", type=float, default=200.0,

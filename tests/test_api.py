@@ -416,3 +416,14 @@ def test_the_server_thread_is_a_context_manager(ledger_path):
         conn.request("GET", "/status")
         assert conn.getresponse().status == 401
         conn.close()
+
+
+def test_each_request_sees_the_latest_commit(tmp_path):
+    path = str(tmp_path / "ledger.db")
+    engine = db.writer(path)
+    migration.open_or_create(engine, "/src", "/dest", {})
+    app = make_app(path)
+    assert call(app, "/progress").json["total"] == 0
+    populate(engine)                   # the connection kept by this thread must not go stale
+    assert call(app, "/progress").json["total"] == 10
+    assert call(app, "/status").json["completed_batches"] == 3
