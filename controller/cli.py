@@ -50,12 +50,31 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--items-per-run", type=int, default=500, metavar="N",
                      help="batches per slot per ansible-playbook run (default: %(default)s)")
 
+    run.add_argument("--bwlimit", metavar="RATE",
+                     help="bandwidth cap for the whole fleet per second, e.g. 500MiB, shared by "
+                          "the rsyncs running (change it live with `fleetsync bwlimit`)")
+
+    retry = sub.add_parser("retry", help="put failed (or chosen) batches of a migration back "
+                           "in the queue; `fleetsync run` then copies them")
+    retry.add_argument("--ledger", default=DEFAULT_LEDGER)
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("--failed", action="store_true", help="every batch that failed")
+    which.add_argument("--task", type=int, action="append", metavar="N",
+                       help="this batch (repeatable), failed or succeeded")
+
+    bw = sub.add_parser("bwlimit", help="change the fleet's bandwidth cap, also during a run")
+    bw.add_argument("--ledger", default=DEFAULT_LEDGER)
+    bw.add_argument("rate", help="per second for the whole fleet, e.g. 200MiB, or 'off'")
+
     serve = sub.add_parser("serve", help="serve the API of a ledger (running, finished or crashed)")
     serve.add_argument("--ledger", default=DEFAULT_LEDGER)
     _api_args(serve)
 
-    status = sub.add_parser("status", help="print the migration's numbers")
+    status = sub.add_parser("status", help="print the migration's progress line "
+                            "(batches, files, bytes, rate, ETA)")
     status.add_argument("--ledger", default=DEFAULT_LEDGER)
+    status.add_argument("--json", action="store_true",
+                        help="print /status, /progress and /throughput as JSON")
     return p
 
 
@@ -76,11 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from .run import run
             return run(args)
-        if args.command == "serve":
-            from .run import serve
-            return serve(args)
-        from .run import status
-        return status(args)
+        from . import run as commands
+        return {"serve": commands.serve, "status": commands.status, "retry": commands.retry,
+                "bwlimit": commands.bwlimit}[args.command](args)
     except (UsageError, LedgerError, InventoryError, DispatchError, sizes.SizeError) as e:
         print(f"fleetsync: error: {e}", file=sys.stderr)
         return 2

@@ -8,11 +8,10 @@ import threading
 
 from ledger import batches, db, migration
 
-from . import sizes
-from .errors import UsageError
+from . import inventory, progress, sizes
 from .dispatch import Dispatcher, Settings
+from .errors import UsageError
 from .hostrun import ansible_env, kill_leftovers
-from . import inventory
 from .policy import Policy
 from .producers import Walk
 from .transfer import DEFAULT_RSYNC_OPTIONS
@@ -62,6 +61,7 @@ def _start_api(args, ledger_path: str):
 def run(args) -> int:
     src, dest = _check_paths(args.src, args.dest)
     limits = _limits(args)
+    bwlimit = sizes.parse(args.bwlimit) if args.bwlimit else None
     hosts = inventory.load(args.inventory, env=dict(os.environ) | ansible_env())
     ledger_path = os.path.abspath(args.ledger)
     options = {"batch_files": limits.entries, "batch_bytes": limits.bytes}
@@ -72,6 +72,8 @@ def run(args) -> int:
         print(f"fleetsync: stopped {killed} processes left by an earlier run", file=sys.stderr)
     with engine.connect() as conn:
         migration.start_run(conn)
+        if bwlimit:
+            migration.set_bwlimit(conn, bwlimit)
         released = batches.release_all(conn, "the controller restarted")
     if released:
         print(f"fleetsync: resumed: {len(released)} batches of the last run wait again",
@@ -90,6 +92,7 @@ def run(args) -> int:
                         heartbeat_timeout=args.heartbeat_timeout)
     dispatcher = Dispatcher(settings, walk, hosts)
     stopped = threading.Event()
+    live = progress.Live(ledger_path).start()
 
     def _stop(signum, _frame):
         if stopped.is_set():          # a second signal: stop now
@@ -104,6 +107,7 @@ def run(args) -> int:
     try:
         dispatcher.run()
     finally:
+        live.stop()
         if walk is not None:
             walk.stop()
         dispatcher.close()
@@ -132,20 +136,47 @@ def _summary(ledger_path: str, stopped: bool) -> int:
 def serve(args) -> int:
     from api.app import make_app
     from api.server import serve as serve_api
-    if not os.path.exists(args.ledger):
-        raise UsageError(f"no ledger at {args.ledger}")
-    serve_api(make_app(os.path.abspath(args.ledger), token=args.token), args.bind, args.port)
+    serve_api(make_app(_existing(args.ledger), token=args.token), args.bind, args.port)
     return 0
+
+
+def _existing(ledger_path: str) -> str:
+    if not os.path.exists(ledger_path):
+        raise UsageError(f"no ledger at {ledger_path}")
+    return os.path.abspath(ledger_path)
 
 
 def status(args) -> int:
     import json
 
     from ledger import queries
-    if not os.path.exists(args.ledger):
-        raise UsageError(f"no ledger at {args.ledger}")
-    engine = db.reader(args.ledger)
+    engine = db.reader(_existing(args.ledger))
+    with engine.connect() as conn, conn.begin():
+        if args.json:
+            print(json.dumps(queries.summary(conn), indent=2))
+        else:
+            print(progress.line(conn))
+    return 0
+
+
+def retry(args) -> int:
+    engine = db.writer(_existing(args.ledger))
     with engine.connect() as conn:
-        print(json.dumps({"status": queries.status(conn), "progress": queries.progress(conn),
-                          "throughput": queries.throughput(conn)}, indent=2))
+        if migration.load(conn) is None:
+            raise UsageError(f"{args.ledger} holds no migration")
+        conn.rollback()
+        done = batches.requeue(conn, None if args.failed else args.task, "requeued by an operator")
+    missing = sorted(set(args.task or []) - set(done))
+    print(f"fleetsync: {len(done)} batches back in the queue; `fleetsync run` copies them"
+          + (f" (not failed or succeeded, or unknown: {missing})" if missing else ""))
+    return 0
+
+
+def bwlimit(args) -> int:
+    rate = None if args.rate.lower() in ("off", "none", "0") else sizes.parse(args.rate)
+    engine = db.writer(_existing(args.ledger))
+    with engine.connect() as conn:
+        migration.set_bwlimit(conn, rate)
+    print(f"fleetsync: bandwidth cap {'off' if rate is None else args.rate + '/s'}; "
+          "batches that start from now on share it")
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from ledger import batches, db, migration
+from ledger import batches, db, migration, workers
 
 from . import transfer
 
@@ -30,6 +30,15 @@ def _conn(ledger_path: str):
     if ledger_path not in _engines:
         _engines[ledger_path] = db.writer(ledger_path)
     return _engines[ledger_path].connect()
+
+
+def _bwlimit(conn, fleet_bwlimit: int | None) -> list[str]:
+    """This rsync's share of the fleet's cap (read per batch, so a change made during
+    the run applies to the batches that start after it)."""
+    if not fleet_bwlimit:
+        return []
+    share = fleet_bwlimit // max(1, workers.total_slots(conn))
+    return [f"--bwlimit={max(1, share // 1024)}"]     # rsync counts KiB/s
 
 
 def parse_worker(preflight_stdout: str) -> str:
@@ -81,8 +90,9 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
                 c = claimed[0]
                 files = batches.entries(conn, c.task_id)
                 size = sum(s for _, d, s in files if not d)
+                options = rsync_options + _bwlimit(conn, mig.bwlimit)
                 return transfer.batch_command(c.task_id, c.claim, [p for p, _, _ in files],
-                                              mig.src, mig.dest, rsync_options, mark, size)
+                                              mig.src, mig.dest, options, mark, size)
             if batches.work_left(conn).finished:
                 owner = f"{run_token}/{slot_name}"
                 if migration.claim_dirs_pass(conn, owner):

@@ -156,26 +156,34 @@ def release_all(conn: Connection, why: str) -> list[int]:
     return released
 
 
-def requeue(conn: Connection, task_ids: list[int] | None, why: str) -> int:
-    """failed (or, named by id, succeeded) -> pending with fresh retries: `fleetsync retry`."""
+def requeue(conn: Connection, task_ids: list[int] | None, why: str) -> list[int]:
+    """failed (or, named by task_id, succeeded) -> pending with fresh retries.
+
+    `fleetsync retry`: each requeued batch gets an attempt row saying so, so the
+    history of the batch stays whole. None means every failed batch.
+    """
     now = time.time()
+    done = []
     with conn.begin():
         if task_ids is None:
-            ids = [r[0] for r in conn.execute(select(batches.c.task_id).where(
+            task_ids = [r[0] for r in conn.execute(select(batches.c.task_id).where(
                 batches.c.state == BatchState.FAILED.value)).all()]
-        else:
-            ids = list(task_ids)
-        n = 0
-        for task_id in ids:
-            res = conn.execute(update(batches).where(
+        for task_id in task_ids:
+            row = conn.execute(update(batches).where(
                 batches.c.task_id == task_id,
                 batches.c.state.in_([BatchState.FAILED.value, BatchState.SUCCEEDED.value]))
-                .values(state=BatchState.PENDING.value, retry_count=0, finished_ts=None))
-            if res.rowcount == 1:
-                n += 1
-                conn.execute(insert(log).values(ts=now, level="info", task_id=task_id,
-                                                message=f"task {task_id} requeued: {why}"))
-    return n
+                .values(state=BatchState.PENDING.value, retry_count=0, finished_ts=None)
+                .returning(batches.c.claim, batches.c.worker_id, batches.c.last_exit_code)).first()
+            if row is None:
+                continue
+            conn.execute(insert(attempts).values(
+                task_id=task_id, claim=row.claim, retry_count=0, worker_id=row.worker_id,
+                status=AttemptStatus.REQUEUED.value, rsync_exit_code=row.last_exit_code,
+                received_ts=now, errors=json.dumps([why])))
+            conn.execute(insert(log).values(ts=now, level="info", task_id=task_id,
+                                            message=f"task {task_id} requeued: {why}"))
+            done.append(task_id)
+    return done
 
 
 def entries(conn: Connection, task_id: int) -> list[tuple[bytes, bool, int]]:

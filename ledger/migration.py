@@ -28,11 +28,12 @@ class Migration:
     dest: str
     options: dict
     walk_done: bool
+    bwlimit: int | None = None
 
 
 def _row_to_migration(row) -> Migration:
     return Migration(row.migration_id, row.src, row.dest, json.loads(row.options),
-                     bool(row.walk_done))
+                     bool(row.walk_done), row.bwlimit)
 
 
 def load(conn: Connection) -> Migration | None:
@@ -149,3 +150,9 @@ def release_dirs_pass(conn: Connection, run_token: str) -> None:
 def dirs_pass_done(conn: Connection) -> bool:
     with conn.begin():
         return conn.execute(select(migration.c.dirs_pass_done_ts)).scalar() is not None
+
+
+def set_bwlimit(conn: Connection, bytes_per_sec: int | None) -> None:
+    """The fleet's bandwidth cap; rsyncs started from now on share it."""
+    with conn.begin():
+        conn.execute(update(migration).values(bwlimit=bytes_per_sec))

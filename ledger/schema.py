@@ -35,6 +35,7 @@ class AttemptStatus(str, enum.Enum):
     RETRY = "retry"      # failed, will run again
     FAILED = "failed"    # failed for good
     LOST = "lost"        # the host was lost; the batch went back to pending, no retry used
+    REQUEUED = "requeued"  # an operator put the batch back in the queue (`fleetsync retry`)
 
 
 metadata = MetaData()
@@ -53,6 +54,7 @@ migration = Table(
     Column("run_heartbeat_ts", Float),                # the controller was alive then
     Column("walk_done", Integer, nullable=False, server_default="0"),
     Column("finished_ts", Float),                     # last run ended with nothing left
+    Column("bwlimit", Integer),                       # bytes/s for the whole fleet, NULL: none
     Column("dirs_pass_token", Text),                  # the dispatch that runs this run's
     Column("dirs_pass_done_ts", Float),               # directory pass, and when it ended
 )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from .schema import workers
 
@@ -49,3 +49,10 @@ def heartbeat_of(conn: Connection, worker_id: str) -> float | None:
     with conn.begin():
         return conn.execute(select(workers.c.heartbeat_ts)
                             .where(workers.c.worker_id == worker_id)).scalar()
+
+
+def total_slots(conn: Connection) -> int:
+    """Slots of the hosts that are up: how many rsyncs may run at once."""
+    with conn.begin():
+        return conn.execute(select(func.sum(workers.c.slots))
+                            .where(workers.c.state == UP)).scalar() or 0

@@ -37,7 +37,7 @@ def test_status_and_serve_on_a_finished_ledger(tmp_path):
     r = fleetsync("run", "--no-api", "--src", str(src), "--dest", str(tmp_path / "dest"),
                   "--ledger", ledger, "--batch-files", "5")
     assert r.returncode == 0, r.stderr.decode()
-    st = json.loads(fleetsync("status", "--ledger", ledger).stdout)
+    st = json.loads(fleetsync("status", "--json", "--ledger", ledger).stdout)
     assert st["status"]["total_batches"] == st["status"]["completed_batches"] == 3
     assert st["throughput"]["files_processed"] == 12
     port = free_port()

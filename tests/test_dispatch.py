@@ -239,3 +239,28 @@ def test_operators_playbook_migrates_with_the_local_inventory(tmp_path):
     assert "1 of 1 batches succeeded" in r.stdout
     assert (dest / "a" / "f").read_text() == "x"
     assert query(ledger, "SELECT count(*) FROM workers")[0][0] == 1
+
+
+def test_retry_failed_batches_after_the_cause_is_fixed(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    for i in range(9):
+        (src / f"f{i}").write_text(str(i))
+    walk_only(src, dest, ledger, entries=3)
+    (src / "f4").rename(tmp_path / "f4.aside")           # vanished: that batch fails
+    args = ("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger), "--no-api",
+            "--max-retries", "0")
+    assert fleetsync(*args).returncode == 1
+    (tmp_path / "f4.aside").rename(src / "f4")           # the operator brings it back
+    r = fleetsync("retry", "--ledger", str(ledger), "--failed")
+    assert r.returncode == 0 and b"1 batches back in the queue" in r.stdout
+    assert counts(ledger)["pending"] == 1
+    untouched = query(ledger, "SELECT count(*) FROM attempts WHERE status = 'success'")[0][0]
+    assert fleetsync(*args).returncode == 0
+    assert (dest / "f4").read_text() == "4"
+    statuses = [s for (s,) in query(ledger, "SELECT a.status FROM attempts a JOIN batch_files f "
+                                    "USING (task_id) WHERE f.path = CAST('f4' AS BLOB) "
+                                    "ORDER BY attempt_id")]
+    assert statuses == ["failed", "requeued", "success"]
+    # Only the requeued batch ran again.
+    assert query(ledger, "SELECT count(*) FROM attempts WHERE status = 'success'")[0][0] == untouched + 1
