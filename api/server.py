@@ -19,7 +19,7 @@ DEFAULT_PORT = 8000
 DEFAULT_THREADS = 4
 
 # Waitress settings shared by both ways of running: no version in the Server header,
-# no hostname lookups.
+# no traceback to the client.
 _SETTINGS = dict(ident="fleetsync", expose_tracebacks=False)
 
 # waitress logs a warning for every request that waits for a free thread: under a
@@ -60,8 +60,11 @@ class ServerThread:
         socket_map = self._server._map
         while not self._stopping.is_set():
             wasyncore.loop(timeout=0.2, map=socket_map, use_poll=True, count=1)
+        self._close()
+
+    def _close(self) -> None:
         self._server.task_dispatcher.shutdown(timeout=5)   # let requests in flight finish
-        for channel in list(socket_map.values()):
+        for channel in list(self._server._map.values()):   # listener, trigger, clients
             channel.close()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -70,8 +73,8 @@ class ServerThread:
         if self._thread.is_alive():
             self._server.pull_trigger()   # wake the loop now rather than at its timeout
             self._thread.join(timeout)
-        else:
-            self._server.close()
+        elif self._thread.ident is None:  # never started: its worker threads still run
+            self._close()
 
     def __enter__(self) -> ServerThread:
         return self.start()

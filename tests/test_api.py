@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert, text
 
-from api import make_app, start_in_thread
+from api import ServerThread, make_app, start_in_thread
 from api.app import OPENAPI, ROUTES
 from ledger import batches, db, migration, queries, schema
 from ledger.batches import Report
@@ -409,7 +409,6 @@ def test_a_real_waitress_server(ledger_path):
 
 
 def test_the_server_thread_is_a_context_manager(ledger_path):
-    from api.server import ServerThread
     with ServerThread(make_app(ledger_path, token=TOKEN), port=0) as server:
         assert server.url.startswith("http://127.0.0.1:")
         conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
@@ -427,3 +426,10 @@ def test_each_request_sees_the_latest_commit(tmp_path):
     populate(engine)                   # the connection kept by this thread must not go stale
     assert call(app, "/progress").json["total"] == 10
     assert call(app, "/status").json["completed_batches"] == 3
+
+
+def test_a_server_thread_never_started_can_still_be_stopped(ledger_path):
+    server = ServerThread(make_app(ledger_path), port=0)
+    server.stop()
+    with pytest.raises(OSError):
+        socket.create_connection((server.host, server.port), timeout=1).close()
