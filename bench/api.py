@@ -249,8 +249,8 @@ def main() -> None:
         writer_proc.start()
         print(f"{args.batches} batches, {args.clients} clients in {args.client_procs} "
               f"processes, {args.threads} waitress threads, writer at "
-              f"{args.writer_rate or 'full'} transitions/s, {args.runs} x {args.seconds} s",
-              flush=True)
+              f"{args.writer_rate or 'full'} transitions/s, {args.runs} x {args.seconds} s; "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
         for endpoint in args.endpoints.split(","):
             one_run(port, endpoint, args.clients, args.client_procs, 1.0)   # warm-up
             runs = []
@@ -272,6 +272,8 @@ def main() -> None:
                   f"p99 {med['p99']:.2f} ms  (writer {med['writes']:.0f} transitions/s, "
                   f"server CPU {med['cpu_us']:.0f} us/req)",
                   flush=True)
+        # Other work on the machine shows here: compare it with the CPU count above.
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         stop.set()
         if writer_proc.pid is not None:
