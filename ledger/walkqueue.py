@@ -27,6 +27,7 @@ from .db import BUSY_TIMEOUT_MS
 ROWS_PER_INSERT = 100
 _INSERT_ROW = "INSERT INTO batch_files(task_id, path, is_dir, size) VALUES (?1, ?, ?, ?)"
 _INSERT_ROWS = _INSERT_ROW + ", (?1, ?, ?, ?)" * (ROWS_PER_INSERT - 1)
+RETRY_MAX = 0.002         # seconds between tries for the write lock, at most
 CLAIM_MAX = 64            # directories one producer holds at most (memory stays small)
 _LOOK_AHEAD = 4 * CLAIM_MAX  # pending directories counted to size a claim
 
@@ -134,17 +135,26 @@ class WalkQueue:
         return claimed
 
     def _begin(self, wait: bool) -> bool:
-        if wait:
-            self.cur.execute("BEGIN IMMEDIATE")
-            return True
+        """BEGIN IMMEDIATE. When another writer holds the lock: give up at once
+        (wait false), or try again after 0.2, 0.4, 0.8... ms, never more than
+        RETRY_MAX apart. SQLite's own busy handler sleeps 1, 2, 5, 10... up to
+        100 ms: on a busy machine, where the holder of ~1 ms transactions gets
+        descheduled, its waiters slept far longer than the lock was held."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         self.cur.execute("PRAGMA busy_timeout = 0")
         try:
-            self.cur.execute("BEGIN IMMEDIATE")
-            return True
-        except sqlite3.OperationalError as e:
-            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                raise
-            return False
+            for attempt in itertools.count():
+                try:
+                    self.cur.execute("BEGIN IMMEDIATE")
+                    return True
+                except sqlite3.OperationalError as e:
+                    if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                        raise
+                    if not wait:
+                        return False
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(min(RETRY_MAX, 0.0002 * 2 ** attempt))
         finally:
             self.cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
