@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from ledger.queries import RETAINED_LIMIT
+from ledger.schema import AttemptStatus, BatchState
 
 INT = {"type": "integer"}
 NUM = {"type": "number"}
@@ -22,7 +23,7 @@ def _nullable(schema: dict) -> dict:
 
 _RESULT = _obj({
     "worker_id": _nullable(STR), "task_id": INT,
-    "status": {"type": "string", "enum": ["success", "retry", "failed", "lost"]},
+    "status": {"type": "string", "enum": [s.value for s in AttemptStatus]},
     "retry_count": INT, "rsync_exit_code": _nullable(INT),
     "stats": _obj({
         "bytes_sent": _nullable(INT), "bytes_received": _nullable(INT),
@@ -52,8 +53,7 @@ SCHEMAS = {
                      "retained_count": INT}),
     "Batch": _obj({
         "batch": _obj({
-            "task_id": INT, "state": {"type": "string",
-                                      "enum": ["pending", "running", "succeeded", "failed"]},
+            "task_id": INT, "state": {"type": "string", "enum": [s.value for s in BatchState]},
             "file_count": INT, "directory_count": INT, "estimated_bytes": INT,
             "retry_count": INT, "claim": INT, "worker_id": _nullable(STR),
             "producer_id": _nullable(INT), "last_exit_code": _nullable(INT),

@@ -312,3 +312,16 @@ def test_the_reader_cannot_write(ledger):
         with pytest.raises(OperationalError, match="readonly"):
             with ro.begin():
                 ro.execute(text("UPDATE batch_counts SET batches = 7"))
+
+
+def test_a_requeue_is_a_result_too(ledger):
+    path, conn = ledger
+    enqueue(conn, 1)
+    (c,) = batches.claim(conn, "w1")
+    batches.fail(conn, Report(c.task_id, c.claim, "w1", 2), 0)
+    assert batches.requeue(conn, None, "operator says so") == [1]
+    with db.reader(path).connect() as ro:
+        page = queries.results(ro, status="requeued")
+        assert [(r["task_id"], r["errors"]) for r in page["results"]] == \
+            [(1, ["operator says so"])]
+        assert queries.status(ro)["queue_depth"] == 1
