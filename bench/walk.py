@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -67,8 +68,22 @@ def fresh_ledger(path: str, tree: str) -> None:
     engine.dispose()
 
 
-def timed(fn, runs: int) -> list[float]:
-    return [fn() for _ in range(runs)]
+def _cpu() -> float:
+    """CPU seconds used so far by this process and its waited-for children."""
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF,
+                                                   resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn, runs: int) -> tuple[list[float], list[float]]:
+    """(wall seconds, CPU seconds) of each run. CPU time barely moves when other
+    jobs load the machine, so it still compares tools when wall time cannot."""
+    walls, cpus = [], []
+    for _ in range(runs):
+        c0 = _cpu()
+        walls.append(fn())
+        cpus.append(_cpu() - c0)
+    return walls, cpus
 
 
 def run_command(argv: list[str]) -> float:
@@ -142,6 +157,7 @@ def main() -> None:
     entries = make_tree(tree)
     ledger = os.path.join(OUT, "walk-bench.db")
     counts = [int(p) for p in args.producers.split(",")]
+    load = os.getloadavg()[0]
     run_command(["find", tree])                      # warm the cache
     walk_in_process(ledger, tree, 1)                 # and the ledger's directory
 
@@ -155,11 +171,14 @@ def main() -> None:
         rows.append((f"  same, whole python -c P={p}",
                      timed(lambda: walk_as_process(ledger, tree, p), args.runs)))
 
-    print(f"tree {tree}: {entries:,} entries; median of {args.runs} runs, warm cache")
-    print(f"{'':32} {'median s':>9} {'entries/s':>11} {'min s':>7} {'max s':>7}")
-    for name, ts in rows:
+    print(f"tree {tree}: {entries:,} entries; median of {args.runs} runs, warm cache; "
+          f"CPU s = user + sys of every process, median")
+    print(f"1-minute load average at the start: {load:.2f} (on {os.cpu_count()} CPUs)")
+    print(f"{'':32} {'median s':>9} {'entries/s':>11} {'min s':>7} {'max s':>7} {'CPU s':>7}")
+    for name, (ts, cpu) in rows:
         med = statistics.median(ts)
-        print(f"{name:32} {med:9.3f} {entries / med:11,.0f} {min(ts):7.3f} {max(ts):7.3f}")
+        print(f"{name:32} {med:9.3f} {entries / med:11,.0f} {min(ts):7.3f} {max(ts):7.3f} "
+              f"{statistics.median(cpu):7.3f}")
     for p in counts:
         rss, pss = peak_memory_kib(ledger, tree, p)
         listed, per_entry = bytes_per_entry(ledger)
