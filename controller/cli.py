@@ -54,6 +54,20 @@ def _parser() -> argparse.ArgumentParser:
                      help="bandwidth cap for the whole fleet per second, e.g. 500MiB, shared by "
                           "the rsyncs running (change it live with `fleetsync bwlimit`)")
 
+    run.add_argument("--verify", action="store_true",
+                     help="after the copy, check every batch with rsync --checksum --dry-run")
+
+    ver = sub.add_parser("verify", help="check succeeded batches on the workers with rsync's "
+                         "checksums (dry run); record per batch: verified, or what differs")
+    ver.add_argument("--ledger", default=DEFAULT_LEDGER)
+    ver.add_argument("--inventory", default=DEFAULT_INVENTORY)
+    ver.add_argument("--again", action="store_true", help="check batches verified before, too")
+    ver.add_argument("--requeue", action="store_true",
+                     help="put batches that differ back in the queue for `fleetsync run`")
+    ver.add_argument("--rsync-option", action="append", default=[], metavar="OPT")
+    ver.add_argument("--heartbeat-timeout", type=float, default=120.0, metavar="SEC")
+    ver.add_argument("--items-per-run", type=int, default=500, metavar="N")
+
     retry = sub.add_parser("retry", help="put failed (or chosen) batches of a migration back "
                            "in the queue; `fleetsync run` then copies them")
     retry.add_argument("--ledger", default=DEFAULT_LEDGER)
@@ -97,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             return run(args)
         from . import run as commands
         return {"serve": commands.serve, "status": commands.status, "retry": commands.retry,
-                "bwlimit": commands.bwlimit}[args.command](args)
+                "bwlimit": commands.bwlimit, "verify": commands.verify_command}[args.command](args)
     except (UsageError, LedgerError, InventoryError, DispatchError, sizes.SizeError) as e:
         print(f"fleetsync: error: {e}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ import queue
 import time
 from dataclasses import dataclass, field
 
-from ledger import batches, db, logbook, migration, workers
+from ledger import batches, db, logbook, migration, verify, workers
 from ledger.batches import Report
 
 from . import inventory, transfer
@@ -63,16 +63,17 @@ class Dispatcher:
         self._next_inventory = self._next_beat = 0.0
 
     # -- the loop ---------------------------------------------------------------
-    def run(self) -> None:
-        """Dispatch until every batch is done and the directory pass has run."""
+    def run(self, mode: str = "copy") -> None:
+        """Dispatch until every batch is done and the directory pass has run (copy), or
+        until every succeeded batch is checked (verify)."""
+        self.mode = mode
         while True:
             now = time.time()
             if now >= self._next_inventory:
                 self._reload_inventory()
                 self._next_inventory = now + INVENTORY_EVERY
             self._finish_walk()
-            left = batches.work_left(self.conn)
-            done = left.finished and migration.dirs_pass_done(self.conn)
+            done = self._done()
             if self.stopping or done:
                 for r in self.runs.values():
                     r.drain()
@@ -86,6 +87,13 @@ class Dispatcher:
             if time.time() >= self._next_beat:
                 self._flush_heartbeats()
         self._flush_heartbeats()
+
+    def _done(self) -> bool:
+        if self.mode == "verify":
+            with self.conn.begin():
+                c = verify.counts(self.conn)
+            return c[verify.PENDING] == c[verify.RUNNING] == 0
+        return batches.work_left(self.conn).finished and migration.dirs_pass_done(self.conn)
 
     def stop(self) -> None:
         self.stopping = True
@@ -135,7 +143,8 @@ class Dispatcher:
         return {"fleetsync_ledger": os.path.abspath(self.s.ledger_path),
                 "fleetsync_src": self.mig.src, "fleetsync_dest": self.mig.dest,
                 "fleetsync_migration_id": self.mig.migration_id,
-                "fleetsync_rsync_options": self.s.rsync_options}
+                "fleetsync_rsync_options": self.s.rsync_options,
+                "fleetsync_mode": self.mode}
 
     def _lose(self, run: HostRun, why: str) -> None:
         """The host is gone for now: its batches wait again, it rests before a retry."""
@@ -149,6 +158,7 @@ class Dispatcher:
         released = []
         if wid:
             released = batches.release_worker(self.conn, wid, f"host {name} lost: {why}")
+            verify.release_worker(self.conn, wid)
             workers.lost(self.conn, wid, time.time() + wait)
         elif name not in self.preflight_errors:
             self.preflight_errors[name] = f"unreachable: {why}"
@@ -236,6 +246,10 @@ class Dispatcher:
         report = Report(out.task_id, out.claim, worker_id, out.rsync_exit_code,
                         out.bytes_sent, out.bytes_received, out.start_ts, out.end_ts,
                         out.errors)
+        if out.kind == "verify":
+            verify.record(self.conn, out.task_id, out.claim, out.rsync_exit_code,
+                          out.differences, out.errors)
+            return
         if out.task_id == 0:     # the directory pass
             if out.rsync_exit_code != 0:
                 logbook.add(self.conn, "error", f"directory pass exit={out.rsync_exit_code}: "
@@ -259,6 +273,7 @@ class Dispatcher:
             # A run that ended leaves nothing running on its host (a lookup of a
             # lost host may have claimed one more batch while it was cancelled).
             released = batches.release_worker(self.conn, wid, f"dispatch on {name} ended")
+            verify.release_worker(self.conn, wid)
             if released and not self.stopping and not run.lost:
                 logbook.add(self.conn, "warning", f"host {name}: dispatch ended ({status}) "
                             f"holding {len(released)} batches; back to waiting", worker_id=wid)

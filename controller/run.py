@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 
-from ledger import batches, db, migration
+from ledger import batches, db, migration, verify
 
 from . import inventory, progress, sizes
 from .dispatch import Dispatcher, Settings
@@ -85,27 +85,14 @@ def run(args) -> int:
             "bytes": mig.options.get("batch_bytes", limits.bytes)}))
         walk.start()
     api = None if args.no_api else _start_api(args, ledger_path)
-    settings = Settings(ledger_path, os.path.abspath(args.inventory),
-                        Policy(max_retries=args.max_retries),
-                        [*DEFAULT_RSYNC_OPTIONS, *args.rsync_option],
-                        items_per_run=args.items_per_run,
-                        heartbeat_timeout=args.heartbeat_timeout)
+    settings = _settings(args, ledger_path)
     dispatcher = Dispatcher(settings, walk, hosts)
-    stopped = threading.Event()
     live = progress.Live(ledger_path).start()
-
-    def _stop(signum, _frame):
-        if stopped.is_set():          # a second signal: stop now
-            raise KeyboardInterrupt
-        stopped.set()
-        print("fleetsync: stopping: finishing the batches in hand (again to stop now)",
-              file=sys.stderr)
-        dispatcher.stop()
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    stopped = _stop_on_signals(dispatcher)
     try:
         dispatcher.run()
+        if args.verify and not stopped.is_set():
+            _verify(settings, dispatcher.hosts, again=False, stopped=stopped)
     finally:
         live.stop()
         if walk is not None:
@@ -120,13 +107,81 @@ def run(args) -> int:
     return _summary(ledger_path, stopped.is_set())
 
 
+def _settings(args, ledger_path: str) -> Settings:
+    return Settings(ledger_path, os.path.abspath(args.inventory),
+                    Policy(max_retries=getattr(args, "max_retries", 3)),
+                    [*DEFAULT_RSYNC_OPTIONS, *args.rsync_option],
+                    items_per_run=args.items_per_run,
+                    heartbeat_timeout=args.heartbeat_timeout)
+
+
+def _stop_on_signals(dispatcher: Dispatcher) -> threading.Event:
+    """SIGINT/SIGTERM: finish the batches in hand; a second one: stop now."""
+    stopped = threading.Event()
+
+    def _stop(signum, _frame):
+        if stopped.is_set():
+            raise KeyboardInterrupt
+        stopped.set()
+        print("fleetsync: stopping: finishing the batches in hand (again to stop now)",
+              file=sys.stderr)
+        dispatcher.stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    return stopped
+
+
+def _verify(settings: Settings, hosts, again: bool, stopped: threading.Event | None = None
+            ) -> dict[str, int]:
+    """Check succeeded batches on the workers; returns the counts per state."""
+    engine = db.writer(settings.ledger_path)
+    with engine.connect() as conn:
+        verify.release_worker(conn, None)     # checks a dead run had in hand
+        verify.enqueue(conn, again)
+    dispatcher = Dispatcher(settings, None, hosts)
+    if stopped is None:
+        stopped = _stop_on_signals(dispatcher)
+    try:
+        if not stopped.is_set():
+            dispatcher.run("verify")
+    finally:
+        dispatcher.close()
+    with engine.connect() as conn, conn.begin():
+        return verify.counts(conn)
+
+
+def verify_command(args) -> int:
+    ledger_path = _existing(args.ledger)
+    engine = db.writer(ledger_path)
+    with engine.connect() as conn:
+        mig = migration.load(conn)
+        conn.rollback()
+    if mig is None:
+        raise UsageError(f"{args.ledger} holds no migration")
+    hosts = inventory.load(args.inventory, env=dict(os.environ) | ansible_env())
+    kill_leftovers(mig.migration_id)
+    counts = _verify(_settings(args, ledger_path), hosts, args.again)
+    print(f"fleetsync: {counts['verified']} batches verified, {counts['differs']} differ, "
+          f"{counts['error']} could not be checked, {counts['pending']} not checked")
+    if args.requeue and counts["differs"]:
+        with engine.connect() as conn:
+            ids = verify.requeue_differences(conn)
+        print(f"fleetsync: {len(ids)} batches that differ are back in the queue; "
+              "`fleetsync run` copies them")
+    return 0 if counts["differs"] == counts["error"] == counts["pending"] == 0 else 1
+
+
 def _summary(ledger_path: str, stopped: bool) -> int:
     from ledger import queries
     engine = db.reader(ledger_path)
-    with engine.connect() as conn:
+    with engine.connect() as conn, conn.begin():
         st = queries.status(conn)
+        checked = verify.counts(conn)
     print(f"fleetsync: {st['completed_batches']} of {st['total_batches']} batches succeeded, "
           f"{st['failed_batches']} failed, {st['queue_depth']} waiting"
+          + (f"; {checked['verified']} verified, {checked['differs']} differ"
+             if any(checked.values()) else "")
           + (" (stopped)" if stopped else ""))
     if stopped:
         return 1

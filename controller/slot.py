@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from ledger import batches, db, migration, workers
+from ledger import batches, db, migration, verify, workers
 
 from . import transfer
 
@@ -48,7 +48,7 @@ def parse_worker(preflight_stdout: str) -> str:
     raise ValueError("the preflight did not name the worker")
 
 
-_dirs_cursor: dict[str, tuple[int, bytes]] = {}
+_dirs_cursor: dict[str, tuple[int, bytes] | None] = {}   # None: only SRC itself is left
 DIRS_PER_COMMAND = 1000
 NAME_BYTES_PER_COMMAND = 64 * 1024
 
@@ -58,10 +58,15 @@ def _dirs_command(conn, mig, owner: str, run_token: str, rsync_options: list[str
 
     Only one slot runs the pass, so its cursor lives in this process.
     """
-    page = batches.directory_page(conn, _dirs_cursor.get(owner, (0, b"")), DIRS_PER_COMMAND)
-    if not page:
+    mark = transfer.marker(mig.migration_id, run_token)
+    cursor = _dirs_cursor.get(owner, (0, b""))
+    if cursor is None:
         migration.end_dirs_pass(conn, owner)
         return STOP
+    page = batches.directory_page(conn, cursor, DIRS_PER_COMMAND)
+    if not page:
+        _dirs_cursor[owner] = None
+        return transfer.root_command(mig.src, mig.dest, rsync_options, mark)
     paths, size = [], 0
     for task_id, path in page:
         if paths and size + len(path) + 1 > NAME_BYTES_PER_COMMAND:
@@ -69,14 +74,40 @@ def _dirs_command(conn, mig, owner: str, run_token: str, rsync_options: list[str
         paths.append(path)
         size += len(path) + 1
         _dirs_cursor[owner] = (task_id, path)
-    return transfer.dirs_command(paths, mig.src, mig.dest, rsync_options,
-                                 transfer.marker(mig.migration_id, run_token))
+    return transfer.dirs_command(paths, mig.src, mig.dest, rsync_options, mark)
+
+
+def next_verify_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,
+                        rsync_options: list[str]) -> str:
+    """Claim the next succeeded batch to check and return its command (or idle/stop)."""
+    with _conn(ledger_path) as conn:
+        mig = migration.load(conn)
+        conn.rollback()
+        deadline = time.monotonic() + IDLE_WAIT
+        while not os.path.exists(stop_file):
+            claimed = verify.claim(conn, worker_id)
+            if claimed:
+                files = batches.entries(conn, claimed[0])
+                size = sum(s for _, d, s in files if not d)
+                return transfer.verify_command(*claimed, [p for p, _, _ in files], mig.src,
+                                               mig.dest, rsync_options,
+                                               transfer.marker(mig.migration_id, run_token), size)
+            with conn.begin():
+                running = verify.counts(conn)[verify.RUNNING]
+            if running == 0:
+                return STOP
+            if time.monotonic() > deadline:
+                return IDLE
+            time.sleep(POLL)
+        return STOP
 
 
 def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,
-                 rsync_options: list[str], slot_name: str = "") -> str:
+                 rsync_options: list[str], slot_name: str = "", mode: str = "copy") -> str:
     """Claim the next batch for this worker and return its command; when every batch
     is done, one slot of the fleet runs the directory pass; then STOP."""
+    if mode == "verify":
+        return next_verify_command(ledger_path, worker_id, stop_file, run_token, rsync_options)
     with _conn(ledger_path) as conn:
         mig = migration.load(conn)
         conn.rollback()
@@ -90,7 +121,8 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
                 c = claimed[0]
                 files = batches.entries(conn, c.task_id)
                 size = sum(s for _, d, s in files if not d)
-                options = rsync_options + _bwlimit(conn, mig.bwlimit)
+                options = (rsync_options + _bwlimit(conn, mig.bwlimit)
+                           + (["--checksum"] if c.checksum else []))
                 return transfer.batch_command(c.task_id, c.claim, [p for p, _, _ in files],
                                               mig.src, mig.dest, options, mark, size)
             if batches.work_left(conn).finished:

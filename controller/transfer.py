@@ -54,14 +54,17 @@ def encode_list(paths: list[bytes]) -> tuple[str, int]:
 
 
 def batch_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: str,
-                  options: list[str], mark: str, estimated_bytes: int) -> str:
+                  options: list[str], mark: str, estimated_bytes: int,
+                  kind: str = "copy") -> str:
     """The command for one batch: decode the list, check it, run rsync, report."""
-    b64, length = encode_list(paths)
-    rsync = ["rsync", *options, "--stats", f"--timeout={IO_TIMEOUT}", "--from0",
+    # SRC itself (".") cannot ride in a --files-from list: rsync would take the
+    # whole top level with it. The directory pass ends with root_command instead.
+    b64, length = encode_list([p for p in paths if p != b"."])
+    rsync = ["rsync", *map(shlex.quote, options), "--stats", f"--timeout={IO_TIMEOUT}", "--from0",
              '--files-from="$f"', f"--log-file-format={mark}", "--",
              shlex.quote(_trailing(src)), shlex.quote(_trailing(dest))]
     return "; ".join([
-        f"echo {MARK} begin task={task_id} claim={claim} start=$(date +%s.%N)",
+        f"echo {MARK} begin task={task_id} claim={claim} kind={kind} start=$(date +%s.%N)",
         'f=$(mktemp "${TMPDIR:-/tmp}/fleetsync.XXXXXX") || exit 1',
         f'echo {b64} | base64 -d | gzip -dc > "$f"',
         f'if [ "$(wc -c < "$f")" -eq {length} ]; then '
@@ -75,7 +78,31 @@ def batch_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: 
 def dirs_command(paths: list[bytes], src: str, dest: str, options: list[str], mark: str) -> str:
     """Directory-metadata pass: rsync the directories alone (no recursion) to set their
     modes and times after every file has landed inside them."""
-    return batch_command(0, 0, paths, src, dest, [*options, "--dirs"], mark, 0)
+    return batch_command(0, 0, paths, src, dest, [*options, "--dirs"], mark, 0, "dirs")
+
+
+def root_command(src: str, dest: str, options: list[str], mark: str) -> str:
+    """SRC's own mode and times onto DEST: the top directory with every entry excluded."""
+    rsync = ["rsync", *map(shlex.quote, options), "--dirs", "--exclude=*",
+             f"--timeout={IO_TIMEOUT}", f"--log-file-format={mark}", "--",
+             shlex.quote(_trailing(src)), shlex.quote(_trailing(dest))]
+    return "; ".join([
+        f"echo {MARK} begin task=0 claim=0 kind=dirs start=$(date +%s.%N)",
+        f"timeout -k 30 {MIN_BATCH_SECONDS} {' '.join(rsync)} 2>&1; rc=$?",
+        f"echo {MARK} end task=0 claim=0 rc=$rc end=$(date +%s.%N)",
+    ])
+
+
+DIFF = "@@D "
+
+
+def verify_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: str,
+                   options: list[str], mark: str, estimated_bytes: int) -> str:
+    """Verification: rsync compares whole-file checksums and only lists (one line
+    per entry that differs, --dry-run) what a copy would change."""
+    return batch_command(task_id, claim, paths, src, dest,
+                         [*options, "--checksum", "--dry-run", f"--out-format={DIFF}%i %n"],
+                         mark, estimated_bytes * 2, "verify")
 
 
 @dataclass
@@ -84,6 +111,8 @@ class Outcome:
     task_id: int
     claim: int
     rsync_exit_code: int | None
+    kind: str = "copy"
+    differences: list[str] = field(default_factory=list)
     start_ts: float | None = None
     end_ts: float | None = None
     bytes_sent: int | None = None
@@ -91,7 +120,7 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
 
 
-_BEGIN = re.compile(rf"^{MARK} begin task=(\d+) claim=(\d+) start=([\d.]+)", re.M)
+_BEGIN = re.compile(rf"^{MARK} begin task=(\d+) claim=(\d+) kind=(\w+) start=([\d.]+)", re.M)
 _END = re.compile(rf"^{MARK} end task=(\d+) claim=(\d+) rc=(\d+) end=([\d.]+)", re.M)
 _STAT = re.compile(r"^Total bytes (sent|received): ([\d,]+)", re.M)
 _VANISHED = re.compile(r'^rsync: \[sender\] link_stat ".*" failed: No such file or directory'
@@ -104,7 +133,7 @@ def parse(stdout: str) -> Outcome | None:
     begin = _BEGIN.search(stdout)
     if not begin:
         return None
-    out = Outcome(int(begin[1]), int(begin[2]), None, start_ts=float(begin[3]))
+    out = Outcome(int(begin[1]), int(begin[2]), None, kind=begin[3], start_ts=float(begin[4]))
     end = _END.search(stdout)
     if end:
         out.rsync_exit_code = int(end[3])
@@ -114,6 +143,7 @@ def parse(stdout: str) -> Outcome | None:
     out.errors = [line for line in stdout.splitlines()
                   if line.startswith(("rsync:", "rsync error:", "fleetsync:", "timeout:"))
                   or line.startswith("file has vanished:")]
+    out.differences = [line[len(DIFF):] for line in stdout.splitlines() if line.startswith(DIFF)]
     if out.rsync_exit_code == 23 and _only_vanished(out.errors):
         # rsync says 23 for a listed file that no longer exists; it is the same
         # event as exit 24 ("vanished source files") and gets the same policy.

@@ -24,6 +24,7 @@ class Claim:
     task_id: int
     claim: int
     retry_count: int
+    checksum: bool = False   # compare contents, not size and time (after a failed verify)
 
 
 @dataclass
@@ -58,10 +59,11 @@ def claim(conn: Connection, worker_id: str, limit: int = 1) -> list[Claim]:
                    batches.c.state == BatchState.PENDING.value)
             .values(state=BatchState.RUNNING.value, worker_id=worker_id,
                     claim=batches.c.claim + 1, claimed_ts=time.time())
-            .returning(batches.c.task_id, batches.c.claim, batches.c.retry_count))
+            .returning(batches.c.task_id, batches.c.claim, batches.c.retry_count,
+                       batches.c.checksum))
     with conn.begin():
         rows = conn.execute(stmt).all()
-    return sorted((Claim(*r) for r in rows), key=lambda c: c.task_id)
+    return sorted((Claim(r[0], r[1], r[2], bool(r[3])) for r in rows), key=lambda c: c.task_id)
 
 
 def _finish(conn: Connection, report: Report, new_state: BatchState,
@@ -156,7 +158,8 @@ def release_all(conn: Connection, why: str) -> list[int]:
     return released
 
 
-def requeue(conn: Connection, task_ids: list[int] | None, why: str) -> list[int]:
+def requeue(conn: Connection, task_ids: list[int] | None, why: str,
+            checksum: bool = False) -> list[int]:
     """failed (or, named by task_id, succeeded) -> pending with fresh retries.
 
     `fleetsync retry`: each requeued batch gets an attempt row saying so, so the
@@ -172,7 +175,8 @@ def requeue(conn: Connection, task_ids: list[int] | None, why: str) -> list[int]
             row = conn.execute(update(batches).where(
                 batches.c.task_id == task_id,
                 batches.c.state.in_([BatchState.FAILED.value, BatchState.SUCCEEDED.value]))
-                .values(state=BatchState.PENDING.value, retry_count=0, finished_ts=None)
+                .values(state=BatchState.PENDING.value, retry_count=0, finished_ts=None,
+                        checksum=int(checksum))
                 .returning(batches.c.claim, batches.c.worker_id, batches.c.last_exit_code)).first()
             if row is None:
                 continue

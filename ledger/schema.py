@@ -91,6 +91,7 @@ batches = Table(
     Column("estimated_bytes", Integer, nullable=False),  # sum of lstat sizes at the walk
     Column("retry_count", Integer, nullable=False, server_default="0"),
     Column("claim", Integer, nullable=False, server_default="0"),  # bumped by every claim
+    Column("checksum", Integer, nullable=False, server_default="0"),  # copy with --checksum
     Column("worker_id", Text),                        # who holds it (running) or ran it last
     Column("producer_id", Integer),
     Column("last_exit_code", Integer),
@@ -147,6 +148,23 @@ log = Table(
     Column("message", Text, nullable=False),
 )
 
+verifications = Table(
+    "verifications", metadata,
+    Column("task_id", Integer, primary_key=True),     # a succeeded batch, checked again
+    Column("state", Text, nullable=False, server_default="pending"),  # see ledger/verify.py
+    Column("claim", Integer, nullable=False, server_default="0"),
+    Column("worker_id", Text),
+    Column("checked_ts", Float),
+    Column("exit_code", Integer),
+    Column("differences", Text, nullable=False, server_default="[]"),  # rsync's itemized lines
+)
+
+verify_counts = Table(
+    "verify_counts", metadata,
+    Column("state", Text, primary_key=True),
+    Column("batches", Integer, nullable=False, server_default="0"),
+)
+
 # One row per batch state, kept by triggers in the same transaction as the
 # change, so the API reads its numbers in O(1) at any number of batches.
 batch_counts = Table(
@@ -179,6 +197,18 @@ _EXTRA_DDL = [
          UPDATE batch_counts SET batches = batches + 1, files = files + NEW.file_count,
            directories = directories + NEW.directory_count, bytes = bytes + NEW.estimated_bytes
          WHERE state = NEW.state;
+       END""",
+    "CREATE INDEX IF NOT EXISTS verifications_waiting ON verifications(task_id) "
+    "WHERE state = 'pending'",
+    """CREATE TRIGGER IF NOT EXISTS verify_counts_insert AFTER INSERT ON verifications BEGIN
+         INSERT OR IGNORE INTO verify_counts(state) VALUES (NEW.state);
+         UPDATE verify_counts SET batches = batches + 1 WHERE state = NEW.state;
+       END""",
+    """CREATE TRIGGER IF NOT EXISTS verify_counts_update AFTER UPDATE OF state ON verifications
+       WHEN OLD.state != NEW.state BEGIN
+         UPDATE verify_counts SET batches = batches - 1 WHERE state = OLD.state;
+         INSERT OR IGNORE INTO verify_counts(state) VALUES (NEW.state);
+         UPDATE verify_counts SET batches = batches + 1 WHERE state = NEW.state;
        END""",
     # Ready views for audits with sqlite3 (see the README).
     """CREATE VIEW IF NOT EXISTS failed_batches AS

@@ -264,3 +264,32 @@ def test_retry_failed_batches_after_the_cause_is_fixed(tmp_path):
     assert statuses == ["failed", "requeued", "success"]
     # Only the requeued batch ran again.
     assert query(ledger, "SELECT count(*) FROM attempts WHERE status = 'success'")[0][0] == untouched + 1
+
+
+def test_verify_finds_what_changed_and_requeues_it(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    for i in range(12):
+        (src / f"f{i}").write_text(f"content {i}")
+    r = fleetsync("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+                  "--no-api", "--batch-files", "4", "--verify")
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"verified, 0 differ" in r.stdout
+    total = counts(ledger)["succeeded"]
+    assert query(ledger, "SELECT count(*) FROM verifications WHERE state='verified'")[0][0] == total
+    # Same size and time, other bytes: only a checksum sees it.
+    st, top = os.stat(dest / "f5"), os.stat(dest)
+    (dest / "f5").write_text("CONTENT 5")
+    os.utime(dest / "f5", ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(dest, ns=(top.st_atime_ns, top.st_mtime_ns))
+    r = fleetsync("verify", "--ledger", str(ledger), "--again", "--requeue")
+    assert r.returncode == 1
+    assert b"1 differ" in r.stdout and b"1 batches that differ are back" in r.stdout
+    [(diffs,)] = query(ledger, "SELECT differences FROM verifications v JOIN batch_files f "
+                       "USING (task_id) WHERE f.path = CAST('f5' AS BLOB)")
+    assert "f5" in diffs
+    r = fleetsync("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+                  "--no-api", "--verify")
+    assert r.returncode == 0, r.stderr.decode()
+    assert (dest / "f5").read_text() == "content 5"
+    assert query(ledger, "SELECT count(*) FROM verifications WHERE state='verified'")[0][0] == total

@@ -41,8 +41,10 @@ def test_claims_in_order_then_directory_pass_then_stop(tmp_path):
             batches.succeed(conn, batches.Report(c.task_id, c.claim, "w1", 0))
     # Every batch done: one slot gets the directory pass, the others stop.
     dirs = nxt(path, tmp_path)
-    assert "task=0" in dirs and "--dirs" in dirs
+    assert "task=0" in dirs and "--dirs" in dirs and "--files-from" in dirs
     assert nxt(path, tmp_path, slot_name="h--slot2") == slot.STOP
+    root = nxt(path, tmp_path)        # SRC itself last, alone, its entries excluded
+    assert "--exclude=*" in root and "--files-from" not in root
     assert nxt(path, tmp_path) == slot.STOP          # the pass is over
     with engine.connect() as conn:
         assert migration.dirs_pass_done(conn)

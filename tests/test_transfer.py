@@ -71,3 +71,18 @@ def test_long_lists_stay_under_the_argument_limit():
     cmd = transfer.batch_command(1, 1, names, "/s", "/d", ["-a"], "m", 0)
     assert sum(len(n) + 1 for n in names) >= 64 * 1024
     assert len(cmd.encode()) < 128 * 1024
+
+
+def test_src_itself_never_drags_the_top_level_along(tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    (src / "sub").mkdir(parents=True)
+    (src / "top-file").write_text("x")
+    (src / "sub" / "f").write_text("y")
+    os.utime(src, (1_000_000_000, 1_000_000_000))
+    out = transfer.parse(run_command(transfer.batch_command(
+        1, 1, [b"."], str(src), str(dest), ["-a"], "m", 0)))
+    assert out.rsync_exit_code == 0
+    assert not (dest / "top-file").exists()
+    out = transfer.parse(run_command(transfer.root_command(str(src), str(dest), ["-a"], "m")))
+    assert (out.kind, out.rsync_exit_code) == ("dirs", 0)
+    assert os.listdir(dest) == [] and os.stat(dest).st_mtime == 1_000_000_000
