@@ -167,8 +167,6 @@ class WalkQueue:
                 (cut.file_count, cut.directory_count, cut.estimated_bytes,
                  self.producer_id, now)).fetchone()[0]
             self._insert_entries(task_id, cut.entries)
-        else:
-            task_id = None
         if cut.done_dirs:
             cur.executemany("UPDATE walk_dirs SET state = 'done' WHERE dir_id = ?",
                             [(d,) for d in cut.done_dirs])
@@ -182,12 +180,10 @@ class WalkQueue:
     def _insert_entries(self, task_id: int, entries: list[tuple[bytes, int, int]]) -> None:
         """The batch's rows in batch_files, the walk's hottest statement.
 
-        Sorted, the rows append to the (task_id, path) b-tree: full pages, fewer
-        splits. Sent ROWS_PER_INSERT at a time in one multi-row INSERT, they cost
+        Sent ROWS_PER_INSERT at a time in one multi-row INSERT, they cost
         a third of executemany's one statement per row; a bytearray is bound as
         is where bytes goes through sqlite3's adapter lookup first.
         """
-        entries.sort()
         rows = [(bytearray(p), d, s) for p, d, s in entries]
         full = len(rows) - len(rows) % ROWS_PER_INSERT
         for i in range(0, full, ROWS_PER_INSERT):
