@@ -45,6 +45,9 @@ class Limits:
 
 
 class Producer:
+    """One producer process's loop: claim directories, list them into the open
+    batch, hand closed batches in; `producers` (P) sizes its share of a claim."""
+
     def __init__(self, conn: Connection, src: bytes, producer_id: int, limits: Limits,
                  producers: int = 1):
         self.queue = WalkQueue(conn, producer_id, producers)
