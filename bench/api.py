@@ -170,7 +170,7 @@ def client(port: int, path: str, threads: int, seconds: float, out: mp.Queue) ->
         t.start()
     for t in pool:
         t.join()
-    out.put(([x for lat in latencies for x in lat], sum(errors)))
+    out.put(([x for lat in latencies for x in lat], sum(errors), time.process_time()))
 
 
 def free_port() -> int:
@@ -206,16 +206,18 @@ def one_run(port: int, path: str, clients: int, procs: int, seconds: float) -> d
     for w in workers:
         w.start()
     lat: list[float] = []
-    errors = 0
+    errors, client_cpu = 0, 0.0
     for _ in workers:
-        got, bad = out.get()
+        got, bad, cpu = out.get()
         lat += got
         errors += bad
+        client_cpu += cpu
     for w in workers:
         w.join()
     lat.sort()
     return dict(rps=len(lat) / seconds, p50=lat[len(lat) // 2] * 1000,
-                p99=lat[int(len(lat) * 0.99)] * 1000, errors=errors)
+                p99=lat[int(len(lat) * 0.99)] * 1000, errors=errors,
+                client_cpu_us=client_cpu * 1e6 / max(1, len(lat)))
 
 
 def main() -> None:
@@ -266,7 +268,8 @@ def main() -> None:
                 print(f"  {endpoint} run {r + 1}: {res['rps']:.0f} req/s  "
                       f"p50 {res['p50']:.2f} ms  p99 {res['p99']:.2f} ms  "
                       f"errors {res['errors']}  writes {res['writes']:.0f}/s  "
-                      f"server CPU {res['cpu_us']:.0f} us/req", flush=True)
+                      f"CPU per request: server {res['cpu_us']:.0f} us, "
+                      f"clients {res['client_cpu_us']:.0f} us", flush=True)
             med = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
             print(f"{endpoint:10s} median: {med['rps']:.0f} req/s  p50 {med['p50']:.2f} ms  "
                   f"p99 {med['p99']:.2f} ms  (writer {med['writes']:.0f} transitions/s, "
