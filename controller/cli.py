@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="bandwidth cap for the whole fleet per second, e.g. 500MiB, shared by "
                           "the rsyncs running (change it live with `fleetsync bwlimit`)")
 
+    delete = run.add_mutually_exclusive_group()
+    delete.add_argument("--delete", action="store_true",
+                        help="end with a pass that removes from DEST what is no longer in SRC "
+                             "(refused when SRC looks empty)")
+    delete.add_argument("--delete-dry-run", action="store_true",
+                        help="list what --delete would remove (table `deletions`), remove nothing")
     run.add_argument("--verify", action="store_true",
                      help="after the copy, check every batch with rsync --checksum --dry-run")
 

@@ -13,7 +13,7 @@ import queue
 import time
 from dataclasses import dataclass, field
 
-from ledger import batches, db, logbook, migration, verify, workers
+from ledger import batches, db, dirpass, logbook, migration, verify, workers
 from ledger.batches import Report
 
 from . import inventory, transfer
@@ -39,6 +39,7 @@ class Settings:
     rsync_options: list[str] = field(default_factory=lambda: list(transfer.DEFAULT_RSYNC_OPTIONS))
     items_per_run: int = 500          # batches per ansible-playbook run and slot
     heartbeat_timeout: float = 120.0  # silence, beyond a held batch's own time, that loses a host
+    delete: str = "off"               # off | on | dry-run: the directory pass deletes too
 
 
 class Dispatcher:
@@ -93,7 +94,7 @@ class Dispatcher:
             with self.conn.begin():
                 c = verify.counts(self.conn)
             return c[verify.PENDING] == c[verify.RUNNING] == 0
-        return batches.work_left(self.conn).finished and migration.dirs_pass_done(self.conn)
+        return batches.work_left(self.conn).finished and dirpass.done(self.conn)
 
     def stop(self) -> None:
         self.stopping = True
@@ -144,7 +145,7 @@ class Dispatcher:
                 "fleetsync_src": self.mig.src, "fleetsync_dest": self.mig.dest,
                 "fleetsync_migration_id": self.mig.migration_id,
                 "fleetsync_rsync_options": self.s.rsync_options,
-                "fleetsync_mode": self.mode}
+                "fleetsync_mode": self.mode, "fleetsync_delete": self.s.delete}
 
     def _lose(self, run: HostRun, why: str) -> None:
         """The host is gone for now: its batches wait again, it rests before a retry."""
@@ -156,6 +157,8 @@ class Dispatcher:
         wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** self._lost_count(name))
         self.backoff[name] = time.time() + wait
         released = []
+        if batches.work_left(self.conn).finished:
+            dirpass.restart(self.conn)    # its part of the directory pass may be lost
         if wid:
             released = batches.release_worker(self.conn, wid, f"host {name} lost: {why}")
             verify.release_worker(self.conn, wid)
@@ -212,9 +215,9 @@ class Dispatcher:
         elif ev.task == "preflight":
             self._preflight(run, ev)
         elif ev.task == "batches" and ev.kind == "runner_item_on_ok":
-            out = transfer.parse(ev.res.get("stdout", ""))
-            if out is not None and run.worker_id:
-                self._record(out, run.worker_id, ev.ts)
+            for out in transfer.parse_all(ev.res.get("stdout", "")):
+                if run.worker_id:
+                    self._record(out, run.worker_id)
         elif ev.task == "batches" and ev.kind in ("runner_on_failed", "runner_item_on_failed"):
             logbook.add(self.conn, "error", f"host {run.host.name}: "
                         + _one_line(ev.res.get("msg") or "dispatch failed"),
@@ -242,19 +245,19 @@ class Dispatcher:
                 logbook.add(self.conn, "error", f"host {run.host.name} preflight: {why}")
             self.preflight_errors[run.host.name] = why
 
-    def _record(self, out: transfer.Outcome, worker_id: str, received: float) -> None:
+    def _record(self, out: transfer.Outcome, worker_id: str) -> None:
+        if out.kind == "verify":
+            verify.record(self.conn, out.task_id, out.claim, out.rsync_exit_code,
+                          out.itemized, out.errors)
+        elif out.kind in ("dirs", "delete"):
+            self._record_pass(out, worker_id)
+        else:
+            self._record_batch(out, worker_id)
+
+    def _record_batch(self, out: transfer.Outcome, worker_id: str) -> None:
         report = Report(out.task_id, out.claim, worker_id, out.rsync_exit_code,
                         out.bytes_sent, out.bytes_received, out.start_ts, out.end_ts,
                         out.errors)
-        if out.kind == "verify":
-            verify.record(self.conn, out.task_id, out.claim, out.rsync_exit_code,
-                          out.differences, out.errors)
-            return
-        if out.task_id == 0:     # the directory pass
-            if out.rsync_exit_code != 0:
-                logbook.add(self.conn, "error", f"directory pass exit={out.rsync_exit_code}: "
-                            + "; ".join(out.errors[:3]), worker_id=worker_id)
-            return
         used = batches.retry_count_of(self.conn, out.task_id)
         verdict = self.s.policy.verdict(out.rsync_exit_code, used)
         if verdict is Verdict.SUCCEED:
@@ -264,10 +267,20 @@ class Dispatcher:
         else:
             batches.fail(self.conn, report, used)
 
+    def _record_pass(self, out: transfer.Outcome, worker_id: str) -> None:
+        """A part of the directory pass: its deletions go to the ledger, errors to the log."""
+        if out.kind == "delete":
+            deleted = [line.split(" ", 1)[1].strip() for line in out.itemized
+                       if line.startswith("*deleting")]
+            dirpass.record_deletions(self.conn, deleted, self.s.delete == "dry-run", worker_id)
+        if out.rsync_exit_code != 0:
+            logbook.add(self.conn, "error", f"directory pass ({out.kind}) "
+                        f"exit={out.rsync_exit_code}: " + "; ".join(out.errors[:3]),
+                        worker_id=worker_id)
+
     def _finished(self, run: HostRun, status: str | None) -> None:
         self.runs.pop(run.host.name, None)
         name = run.host.name
-        migration.release_dirs_pass(self.conn, run.token)
         wid = run.worker_id
         if wid:
             # A run that ended leaves nothing running on its host (a lookup of a

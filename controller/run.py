@@ -5,8 +5,9 @@ import os
 import signal
 import sys
 import threading
+import time
 
-from ledger import batches, db, migration, verify
+from ledger import batches, db, dirpass, migration, verify
 
 from . import inventory, progress, sizes
 from .dispatch import Dispatcher, Settings
@@ -36,6 +37,18 @@ def _check_paths(src: str, dest: str) -> tuple[str, str]:
     return src, dest
 
 
+def _check_delete(args, src: str) -> str:
+    """off | on | dry-run; --delete is refused when SRC looks empty or unmounted, since
+    it would then empty DEST."""
+    if not (args.delete or args.delete_dry_run):
+        return "off"
+    with os.scandir(src) as it:
+        if next(it, None) is None:
+            raise UsageError(f"SRC {src} is empty (not mounted?): refusing to delete "
+                             "anything from DEST")
+    return "dry-run" if args.delete_dry_run else "on"
+
+
 def _limits(args) -> Limits:
     if args.batch_files < 1:
         raise UsageError("--batch-files must be at least 1")
@@ -62,6 +75,7 @@ def run(args) -> int:
     src, dest = _check_paths(args.src, args.dest)
     limits = _limits(args)
     bwlimit = sizes.parse(args.bwlimit) if args.bwlimit else None
+    delete = _check_delete(args, src)
     hosts = inventory.load(args.inventory, env=dict(os.environ) | ansible_env())
     ledger_path = os.path.abspath(args.ledger)
     options = {"batch_files": limits.entries, "batch_bytes": limits.bytes}
@@ -86,6 +100,8 @@ def run(args) -> int:
         walk.start()
     api = None if args.no_api else _start_api(args, ledger_path)
     settings = _settings(args, ledger_path)
+    settings.delete = delete
+    started = time.time()
     dispatcher = Dispatcher(settings, walk, hosts)
     live = progress.Live(ledger_path).start()
     stopped = _stop_on_signals(dispatcher)
@@ -104,7 +120,7 @@ def run(args) -> int:
         left = batches.work_left(conn)
         if left.finished:
             migration.end_run(conn)
-    return _summary(ledger_path, stopped.is_set())
+    return _summary(ledger_path, stopped.is_set(), delete, started)
 
 
 def _settings(args, ledger_path: str) -> Settings:
@@ -172,16 +188,19 @@ def verify_command(args) -> int:
     return 0 if counts["differs"] == counts["error"] == counts["pending"] == 0 else 1
 
 
-def _summary(ledger_path: str, stopped: bool) -> int:
+def _summary(ledger_path: str, stopped: bool, delete: str = "off", since: float = 0) -> int:
     from ledger import queries
     engine = db.reader(ledger_path)
     with engine.connect() as conn, conn.begin():
         st = queries.status(conn)
         checked = verify.counts(conn)
+        deleted = dirpass.deletion_count(conn, delete == "dry-run", since)
     print(f"fleetsync: {st['completed_batches']} of {st['total_batches']} batches succeeded, "
           f"{st['failed_batches']} failed, {st['queue_depth']} waiting"
           + (f"; {checked['verified']} verified, {checked['differs']} differ"
              if any(checked.values()) else "")
+          + (f"; {deleted} entries {'would be ' if delete == 'dry-run' else ''}deleted "
+             "from DEST (table deletions)" if delete != "off" else "")
           + (" (stopped)" if stopped else ""))
     if stopped:
         return 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from ledger import batches, db, migration, verify, workers
+from ledger import batches, db, dirpass, migration, verify, workers
 
 from . import transfer
 
@@ -48,33 +48,13 @@ def parse_worker(preflight_stdout: str) -> str:
     raise ValueError("the preflight did not name the worker")
 
 
-_dirs_cursor: dict[str, tuple[int, bytes] | None] = {}   # None: only SRC itself is left
-DIRS_PER_COMMAND = 1000
-NAME_BYTES_PER_COMMAND = 64 * 1024
-
-
-def _dirs_command(conn, mig, owner: str, run_token: str, rsync_options: list[str]) -> str:
-    """The next command of the directory pass, in tree order; STOP after the last.
-
-    Only one slot runs the pass, so its cursor lives in this process.
-    """
-    mark = transfer.marker(mig.migration_id, run_token)
-    cursor = _dirs_cursor.get(owner, (0, b""))
-    if cursor is None:
-        migration.end_dirs_pass(conn, owner)
+def _dirs_command(conn, mig, run_token: str, rsync_options: list[str], delete: str) -> str:
+    """The next part of the directory pass, or STOP when it is all handed out."""
+    part = dirpass.next_part(conn)
+    if part is None:
         return STOP
-    page = batches.directory_page(conn, cursor, DIRS_PER_COMMAND)
-    if not page:
-        _dirs_cursor[owner] = None
-        return transfer.root_command(mig.src, mig.dest, rsync_options, mark)
-    paths, size = [], 0
-    for task_id, path in page:
-        if paths and size + len(path) + 1 > NAME_BYTES_PER_COMMAND:
-            break
-        paths.append(path)
-        size += len(path) + 1
-        _dirs_cursor[owner] = (task_id, path)
-    return transfer.dirs_command(paths, mig.src, mig.dest, rsync_options, mark)
+    return transfer.dirs_command(part, mig.src, mig.dest, rsync_options,
+                                 transfer.marker(mig.migration_id, run_token), delete)
 
 
 def next_verify_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,
@@ -103,9 +83,9 @@ def next_verify_command(ledger_path: str, worker_id: str, stop_file: str, run_to
 
 
 def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,
-                 rsync_options: list[str], slot_name: str = "", mode: str = "copy") -> str:
+                 rsync_options: list[str], mode: str = "copy", delete: str = "off") -> str:
     """Claim the next batch for this worker and return its command; when every batch
-    is done, one slot of the fleet runs the directory pass; then STOP."""
+    is done, the slots share the directory pass; then STOP."""
     if mode == "verify":
         return next_verify_command(ledger_path, worker_id, stop_file, run_token, rsync_options)
     with _conn(ledger_path) as conn:
@@ -126,10 +106,7 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
                 return transfer.batch_command(c.task_id, c.claim, [p for p, _, _ in files],
                                               mig.src, mig.dest, options, mark, size)
             if batches.work_left(conn).finished:
-                owner = f"{run_token}/{slot_name}"
-                if migration.claim_dirs_pass(conn, owner):
-                    return _dirs_command(conn, mig, owner, run_token, rsync_options)
-                return STOP
+                return _dirs_command(conn, mig, run_token, rsync_options, delete)
             if time.monotonic() > deadline:
                 return IDLE
             time.sleep(POLL)

@@ -28,6 +28,7 @@ IO_TIMEOUT = 300          # rsync --timeout: seconds without any I/O
 MIN_BATCH_SECONDS = 900   # `timeout` bound of a batch: at least this...
 MIN_RATE = 1 << 20        # ...or its bytes at 1 MiB/s, whichever is longer
 LIST_DAMAGED = 250        # our own exit code: the file list did not arrive whole
+GUARD_FAILED = 251        # our own exit code: SRC looked empty, --delete refused
 
 MARK = "@@fleetsync"
 
@@ -55,30 +56,50 @@ def encode_list(paths: list[bytes]) -> tuple[str, int]:
 
 def batch_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: str,
                   options: list[str], mark: str, estimated_bytes: int,
-                  kind: str = "copy") -> str:
-    """The command for one batch: decode the list, check it, run rsync, report."""
+                  kind: str = "copy", guard: str | None = None) -> str:
+    """The command for one batch: decode the list, check it, run rsync, report.
+    guard: a shell test that must hold for rsync to run (else exit GUARD_FAILED)."""
     # SRC itself (".") cannot ride in a --files-from list: rsync would take the
-    # whole top level with it. The directory pass ends with root_command instead.
+    # whole top level with it. The directory pass sends it with root_command.
     b64, length = encode_list([p for p in paths if p != b"."])
     rsync = ["rsync", *map(shlex.quote, options), "--stats", f"--timeout={IO_TIMEOUT}", "--from0",
              '--files-from="$f"', f"--log-file-format={mark}", "--",
              shlex.quote(_trailing(src)), shlex.quote(_trailing(dest))]
+    body = (f'if ! [ "$(wc -c < "$f")" -eq {length} ]; then '
+            f"echo 'fleetsync: the file list arrived damaged'; rc={LIST_DAMAGED}; "
+            + (f"elif ! {guard}; then echo 'fleetsync: SRC looks empty or unmounted here: "
+               f"nothing deleted'; rc={GUARD_FAILED}; " if guard else "")
+            + f"else timeout -k 30 {batch_seconds(estimated_bytes)} {' '.join(rsync)} 2>&1; "
+            "rc=$?; fi")
     return "; ".join([
         f"echo {MARK} begin task={task_id} claim={claim} kind={kind} start=$(date +%s.%N)",
         'f=$(mktemp "${TMPDIR:-/tmp}/fleetsync.XXXXXX") || exit 1',
         f'echo {b64} | base64 -d | gzip -dc > "$f"',
-        f'if [ "$(wc -c < "$f")" -eq {length} ]; then '
-        f"timeout -k 30 {batch_seconds(estimated_bytes)} {' '.join(rsync)} 2>&1; rc=$?; "
-        f"else echo 'fleetsync: the file list arrived damaged'; rc={LIST_DAMAGED}; fi",
+        body,
         'rm -f "$f"',
         f"echo {MARK} end task={task_id} claim={claim} rc=$rc end=$(date +%s.%N)",
     ])
 
 
-def dirs_command(paths: list[bytes], src: str, dest: str, options: list[str], mark: str) -> str:
-    """Directory-metadata pass: rsync the directories alone (no recursion) to set their
-    modes and times after every file has landed inside them."""
-    return batch_command(0, 0, paths, src, dest, [*options, "--dirs"], mark, 0, "dirs")
+def dirs_command(paths: list[bytes], src: str, dest: str, options: list[str], mark: str,
+                 delete: str = "off") -> str:
+    """One part of the directory pass: with --delete, first remove from these
+    directories of DEST what is no longer in SRC; then send the directories alone
+    (no recursion) to set their modes and times, which the files landing inside
+    them and the deletions disturbed; SRC itself last, when it is in the part."""
+    parts = []
+    if delete != "off":
+        # "D/." makes rsync compare D's entries; --existing --ignore-existing copy
+        # nothing, so only --delete acts, and only inside the listed directories.
+        listed = [b"./." if p == b"." else p + b"/." for p in paths]
+        options_d = [*options, "--dirs", "--delete", "--existing", "--ignore-existing",
+                     f"--out-format={ITEM}%i %n", *(["--dry-run"] if delete == "dry-run" else [])]
+        parts.append(batch_command(0, 0, listed, src, dest, options_d, mark, 0, "delete",
+                                   guard=f'[ -n "$(ls -A {shlex.quote(src)} 2>/dev/null | head -c 1)" ]'))
+    parts.append(batch_command(0, 0, paths, src, dest, [*options, "--dirs"], mark, 0, "dirs"))
+    if b"." in paths:
+        parts.append(root_command(src, dest, options, mark))
+    return "; ".join(parts)
 
 
 def root_command(src: str, dest: str, options: list[str], mark: str) -> str:
@@ -93,7 +114,7 @@ def root_command(src: str, dest: str, options: list[str], mark: str) -> str:
     ])
 
 
-DIFF = "@@D "
+ITEM = "@@I "   # rsync's itemized lines (what differs, what is deleted)
 
 
 def verify_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: str,
@@ -101,7 +122,7 @@ def verify_command(task_id: int, claim: int, paths: list[bytes], src: str, dest:
     """Verification: rsync compares whole-file checksums and only lists (one line
     per entry that differs, --dry-run) what a copy would change."""
     return batch_command(task_id, claim, paths, src, dest,
-                         [*options, "--checksum", "--dry-run", f"--out-format={DIFF}%i %n"],
+                         [*options, "--checksum", "--dry-run", f"--out-format={ITEM}%i %n"],
                          mark, estimated_bytes * 2, "verify")
 
 
@@ -112,7 +133,7 @@ class Outcome:
     claim: int
     rsync_exit_code: int | None
     kind: str = "copy"
-    differences: list[str] = field(default_factory=list)
+    itemized: list[str] = field(default_factory=list)   # verify: differences; delete: deletions
     start_ts: float | None = None
     end_ts: float | None = None
     bytes_sent: int | None = None
@@ -130,20 +151,30 @@ VANISHED_EXIT = 24
 
 def parse(stdout: str) -> Outcome | None:
     """The outcome of one batch, or None when the output holds no batch."""
-    begin = _BEGIN.search(stdout)
-    if not begin:
-        return None
+    found = parse_all(stdout)
+    return found[0] if found else None
+
+
+def parse_all(stdout: str) -> list[Outcome]:
+    """Every rsync a command ran (a directory-pass part runs up to three), in order."""
+    starts = [m.start() for m in _BEGIN.finditer(stdout)]
+    return [_parse_one(stdout[a:b]) for a, b in zip(starts, starts[1:] + [len(stdout)])]
+
+
+def _parse_one(text: str) -> Outcome:
+    begin = _BEGIN.search(text)
     out = Outcome(int(begin[1]), int(begin[2]), None, kind=begin[3], start_ts=float(begin[4]))
-    end = _END.search(stdout)
+    end = _END.search(text)
     if end:
         out.rsync_exit_code = int(end[3])
         out.end_ts = float(end[4])
-    for kind, value in _STAT.findall(stdout):
+    for kind, value in _STAT.findall(text):
         setattr(out, f"bytes_{kind}", int(value.replace(",", "")))
-    out.errors = [line for line in stdout.splitlines()
-                  if line.startswith(("rsync:", "rsync error:", "fleetsync:", "timeout:"))
-                  or line.startswith("file has vanished:")]
-    out.differences = [line[len(DIFF):] for line in stdout.splitlines() if line.startswith(DIFF)]
+    lines = text.splitlines()
+    out.errors = [line for line in lines
+                  if line.startswith(("rsync:", "rsync error:", "fleetsync:", "timeout:",
+                                      "file has vanished:"))]
+    out.itemized = [line[len(ITEM):] for line in lines if line.startswith(ITEM)]
     if out.rsync_exit_code == 23 and _only_vanished(out.errors):
         # rsync says 23 for a listed file that no longer exists; it is the same
         # event as exit 24 ("vanished source files") and gets the same policy.

@@ -73,7 +73,7 @@ def start_run(conn: Connection) -> None:
         conn.execute(update(migration).values(
             elapsed_before=migration.c.elapsed_before + extra,
             run_started_ts=now, run_heartbeat_ts=now, finished_ts=None,
-            dirs_pass_token=None, dirs_pass_done_ts=None))
+            dirs_pass_cursor=None, dirs_pass_done_ts=None))
 
 
 def heartbeat(conn: Connection) -> None:
@@ -119,37 +119,6 @@ def start_producers(conn: Connection, count: int) -> None:
             if res.rowcount == 0:
                 conn.execute(insert(producers).values(producer_id=pid, state="running",
                                                       started_ts=now))
-
-
-def claim_dirs_pass(conn: Connection, token: str) -> bool:
-    """The directory pass of this run goes to one dispatch: True for the one that has it."""
-    with conn.begin():
-        conn.execute(update(migration).where(migration.c.dirs_pass_token.is_(None),
-                                             migration.c.walk_done == 1)
-                     .values(dirs_pass_token=token))
-        owner, done = conn.execute(select(migration.c.dirs_pass_token,
-                                          migration.c.dirs_pass_done_ts)).one()
-    return owner == token and done is None
-
-
-def end_dirs_pass(conn: Connection, token: str) -> None:
-    """Every directory command of the pass was handed out."""
-    with conn.begin():
-        conn.execute(update(migration).where(migration.c.dirs_pass_token == token)
-                     .values(dirs_pass_done_ts=time.time()))
-
-
-def release_dirs_pass(conn: Connection, run_token: str) -> None:
-    """A dispatch ended before its slot finished the pass: another one runs it again."""
-    with conn.begin():
-        conn.execute(update(migration).where(
-            migration.c.dirs_pass_token.like(run_token + "/%"),
-            migration.c.dirs_pass_done_ts.is_(None)).values(dirs_pass_token=None))
-
-
-def dirs_pass_done(conn: Connection) -> bool:
-    with conn.begin():
-        return conn.execute(select(migration.c.dirs_pass_done_ts)).scalar() is not None
 
 
 def set_bwlimit(conn: Connection, bytes_per_sec: int | None) -> None:

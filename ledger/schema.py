@@ -55,8 +55,8 @@ migration = Table(
     Column("walk_done", Integer, nullable=False, server_default="0"),
     Column("finished_ts", Float),                     # last run ended with nothing left
     Column("bwlimit", Integer),                       # bytes/s for the whole fleet, NULL: none
-    Column("dirs_pass_token", Text),                  # the dispatch that runs this run's
-    Column("dirs_pass_done_ts", Float),               # directory pass, and when it ended
+    Column("dirs_pass_cursor", Integer),              # directory pass: last task_id handed out
+    Column("dirs_pass_done_ts", Float),               # every part of the pass handed out
 )
 
 producers = Table(
@@ -146,6 +146,15 @@ log = Table(
     Column("task_id", Integer),
     Column("worker_id", Text),
     Column("message", Text, nullable=False),
+)
+
+deletions = Table(
+    "deletions", metadata,
+    Column("deletion_id", Integer, primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("path", Text, nullable=False),             # as rsync printed it, relative to DEST
+    Column("dry_run", Integer, nullable=False),       # 1: listed by --delete-dry-run only
+    Column("worker_id", Text),
 )
 
 verifications = Table(

@@ -43,6 +43,7 @@ def claim(conn: Connection, worker_id: str) -> tuple[int, int] | None:
 
 def record(conn: Connection, task_id: int, claim_no: int, exit_code: int | None,
            differences: list[str], errors: list[str]) -> bool:
+    """differences: rsync's itemized lines, one per entry a copy would change."""
     """running -> verified | differs | error, for this claim only."""
     state = ERROR if exit_code != 0 else (DIFFERS if differences else VERIFIED)
     with conn.begin():

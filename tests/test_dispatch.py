@@ -293,3 +293,44 @@ def test_verify_finds_what_changed_and_requeues_it(tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     assert (dest / "f5").read_text() == "content 5"
     assert query(ledger, "SELECT count(*) FROM verifications WHERE state='verified'")[0][0] == total
+
+
+def test_delete_pass_removes_only_what_left_src_and_dry_run_lists_it(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    for d in ("a/b", "c", "keep"):
+        (src / d).mkdir(parents=True)
+    for f in ("a/f", "a/b/g", "c/h", "top"):
+        (src / f).write_text(f)
+    args = ["run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger), "--no-api",
+            "--batch-files", "3"]
+    assert fleetsync(*args).returncode == 0
+    # SRC changes after the copy: these are gone from SRC, still in DEST.
+    (src / "a" / "f").unlink()
+    (src / "c" / "h").unlink()
+    (src / "c").rmdir()
+    (src / "top").unlink()
+    outside = tmp_path / "outside"
+    outside.write_text("never touched")
+    (dest / "a" / "b" / "only-in-dest").write_text("x")
+    r = fleetsync(*args, "--delete-dry-run")
+    assert r.returncode == 0, r.stderr.decode()
+    assert (dest / "a" / "f").exists() and (dest / "c" / "h").exists()
+    listed = {p for (p,) in query(ledger, "SELECT path FROM deletions WHERE dry_run = 1")}
+    assert listed == {"a/f", "a/b/only-in-dest", "c/h", "c/", "top"}, listed
+    r = fleetsync(*args, "--delete")
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"5 entries deleted" in r.stdout
+    assert snapshot(os.fsencode(src)) == snapshot(os.fsencode(dest))   # times included
+    assert outside.read_text() == "never touched"
+
+
+def test_delete_is_refused_when_src_looks_empty(tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    dest.mkdir()
+    (dest / "precious").write_text("x")
+    r = fleetsync("run", "--src", str(src), "--dest", str(dest), "--ledger",
+                  str(tmp_path / "l.db"), "--no-api", "--delete")
+    assert r.returncode == 2
+    assert b"refusing to delete" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (dest / "precious").exists()

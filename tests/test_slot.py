@@ -6,7 +6,7 @@ import os
 from controller import slot, transfer
 from controller.producers import Walk
 from controller.walk import Limits
-from ledger import batches, db, migration, workers
+from ledger import batches, db, dirpass, migration, workers
 
 
 def ledger_with_batches(tmp_path, files=6, per_batch=2):
@@ -23,8 +23,8 @@ def ledger_with_batches(tmp_path, files=6, per_batch=2):
     return path, engine
 
 
-def nxt(path, tmp_path, worker="w1", slot_name="h--slot1"):
-    return slot.next_command(path, worker, str(tmp_path / "stop"), "tok", ["-a"], slot_name)
+def nxt(path, tmp_path, worker="w1"):
+    return slot.next_command(path, worker, str(tmp_path / "stop"), "tok", ["-a"])
 
 
 def test_claims_in_order_then_directory_pass_then_stop(tmp_path):
@@ -39,15 +39,14 @@ def test_claims_in_order_then_directory_pass_then_stop(tmp_path):
     with engine.connect() as conn:
         for c in batches.running_claims(conn):
             batches.succeed(conn, batches.Report(c.task_id, c.claim, "w1", 0))
-    # Every batch done: one slot gets the directory pass, the others stop.
+    # Every batch done: the slots share the directory pass, then stop.
     dirs = nxt(path, tmp_path)
-    assert "task=0" in dirs and "--dirs" in dirs and "--files-from" in dirs
-    assert nxt(path, tmp_path, slot_name="h--slot2") == slot.STOP
-    root = nxt(path, tmp_path)        # SRC itself last, alone, its entries excluded
-    assert "--exclude=*" in root and "--files-from" not in root
-    assert nxt(path, tmp_path) == slot.STOP          # the pass is over
+    assert "task=0" in dirs and "kind=dirs" in dirs and "--files-from" in dirs
+    assert "--exclude=*" in dirs       # SRC itself, alone, its entries excluded
+    assert "--delete" not in dirs
+    assert nxt(path, tmp_path, worker="w2") == slot.STOP   # one part only: handed out
     with engine.connect() as conn:
-        assert migration.dirs_pass_done(conn)
+        assert dirpass.done(conn)
 
 
 def test_idle_while_others_hold_batches_and_stop_file(tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ class LookupModule(LookupBase):
             return [slot.next_command(v["fleetsync_ledger"], worker_id,
                                       v["fleetsync_stop_file"], v["fleetsync_run_token"],
                                       list(v["fleetsync_rsync_options"]),
-                                      v.get("inventory_hostname", ""),
-                                      v.get("fleetsync_mode", "copy"))]
+                                      v.get("fleetsync_mode", "copy"),
+                                      v.get("fleetsync_delete", "off"))]
         except Exception as e:  # an exception here would fail the host; say why instead
             raise AnsibleError(f"fleetsync_claim: {type(e).__name__}: {e}") from e

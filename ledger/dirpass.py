@@ -1,0 +1,77 @@
+"""The directory pass at the end of a run, shared out between slots.
+
+Later batches disturb directory times by adding files, so once every batch is
+done the directories are sent again, alone, to set their modes and times (and,
+with --delete, to remove what is no longer in SRC first). The pass is cut at
+batch boundaries and handed out by a cursor in the migration row, so any number
+of slots can take parts of it; a lost host sends the pass back to the start
+(every part of it is idempotent).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+from sqlalchemy import Connection, insert, text
+
+from .schema import deletions
+
+MAX_DIRS = 1000
+MAX_NAME_BYTES = 64 * 1024
+
+
+def next_part(conn: Connection) -> list[bytes] | None:
+    """The directories of the next few batches (whole batches, within the limits),
+    or None when the pass is handed out."""
+    with conn.begin():   # BEGIN IMMEDIATE: one slot at a time moves the cursor
+        cursor, done = conn.execute(text(
+            "SELECT coalesce(dirs_pass_cursor, 0), dirs_pass_done_ts FROM migration")).one()
+        if done is not None:
+            return None
+        rows = conn.execute(text(
+            "SELECT task_id, path FROM batch_files WHERE task_id > :c AND is_dir = 1 "
+            "ORDER BY task_id, path"), {"c": cursor})
+        part, size = [], 0
+        for task_id, group in itertools.groupby(rows, key=lambda r: r[0]):
+            dirs = [bytes(path) for _, path in group]
+            more = sum(len(d) + 1 for d in dirs)
+            if part and (len(part) + len(dirs) > MAX_DIRS or size + more > MAX_NAME_BYTES):
+                break
+            part += dirs
+            size += more
+            cursor = task_id
+        rows.close()
+        if not part:
+            conn.execute(text("UPDATE migration SET dirs_pass_done_ts = :t"), {"t": time.time()})
+            return None
+        conn.execute(text("UPDATE migration SET dirs_pass_cursor = :c"), {"c": cursor})
+    return part
+
+
+def done(conn: Connection) -> bool:
+    with conn.begin():
+        return conn.execute(text("SELECT dirs_pass_done_ts FROM migration")).scalar() is not None
+
+
+def restart(conn: Connection) -> None:
+    """A part may have been lost with its host: the whole pass runs again."""
+    with conn.begin():
+        conn.execute(text("UPDATE migration SET dirs_pass_cursor = NULL, "
+                          "dirs_pass_done_ts = NULL"))
+
+
+def record_deletions(conn: Connection, paths: list[str], dry_run: bool,
+                     worker_id: str | None) -> None:
+    if not paths:
+        return
+    now = time.time()
+    with conn.begin():
+        conn.execute(insert(deletions), [dict(ts=now, path=p, dry_run=int(dry_run),
+                                              worker_id=worker_id) for p in paths])
+
+
+def deletion_count(conn: Connection, dry_run: bool, since: float) -> int:
+    """Deletions done (or listed, dry_run) since a time; a read inside the caller's
+    transaction."""
+    return conn.execute(text("SELECT count(*) FROM deletions WHERE dry_run = :d AND ts >= :s"),
+                        {"d": int(dry_run), "s": since}).scalar()
