@@ -100,6 +100,8 @@ class Dispatcher:
         self.stopping = True
 
     def _finish_walk(self) -> None:
+        if self.walk is not None:
+            self.walk.watch()
         if self.walk is not None and not self.walk.running():
             if not self.walk.join(0):
                 raise DispatchError("the walk of SRC failed; see the log in the ledger")

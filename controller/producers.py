@@ -18,6 +18,7 @@ from ledger import db, logbook, migration, walkqueue
 from .walk import Limits, Producer
 
 PR_SET_PDEATHSIG = 1
+MAX_RESTARTS = 3      # producers replaced in one run before the walk is given up
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -51,6 +52,7 @@ class Walk:
     def __init__(self, ledger_path: str, src: str, count: int, limits: Limits):
         self.ledger_path, self.src, self.count, self.limits = ledger_path, src, count, limits
         self.procs: list[multiprocessing.Process] = []
+        self.restarts = 0
 
     def start(self) -> None:
         engine = db.writer(self.ledger_path)
@@ -59,13 +61,30 @@ class Walk:
             walkqueue.seed(conn)
             migration.start_producers(conn, self.count)
         engine.dispose()
-        ctx = multiprocessing.get_context("fork")
-        for pid in range(1, self.count + 1):
-            p = ctx.Process(target=_produce, name=f"fleetsync-producer-{pid}", daemon=True,
-                            args=(self.ledger_path, os.fsencode(self.src), pid, self.count, self.limits,
-                                  os.getpid()))
-            p.start()
-            self.procs.append(p)
+        self.procs = [self._spawn(pid) for pid in range(1, self.count + 1)]
+
+    def _spawn(self, producer_id: int) -> multiprocessing.Process:
+        p = multiprocessing.get_context("fork").Process(
+            target=_produce, name=f"fleetsync-producer-{producer_id}", daemon=True,
+            args=(self.ledger_path, os.fsencode(self.src), producer_id, self.count, self.limits,
+                  os.getpid()))
+        p.start()
+        return p
+
+    def watch(self) -> None:
+        """A producer killed from outside (the OOM killer, kill -9) can release nothing:
+        its directories go back to the queue and a new producer takes its place."""
+        for i, p in enumerate(self.procs):
+            if p.is_alive() or p.exitcode == 0 or self.restarts >= MAX_RESTARTS:
+                continue
+            self.restarts += 1
+            engine = db.writer(self.ledger_path)
+            with engine.connect() as conn:
+                walkqueue.release_claims(conn, i + 1)
+                logbook.add(conn, "warning", f"producer {i + 1} ended with exit {p.exitcode}; "
+                            "a new one lists its directories again")
+            engine.dispose()
+            self.procs[i] = self._spawn(i + 1)
 
     def running(self) -> bool:
         return any(p.is_alive() for p in self.procs)

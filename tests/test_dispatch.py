@@ -334,3 +334,4 @@ def test_delete_is_refused_when_src_looks_empty(tmp_path):
     assert r.returncode == 2
     assert b"refusing to delete" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert (dest / "precious").exists()
+

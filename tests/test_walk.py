@@ -359,3 +359,33 @@ def test_a_crashed_producer_hands_its_directories_to_the_others(tmp_path, make_l
     assert query(ledger, "SELECT count(*) FROM walk_dirs WHERE state != 'done'") == [(0,)]
     assert query(ledger, "SELECT message FROM log") == [
         ("producer 1 crashed: RuntimeError: injected bug",)]
+
+
+def test_a_producer_killed_from_outside_is_replaced(tmp_path, make_ledger, monkeypatch):
+    src = os.fsencode(tmp_path / "src")
+    make_wide_tree(src, dirs=40, files=20, fanout=4)
+    stuck = tmp_path / "stuck"
+    real_list_dir = walk_module.Producer.list_dir
+
+    def list_dir(self, d):        # producer 1 hangs once, holding its claimed directories
+        if self.queue.producer_id == 1 and not stuck.exists():
+            stuck.touch()
+            time.sleep(3600)
+        return real_list_dir(self, d)
+
+    monkeypatch.setattr(walk_module.Producer, "list_dir", list_dir)
+    ledger = make_ledger(src)
+    walk = Walk(ledger, os.fsdecode(src), 2, Limits(entries=30))
+    walk.start()
+    deadline = time.time() + 30
+    while not stuck.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(walk.procs[0].pid, signal.SIGKILL)     # the OOM killer, say: nothing released
+    while walk.running() and time.time() < deadline + 30:
+        walk.watch()
+        time.sleep(0.05)
+    assert walk.join(timeout=5)
+    assert walk.restarts == 1
+    assert listed(ledger) == expected(src)
+    assert query(ledger, "SELECT message FROM log") == [
+        ("producer 1 ended with exit -9; a new one lists its directories again",)]
