@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from ledger import batches, db, dirpass, logbook, migration, verify, workers
@@ -40,6 +41,9 @@ class Settings:
     items_per_run: int = 500          # batches per ansible-playbook run and slot
     heartbeat_timeout: float = 120.0  # silence, beyond a held batch's own time, that loses a host
     delete: str = "off"               # off | on | dry-run: the directory pass deletes too
+    # This `fleetsync run`: carried in the command line of every process it starts,
+    # so that the next run can tell them from its own and kill them.
+    run_token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
 class Dispatcher:
@@ -146,6 +150,7 @@ class Dispatcher:
         return {"fleetsync_ledger": os.path.abspath(self.s.ledger_path),
                 "fleetsync_src": self.mig.src, "fleetsync_dest": self.mig.dest,
                 "fleetsync_migration_id": self.mig.migration_id,
+                "fleetsync_run_token": self.s.run_token,
                 "fleetsync_rsync_options": self.s.rsync_options,
                 "fleetsync_mode": self.mode, "fleetsync_delete": self.s.delete}
 
@@ -251,7 +256,7 @@ class Dispatcher:
         if out.kind == "verify":
             verify.record(self.conn, out.task_id, out.claim, out.rsync_exit_code,
                           out.itemized, out.errors)
-        elif out.kind in ("dirs", "delete"):
+        elif out.kind in ("dirs", "delete", "clean"):
             self._record_pass(out, worker_id)
         else:
             self._record_batch(out, worker_id)
@@ -271,10 +276,12 @@ class Dispatcher:
 
     def _record_pass(self, out: transfer.Outcome, worker_id: str) -> None:
         """A part of the directory pass: its deletions go to the ledger, errors to the log."""
-        if out.kind == "delete":
+        if out.kind in ("delete", "clean"):
             deleted = [line.split(" ", 1)[1].strip() for line in out.itemized
                        if line.startswith("*deleting")]
-            dirpass.record_deletions(self.conn, deleted, self.s.delete == "dry-run", worker_id)
+            dirpass.record_deletions(self.conn, deleted,
+                                     out.kind == "delete" and self.s.delete == "dry-run",
+                                     worker_id)
         if out.rsync_exit_code != 0:
             logbook.add(self.conn, "error", f"directory pass ({out.kind}) "
                         f"exit={out.rsync_exit_code}: " + "; ".join(out.errors[:3]),

@@ -94,7 +94,8 @@ class HostRun:
         # The marker in the directory name puts it in ansible-playbook's command line,
         # so a later run can find and stop what a killed controller left behind.
         self.dir = tempfile.mkdtemp(prefix=transfer.marker(
-            self.extravars["fleetsync_migration_id"], self.token) + "-")
+            self.extravars["fleetsync_migration_id"], self.extravars["fleetsync_run_token"])
+            + "-" + self.token + "-")
         self.stop_file = os.path.join(self.dir, "stop")
         self.inventory = os.path.join(self.dir, "inventory.json")
         inventory.write_runtime(self.inventory, self.host)
@@ -111,8 +112,8 @@ class HostRun:
         try:
             r = ansible_runner.run(
                 private_data_dir=self.dir, playbook=PLAYBOOK, inventory=self.inventory,
-                extravars=dict(self.extravars, fleetsync_run_token=self.token,
-                               fleetsync_stop_file=self.stop_file, fleetsync_items=self.items),
+                extravars=dict(self.extravars, fleetsync_stop_file=self.stop_file,
+                               fleetsync_items=self.items),
                 envvars=ansible_env(), forks=self.host.slots, quiet=True,
                 event_handler=self._on_event, cancel_callback=lambda: self._cancel,
                 settings={"pexpect_timeout": 1, "suppress_ansible_output": True})

@@ -48,13 +48,19 @@ def parse_worker(preflight_stdout: str) -> str:
     raise ValueError("the preflight did not name the worker")
 
 
+_dirty: dict[str, set[bytes]] = {}
+
+
 def _dirs_command(conn, mig, run_token: str, rsync_options: list[str], delete: str) -> str:
     """The next part of the directory pass, or STOP when it is all handed out."""
     part = dirpass.next_part(conn)
     if part is None:
         return STOP
+    if run_token not in _dirty:     # every batch is done: the set no longer changes
+        _dirty[run_token] = dirpass.dirty_directories(conn)
     return transfer.dirs_command(part, mig.src, mig.dest, rsync_options,
-                                 transfer.marker(mig.migration_id, run_token), delete)
+                                 transfer.marker(mig.migration_id, run_token), delete,
+                                 _dirty[run_token])
 
 
 def next_verify_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,

@@ -81,21 +81,34 @@ def batch_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: 
     ])
 
 
+def _delete_command(dirs: list[bytes], src: str, dest: str, options: list[str], mark: str,
+                    kind: str, extra: list[str]) -> str:
+    # "D/." makes rsync compare D's entries; --existing --ignore-existing copy
+    # nothing, so only --delete acts, and only inside the listed directories.
+    listed = [b"./." if p == b"." else p + b"/." for p in dirs]
+    return batch_command(
+        0, 0, listed, src, dest,
+        [*options, "--dirs", "--delete", "--existing", "--ignore-existing",
+         f"--out-format={ITEM}%i %n", *extra], mark, 0, kind,
+        guard=f'[ -n "$(ls -A {shlex.quote(src)} 2>/dev/null | head -c 1)" ]')
+
+
 def dirs_command(paths: list[bytes], src: str, dest: str, options: list[str], mark: str,
-                 delete: str = "off") -> str:
-    """One part of the directory pass: with --delete, first remove from these
-    directories of DEST what is no longer in SRC; then send the directories alone
-    (no recursion) to set their modes and times, which the files landing inside
-    them and the deletions disturbed; SRC itself last, when it is in the part."""
+                 delete: str = "off", dirty: set[bytes] = frozenset()) -> str:
+    """One part of the directory pass. First, with --delete, remove from these
+    directories of DEST what is no longer in SRC; without it, remove only the
+    temporary files (.NAME.XXXXXX) that a killed rsync left in the dirty ones.
+    Then send the directories alone (no recursion) to set their modes and times,
+    which the files landing inside them and the deletions disturbed; SRC itself
+    last, when it is in the part."""
     parts = []
     if delete != "off":
-        # "D/." makes rsync compare D's entries; --existing --ignore-existing copy
-        # nothing, so only --delete acts, and only inside the listed directories.
-        listed = [b"./." if p == b"." else p + b"/." for p in paths]
-        options_d = [*options, "--dirs", "--delete", "--existing", "--ignore-existing",
-                     f"--out-format={ITEM}%i %n", *(["--dry-run"] if delete == "dry-run" else [])]
-        parts.append(batch_command(0, 0, listed, src, dest, options_d, mark, 0, "delete",
-                                   guard=f'[ -n "$(ls -A {shlex.quote(src)} 2>/dev/null | head -c 1)" ]'))
+        parts.append(_delete_command(paths, src, dest, options, mark, "delete",
+                                     ["--dry-run"] if delete == "dry-run" else []))
+    elif dirty.intersection(paths):
+        # Protect every name but rsync's temporary ones (a name in SRC is never extraneous).
+        parts.append(_delete_command([p for p in paths if p in dirty], src, dest, options,
+                                     mark, "clean", ["--filter=P! .*.??????"]))
     parts.append(batch_command(0, 0, paths, src, dest, [*options, "--dirs"], mark, 0, "dirs"))
     if b"." in paths:
         parts.append(root_command(src, dest, options, mark))

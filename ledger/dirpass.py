@@ -10,6 +10,7 @@ of slots can take parts of it; a lost host sends the pass back to the start
 from __future__ import annotations
 
 import itertools
+import os
 import time
 
 from sqlalchemy import Connection, insert, text
@@ -46,6 +47,16 @@ def next_part(conn: Connection) -> list[bytes] | None:
             return None
         conn.execute(text("UPDATE migration SET dirs_pass_cursor = :c"), {"c": cursor})
     return part
+
+
+def dirty_directories(conn: Connection) -> set[bytes]:
+    """Directories where an rsync may have died mid-file (its batch was lost, retried or
+    failed) and left its temporary `.NAME.XXXXXX` behind."""
+    with conn.begin():
+        rows = conn.execute(text(
+            "SELECT path FROM batch_files WHERE is_dir = 0 AND task_id IN "
+            "(SELECT DISTINCT task_id FROM attempts WHERE status IN ('lost', 'retry', 'failed'))"))
+        return {os.path.dirname(bytes(p)) or b"." for (p,) in rows}
 
 
 def done(conn: Connection) -> bool:

@@ -86,3 +86,21 @@ def test_src_itself_never_drags_the_top_level_along(tmp_path):
     out = transfer.parse(run_command(transfer.root_command(str(src), str(dest), ["-a"], "m")))
     assert (out.kind, out.rsync_exit_code) == ("dirs", 0)
     assert os.listdir(dest) == [] and os.stat(dest).st_mtime == 1_000_000_000
+
+
+def test_the_directory_pass_removes_a_dead_rsyncs_temporary_files_only(tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_text("f")
+    (src / "d" / ".real.abcdef").write_text("a real file with a temp-like name")
+    out = transfer.parse(run_command(transfer.batch_command(
+        1, 1, [b".", b"d", b"d/f", b"d/.real.abcdef"], str(src), str(dest), ["-a"], "m", 0)))
+    assert out.rsync_exit_code == 0
+    (dest / "d" / ".f.Xy12Zq").write_text("half a file")     # what rsync -9'd leaves
+    (dest / "d" / "operator-file").write_text("not ours to delete")
+    outs = transfer.parse_all(run_command(transfer.dirs_command(
+        [b".", b"d"], str(src), str(dest), ["-a"], "m", "off", {b"d"})))
+    assert [o.kind for o in outs] == ["clean", "dirs", "dirs"]
+    assert all(o.rsync_exit_code == 0 for o in outs)
+    assert sorted(os.listdir(dest / "d")) == [".real.abcdef", "f", "operator-file"]
+    assert outs[0].itemized == ["*deleting   d/.f.Xy12Zq"]
