@@ -108,7 +108,8 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
                 files = batches.entries(conn, c.task_id)
                 size = sum(s for _, d, s in files if not d)
                 options = (rsync_options + _bwlimit(conn, mig.bwlimit)
-                           + (["--checksum"] if c.checksum else []))
+                           + (["--checksum"] if c.checksum else [])
+                           + (["--sparse"] if c.sparse else []))
                 return transfer.batch_command(c.task_id, c.claim, [p for p, _, _ in files],
                                               mig.src, mig.dest, options, mark, size)
             if batches.work_left(conn).finished:

@@ -10,7 +10,9 @@ rsync options (the defaults, changed with --rsync-option):
   --archive        permissions, times, owner, group, symlinks, devices, specials
   --numeric-ids    uid/gid as numbers: the data movers' name maps need not match
   --hard-links     keeps hard links that fall inside one batch (not across batches)
-  --sparse         holes stay holes (runs of zeros in plain files become holes too)
+  --sparse         only for batches the walk saw a file with holes in (it doubles
+                   rsync's CPU); holes stay holes, and in such a batch runs of zeros
+                   in plain files become holes too
   ACLs (-A) and xattrs (-X) are off: a destination without them would fail every
   batch with exit 23; add them with --rsync-option=-AX where both sides have them.
   --timeout        rsync's own I/O timeout; `timeout -k` bounds the whole batch.
@@ -23,7 +25,7 @@ import shlex
 import zlib
 from dataclasses import dataclass, field
 
-DEFAULT_RSYNC_OPTIONS = ["--archive", "--numeric-ids", "--hard-links", "--sparse"]
+DEFAULT_RSYNC_OPTIONS = ["--archive", "--numeric-ids", "--hard-links"]
 IO_TIMEOUT = 300          # rsync --timeout: seconds without any I/O
 MIN_BATCH_SECONDS = 900   # `timeout` bound of a batch: at least this...
 MIN_RATE = 1 << 20        # ...or its bytes at 1 MiB/s, whichever is longer

@@ -25,6 +25,7 @@ class Claim:
     claim: int
     retry_count: int
     checksum: bool = False   # compare contents, not size and time (after a failed verify)
+    sparse: bool = False     # holds a file with holes: copy with --sparse
 
 
 @dataclass
@@ -60,10 +61,11 @@ def claim(conn: Connection, worker_id: str, limit: int = 1) -> list[Claim]:
             .values(state=BatchState.RUNNING.value, worker_id=worker_id,
                     claim=batches.c.claim + 1, claimed_ts=time.time())
             .returning(batches.c.task_id, batches.c.claim, batches.c.retry_count,
-                       batches.c.checksum))
+                       batches.c.checksum, batches.c.sparse))
     with conn.begin():
         rows = conn.execute(stmt).all()
-    return sorted((Claim(r[0], r[1], r[2], bool(r[3])) for r in rows), key=lambda c: c.task_id)
+    return sorted((Claim(r[0], r[1], r[2], bool(r[3]), bool(r[4])) for r in rows),
+                  key=lambda c: c.task_id)
 
 
 def _finish(conn: Connection, report: Report, new_state: BatchState,

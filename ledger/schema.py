@@ -92,6 +92,7 @@ batches = Table(
     Column("retry_count", Integer, nullable=False, server_default="0"),
     Column("claim", Integer, nullable=False, server_default="0"),  # bumped by every claim
     Column("checksum", Integer, nullable=False, server_default="0"),  # copy with --checksum
+    Column("sparse", Integer, nullable=False, server_default="0"),    # has a file with holes
     Column("worker_id", Text),                        # who holds it (running) or ran it last
     Column("producer_id", Integer),
     Column("last_exit_code", Integer),

@@ -49,6 +49,7 @@ class Cut:
     done_dirs: list[int]                    # dir_ids fully listed into this and earlier batches
     partial: tuple[int, int] | None         # (dir_id, offset) of the directory cut in the middle
     errors: list[str] = field(default_factory=list)  # log lines, written with the batch
+    sparse: bool = False                    # holds a file with holes
 
 
 def seed(conn: Connection) -> None:
@@ -162,9 +163,9 @@ class WalkQueue:
         cur = self.cur
         if cut.entries:
             task_id = cur.execute(
-                "INSERT INTO batches(file_count, directory_count, estimated_bytes, "
-                "producer_id, created_ts) VALUES (?, ?, ?, ?, ?) RETURNING task_id",
-                (cut.file_count, cut.directory_count, cut.estimated_bytes,
+                "INSERT INTO batches(file_count, directory_count, estimated_bytes, sparse, "
+                "producer_id, created_ts) VALUES (?, ?, ?, ?, ?, ?) RETURNING task_id",
+                (cut.file_count, cut.directory_count, cut.estimated_bytes, int(cut.sparse),
                  self.producer_id, now)).fetchone()[0]
             self._insert_entries(task_id, cut.entries)
         if cut.done_dirs:

@@ -389,3 +389,20 @@ def test_a_producer_killed_from_outside_is_replaced(tmp_path, make_ledger, monke
     assert listed(ledger) == expected(src)
     assert query(ledger, "SELECT message FROM log") == [
         ("producer 1 ended with exit -9; a new one lists its directories again",)]
+
+
+def test_only_batches_with_a_sparse_file_are_marked_sparse(tmp_path, make_ledger):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    for i in range(3):
+        (src / "a" / f"plain{i}").write_bytes(b"x" * 5000)
+    with open(src / "b" / "holes", "wb") as f:
+        f.seek(8 << 20)
+        f.write(b"end")
+    ledger = make_ledger(os.fsencode(src))
+    run_walk(ledger, os.fsencode(src), 1, Limits(entries=3))
+    marked = query(ledger, "SELECT DISTINCT f.path FROM batches b JOIN batch_files f "
+                   "USING (task_id) WHERE b.sparse = 1 AND f.is_dir = 0")
+    assert (b"b/holes",) in marked
+    assert not any(p.startswith(b"a/plain") for (p,) in marked)
