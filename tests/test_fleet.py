@@ -221,7 +221,7 @@ def test_a_faulty_host_loses_its_batches_to_the_others(tmp_path, make_lab, fault
         if broken:
             FAULTS[fault][1](lab, victim)      # back (a killed host starts again)
     rc, out, err = finish(proc)
-    run.assert_complete(rc, out, err, temp_files_ok=(fault == "killed"))
+    run.assert_complete(rc, out, err)
     lost = run.q("SELECT task_id FROM attempts WHERE status='lost' AND worker_id LIKE ?",
                  f"{victim.name}-%")
     assert lost and held >= 1, (held, lost)
@@ -337,14 +337,9 @@ def test_remote_rsync_target_and_a_paramiko_host(tmp_path, make_lab):
           f"h2 (paramiko) {h2.accepted()} for {per_host['h2']} batches")
 
 
-# -- a gap: hosts that share the controller's process space ------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "preflight.sh.j2 kills every process whose command line carries the migration's "
-    "marker with another run token, including the controller's ansible-playbook runs "
-    "of the OTHER hosts when a worker is the controller machine itself "
-    "(localhost, ansible_connection=local) or shares its process space: "
-    "'host h3: killed leftover PID' and lost batches. Fix proposed in the issue-5 report."),
-    raises=AssertionError)
+# -- hosts that share the controller's process space ---------------------------------------
+# (the controller as `localhost` in a fleet; containers): a host's preflight kills
+# leftovers of dead runs, never the live runs of the other hosts. Was a bug until a8813d0.
 def test_hosts_sharing_the_controllers_processes_do_not_kill_each_others_runs(
         tmp_path, make_lab):
     lab = make_lab(3, pidns=False)
@@ -373,12 +368,9 @@ def _open_temp_file(lab, host, dest: str) -> str | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a host killed while its rsync writes a file leaves rsync's temporary "
-    "DEST/dir/.NAME.XXXXXX behind: the batch is redone elsewhere, but nothing removes "
-    "the stale temporary file, so DEST is not equal to SRC. Fix proposed in the "
-    "issue-5 report (clean the directories of re-claimed batches)."), raises=AssertionError)
 def test_a_host_killed_mid_file_leaves_no_rsync_temp_file(tmp_path, make_lab):
+    """Killed while writing, rsync leaves DEST/dir/.NAME.XXXXXX; the batch is redone
+    elsewhere and the directory pass removes the stale file. Was a bug until a8813d0."""
     lab = make_lab(3)
     victim = lab.hosts[1]
     run = Run(tmp_path, lab, dirs=10, files=100)
