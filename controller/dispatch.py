@@ -104,12 +104,15 @@ class Dispatcher:
         self.stopping = True
 
     def _finish_walk(self) -> None:
-        if self.walk is not None:
+        if self.walk is None:
+            return
+        for _ in range(2):     # twice: a producer that died between the calls is replaced too
             self.walk.watch()
-        if self.walk is not None and not self.walk.running():
-            if not self.walk.join(0):
-                raise DispatchError("the walk of SRC failed; see the log in the ledger")
-            self.walk = None
+            if self.walk.running():
+                return
+        if not self.walk.join(0):
+            raise DispatchError("the walk of SRC failed; see the log in the ledger")
+        self.walk = None
 
     # -- hosts --------------------------------------------------------------------
     def _reload_inventory(self) -> None:

@@ -101,6 +101,7 @@ class Walk:
             with engine.connect() as conn:
                 ok = walkqueue.walk_finished(conn)
                 if ok:
+                    walkqueue.cut_hardlinks(conn, self.limits)
                     migration.set_walk_done(conn)
             engine.dispose()
         return ok

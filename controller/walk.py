@@ -62,6 +62,7 @@ class Producer:
         self.done_dirs: list[int] = []   # listed to the end into this or earlier batches
         self.errors: list[str] = []
         self.sparse = False
+        self.links: list[tuple[int, int, bytes, int]] = []
 
     def run(self) -> None:
         while True:
@@ -114,6 +115,10 @@ class Producer:
                             st = entry.stat(follow_symlinks=False)
                             is_dir, size = 0, st.st_size
                             holes = st.st_blocks * 512 < size
+                            if st.st_nlink > 1:    # batched by inode when the walk ends
+                                self.links.append((st.st_dev, st.st_ino, prefix + entry.name,
+                                                   size))
+                                continue
                     except OSError:
                         continue               # vanished since it was listed
                     rel = prefix + entry.name
@@ -148,7 +153,7 @@ class Producer:
 
     def _cut(self, partial: tuple[int, int] | None) -> Cut:
         cut = Cut(self.entries, self.files, self.dirs, self.bytes, self.done_dirs, partial,
-                  self.errors, self.sparse)
+                  self.errors, self.sparse, self.links)
         self._new_batch()
         return cut
 

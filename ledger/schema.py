@@ -82,6 +82,18 @@ walk_dirs = Table(
     Column("offset", Integer, nullable=False, server_default="0"),  # entries already enqueued
 )
 
+# Entries with more than one link wait here during the walk; when it ends they
+# are cut into batches by inode, so all links of a file travel in one rsync -H.
+hardlinks = Table(
+    "hardlinks", metadata,
+    Column("dev", Integer, primary_key=True),
+    Column("ino", Integer, primary_key=True),
+    Column("path", LargeBinary, primary_key=True),    # relative to SRC
+    Column("size", Integer, nullable=False),
+    Column("task_id", Integer),                       # the batch it went into
+    sqlite_with_rowid=False,
+)
+
 batches = Table(
     "batches", metadata,
     Column("task_id", Integer, primary_key=True),     # 1, 2, 3... in enqueue order
@@ -188,6 +200,7 @@ batch_counts = Table(
 
 _EXTRA_DDL = [
     "CREATE INDEX IF NOT EXISTS walk_dirs_pending ON walk_dirs(dir_id) WHERE state = 'pending'",
+    "CREATE INDEX IF NOT EXISTS hardlinks_waiting ON hardlinks(dev, ino) WHERE task_id IS NULL",
     "CREATE INDEX IF NOT EXISTS walk_dirs_claimed ON walk_dirs(dir_id) WHERE state = 'claimed'",
     "CREATE INDEX IF NOT EXISTS batches_waiting ON batches(task_id) WHERE state = 'pending'",
     "CREATE INDEX IF NOT EXISTS batches_running ON batches(worker_id) WHERE state = 'running'",

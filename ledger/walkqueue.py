@@ -50,6 +50,7 @@ class Cut:
     partial: tuple[int, int] | None         # (dir_id, offset) of the directory cut in the middle
     errors: list[str] = field(default_factory=list)  # log lines, written with the batch
     sparse: bool = False                    # holds a file with holes
+    links: list[tuple[int, int, bytes, int]] = field(default_factory=list)  # (dev, ino, path, size)
 
 
 def seed(conn: Connection) -> None:
@@ -174,6 +175,9 @@ class WalkQueue:
         if cut.partial:
             cur.execute("UPDATE walk_dirs SET offset = ? WHERE dir_id = ?",
                         (cut.partial[1], cut.partial[0]))
+        if cut.links:
+            cur.executemany("INSERT OR IGNORE INTO hardlinks(dev, ino, path, size) "
+                            "VALUES (?, ?, ?, ?)", cut.links)
         if cut.errors:
             cur.executemany("INSERT INTO log(ts, level, task_id, message) "
                             "VALUES (?, 'error', NULL, ?)", [(now, m) for m in cut.errors])
@@ -206,3 +210,42 @@ class WalkQueue:
             "                 ORDER BY dir_id DESC LIMIT ?) "
             "RETURNING dir_id, path, offset", (self.producer_id, n)).fetchall()
         return [Dir(dir_id, bytes(path), offset) for dir_id, path, offset in sorted(rows)]
+
+
+def cut_hardlinks(conn: Connection, limits) -> int:
+    """After the walk: the staged hard links become batches, every link of an inode
+    in the same batch (rsync -H keeps them linked there), cut at inode boundaries
+    by the walk's limits (one inode with more links than a batch holds gets a batch
+    of its own, however big). One transaction per batch: a crash resumes here."""
+    made = 0
+    while True:
+        with conn.begin():
+            rows = conn.execute(text(
+                "SELECT dev, ino, path, size FROM hardlinks WHERE task_id IS NULL "
+                "ORDER BY dev, ino LIMIT :n"), {"n": limits.entries * 4}).all()
+            if not rows:
+                return made
+            batch, names, size, last = [], 0, 0, None
+            for dev, ino, path, sz in rows:
+                if (dev, ino) != last and batch and (
+                        len(batch) >= limits.entries or size + sz > limits.bytes
+                        or names + len(path) + 1 > limits.name_bytes):
+                    break
+                batch.append((dev, ino, bytes(path), sz))
+                names, size, last = names + len(path) + 1, size + sz, (dev, ino)
+            else:
+                if len(rows) == limits.entries * 4:   # the last inode may go on: take it whole
+                    rest = conn.execute(text(
+                        "SELECT dev, ino, path, size FROM hardlinks WHERE task_id IS NULL "
+                        "AND dev = :d AND ino = :i"), {"d": last[0], "i": last[1]}).all()
+                    seen = {b[2] for b in batch}
+                    batch += [(d, i, bytes(p), z) for d, i, p, z in rest if bytes(p) not in seen]
+            task_id = conn.execute(text(
+                "INSERT INTO batches(file_count, directory_count, estimated_bytes, created_ts) "
+                "VALUES (:f, 0, :b, :t) RETURNING task_id"),
+                {"f": len(batch), "b": sum(b[3] for b in batch), "t": time.time()}).scalar_one()
+            conn.exec_driver_sql("INSERT INTO batch_files(task_id, path, is_dir, size) "
+                                 "VALUES (?, ?, 0, ?)", [(task_id, p, z) for _, _, p, z in batch])
+            conn.exec_driver_sql("UPDATE hardlinks SET task_id = ? WHERE dev = ? AND ino = ? "
+                                 "AND path = ?", [(task_id, d, i, p) for d, i, p, _ in batch])
+            made += 1

@@ -335,3 +335,29 @@ def test_delete_is_refused_when_src_looks_empty(tmp_path):
     assert b"refusing to delete" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert (dest / "precious").exists()
 
+
+
+def test_hard_links_across_directories_stay_linked(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    for d in ("a", "b", "c"):
+        (src / d).mkdir(parents=True)
+        for i in range(6):
+            (src / d / f"plain{i}").write_text(f"{d}{i}")
+    (src / "a" / "one").write_text("linked file")
+    os.link(src / "a" / "one", src / "b" / "one-again")
+    os.link(src / "a" / "one", src / "c" / "one-more")
+    (src / "b" / "two").write_text("another")
+    os.link(src / "b" / "two", src / "c" / "two-again")
+    r = fleetsync("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+                  "--no-api", "--batch-files", "4")
+    assert r.returncode == 0, r.stderr.decode()
+    one = {os.stat(dest / p).st_ino for p in ("a/one", "b/one-again", "c/one-more")}
+    two = {os.stat(dest / p).st_ino for p in ("b/two", "c/two-again")}
+    assert len(one) == 1 and len(two) == 1 and one != two
+    assert os.stat(dest / "a" / "one").st_nlink == 3
+    assert snapshot(os.fsencode(src)) == snapshot(os.fsencode(dest))
+    # Each inode's links rode in one batch; every entry is listed once.
+    rows = query(ledger, "SELECT ino, count(DISTINCT task_id) FROM hardlinks GROUP BY ino")
+    assert len(rows) == 2 and all(n == 1 for _, n in rows)
+    n = query(ledger, "SELECT count(*), count(DISTINCT path) FROM batch_files")[0]
+    assert n[0] == n[1] == len(snapshot(os.fsencode(src)))
