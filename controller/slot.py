@@ -16,20 +16,21 @@ from ledger import batches, db, dirpass, migration, verify, workers
 
 from . import transfer
 
-IDLE_WAIT = 2.0     # seconds a slot waits for work before it reports idle
-POLL = 0.05
+IDLE_WAIT = 5.0     # seconds a slot waits for work before it reports idle (one raw item)
+POLL = 0.1          # a waiting slot looks at the counters this often (a read, no lock)
 STOP = f"echo {transfer.MARK} stop"
 IDLE = f"echo {transfer.MARK} idle"
 
-_engines: dict[str, object] = {}
+_engines: dict[tuple[str, bool], object] = {}
 
 
-def _conn(ledger_path: str):
-    # One engine per process: the lookup runs in an Ansible worker process that
-    # lives for the whole loop.
-    if ledger_path not in _engines:
-        _engines[ledger_path] = db.writer(ledger_path)
-    return _engines[ledger_path].connect()
+def _conn(ledger_path: str, readonly: bool = False):
+    # One engine of each kind per process: the lookup runs in an Ansible worker
+    # process that lives for the whole loop.
+    key = (ledger_path, readonly)
+    if key not in _engines:
+        _engines[key] = (db.reader if readonly else db.writer)(ledger_path)
+    return _engines[key].connect()
 
 
 def _bwlimit(conn, fleet_bwlimit: int | None) -> list[str]:
@@ -94,7 +95,7 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
     is done, the slots share the directory pass; then STOP."""
     if mode == "verify":
         return next_verify_command(ledger_path, worker_id, stop_file, run_token, rsync_options)
-    with _conn(ledger_path) as conn:
+    with _conn(ledger_path) as conn, _conn(ledger_path, readonly=True) as look:
         mig = migration.load(conn)
         conn.rollback()
         mark = transfer.marker(mig.migration_id, run_token)
@@ -102,7 +103,10 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
         while True:
             if os.path.exists(stop_file):
                 return STOP
-            claimed = batches.claim(conn, worker_id, 1)
+            # A waiting slot reads the counters; only a batch in sight is worth the
+            # write lock of a claim.
+            left = batches.work_left(look)
+            claimed = batches.claim(conn, worker_id, 1) if left.pending else []
             if claimed:
                 c = claimed[0]
                 files = batches.entries(conn, c.task_id)
@@ -112,7 +116,7 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
                            + (["--sparse"] if c.sparse else []))
                 return transfer.batch_command(c.task_id, c.claim, [p for p, _, _ in files],
                                               mig.src, mig.dest, options, mark, size)
-            if batches.work_left(conn).finished:
+            if left.finished:
                 return _dirs_command(conn, mig, run_token, rsync_options, delete)
             if time.monotonic() > deadline:
                 return IDLE
