@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ledger import batches, db, dirpass, logbook, migration, verify, workers
 from ledger.batches import Report
 
-from . import inventory, transfer
+from . import inventory, slot, transfer
 from .hostrun import Event, HostRun, ansible_env
 from .policy import Policy, Verdict
 from .producers import Walk
@@ -225,19 +225,32 @@ class Dispatcher:
         elif ev.task == "preflight":
             self._preflight(run, ev)
         elif ev.task == "batches" and ev.kind == "runner_item_on_ok":
-            for out in transfer.parse_all(ev.res.get("stdout", "")):
+            stdout = ev.res.get("stdout", "")
+            outcomes = transfer.parse_all(stdout)
+            for out in outcomes:
                 if run.worker_id:
                     self._record(out, run.worker_id)
+            if not outcomes and not stdout.startswith((slot.IDLE, slot.STOP)):
+                self._unreadable(run, stdout)
         elif ev.task == "batches" and ev.kind in ("runner_on_failed", "runner_item_on_failed"):
             logbook.add(self.conn, "error", f"host {run.host.name}: "
                         + _one_line(ev.res.get("msg") or "dispatch failed"),
                         worker_id=run.worker_id)
 
+    def _unreadable(self, run: HostRun, stdout: str) -> None:
+        """A batch item whose output names no batch: which batch it ran is unknown, so
+        the host's running batches wait again rather than stay running for ever (a
+        report that still comes for one of them no longer matches its claim)."""
+        released = (batches.release_worker(self.conn, run.worker_id, "unreadable output")
+                    if run.worker_id else [])
+        logbook.add(self.conn, "error", f"host {run.host.name}: unreadable batch output "
+                    f"({_one_line(stdout)[:200]!r}); {len(released)} batches back to waiting",
+                    worker_id=run.worker_id)
+
     def _preflight(self, run: HostRun, ev: Event) -> None:
         stdout = ev.res.get("stdout", "")
         if ev.kind == "runner_on_ok" and run.worker_id is None:
-            from .slot import parse_worker
-            run.worker_id = parse_worker(stdout)
+            run.worker_id = slot.parse_worker(stdout)
             self.worker_of_host[run.host.name] = run.worker_id
             self.preflight_errors.pop(run.host.name, None)
             slots = self.hosts[run.host.name].slots if run.host.name in self.hosts else None

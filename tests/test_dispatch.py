@@ -361,3 +361,27 @@ def test_hard_links_across_directories_stay_linked(tmp_path):
     assert len(rows) == 2 and all(n == 1 for _, n in rows)
     n = query(ledger, "SELECT count(*), count(DISTINCT path) FROM batch_files")[0]
     assert n[0] == n[1] == len(snapshot(os.fsencode(src)))
+
+
+def test_unreadable_batch_output_releases_the_hosts_batches(tmp_path):
+    """A batch item that prints no batch markers (a broken worker shell, say) must
+    not leave the batch running for ever while the host keeps sending heartbeats."""
+    import queue
+    from controller import inventory
+    from controller.dispatch import Dispatcher, Settings
+    from controller.hostrun import Event, HostRun
+    from ledger import batches as B
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    (src / "f").write_text("x")
+    walk_only(src, dest, ledger)
+    d = Dispatcher(Settings(str(ledger), LOCAL), None,
+                   {"h": inventory.Host("h", {}, 1)})
+    run = HostRun(inventory.Host("h", {}, 1), {}, queue.Queue(), 1)
+    run.worker_id = "w"
+    [claim] = B.claim(d.conn, "w", 1)
+    d._handle(Event(run, "runner_item_on_ok", "batches", {"stdout": "garbage\n"}, time.time()))
+    assert counts(ledger)["running"] == 0 and counts(ledger)["pending"] == 1
+    [(msg,)] = query(ledger, "SELECT message FROM log WHERE level = 'error'")
+    assert "unreadable batch output" in msg and "garbage" in msg
+    d.close()
