@@ -206,6 +206,7 @@ _EXTRA_DDL = [
     "CREATE INDEX IF NOT EXISTS batches_running ON batches(worker_id) WHERE state = 'running'",
     "CREATE INDEX IF NOT EXISTS attempts_task ON attempts(task_id)",
     "CREATE INDEX IF NOT EXISTS attempts_worker ON attempts(worker_id, attempt_id)",
+    "CREATE INDEX IF NOT EXISTS attempts_status ON attempts(status, attempt_id)",
     "CREATE INDEX IF NOT EXISTS log_level ON log(level, log_id)",
     """CREATE TRIGGER IF NOT EXISTS batch_counts_insert AFTER INSERT ON batches BEGIN
          UPDATE batch_counts SET batches = batches + 1, files = files + NEW.file_count,
