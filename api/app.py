@@ -20,7 +20,7 @@ from ledger import queries
 from ledger.db import reader
 from ledger.schema import AttemptStatus
 
-from . import errors, metrics, openapi
+from . import dashboard, errors, metrics, openapi
 from .params import INT64_MAX, ChoiceParam, IntParam, Param, TextParam, parse_query
 
 MAX_PAGE = 10_000
@@ -88,6 +88,9 @@ ROUTES: tuple[Route, ...] = (
     Route("/healthz", "Liveness: the ledger can be read (no token needed)", _healthz,
           response="Health", public=True),
     Route("/openapi.json", "This description", lambda: OPENAPI, ledger=False),
+    Route("/", "Dashboard: an HTML page that polls the routes above (the page needs no token, "
+          "its calls do: open it as /#token=T)", dashboard.page,
+          media_type=dashboard.CONTENT_TYPE, public=True, ledger=False),
 )
 
 OPENAPI = openapi.describe(ROUTES)
@@ -96,7 +99,8 @@ OPENAPI = openapi.describe(ROUTES)
 def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
     """The API over the ledger at ledger_path (which must exist: LedgerError otherwise).
 
-    With a token, every route but /healthz wants `Authorization: Bearer <token>`.
+    With a token, every route but /healthz and / (a page without data) wants
+    `Authorization: Bearer <token>`.
     """
     reader(ledger_path).dispose()   # a missing ledger fails here, not at the first request
     app = bottle.Bottle()

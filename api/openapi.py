@@ -86,7 +86,7 @@ def describe(routes) -> dict:
         if r.response:
             ok = {"application/json": {"schema": {"$ref": f"#/components/schemas/{r.response}"}}}
         elif r.media_type.startswith("text/"):
-            ok = {"text/plain": {"schema": STR}}
+            ok = {r.media_type.split(";")[0]: {"schema": STR}}
         else:
             ok = {"application/json": {"schema": {"type": "object"}}}
         responses = {"200": {"description": "OK", "content": ok},
@@ -99,7 +99,7 @@ def describe(routes) -> dict:
         if not r.public:
             responses["401"] = _error("The token is missing or wrong (when one is set)")
         op = {"summary": r.summary, "operationId": path.strip("/").replace("/", "_")
-              .replace("{", "").replace("}", "").replace(".", "_"),
+              .replace("{", "").replace("}", "").replace(".", "_") or "dashboard",
               "parameters": [_parameter(p, "path") for p in r.path_params]
               + [_parameter(p, "query") for p in r.params],
               "responses": responses}

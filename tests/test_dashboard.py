@@ -1,0 +1,209 @@
+"""The dashboard at /: as a WSGI app, and rendered by a real headless Chromium whose
+DOM and screenshot (read back with tesseract OCR) must show the ledger's numbers."""
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+import time
+import zlib
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, text
+
+from api import make_app, start_in_thread
+from api.app import OPENAPI
+from ledger import batches, db, logbook, schema, workers
+from ledger.batches import Report
+
+from .test_api import TOKEN, assert_error, call
+
+CHROMIUM = shutil.which("chromium")
+TESSERACT = shutil.which("tesseract")
+needs_browser = pytest.mark.skipif(
+    not (CHROMIUM and TESSERACT),
+    reason="needs Debian's chromium and tesseract-ocr (make test installs them)")
+
+# 60 batches of 250 files and 256 MiB: 42 succeed, 3 fail, 5 run, 10 wait; one hour.
+FILES, MIB = 250, 1024 * 1024
+WORKERS = ("node-alpha", "node-bravo", "node-charlie")   # the last one lags behind
+BEAT = 1_790_000_000
+WARNING = "slow worker node-bravo"
+ERROR = "disk full on node-alpha"
+
+
+def fill(path: str) -> None:
+    engine = db.writer(path)
+    with engine.connect() as conn:
+        with conn.begin():
+            conn.execute(insert(schema.batches), [
+                dict(file_count=FILES, directory_count=1, estimated_bytes=256 * MIB,
+                     created_ts=time.time()) for _ in range(60)])
+            # a finished hour of work: elapsed is exact, not the time the test takes
+            conn.execute(text("UPDATE migration SET elapsed_before = 3600, "
+                              "run_started_ts = NULL"))
+        for name in WORKERS:
+            workers.seen(conn, name, name, 4)
+        with conn.begin():
+            conn.execute(text("UPDATE workers SET heartbeat_ts = :t"), {"t": BEAT})
+            conn.execute(text("UPDATE workers SET heartbeat_ts = :t WHERE worker_id = :w"),
+                         {"t": BEAT - 754, "w": WORKERS[2]})
+        claims = batches.claim(conn, WORKERS[0], limit=50)
+        for k in claims[:42]:
+            batches.succeed(conn, Report(k.task_id, k.claim, WORKERS[0], 0))
+        for k in claims[42:45]:
+            batches.fail(conn, Report(k.task_id, k.claim, WORKERS[0], 23), 0)
+        logbook.add(conn, "warning", WARNING)
+        logbook.add(conn, "error", ERROR)
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def ledger_path(tmp_path_factory) -> str:
+    from ledger import migration
+    path = str(tmp_path_factory.mktemp("dashboard") / "ledger.db")
+    engine = db.writer(path)
+    migration.open_or_create(engine, "/src", "/dest", {})
+    engine.dispose()
+    fill(path)
+    return path
+
+
+def test_the_page_is_html_with_get_and_head(ledger_path):
+    app = make_app(ledger_path)
+    get = call(app, "/")
+    assert get.status == 200 and get.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert get.body.startswith(b"<!doctype html>") and b'id="completed"' in get.body
+    assert b"http" not in get.body          # nothing from outside: no CDN, no font
+    assert "'self'" in get.headers["Content-Security-Policy"]
+    head = call(app, "/", method="HEAD")
+    assert head.status == 200 and head.body == b""
+    assert head.headers["Content-Type"] == get.headers["Content-Type"]
+    resp = call(app, "/", method="POST")
+    assert_error(resp, 405)
+    assert resp.headers["Allow"] == "GET, HEAD"
+    assert_error(call(app, "/", "token=x"), 400)   # a token never rides in the query
+    assert OPENAPI["paths"]["/"]["get"]["responses"]["200"]["content"] == {
+        "text/html": {"schema": {"type": "string"}}}
+
+
+def test_with_a_token_the_page_is_served_but_its_data_is_not(ledger_path):
+    app = make_app(ledger_path, token=TOKEN)
+    assert call(app, "/").status == 200        # the page itself holds no numbers
+    assert_error(call(app, "/progress"), 401)
+
+
+def chromium(url: str, profile: Path, *args: str) -> str:
+    """One headless Chromium run; its stdout."""
+    done = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
+         "--virtual-time-budget=5000", "--window-size=1200,900", *args, url],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+class _Texts(HTMLParser):
+    """The text inside every element that has an id, its descendants' text included."""
+
+    VOID = {"meta", "link", "br", "img", "input", "hr"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str | None] = []
+        self.texts: dict[str, list[str]] = {}
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self.open.append(dict(attrs).get("id"))
+
+    def handle_endtag(self, tag):
+        if tag not in self.VOID:
+            self.open.pop()
+
+    def handle_data(self, data):
+        for id_ in filter(None, self.open):
+            self.texts.setdefault(id_, []).append(data)
+
+
+def texts(dom: str) -> dict[str, str]:
+    """{id: its text, whitespace collapsed} of a dumped DOM."""
+    parser = _Texts()
+    parser.feed(dom)
+    return {k: " ".join(" ".join(v).split()) for k, v in parser.texts.items()}
+
+
+def png_pixels(path: Path) -> tuple[int, int, bytes]:
+    """(width, height, filtered pixel rows) of a PNG, with the standard library only."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, size = 8, [], None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            size = struct.unpack(">II", chunk[:8])
+        elif kind == b"IDAT":
+            idat.append(chunk)
+        pos += 12 + length
+    return *size, zlib.decompress(b"".join(idat))
+
+
+def ocr(path: Path) -> str:
+    done = subprocess.run([TESSERACT, str(path), "-", "--psm", "3"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@needs_browser
+def test_chromium_shows_the_numbers(ledger_path, tmp_path):
+    server = start_in_thread(make_app(ledger_path), "127.0.0.1", 0, threads=4)
+    shot = tmp_path / "dashboard.png"
+    try:
+        dom = chromium(server.url + "/", tmp_path / "profile", "--dump-dom")
+        chromium(server.url + "/", tmp_path / "profile", f"--screenshot={shot}")
+    finally:
+        server.stop()
+
+    # the script ran and filled every number in
+    shown = texts(dom)
+    assert shown["state"].startswith("updated"), shown["state"]
+    numbers = ("completed", "total", "failed", "pending", "files", "gib", "elapsed",
+               "files-rate", "mib-rate", "batch-rate", "eta")
+    assert {i: shown[i] for i in numbers} == {
+        "completed": "42", "total": "60", "failed": "3", "pending": "15", "files": "10,500",
+        "gib": "10.50", "elapsed": "1h 00m", "files-rate": "2.92", "mib-rate": "2.99",
+        "batch-rate": "0.01", "eta": "21m 26s"}            # 15 / (42 / 3600) s
+    for name in WORKERS:
+        assert name in shown["workers"]
+    assert shown["workers"].count("behind") == 1 and "12m 34s behind" in shown["workers"]
+    logs = shown["logs"]
+    assert ERROR in logs and WARNING in logs and logs.index(ERROR) < logs.index(WARNING)
+
+    # what a person sees: a full picture with the same numbers in it
+    width, height, pixels = png_pixels(shot)
+    assert (width, height) == (1200, 900)
+    assert len(set(pixels)) > 64 and pixels.count(0) < 0.99 * len(pixels)   # not blank
+    seen = ocr(shot)
+    assert re.search(r"42\s+of\s+60\s+batches done,\s+3\s+failed", seen), seen
+    for words in ["10,500", "10.50", "1h 00m", "21m 26s", *WORKERS, ERROR, WARNING]:
+        assert words in seen, (words, seen)
+
+
+@needs_browser
+def test_chromium_with_a_token(ledger_path, tmp_path):
+    server = start_in_thread(make_app(ledger_path, token=TOKEN), "127.0.0.1", 0, threads=4)
+    try:
+        without = chromium(server.url + "/", tmp_path / "a", "--dump-dom")
+        with_ = chromium(server.url + f"/#token={TOKEN}", tmp_path / "b", "--dump-dom")
+    finally:
+        server.stop()
+    without, with_ = texts(without), texts(with_)
+    assert "/#token=" in without["state"] and without["completed"] == "-"
+    assert with_["completed"] == "42" and with_["state"].startswith("updated")
