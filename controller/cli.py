@@ -113,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     from .inventory import InventoryError
     try:
         if args.command == "run":
+            from . import inventory
+            from .hostrun import ansible_env
+            # The slowest check first, in the background, while the imports go on.
+            args.inventory_loading = inventory.Loading(args.inventory,
+                                                       dict(os.environ) | ansible_env())
             from .run import run
             return run(args)
         from . import run as commands

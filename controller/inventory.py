@@ -40,20 +40,42 @@ def host_of(alias: str) -> str:
     return alias.rsplit(SLOT_SEP, 1)[0]
 
 
+class Loading:
+    """`ansible-inventory --list` running in the background (it takes about a second:
+    `fleetsync run` starts it first and checks everything else meanwhile)."""
+
+    def __init__(self, path: str, env: dict | None = None):
+        self.path = path
+        self.proc = None
+        if os.path.exists(path):
+            exe = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")
+            self.proc = subprocess.Popen(
+                [exe if os.path.exists(exe) else "ansible-inventory", "-i", path, "--list"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def result(self) -> dict[str, Host]:
+        """Every host with its variables; one clear error when the inventory is broken."""
+        if self.proc is None:
+            raise InventoryError(f"inventory {self.path} does not exist")
+        try:
+            stdout, stderr = self.proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise InventoryError(f"inventory {self.path}: ansible-inventory took over 120 s")
+        return _hosts(self.path, self.proc.returncode, stdout, stderr)
+
+
 def load(path: str, env: dict | None = None) -> dict[str, Host]:
     """Every host of the inventory with its variables; one clear error when it is broken."""
-    if not os.path.exists(path):
-        raise InventoryError(f"inventory {path} does not exist")
-    exe = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")
-    if not os.path.exists(exe):
-        exe = "ansible-inventory"
-    proc = subprocess.run([exe, "-i", path, "--list"], capture_output=True,
-                          text=True, env=env, timeout=120)
-    warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line or "ERROR" in line]
-    if proc.returncode != 0:
+    return Loading(path, env).result()
+
+
+def _hosts(path: str, returncode: int, stdout: str, stderr: str) -> dict[str, Host]:
+    warnings = [line for line in stderr.splitlines() if "WARNING" in line or "ERROR" in line]
+    if returncode != 0:
         raise InventoryError(f"inventory {path} cannot be read: "
-                             + (warnings[-1] if warnings else proc.stderr.strip()[-300:]))
-    data = json.loads(proc.stdout)
+                             + (warnings[-1] if warnings else stderr.strip()[-300:]))
+    data = json.loads(stdout)
     hostvars = data.get("_meta", {}).get("hostvars", {})
     names = set(hostvars)
     for group in data.values():

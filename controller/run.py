@@ -76,7 +76,9 @@ def run(args) -> int:
     limits = _limits(args)
     bwlimit = sizes.parse(args.bwlimit) if args.bwlimit else None
     delete = _check_delete(args, src)
-    hosts = inventory.load(args.inventory, env=dict(os.environ) | ansible_env())
+    loading = getattr(args, "inventory_loading", None) or inventory.Loading(
+        args.inventory, dict(os.environ) | ansible_env())
+    hosts = loading.result()
     ledger_path = os.path.abspath(args.ledger)
     options = {"batch_files": limits.entries, "batch_bytes": limits.bytes}
     engine = db.writer(ledger_path)
