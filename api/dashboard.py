@@ -8,7 +8,8 @@ never leaves the browser (no server, proxy or Referer ever sees it), the script
 keeps it in sessionStorage for the tab and removes it from the address bar.
 
 The rate chart is drawn from successive /throughput samples kept by the page (the
-last 10 minutes): it starts empty when the page opens, beside the run's average.
+last 10 minutes, each rate over the last 5 polls): it starts empty when the page
+opens, beside the run's average.
 """
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ td.t { color: #5a6772; white-space: nowrap; }
  <div class="card"><b id="batch-rate">-</b><span>batches/s (run average)</span></div>
  <div class="card"><b id="eta">-</b><span>ETA of the batches known so far</span></div>
 </div>
-<div class="box"><h2>MiB/s, last 10 minutes (dashed: run average)</h2>
+<div class="box"><h2>MiB/s over 10 s, last 10 minutes: now <span id="mib-now">-</span>
+ (dashed: run average)</h2>
  <canvas id="chart"></canvas></div>
 <div class="cols">
  <div class="box"><h2>Workers, last heartbeat</h2><table id="workers"></table></div>
@@ -89,8 +91,8 @@ td.t { color: #5a6772; white-space: nowrap; }
 <script>
 "use strict";
 const KEY = "fleetsync-token", PERIOD = 2000, KEEP = 300;   // 300 x 2 s = 10 minutes
-const MIB = 1024 * 1024, samples = [];
-let last = null;
+const MIB = 1024 * 1024, SPAN = 5;   // each rate spans 5 polls: batches land in steps
+const seen = [], samples = [];       // [time, bytes] of each poll; [time, MiB/s]
 const hash = location.hash.match(/[#&]token=([^&]*)/);
 if (hash) {
   sessionStorage.setItem(KEY, decodeURIComponent(hash[1]));
@@ -110,7 +112,7 @@ async function get(path) {
   const headers = token ? {Authorization: "Bearer " + token} : {};
   const r = await fetch(path, {cache: "no-store", headers});
   const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(path + ": " + ((body.error || {}).message || r.status) +
+  if (!r.ok) throw new Error("/" + path + ": " + ((body.error || {}).message || r.status) +
                              (r.status === 401 ? " (open this page as /#token=YOUR_TOKEN)" : ""));
   return body;
 }
@@ -159,9 +161,13 @@ function show(p, t, w, l) {
 }
 function sample(t) {
   const now = performance.now();
-  if (last) samples.push([now, (t.bytes_processed - last[1]) / MIB / ((now - last[0]) / 1000)]);
-  last = [now, t.bytes_processed];
+  seen.push([now, t.bytes_processed]);
+  if (seen.length > SPAN + 1) seen.shift();
+  const [then, before] = seen[0];
+  const rate = (t.bytes_processed - before) / MIB / ((now - then) / 1000);
+  if (now > then) samples.push([now, Math.max(0, rate)]);   // a requeue can lower the bytes
   while (samples.length > KEEP) samples.shift();
+  if (samples.length) $("mib-now").textContent = num(samples[samples.length - 1][1], 2);
 }
 function draw(average) {
   const c = $("chart"), ratio = window.devicePixelRatio || 1;
@@ -176,7 +182,7 @@ function draw(average) {
   for (let i = 0; i <= 4; i++) {
     const v = max * i / 4;
     g.beginPath(); g.moveTo(left, y(v)); g.lineTo(right, y(v)); g.stroke();
-    g.fillText(num(v, v < 10 ? 2 : 0), 4, y(v) + 4);
+    g.fillText(num(v, max < 10 ? 2 : 0), 4, y(v) + 4);
   }
   g.fillText("10 min ago", left, H - 4); g.fillText("now", right - 24, H - 4);
   g.strokeStyle = "#1565c0"; g.lineWidth = 1.5; g.setLineDash([6, 4]);
@@ -188,8 +194,8 @@ function draw(average) {
 }
 async function refresh() {
   try {
-    const [p, t, w, l] = await Promise.all(
-      ["/progress", "/throughput", "/workers", "/logs?limit=10"].map(get));
+    const [p, t, w, l] = await Promise.all(   // relative URLs: the page may sit under a prefix
+      ["progress", "throughput", "workers", "logs?limit=10"].map(get));
     show(p, t, w, l); sample(t); draw(t.bytes_per_sec / MIB);
     $("state").className = "";
     $("state").textContent = "updated " + new Date().toLocaleTimeString();

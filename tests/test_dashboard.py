@@ -16,7 +16,7 @@ from sqlalchemy import insert, text
 
 from api import make_app, start_in_thread
 from api.app import OPENAPI
-from ledger import batches, db, logbook, schema, workers
+from ledger import batches, db, logbook, migration, schema, workers
 from ledger.batches import Report
 
 from .test_api import TOKEN, assert_error, call
@@ -63,7 +63,6 @@ def fill(path: str) -> None:
 
 @pytest.fixture(scope="module")
 def ledger_path(tmp_path_factory) -> str:
-    from ledger import migration
     path = str(tmp_path_factory.mktemp("dashboard") / "ledger.db")
     engine = db.writer(path)
     migration.open_or_create(engine, "/src", "/dest", {})
@@ -139,7 +138,11 @@ def texts(dom: str) -> dict[str, str]:
 
 
 def png_pixels(path: Path) -> tuple[int, int, bytes]:
-    """(width, height, filtered pixel rows) of a PNG, with the standard library only."""
+    """(width, height, filtered pixel rows) of a PNG, with the standard library only.
+
+    Rows stay filtered (no unfiltering in pure Python): the filtered rows of a picture
+    of one colour are almost all zero bytes, which is all the blank check needs.
+    """
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, idat, size = 8, [], None
@@ -180,6 +183,7 @@ def test_chromium_shows_the_numbers(ledger_path, tmp_path):
         "completed": "42", "total": "60", "failed": "3", "pending": "15", "files": "10,500",
         "gib": "10.50", "elapsed": "1h 00m", "files-rate": "2.92", "mib-rate": "2.99",
         "batch-rate": "0.01", "eta": "21m 26s"}            # 15 / (42 / 3600) s
+    assert shown["mib-now"] == "0.00"                       # nothing moves in this ledger
     for name in WORKERS:
         assert name in shown["workers"]
     assert shown["workers"].count("behind") == 1 and "12m 34s behind" in shown["workers"]
