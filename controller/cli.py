@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                              "(refused when SRC looks empty)")
     delete.add_argument("--delete-dry-run", action="store_true",
                         help="list what --delete would remove (table `deletions`), remove nothing")
+    run.add_argument("--rescan", action="store_true",
+                     help="a delta pass: walk SRC again and queue only what changed (ctime) "
+                          "since the last walk started")
     run.add_argument("--verify", action="store_true",
                      help="after the copy, check every batch with rsync --checksum --dry-run")
 

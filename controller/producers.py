@@ -29,12 +29,13 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits: Limits,
+             newer_than: float | None,
              parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     engine = db.writer(ledger_path)
     with engine.connect() as conn:
         try:
-            Producer(conn, src, producer_id, limits, count).run()
+            Producer(conn, src, producer_id, limits, count, newer_than).run()
             walkqueue.finish_producer(conn, producer_id)
         except Exception:
             traceback.print_exc(file=sys.stderr)
@@ -49,14 +50,18 @@ def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits:
 class Walk:
     """P producer processes walking SRC into the ledger."""
 
-    def __init__(self, ledger_path: str, src: str, count: int, limits: Limits):
+    def __init__(self, ledger_path: str, src: str, count: int, limits: Limits,
+                 rescan: bool = False):
         self.ledger_path, self.src, self.count, self.limits = ledger_path, src, count, limits
+        self.rescan = rescan
+        self.newer_than: float | None = None
         self.procs: list[multiprocessing.Process] = []
         self.restarts = 0
 
     def start(self) -> None:
         engine = db.writer(self.ledger_path)
         with engine.connect() as conn:
+            self.newer_than = migration.begin_walk(conn, self.rescan)
             walkqueue.reset_claimed(conn)
             walkqueue.seed(conn)
             migration.start_producers(conn, self.count)
@@ -67,7 +72,7 @@ class Walk:
         p = multiprocessing.get_context("fork").Process(
             target=_produce, name=f"fleetsync-producer-{producer_id}", daemon=True,
             args=(self.ledger_path, os.fsencode(self.src), producer_id, self.count, self.limits,
-                  os.getpid()))
+                  self.newer_than, os.getpid()))
         p.start()
         return p
 

@@ -95,10 +95,10 @@ def run(args) -> int:
         print(f"fleetsync: resumed: {len(released)} batches of the last run wait again",
               file=sys.stderr)
     walk = None
-    if not mig.walk_done:
+    if not mig.walk_done or args.rescan:
         walk = Walk(ledger_path, src, args.producers, Limits(**{
             "entries": mig.options.get("batch_files", limits.entries),
-            "bytes": mig.options.get("batch_bytes", limits.bytes)}))
+            "bytes": mig.options.get("batch_bytes", limits.bytes)}), rescan=args.rescan)
         walk.start()
     api = None if args.no_api else _start_api(args, ledger_path)
     settings = _settings(args, ledger_path)

@@ -49,9 +49,10 @@ class Producer:
     batch, hand closed batches in; `producers` (P) sizes its share of a claim."""
 
     def __init__(self, conn: Connection, src: bytes, producer_id: int, limits: Limits,
-                 producers: int = 1):
+                 producers: int = 1, newer_than: float | None = None):
         self.queue = WalkQueue(conn, producer_id, producers)
         self.src, self.limits = src, limits
+        self.newer_than = newer_than  # a delta pass: only entries whose ctime is newer
         self.push: list[bytes] = []   # subdirectories seen, not yet in the queue
         self.cuts: list[Cut] = []     # closed batches, not yet in the ledger
         self._new_batch()
@@ -104,15 +105,22 @@ class Producer:
                 skip = max(0, d.offset - 1)
                 if d.offset == 0:
                     pos = 1
-                    self.add(b".", 1, 0, d.dir_id, pos)
+                    if self._changed(os.lstat(full)):
+                        self.add(b".", 1, 0, d.dir_id, pos)
             try:
                 for entry in itertools.islice(it, skip, None):
                     pos += 1
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             is_dir, size, holes = 1, 0, False
+                            if self.newer_than is not None and not self._changed(
+                                    entry.stat(follow_symlinks=False)):
+                                self.push.append(prefix + entry.name)   # still walked
+                                continue
                         else:
                             st = entry.stat(follow_symlinks=False)
+                            if not self._changed(st):
+                                continue
                             is_dir, size = 0, st.st_size
                             holes = st.st_blocks * 512 < size
                             if st.st_nlink > 1:    # batched by inode when the walk ends
@@ -130,6 +138,9 @@ class Producer:
         self.done_dirs.append(d.dir_id)
         if len(self.push) >= PUSH_EVERY:
             self.hand_in(wait=False)
+
+    def _changed(self, st: os.stat_result) -> bool:
+        return self.newer_than is None or st.st_ctime >= self.newer_than
 
     def add(self, rel: bytes, is_dir: int, size: int, dir_id: int, pos: int,
             holes: bool = False) -> None:

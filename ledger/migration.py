@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, text, update
 
 from . import schema
 from .db import LedgerError
@@ -125,3 +125,30 @@ def set_bwlimit(conn: Connection, bytes_per_sec: int | None) -> None:
     """The fleet's bandwidth cap; rsyncs started from now on share it."""
     with conn.begin():
         conn.execute(update(migration).values(bwlimit=bytes_per_sec))
+
+
+# ctime of an entry changed just as the previous walk started may be a tick older.
+RESCAN_MARGIN = 1.0
+
+
+def begin_walk(conn: Connection, rescan: bool) -> float | None:
+    """Start (or resume) the walk of SRC; returns the ctime threshold of a delta
+    pass (entries changed since then are queued), None for a full walk.
+
+    A rescan lists every directory again from the start and takes what changed
+    since the previous walk started: new, modified, renamed, chmod-ed entries all
+    get a new ctime (deletions are --delete's work)."""
+    now = time.time()
+    with conn.begin():
+        row = conn.execute(select(migration.c.walk_done, migration.c.scan_started_ts,
+                                  migration.c.scan_newer_than)).one()
+        if rescan and row.walk_done:
+            newer = (row.scan_started_ts or 0.0) - RESCAN_MARGIN
+            conn.execute(update(migration).values(walk_done=0, scan_started_ts=now,
+                                                  scan_newer_than=newer))
+            conn.execute(text("UPDATE walk_dirs SET state = 'pending', offset = 0, "
+                              "producer_id = NULL"))
+            return newer
+        if row.scan_started_ts is None:
+            conn.execute(update(migration).values(scan_started_ts=now))
+        return row.scan_newer_than

@@ -53,6 +53,9 @@ migration = Table(
     Column("run_started_ts", Float),                  # start of the current (or last) run
     Column("run_heartbeat_ts", Float),                # the controller was alive then
     Column("walk_done", Integer, nullable=False, server_default="0"),
+    Column("scan_started_ts", Float),                 # the walk of SRC now (or last) started
+    Column("scan_newer_than", Float),                 # a --rescan walk takes entries changed
+                                                      # (ctime) since then; NULL: all
     Column("finished_ts", Float),                     # last run ended with nothing left
     Column("bwlimit", Integer),                       # bytes/s for the whole fleet, NULL: none
     Column("dirs_pass_cursor", Integer),              # directory pass: last task_id handed out

@@ -176,8 +176,10 @@ class WalkQueue:
             cur.execute("UPDATE walk_dirs SET offset = ? WHERE dir_id = ?",
                         (cut.partial[1], cut.partial[0]))
         if cut.links:
-            cur.executemany("INSERT OR IGNORE INTO hardlinks(dev, ino, path, size) "
-                            "VALUES (?, ?, ?, ?)", cut.links)
+            # Seen again by a --rescan (the inode changed): batched again.
+            cur.executemany("INSERT INTO hardlinks(dev, ino, path, size) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT DO UPDATE SET size = excluded.size, task_id = NULL",
+                            cut.links)
         if cut.errors:
             cur.executemany("INSERT INTO log(ts, level, task_id, message) "
                             "VALUES (?, 'error', NULL, ?)", [(now, m) for m in cut.errors])

@@ -385,3 +385,26 @@ def test_unreadable_batch_output_releases_the_hosts_batches(tmp_path):
     [(msg,)] = query(ledger, "SELECT message FROM log WHERE level = 'error'")
     assert "unreadable batch output" in msg and "garbage" in msg
     d.close()
+
+
+def test_rescan_queues_only_what_changed_since_the_last_walk(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    for d in ("a", "b", "c"):
+        (src / d).mkdir(parents=True)
+        for i in range(10):
+            (src / d / f"f{i}").write_text(f"{d}{i}")
+    time.sleep(1.2)    # older than the first walk by more than the rescan's margin
+    args = ["run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger), "--no-api",
+            "--batch-files", "5"]
+    assert fleetsync(*args).returncode == 0
+    before = query(ledger, "SELECT max(task_id) FROM batches")[0][0]
+    time.sleep(1.2)                                  # past the rescan's margin
+    (src / "b" / "f3").write_text("changed")         # modified
+    (src / "c" / "new").write_text("new")            # created
+    r = fleetsync(*args, "--rescan")
+    assert r.returncode == 0, r.stderr.decode()
+    assert snapshot(os.fsencode(src)) == snapshot(os.fsencode(dest))
+    queued = {p for (p,) in query(ledger, "SELECT path FROM batch_files WHERE task_id > ?",
+                                  before)}
+    # The two files and the directories whose entries changed (c got a new one).
+    assert queued == {b"b/f3", b"c/new", b"c"}, queued
