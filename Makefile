@@ -4,12 +4,18 @@
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
-DEBS   := rsync openssh-server openssh-client sqlite3 fpart iproute2 procps
+# What fleetsync runs with, and what only the tests need (the dashboard test
+# renders the page in headless Chromium and reads the screenshot with tesseract).
+DEBS      := rsync openssh-server openssh-client sqlite3 fpart iproute2 procps python3-venv
+TEST_DEBS := chromium tesseract-ocr fonts-dejavu-core
 DEMO   := demo
 
-.PHONY: demo test deps debs venv clean bench
+.PHONY: demo test deps test-deps debs venv clean bench
 
 deps: debs venv
+
+test-deps: deps
+	@$(MAKE) --no-print-directory debs DEBS="$(TEST_DEBS)"
 
 # Debian packages, only when one is missing and only as root (else say what to install).
 debs:
@@ -17,8 +23,8 @@ debs:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
-	    (apt-get install -y -q $$missing >/dev/null 2>&1 || \
-	     (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null)) \
+	    (apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null)) \
 	    || { echo "make: could not install:$$missing"; exit 1; }; \
 	  else echo "make: please install (as root):$$missing"; exit 1; fi; \
 	fi
@@ -35,7 +41,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(PY)
 
 venv: $(VENV)/.installed
 
-test: deps
+test: test-deps
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: deps
