@@ -230,7 +230,8 @@ class Dispatcher:
             for out in outcomes:
                 if run.worker_id:
                     self._record(out, run.worker_id)
-            if not outcomes and not stdout.startswith((slot.IDLE, slot.STOP)):
+            if not outcomes and not any(f"{transfer.MARK} {word}" in stdout
+                                        for word in ("idle", "stop")):
                 self._unreadable(run, stdout)
         elif ev.task == "batches" and ev.kind in ("runner_on_failed", "runner_item_on_failed"):
             logbook.add(self.conn, "error", f"host {run.host.name}: "

@@ -380,6 +380,9 @@ def test_unreadable_batch_output_releases_the_hosts_batches(tmp_path):
     run = HostRun(inventory.Host("h", {}, 1), {}, queue.Queue(), 1)
     run.worker_id = "w"
     [claim] = B.claim(d.conn, "w", 1)
+    for quiet in ("@@fleetsync idle\r\n", "@@fleetsync stop\r\nShared connection closed.\r\n"):
+        d._handle(Event(run, "runner_item_on_ok", "batches", {"stdout": quiet}, time.time()))
+    assert counts(ledger)["running"] == 1                     # idle and stop are not batches
     d._handle(Event(run, "runner_item_on_ok", "batches", {"stdout": "garbage\n"}, time.time()))
     assert counts(ledger)["running"] == 0 and counts(ledger)["pending"] == 1
     [(msg,)] = query(ledger, "SELECT message FROM log WHERE level = 'error'")
