@@ -238,14 +238,3 @@ def held_bytes(conn: Connection, worker_id: str) -> int | None:
 def directory_total(conn: Connection) -> int:
     with conn.begin():
         return conn.execute(text("SELECT sum(directories) FROM batch_counts")).scalar() or 0
-
-
-def directory_page(conn: Connection, after: tuple[int, bytes], limit: int
-                   ) -> list[tuple[int, bytes]]:
-    """The next directories of the tree, in (task_id, path) order, after a cursor."""
-    with conn.begin():
-        rows = conn.execute(text(
-            "SELECT task_id, path FROM batch_files WHERE (task_id, path) > (:t, :p) "
-            "AND is_dir = 1 ORDER BY task_id, path LIMIT :n"),
-            {"t": after[0], "p": after[1], "n": limit}).all()
-    return [(t, bytes(p)) for t, p in rows]

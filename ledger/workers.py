@@ -45,12 +45,6 @@ def gone(conn: Connection, host: str) -> None:
         conn.execute(update(workers).where(workers.c.host == host).values(state=GONE))
 
 
-def heartbeat_of(conn: Connection, worker_id: str) -> float | None:
-    with conn.begin():
-        return conn.execute(select(workers.c.heartbeat_ts)
-                            .where(workers.c.worker_id == worker_id)).scalar()
-
-
 def total_slots(conn: Connection) -> int:
     """Slots of the hosts that are up: how many rsyncs may run at once."""
     with conn.begin():
