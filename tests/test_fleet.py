@@ -188,14 +188,21 @@ FAULTS = {
 }
 
 
-def _inject(run: Run, proc, victim, fault: str) -> float:
-    """Wait until the victim has done some batches and holds one now, then break it."""
+def _inject(run: Run, proc, victim, fault: str) -> tuple[float, int]:
+    """Wait until the victim has done some batches and holds one now, then break it.
+    Returns the time of the fault and how many batches the victim held just before
+    (read after the fault, a killed host's batches may already be released)."""
     wait_for("the victim's first batches", lambda: successes(run.ledger, victim.name) >= 2,
              90, proc, every=0.05)
-    wait_for("the victim holding a batch", lambda: holding(run.ledger, victim.name), 30, proc,
-             every=0.02)
+    held = [0]
+
+    def holds() -> int:
+        held[0] = holding(run.ledger, victim.name)
+        return held[0]
+
+    wait_for("the victim holding a batch", holds, 30, proc, every=0.02)
     FAULTS[fault][0](run.lab, victim)
-    return time.time()
+    return time.time(), held[0]
 
 
 def _lost_warnings(run: Run, host: str) -> list[tuple]:
@@ -212,9 +219,8 @@ def test_a_faulty_host_loses_its_batches_to_the_others(tmp_path, make_lab, fault
     proc = run.start(SLOW, "--heartbeat-timeout", "20")
     broken = False
     try:
-        t_fault = _inject(run, proc, victim, fault)
+        t_fault, held = _inject(run, proc, victim, fault)
         broken = True
-        held = holding(run.ledger, victim.name)
         wait_for(f"host {victim.name} lost", lambda: _lost_warnings(run, victim.name), 60, proc)
         detected = _lost_warnings(run, victim.name)[0][0] - t_fault
     finally:
