@@ -64,23 +64,27 @@ def _dirs_command(conn, mig, run_token: str, rsync_options: list[str], delete: s
                                  _dirty[run_token])
 
 
+def _batch_files(conn, task_id: int) -> tuple[list[bytes], int]:
+    """A batch's paths and the bytes of its files (what bounds its `timeout`)."""
+    files = batches.entries(conn, task_id)
+    return [p for p, _, _ in files], sum(s for _, d, s in files if not d)
+
+
 def next_verify_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,
                         rsync_options: list[str]) -> str:
     """Claim the next succeeded batch to check and return its command (or idle/stop)."""
-    with _conn(ledger_path) as conn:
+    with _conn(ledger_path) as conn, _conn(ledger_path, readonly=True) as look:
         mig = migration.load(conn)
         conn.rollback()
         deadline = time.monotonic() + IDLE_WAIT
         while not os.path.exists(stop_file):
             claimed = verify.claim(conn, worker_id)
             if claimed:
-                files = batches.entries(conn, claimed[0])
-                size = sum(s for _, d, s in files if not d)
-                return transfer.verify_command(*claimed, [p for p, _, _ in files], mig.src,
-                                               mig.dest, rsync_options,
+                paths, size = _batch_files(conn, claimed[0])
+                return transfer.verify_command(*claimed, paths, mig.src, mig.dest, rsync_options,
                                                transfer.marker(mig.migration_id, run_token), size)
-            with conn.begin():
-                running = verify.counts(conn)[verify.RUNNING]
+            with look.begin():       # a waiting slot reads without the write lock
+                running = verify.counts(look)[verify.RUNNING]
             if running == 0:
                 return STOP
             if time.monotonic() > deadline:
@@ -109,13 +113,12 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
             claimed = batches.claim(conn, worker_id, 1) if left.pending else []
             if claimed:
                 c = claimed[0]
-                files = batches.entries(conn, c.task_id)
-                size = sum(s for _, d, s in files if not d)
+                paths, size = _batch_files(conn, c.task_id)
                 options = (rsync_options + _bwlimit(conn, mig.bwlimit)
                            + (["--checksum"] if c.checksum else [])
                            + (["--sparse"] if c.sparse else []))
-                return transfer.batch_command(c.task_id, c.claim, [p for p, _, _ in files],
-                                              mig.src, mig.dest, options, mark, size)
+                return transfer.batch_command(c.task_id, c.claim, paths, mig.src, mig.dest,
+                                              options, mark, size)
             if left.finished:
                 return _dirs_command(conn, mig, run_token, rsync_options, delete)
             if time.monotonic() > deadline:
