@@ -48,6 +48,16 @@ def _trailing(path: str) -> str:
     return path if path.endswith("/") else path + "/"
 
 
+def _rsync(options: list[str], src: str, dest: str, mark: str,
+           unquoted: list[str] = ()) -> str:
+    """The rsync command line: options quoted for the shell, the I/O timeout, the
+    run's marker (to find leftovers), SRC/ and DEST/. `unquoted`: words that refer
+    to shell variables of the command around it."""
+    return " ".join(["rsync", *map(shlex.quote, options), f"--timeout={IO_TIMEOUT}",
+                     *unquoted, f"--log-file-format={mark}", "--",
+                     shlex.quote(_trailing(src)), shlex.quote(_trailing(dest))])
+
+
 def encode_list(paths: list[bytes]) -> tuple[str, int]:
     """The NUL-separated list, gzip-compressed and base64-encoded, and its length."""
     raw = b"".join(p + b"\0" for p in paths)
@@ -64,14 +74,13 @@ def batch_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: 
     # SRC itself (".") cannot ride in a --files-from list: rsync would take the
     # whole top level with it. The directory pass sends it with root_command.
     b64, length = encode_list([p for p in paths if p != b"."])
-    rsync = ["rsync", *map(shlex.quote, options), "--stats", f"--timeout={IO_TIMEOUT}", "--from0",
-             '--files-from="$f"', f"--log-file-format={mark}", "--",
-             shlex.quote(_trailing(src)), shlex.quote(_trailing(dest))]
+    rsync = _rsync([*options, "--stats"], src, dest, mark,
+                   ["--from0", '--files-from="$f"'])
     body = (f'if ! [ "$(wc -c < "$f")" -eq {length} ]; then '
             f"echo 'fleetsync: the file list arrived damaged'; rc={LIST_DAMAGED}; "
             + (f"elif ! {guard}; then echo 'fleetsync: SRC looks empty or unmounted here: "
                f"nothing deleted'; rc={GUARD_FAILED}; " if guard else "")
-            + f"else timeout -k 30 {batch_seconds(estimated_bytes)} {' '.join(rsync)} 2>&1; "
+            + f"else timeout -k 30 {batch_seconds(estimated_bytes)} {rsync} 2>&1; "
             "rc=$?; fi")
     return "; ".join([
         f"echo {MARK} begin task={task_id} claim={claim} kind={kind} start=$(date +%s.%N)",
@@ -119,12 +128,10 @@ def dirs_command(paths: list[bytes], src: str, dest: str, options: list[str], ma
 
 def root_command(src: str, dest: str, options: list[str], mark: str) -> str:
     """SRC's own mode and times onto DEST: the top directory with every entry excluded."""
-    rsync = ["rsync", *map(shlex.quote, options), "--dirs", "--exclude=*",
-             f"--timeout={IO_TIMEOUT}", f"--log-file-format={mark}", "--",
-             shlex.quote(_trailing(src)), shlex.quote(_trailing(dest))]
+    rsync = _rsync([*options, "--dirs", "--exclude=*"], src, dest, mark)
     return "; ".join([
         f"echo {MARK} begin task=0 claim=0 kind=dirs start=$(date +%s.%N)",
-        f"timeout -k 30 {MIN_BATCH_SECONDS} {' '.join(rsync)} 2>&1; rc=$?",
+        f"timeout -k 30 {MIN_BATCH_SECONDS} {rsync} 2>&1; rc=$?",
         f"echo {MARK} end task=0 claim=0 rc=$rc end=$(date +%s.%N)",
     ])
 
