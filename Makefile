@@ -45,7 +45,7 @@ test: test-deps
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: deps
-	$(PY) -m controller.demo --dir $(DEMO)
+	$(PY) -m fleetsync.controller.demo --dir $(DEMO)
 
 bench: deps
 	$(PY) bench/walk.py

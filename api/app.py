@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import bottle
 from sqlalchemy import Connection, exc
 
-from ledger import queries
-from ledger.db import reader
-from ledger.schema import AttemptStatus
+from fleetsync.ledger import queries
+from fleetsync.ledger.db import reader
+from fleetsync.ledger.schema import AttemptStatus
 
 from . import dashboard, errors, metrics, openapi
 from .params import INT64_MAX, ChoiceParam, IntParam, Param, TextParam, parse_query

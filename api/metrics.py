@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from ledger import queries
+from fleetsync.ledger import queries
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import re
 
-from ledger.queries import RETAINED_LIMIT
-from ledger.schema import AttemptStatus, BatchState
+from fleetsync.ledger.queries import RETAINED_LIMIT
+from fleetsync.ledger.schema import AttemptStatus, BatchState
 
 INT = {"type": "integer"}
 NUM = {"type": "number"}

@@ -1,7 +1,7 @@
 """Running the API on waitress: in the foreground (`fleetsync serve`) or in a
 background thread beside the controller (`fleetsync run`) and in tests.
 
-    python -m api.server --ledger PATH [--bind 127.0.0.1] [--port 8000] [--threads 4]
+    python -m fleetsync.api.server --ledger PATH [--bind 127.0.0.1] [--port 8000] [--threads 4]
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import threading
 import waitress
 from waitress import wasyncore
 
-DEFAULT_HOST = "127.0.0.1"   # only the operator's explicit --bind opens it wider
-DEFAULT_PORT = 8000
+from fleetsync.controller.defaults import API_HOST, API_PORT, API_THREADS
+
 # Threads share one GIL: in bench/api.py (16 clients, 2 cores) 4 threads served
 # about twice the requests of 8, with a third of the p99; 2 were too few.
-DEFAULT_THREADS = 4
+DEFAULT_HOST, DEFAULT_PORT, DEFAULT_THREADS = API_HOST, API_PORT, API_THREADS
 
 # Waitress settings shared by both ways of running: no version in the Server header,
 # no traceback to the client.
@@ -92,7 +92,7 @@ def start_in_thread(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
 def main(argv: list[str] | None = None) -> None:
     from .app import make_app
 
-    parser = argparse.ArgumentParser(prog="python -m api.server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fleetsync.api.server", description=__doc__)
     parser.add_argument("--ledger", required=True)
     parser.add_argument("--bind", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)

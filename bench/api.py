@@ -30,8 +30,8 @@ sys.path.insert(0, ROOT)
 
 from sqlalchemy import text  # noqa: E402
 
-from api.server import DEFAULT_THREADS  # noqa: E402
-from ledger import batches, db, migration, schema  # noqa: E402
+from fleetsync.api.server import DEFAULT_THREADS  # noqa: E402
+from fleetsync.ledger import batches, db, migration, schema  # noqa: E402
 
 OUT = os.path.join(ROOT, "bench", "out")
 HOST = "127.0.0.1"   # the bench only ever talks to this machine
@@ -123,7 +123,7 @@ def writer(path: str, stop: mp.Event, rate: float, counter: mp.Value) -> None:
         while not stop.is_set():
             t0 = time.perf_counter()
             for c in batches.claim(conn, f"worker-{rng.randrange(32)}", 4):
-                report = batches.Report(c.task_id, c.claim, "bench-writer", 0,
+                report = batches.Report(c.task_id, c.claim_no, "bench-writer", 0,
                                         start_ts=time.time(), end_ts=time.time())
                 roll = rng.random()
                 if roll < 0.9:
@@ -239,7 +239,7 @@ def main() -> None:
     port = free_port()
     # waitress warns at every queued request under this load: keep that out of the report.
     server_log = open(os.path.join(OUT, "api-server.log"), "w")
-    server = subprocess.Popen([sys.executable, "-m", "api.server", "--ledger", path,
+    server = subprocess.Popen([sys.executable, "-m", "fleetsync.api.server", "--ledger", path,
                                "--bind", HOST, "--port", str(port),
                                "--threads", str(args.threads)], cwd=ROOT,
                               stdout=server_log, stderr=subprocess.STDOUT)

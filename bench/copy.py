@@ -24,7 +24,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-FLEETSYNC = [sys.executable, "-m", "controller.cli"]
+FLEETSYNC = [sys.executable, "-m", "fleetsync.controller.cli"]
 
 
 def make_tree(root: str, files: int, seed: int = 7) -> None:

@@ -75,7 +75,7 @@ def one_run(lab: Lab, n: int, src: str, work: str) -> dict:
             os.unlink(ledger + suffix)
     lab.inventory(inv, lab.hosts[:n])
     cpu0, t0 = machine_cpu(), time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--src", src,
+    p = subprocess.Popen([sys.executable, "-m", "fleetsync.controller.cli", "run", "--src", src,
                           "--dest", dest, "--ledger", ledger, "--inventory", inv, "--port", "0"],
                          cwd=REPO, env=lab.env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE)

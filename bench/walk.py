@@ -25,16 +25,16 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from controller.producers import Walk  # noqa: E402
-from controller.walk import Limits  # noqa: E402
-from ledger import db, migration  # noqa: E402
+from fleetsync.controller.walk import Walk  # noqa: E402
+from fleetsync.controller.producer import Limits  # noqa: E402
+from fleetsync.ledger import db, migration  # noqa: E402
 
 OUT = os.path.join(REPO, "bench", "out")
 
 WALK_PROCESS = """
 import sys
-from controller.producers import Walk
-from controller.walk import Limits
+from fleetsync.controller.walk import Walk
+from fleetsync.controller.producer import Limits
 walk = Walk(sys.argv[1], sys.argv[2], int(sys.argv[3]), Limits())
 walk.start()
 sys.exit(0 if walk.join() else 1)

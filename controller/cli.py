@@ -1,4 +1,6 @@
-"""The `fleetsync` command line: run, serve, status.
+"""The `fleetsync` command line: run, verify, retry, bwlimit, serve, status.
+
+The arguments are parsed here; controller/commands.py does what each command says.
 
 Exit status: 0 every batch succeeded, 1 some batch failed for good, 2 a usage
 or configuration error, said in one line on stderr.
@@ -10,12 +12,11 @@ import os
 import signal
 import sys
 
-from . import sizes
+from . import defaults, sizes
 from .errors import UsageError
+from .resources import DEFAULT_INVENTORY
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_INVENTORY = os.path.join(REPO, "inventory", "local.ini")
-DEFAULT_LEDGER = "fleetsync.db"
+LEDGER_HELP = "SQLite ledger of the migration (default: %(default)s)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,24 +32,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="destination: a path on the workers, or an rsync remote (host:/path)")
     run.add_argument("--inventory", default=DEFAULT_INVENTORY,
                      help="Ansible inventory of the workers (default: this machine alone)")
-    run.add_argument("--ledger", default=DEFAULT_LEDGER, help="SQLite ledger (default: %(default)s)")
+    run.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
     _api_args(run)
     run.add_argument("--no-api", action="store_true", help="do not serve the API during the run")
-    run.add_argument("--batch-files", type=int, default=500, metavar="N",
+    run.add_argument("--batch-files", type=int, default=defaults.BATCH_FILES, metavar="N",
                      help="entries per batch at most (default: %(default)s)")
-    run.add_argument("--batch-bytes", default="100MiB", metavar="SIZE",
+    run.add_argument("--batch-bytes", default=defaults.BATCH_BYTES_TEXT, metavar="SIZE",
                      help="bytes per batch at most, e.g. 100MiB, 1G (default: %(default)s)")
-    run.add_argument("--producers", type=int, default=os.cpu_count() or 2, metavar="P",
+    run.add_argument("--producers", type=int, default=defaults.PRODUCERS, metavar="P",
                      help="walker processes (default: the number of cores, %(default)s)")
-    run.add_argument("--max-retries", type=int, default=3, metavar="R",
+    run.add_argument("--max-retries", type=int, default=defaults.MAX_RETRIES, metavar="R",
                      help="retries of a batch after a retryable rsync exit (default: %(default)s)")
-    run.add_argument("--rsync-option", action="append", default=[], metavar="OPT",
-                     help="extra rsync option, repeatable, e.g. --rsync-option=-AX")
-    run.add_argument("--heartbeat-timeout", type=float, default=120.0, metavar="SEC",
-                     help="a host silent this long while holding a batch is lost "
-                          "(plus the batch's bytes at 10 MiB/s; default: %(default)s)")
-    run.add_argument("--items-per-run", type=int, default=500, metavar="N",
-                     help="batches per slot per ansible-playbook run (default: %(default)s)")
+    _worker_args(run)
 
     run.add_argument("--bwlimit", metavar="RATE",
                      help="bandwidth cap for the whole fleet per second, e.g. 500MiB, shared by "
@@ -68,64 +63,72 @@ def _parser() -> argparse.ArgumentParser:
 
     ver = sub.add_parser("verify", help="check succeeded batches on the workers with rsync's "
                          "checksums (dry run); record per batch: verified, or what differs")
-    ver.add_argument("--ledger", default=DEFAULT_LEDGER)
-    ver.add_argument("--inventory", default=DEFAULT_INVENTORY)
+    ver.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
+    ver.add_argument("--inventory", default=DEFAULT_INVENTORY,
+                     help="Ansible inventory of the workers that check (default: this machine)")
     ver.add_argument("--again", action="store_true", help="check batches verified before, too")
     ver.add_argument("--requeue", action="store_true",
                      help="put batches that differ back in the queue for `fleetsync run`")
-    ver.add_argument("--rsync-option", action="append", default=[], metavar="OPT")
-    ver.add_argument("--heartbeat-timeout", type=float, default=120.0, metavar="SEC")
-    ver.add_argument("--items-per-run", type=int, default=500, metavar="N")
+    _worker_args(ver)
 
     retry = sub.add_parser("retry", help="put failed (or chosen) batches of a migration back "
                            "in the queue; `fleetsync run` then copies them")
-    retry.add_argument("--ledger", default=DEFAULT_LEDGER)
+    retry.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="every batch that failed")
     which.add_argument("--task", type=int, action="append", metavar="N",
                        help="this batch (repeatable), failed or succeeded")
 
     bw = sub.add_parser("bwlimit", help="change the fleet's bandwidth cap, also during a run")
-    bw.add_argument("--ledger", default=DEFAULT_LEDGER)
+    bw.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
     bw.add_argument("rate", help="per second for the whole fleet, e.g. 200MiB, or 'off'")
 
     serve = sub.add_parser("serve", help="serve the API of a ledger (running, finished or crashed)")
-    serve.add_argument("--ledger", default=DEFAULT_LEDGER)
+    serve.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
     _api_args(serve)
 
     status = sub.add_parser("status", help="print the migration's progress line "
                             "(batches, files, bytes, rate, ETA)")
-    status.add_argument("--ledger", default=DEFAULT_LEDGER)
+    status.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
     status.add_argument("--json", action="store_true",
                         help="print /status, /progress and /throughput as JSON")
     return p
 
 
+def _worker_args(p: argparse.ArgumentParser) -> None:
+    """Options of the rsyncs the workers run, for a copy (run) and a check (verify)."""
+    p.add_argument("--rsync-option", action="append", default=[], metavar="OPT",
+                   help="extra rsync option, repeatable, e.g. --rsync-option=-AX")
+    p.add_argument("--heartbeat-timeout", type=float, default=defaults.HEARTBEAT_TIMEOUT,
+                   metavar="SEC", help="a host silent this long while holding a batch is lost "
+                   "(plus the batch's bytes at 10 MiB/s; default: %(default)s)")
+    p.add_argument("--items-per-run", type=int, default=defaults.ITEMS_PER_RUN, metavar="N",
+                   help="batches per slot per ansible-playbook run (default: %(default)s)")
+
+
 def _api_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bind", default="127.0.0.1",
+    p.add_argument("--bind", default=defaults.API_HOST,
                    help="API address (default: %(default)s; another address needs care: --token)")
-    p.add_argument("--port", type=int, default=8000, help="API port (default: %(default)s)")
+    p.add_argument("--port", type=int, default=defaults.API_PORT,
+                   help="API port (default: %(default)s)")
     p.add_argument("--token", default=os.environ.get("FLEETSYNC_TOKEN"),
                    help="bearer token the API requires (default: $FLEETSYNC_TOKEN)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from ledger.db import LedgerError
+    from fleetsync.ledger.db import LedgerError
     from .dispatch import DispatchError
     from .inventory import InventoryError
     try:
         if args.command == "run":
             from . import inventory
-            from .hostrun import ansible_env
             # The slowest check first, in the background, while the imports go on.
-            args.inventory_loading = inventory.Loading(args.inventory,
-                                                       dict(os.environ) | ansible_env())
-            from .run import run
-            return run(args)
-        from . import run as commands
-        return {"serve": commands.serve, "status": commands.status, "retry": commands.retry,
-                "bwlimit": commands.bwlimit, "verify": commands.verify_command}[args.command](args)
+            loading = inventory.Loading(args.inventory)
+            from . import commands
+            return commands.run(args, loading)
+        from . import commands
+        return getattr(commands, args.command)(args)
     except (UsageError, LedgerError, InventoryError, DispatchError, sizes.SizeError) as e:
         print(f"fleetsync: error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """`make demo`: a sample tree migrated on this machine while the API runs.
 
-    python -m controller.demo [--dir demo] [--files 3000] [--port 8000]
+    python -m fleetsync.controller.demo [--dir demo] [--files 3000] [--port 8000]
 
 Makes DIR/src (odd names included), runs `fleetsync run` with the local
 inventory, polls the API while it runs, then serves the finished ledger and
@@ -74,9 +74,9 @@ def main() -> int:
             os.path.exists(p) and os.unlink(p))
     make_tree(src, args.files)
     port = args.port or free_port()
-    cmd = [sys.executable, "-m", "controller.cli", "run", "--src", src, "--dest", dest,
+    cmd = [sys.executable, "-m", "fleetsync.controller.cli", "run", "--src", src, "--dest", dest,
            "--ledger", ledger, "--port", str(port)]
-    print("$", " ".join(cmd[2:]).replace("controller.cli", "fleetsync"), flush=True)
+    print("$", " ".join(cmd[2:]).replace("-m fleetsync.controller.cli", "fleetsync"), flush=True)
     t = time.time()
     proc = subprocess.Popen(cmd)
     if wait_api(port, proc):
@@ -90,7 +90,7 @@ def main() -> int:
     rc = proc.wait()
     print(f"fleetsync run exited {rc} after {time.time() - t:.1f} s")
     port = free_port()
-    serve = subprocess.Popen([sys.executable, "-m", "controller.cli", "serve", "--ledger",
+    serve = subprocess.Popen([sys.executable, "-m", "fleetsync.controller.cli", "serve", "--ledger",
                               ledger, "--port", str(port)])
     try:
         if wait_api(port, serve):

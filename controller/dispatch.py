@@ -14,18 +14,19 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ledger import batches, db, dirpass, logbook, migration, verify, workers
-from ledger.batches import Report
+from fleetsync.ledger import batches, db, deletions, dirpass, logbook, migration, verify, workers
+from fleetsync.ledger.batches import Report
+from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import inventory, slot, transfer
-from .hostrun import Event, HostRun, ansible_env
+from . import defaults, inventory, outcome, rsync, slot
+from .hostrun import Event, HostRun
+from .outcome import Outcome
 from .policy import Policy, Verdict
-from .producers import Walk
+from .walk import Walk
 
 BACKOFF_FIRST, BACKOFF_MAX = 15.0, 600.0
 INVENTORY_EVERY = 2.0
 HEARTBEAT_EVERY = 1.0
-STALL_RATE = 10 << 20   # a held batch may keep a host silent for its bytes at 10 MiB/s
 
 
 class DispatchError(Exception):
@@ -37,10 +38,11 @@ class Settings:
     ledger_path: str
     inventory_path: str
     policy: Policy = field(default_factory=Policy)
-    rsync_options: list[str] = field(default_factory=lambda: list(transfer.DEFAULT_RSYNC_OPTIONS))
-    items_per_run: int = 500          # batches per ansible-playbook run and slot
-    heartbeat_timeout: float = 120.0  # silence, beyond a held batch's own time, that loses a host
-    delete: str = "off"               # off | on | dry-run: the directory pass deletes too
+    rsync_options: list[str] = field(default_factory=lambda: list(rsync.DEFAULT_RSYNC_OPTIONS))
+    items_per_run: int = defaults.ITEMS_PER_RUN    # batches per ansible-playbook run and slot
+    # Silence, beyond a held batch's own time, that loses a host.
+    heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT
+    delete: DeleteMode = DeleteMode.OFF            # the directory pass deletes too
     # This `fleetsync run`: carried in the command line of every process it starts,
     # so that the next run can tell them from its own and kill them.
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -49,7 +51,7 @@ class Settings:
 class Dispatcher:
     def __init__(self, settings: Settings, walk: Walk | None,
                  hosts: dict[str, inventory.Host] | None = None):
-        self.s = settings
+        self.settings = settings
         self.walk = walk
         self.engine = db.writer(settings.ledger_path)
         self.conn = self.engine.connect()
@@ -68,7 +70,7 @@ class Dispatcher:
         self._next_inventory = self._next_beat = 0.0
 
     # -- the loop ---------------------------------------------------------------
-    def run(self, mode: str = "copy") -> None:
+    def run(self, mode: OutcomeKind = OutcomeKind.COPY) -> None:
         """Dispatch until every batch is done and the directory pass has run (copy), or
         until every succeeded batch is checked (verify)."""
         self.mode = mode
@@ -94,10 +96,10 @@ class Dispatcher:
         self._flush_heartbeats()
 
     def _done(self) -> bool:
-        if self.mode == "verify":
+        if self.mode is OutcomeKind.VERIFY:
             with self.conn.begin():
                 c = verify.counts(self.conn)
-            return c[verify.PENDING] == c[verify.RUNNING] == 0
+            return c[VerifyState.PENDING] == c[VerifyState.RUNNING] == 0
         return batches.work_left(self.conn).finished and dirpass.done(self.conn)
 
     def stop(self) -> None:
@@ -116,12 +118,12 @@ class Dispatcher:
 
     # -- hosts --------------------------------------------------------------------
     def _reload_inventory(self) -> None:
-        mtime = _mtime(self.s.inventory_path)
+        mtime = _mtime(self.settings.inventory_path)
         if mtime == self._inventory_mtime and self.hosts:
             return
         self._inventory_mtime = mtime
         try:
-            hosts = inventory.load(self.s.inventory_path, env=dict(os.environ) | ansible_env())
+            hosts = inventory.load(self.settings.inventory_path)
         except inventory.InventoryError as e:
             if not self.hosts:
                 raise
@@ -144,18 +146,18 @@ class Dispatcher:
                 continue
             # Enough loop items for a full share of batches, or for the whole
             # directory pass (commands of >= 100 directories) on one slot.
-            items = max(self.s.items_per_run, batches.directory_total(self.conn) // 100 + 10)
+            items = max(self.settings.items_per_run, batches.directory_total(self.conn) // 100 + 10)
             run = HostRun(host, self._extravars(), self.events, items)
             run.start()
             self.runs[name] = run
 
     def _extravars(self) -> dict:
-        return {"fleetsync_ledger": os.path.abspath(self.s.ledger_path),
+        return {"fleetsync_ledger": os.path.abspath(self.settings.ledger_path),
                 "fleetsync_src": self.mig.src, "fleetsync_dest": self.mig.dest,
                 "fleetsync_migration_id": self.mig.migration_id,
-                "fleetsync_run_token": self.s.run_token,
-                "fleetsync_rsync_options": self.s.rsync_options,
-                "fleetsync_mode": self.mode, "fleetsync_delete": self.s.delete}
+                "fleetsync_run_token": self.settings.run_token,
+                "fleetsync_rsync_options": self.settings.rsync_options,
+                "fleetsync_mode": self.mode.value, "fleetsync_delete": self.settings.delete.value}
 
     def _lose(self, run: HostRun, why: str) -> None:
         """The host is gone for now: its batches wait again, it rests before a retry."""
@@ -164,7 +166,7 @@ class Dispatcher:
         run.lost = why
         name = run.host.name
         wid = run.worker_id or self.worker_of_host.get(name)
-        wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** self._lost_count(name))
+        wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** self._count_loss(name))
         self.backoff[name] = time.time() + wait
         released = []
         if batches.work_left(self.conn).finished:
@@ -179,8 +181,9 @@ class Dispatcher:
                     f"batches back to waiting; next try in {wait:.0f} s", worker_id=wid)
         run.cancel()
 
-    def _lost_count(self, name: str) -> int:
-        """How often this host was lost before in this run (for the back-off)."""
+    def _count_loss(self, name: str) -> int:
+        """Count one more loss of this host; returns how often it was lost before in
+        this run (the back-off doubles with each)."""
         self.losses[name] = self.losses.get(name, 0) + 1
         return self.losses[name] - 1
 
@@ -191,7 +194,7 @@ class Dispatcher:
             held = batches.held_bytes(self.conn, run.worker_id)
             if held is None:
                 continue
-            limit = self.s.heartbeat_timeout + held / STALL_RATE
+            limit = self.settings.heartbeat_timeout + held / defaults.STALL_RATE
             if now - run.last_event > limit:
                 self._lose(run, f"silent for {now - run.last_event:.0f} s while holding a batch")
 
@@ -226,11 +229,11 @@ class Dispatcher:
             self._preflight(run, ev)
         elif ev.task == "batches" and ev.kind == "runner_item_on_ok":
             stdout = ev.res.get("stdout", "")
-            outcomes = transfer.parse_all(stdout)
+            outcomes = outcome.parse_all(stdout)
             for out in outcomes:
                 if run.worker_id:
                     self._record(out, run.worker_id)
-            if not outcomes and not any(f"{transfer.MARK} {word}" in stdout
+            if not outcomes and not any(f"{rsync.MARK} {word}" in stdout
                                         for word in ("idle", "stop")):
                 self._unreadable(run, stdout)
         elif ev.task == "batches" and ev.kind in ("runner_on_failed", "runner_item_on_failed"):
@@ -258,32 +261,32 @@ class Dispatcher:
             workers.seen(self.conn, run.worker_id, run.host.name, slots or run.host.slots)
             self.beats[run.worker_id] = ev.ts
             for line in stdout.splitlines():
-                if line.startswith(f"{transfer.MARK} killed"):
+                if line.startswith(f"{rsync.MARK} killed"):
                     logbook.add(self.conn, "warning", f"host {run.host.name}: {line[12:]}",
                                 worker_id=run.worker_id)
         elif ev.kind == "runner_on_failed":
-            errors = [ln[len(transfer.MARK) + 7:] for ln in stdout.splitlines()
-                      if ln.startswith(f"{transfer.MARK} error ")]
+            errors = [ln[len(rsync.MARK) + 7:] for ln in stdout.splitlines()
+                      if ln.startswith(f"{rsync.MARK} error ")]
             why = "; ".join(errors) or _one_line(ev.res.get("msg") or stdout or "failed")
             if run.host.name not in self.preflight_errors:
                 logbook.add(self.conn, "error", f"host {run.host.name} preflight: {why}")
             self.preflight_errors[run.host.name] = why
 
-    def _record(self, out: transfer.Outcome, worker_id: str) -> None:
-        if out.kind == "verify":
-            verify.record(self.conn, out.task_id, out.claim, out.rsync_exit_code,
+    def _record(self, out: Outcome, worker_id: str) -> None:
+        if out.kind is OutcomeKind.VERIFY:
+            verify.record(self.conn, out.task_id, out.claim_no, out.rsync_exit_code,
                           out.itemized, out.errors)
-        elif out.kind in ("dirs", "delete", "clean"):
+        elif out.kind in (OutcomeKind.DIRS, OutcomeKind.DELETE, OutcomeKind.CLEAN):
             self._record_pass(out, worker_id)
         else:
             self._record_batch(out, worker_id)
 
-    def _record_batch(self, out: transfer.Outcome, worker_id: str) -> None:
-        report = Report(out.task_id, out.claim, worker_id, out.rsync_exit_code,
+    def _record_batch(self, out: Outcome, worker_id: str) -> None:
+        report = Report(out.task_id, out.claim_no, worker_id, out.rsync_exit_code,
                         out.bytes_sent, out.bytes_received, out.start_ts, out.end_ts,
                         out.errors)
         used = batches.retry_count_of(self.conn, out.task_id)
-        verdict = self.s.policy.verdict(out.rsync_exit_code, used)
+        verdict = self.settings.policy.verdict(out.rsync_exit_code, used)
         if verdict is Verdict.SUCCEED:
             batches.succeed(self.conn, report)
         elif verdict is Verdict.RETRY:
@@ -291,16 +294,16 @@ class Dispatcher:
         else:
             batches.fail(self.conn, report, used)
 
-    def _record_pass(self, out: transfer.Outcome, worker_id: str) -> None:
+    def _record_pass(self, out: Outcome, worker_id: str) -> None:
         """A part of the directory pass: its deletions go to the ledger, errors to the log."""
-        if out.kind in ("delete", "clean"):
+        if out.kind in (OutcomeKind.DELETE, OutcomeKind.CLEAN):
             deleted = [line.split(" ", 1)[1].strip() for line in out.itemized
                        if line.startswith("*deleting")]
-            dirpass.record_deletions(self.conn, deleted,
-                                     out.kind == "delete" and self.s.delete == "dry-run",
-                                     worker_id)
+            dry_run = (out.kind is OutcomeKind.DELETE
+                       and self.settings.delete is DeleteMode.DRY_RUN)
+            deletions.record(self.conn, deleted, dry_run, worker_id)
         if out.rsync_exit_code != 0:
-            logbook.add(self.conn, "error", f"directory pass ({out.kind}) "
+            logbook.add(self.conn, "error", f"directory pass ({out.kind.value}) "
                         f"exit={out.rsync_exit_code}: " + "; ".join(out.errors[:3]),
                         worker_id=worker_id)
 
@@ -343,7 +346,7 @@ def _mtime(path: str) -> int | None:
             for name in files:
                 try:
                     m = os.stat(os.path.join(d, name)).st_mtime_ns
-                except OSError:
+                except FileNotFoundError:   # removed since it was listed
                     continue
                 newest = m if newest is None else max(newest, m)
     return newest

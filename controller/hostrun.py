@@ -1,58 +1,38 @@
 """One ansible-runner run of playbooks/dispatch.yml on one host (all of its slots).
 
-The event handler only puts events on a queue: an exception or a slow handler
-would stall ansible-runner (see shared/notes/ansible-runner.md). The
-dispatcher thread does all the ledger work. Each run has its own fresh
-private_data_dir, removed when the run ends, so artifacts stay bounded.
+The event handler only puts events on a queue and returns False: an exception
+inside ansible-runner's event handler kills its thread (the run then never
+finishes), a slow one makes the run time out, and True would write a
+job_events/*.json file per event. The dispatcher thread does all the ledger
+work. Each run has its own fresh private_data_dir, removed when the run ends,
+so artifacts stay bounded (ansible-runner's rotate_artifacts is not safe with
+concurrent runs: it deletes by mtime in the shared parent).
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import queue
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 
-from . import inventory, transfer
+from . import inventory, rsync
+from .environment import ansible_env
+from .resources import DISPATCH_PLAYBOOK
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PLAYBOOK = os.path.join(REPO, "playbooks", "dispatch.yml")
-
-# Noticing a dead or frozen host: keepalives every 5 s, three missed = gone
-# (~15 s); a connection attempt gives up after 10 s. ControlPersist keeps the
-# master connection across batches and runs.
-SSH_ARGS = ("-o ControlMaster=auto -o ControlPersist=900s -o ServerAliveInterval=5 "
-            "-o ServerAliveCountMax=3 -o ConnectTimeout=10")
-
-
-def ansible_env() -> dict[str, str]:
-    """The environment of every ansible process fleetsync starts."""
-    env = {
-        # The venv may not be activated: ansible-playbook is found beside our python.
-        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-        "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "LC_ALL": "C.UTF-8",
-        "ANSIBLE_PIPELINING": "True",
-        "ANSIBLE_SSH_ARGS": SSH_ARGS,
-        "ANSIBLE_TIMEOUT": "10",
-        "ANSIBLE_RETRY_FILES_ENABLED": "False",
-        "ANSIBLE_DEPRECATION_WARNINGS": "False",
-        "ANSIBLE_LOCALHOST_WARNING": "False",
-    }
-    if "ANSIBLE_HOST_KEY_CHECKING" in os.environ:
-        env["ANSIBLE_HOST_KEY_CHECKING"] = os.environ["ANSIBLE_HOST_KEY_CHECKING"]
-    return env
+log = logging.getLogger(__name__)
 
 
 def kill_leftovers(migration_id: str) -> int:
     """Kill what a dead controller of this migration left on this machine: its
     ansible-playbook runs (still claiming batches) and their rsyncs."""
-    mark = transfer.marker(migration_id, "").encode()
+    mark = rsync.marker(migration_id, "").encode()
     killed = 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
@@ -63,8 +43,9 @@ def kill_leftovers(migration_id: str) -> int:
                     continue
             os.kill(int(pid), signal.SIGKILL)
             killed += 1
-        except OSError:
-            pass
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ESRCH):   # it ended meanwhile: fine
+                log.warning("cannot stop leftover process %s: %s", pid, e.strerror)
     return killed
 
 
@@ -88,12 +69,11 @@ class HostRun:
     worker_id: str | None = None
     last_event: float = field(default_factory=time.time)
     lost: str | None = None          # why the host was declared lost
-    preflight_error: str | None = None
 
     def start(self) -> None:
         # The marker in the directory name puts it in ansible-playbook's command line,
         # so a later run can find and stop what a killed controller left behind.
-        self.dir = tempfile.mkdtemp(prefix=transfer.marker(
+        self.dir = tempfile.mkdtemp(prefix=rsync.marker(
             self.extravars["fleetsync_migration_id"], self.extravars["fleetsync_run_token"])
             + "-" + self.token + "-")
         self.stop_file = os.path.join(self.dir, "stop")
@@ -111,7 +91,7 @@ class HostRun:
         status = "error"
         try:
             r = ansible_runner.run(
-                private_data_dir=self.dir, playbook=PLAYBOOK, inventory=self.inventory,
+                private_data_dir=self.dir, playbook=DISPATCH_PLAYBOOK, inventory=self.inventory,
                 extravars=dict(self.extravars, fleetsync_stop_file=self.stop_file,
                                fleetsync_items=self.items),
                 envvars=ansible_env(), forks=self.host.slots, quiet=True,
@@ -132,25 +112,22 @@ class HostRun:
             if data.get("host"):
                 self.events.put_nowait(Event(self, ev.get("event", ""), data.get("task"),
                                              data.get("res") or {}, time.time()))
-        except Exception:
-            pass
+        except Exception:   # raising here would kill ansible-runner's thread
+            log.exception("runner event of host %s dropped", self.host.name)
         return False   # no job_events/*.json files
 
     def drain(self) -> None:
         """Finish the batches in hand, claim no more."""
         try:
             open(self.stop_file, "a").close()
-        except OSError:
-            pass
+        except OSError as e:   # its run dir is gone: the run has ended already
+            log.info("stop file of host %s: %s", self.host.name, e.strerror)
 
     def cancel(self) -> None:
         """Stop now: ansible-playbook forwards SIGTERM to its workers."""
         if self._pid:
             try:
                 os.kill(self._pid, signal.SIGTERM)
-            except OSError:
+            except ProcessLookupError:   # it ended meanwhile
                 pass
         self._cancel = True
-
-    def alive(self) -> bool:
-        return self.thread.is_alive()

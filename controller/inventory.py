@@ -14,7 +14,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-DEFAULT_SLOTS = 2
+from . import defaults
+from .environment import process_env
+
 SLOT_SEP = "--slot"
 
 
@@ -51,7 +53,8 @@ class Loading:
             exe = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")
             self.proc = subprocess.Popen(
                 [exe if os.path.exists(exe) else "ansible-inventory", "-i", path, "--list"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=env or process_env())
 
     def result(self) -> dict[str, Host]:
         """Every host with its variables; one clear error when the inventory is broken."""
@@ -88,7 +91,7 @@ def _hosts(path: str, returncode: int, stdout: str, stderr: str) -> dict[str, Ho
     for name in sorted(names):
         hv = hostvars.get(name, {})
         try:
-            slots = int(hv.get("fleetsync_slots", DEFAULT_SLOTS))
+            slots = int(hv.get("fleetsync_slots", defaults.SLOTS))
         except (TypeError, ValueError):
             raise InventoryError(f"host {name}: fleetsync_slots must be a number") from None
         if slots < 1:

@@ -5,10 +5,13 @@ not a terminal: logs stay clean); `fleetsync status` prints it once.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 
-from ledger import db, queries
+from fleetsync.ledger import db, queries
+
+log = logging.getLogger(__name__)
 
 
 def _size(n: float) -> str:
@@ -52,15 +55,15 @@ class Live:
         return self
 
     def _loop(self) -> None:
-        engine = db.reader(self.ledger_path)
+        engine = db.reader(self.ledger_path)   # one engine for the whole run
         while not self._stop.wait(1.0):
             try:
                 with engine.connect() as conn, conn.begin():
                     text = line(conn)
                 self.stream.write("\r\033[K" + text)
                 self.stream.flush()
-            except Exception:
-                pass   # a busy ledger: skip one redraw
+            except Exception as e:   # a busy or vanished ledger: skip one redraw
+                log.debug("progress line not drawn: %s", e)
         engine.dispose()
 
     def stop(self) -> None:

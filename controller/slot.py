@@ -12,14 +12,15 @@ from __future__ import annotations
 import os
 import time
 
-from ledger import batches, db, dirpass, migration, verify, workers
+from fleetsync.ledger import batches, db, dirpass, migration, verify, workers
+from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import transfer
+from . import rsync
 
 IDLE_WAIT = 5.0     # seconds a slot waits for work before it reports idle (one raw item)
 POLL = 0.1          # a waiting slot looks at the counters this often (a read, no lock)
-STOP = f"echo {transfer.MARK} stop"
-IDLE = f"echo {transfer.MARK} idle"
+STOP = f"echo {rsync.MARK} stop"
+IDLE = f"echo {rsync.MARK} idle"
 
 _engines: dict[tuple[str, bool], object] = {}
 
@@ -44,7 +45,7 @@ def _bwlimit(conn, fleet_bwlimit: int | None) -> list[str]:
 
 def parse_worker(preflight_stdout: str) -> str:
     for line in preflight_stdout.splitlines():
-        if line.startswith(f"{transfer.MARK} worker "):
+        if line.startswith(f"{rsync.MARK} worker "):
             return line.split(" ", 2)[2].strip()
     raise ValueError("the preflight did not name the worker")
 
@@ -52,15 +53,16 @@ def parse_worker(preflight_stdout: str) -> str:
 _dirty: dict[str, set[bytes]] = {}
 
 
-def _dirs_command(conn, mig, run_token: str, rsync_options: list[str], delete: str) -> str:
+def _dirs_command(conn, mig, run_token: str, rsync_options: list[str],
+                  delete: DeleteMode) -> str:
     """The next part of the directory pass, or STOP when it is all handed out."""
     part = dirpass.next_part(conn)
     if part is None:
         return STOP
     if run_token not in _dirty:     # every batch is done: the set no longer changes
         _dirty[run_token] = dirpass.dirty_directories(conn)
-    return transfer.dirs_command(part, mig.src, mig.dest, rsync_options,
-                                 transfer.marker(mig.migration_id, run_token), delete,
+    return rsync.dirs_command(part, mig.src, mig.dest, rsync_options,
+                                 rsync.marker(mig.migration_id, run_token), delete,
                                  _dirty[run_token])
 
 
@@ -81,10 +83,10 @@ def next_verify_command(ledger_path: str, worker_id: str, stop_file: str, run_to
             claimed = verify.claim(conn, worker_id)
             if claimed:
                 paths, size = _batch_files(conn, claimed[0])
-                return transfer.verify_command(*claimed, paths, mig.src, mig.dest, rsync_options,
-                                               transfer.marker(mig.migration_id, run_token), size)
+                return rsync.verify_command(*claimed, paths, mig.src, mig.dest, rsync_options,
+                                               rsync.marker(mig.migration_id, run_token), size)
             with look.begin():       # a waiting slot reads without the write lock
-                running = verify.counts(look)[verify.RUNNING]
+                running = verify.counts(look)[VerifyState.RUNNING]
             if running == 0:
                 return STOP
             if time.monotonic() > deadline:
@@ -94,15 +96,16 @@ def next_verify_command(ledger_path: str, worker_id: str, stop_file: str, run_to
 
 
 def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,
-                 rsync_options: list[str], mode: str = "copy", delete: str = "off") -> str:
+                 rsync_options: list[str], mode: OutcomeKind = OutcomeKind.COPY,
+                 delete: DeleteMode = DeleteMode.OFF) -> str:
     """Claim the next batch for this worker and return its command; when every batch
     is done, the slots share the directory pass; then STOP."""
-    if mode == "verify":
+    if mode is OutcomeKind.VERIFY:
         return next_verify_command(ledger_path, worker_id, stop_file, run_token, rsync_options)
     with _conn(ledger_path) as conn, _conn(ledger_path, readonly=True) as look:
         mig = migration.load(conn)
         conn.rollback()
-        mark = transfer.marker(mig.migration_id, run_token)
+        mark = rsync.marker(mig.migration_id, run_token)
         deadline = time.monotonic() + IDLE_WAIT
         while True:
             if os.path.exists(stop_file):
@@ -117,7 +120,7 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
                 options = (rsync_options + _bwlimit(conn, mig.bwlimit)
                            + (["--checksum"] if c.checksum else [])
                            + (["--sparse"] if c.sparse else []))
-                return transfer.batch_command(c.task_id, c.claim, paths, mig.src, mig.dest,
+                return rsync.batch_command(c.task_id, c.claim_no, paths, mig.src, mig.dest,
                                               options, mark, size)
             if left.finished:
                 return _dirs_command(conn, mig, run_token, rsync_options, delete)

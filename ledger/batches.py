@@ -4,6 +4,8 @@ Every transition names the state it expects (and, for reports, the claim it
 answers), so a late or duplicate report matches no row and changes nothing:
 dispatch is at-least-once, the ledger's accounting is exactly-once. Each
 function takes an open Connection and runs its own short transaction.
+
+SQL style: SQLAlchemy Core throughout (states bound from BatchState).
 """
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Connection, func, insert, select, update
 
-from .schema import AttemptStatus, BatchState, attempts, batches, log
+from .schema import attempts, batch_counts, batch_files, batches, log, migration
+from .states import AttemptStatus, BatchState
 
 MAX_ERROR_LINES = 20      # rsync can print one line per file; keep the first ones
 MAX_ERROR_CHARS = 4_000
@@ -22,7 +25,7 @@ MAX_ERROR_CHARS = 4_000
 @dataclass
 class Claim:
     task_id: int
-    claim: int
+    claim_no: int         # the claim it answers (batches.claim when it was claimed)
     retry_count: int
     checksum: bool = False   # compare contents, not size and time (after a failed verify)
     sparse: bool = False     # holds a file with holes: copy with --sparse
@@ -32,7 +35,7 @@ class Claim:
 class Report:
     """What a worker said about one attempt of one batch."""
     task_id: int
-    claim: int
+    claim_no: int         # the claim it answers (batches.claim when it was claimed)
     worker_id: str | None
     rsync_exit_code: int | None
     bytes_sent: int | None = None
@@ -42,8 +45,8 @@ class Report:
     errors: list[str] = field(default_factory=list)
 
 
-def bounded(errors: list[str]) -> str:
-    """The errors as stored: at most MAX_ERROR_LINES lines, each shortened."""
+def errors_json(errors: list[str]) -> str:
+    """The errors as stored, a JSON list: at most MAX_ERROR_LINES lines, each shortened."""
     kept = [e[:MAX_ERROR_CHARS] for e in errors[:MAX_ERROR_LINES]]
     if len(errors) > MAX_ERROR_LINES:
         kept.append(f"... {len(errors) - MAX_ERROR_LINES} more lines")
@@ -81,7 +84,7 @@ def _finish(conn: Connection, report: Report, new_state: BatchState,
     stmt = (update(batches)
             .where(batches.c.task_id == report.task_id,
                    batches.c.state == BatchState.RUNNING.value,
-                   batches.c.claim == report.claim)
+                   batches.c.claim == report.claim_no)
             .values(**values)
             .returning(batches.c.retry_count))
     with conn.begin():
@@ -90,11 +93,11 @@ def _finish(conn: Connection, report: Report, new_state: BatchState,
             return False
         retry_count = row.retry_count - 1 if bump_retry else row.retry_count
         conn.execute(insert(attempts).values(
-            task_id=report.task_id, claim=report.claim, retry_count=retry_count,
+            task_id=report.task_id, claim=report.claim_no, retry_count=retry_count,
             worker_id=report.worker_id, status=status.value,
             rsync_exit_code=report.rsync_exit_code, bytes_sent=report.bytes_sent,
             bytes_received=report.bytes_received, start_ts=report.start_ts,
-            end_ts=report.end_ts, received_ts=now, errors=bounded(report.errors)))
+            end_ts=report.end_ts, received_ts=now, errors=errors_json(report.errors)))
         if message:
             level, msg = message
             conn.execute(insert(log).values(ts=now, level=level, task_id=report.task_id,
@@ -143,7 +146,7 @@ def release_worker(conn: Connection, worker_id: str, why: str) -> list[int]:
     """Every batch a lost worker holds goes back to pending."""
     released = []
     for c in running_claims(conn, worker_id):
-        if release(conn, Report(c.task_id, c.claim, worker_id, None), why):
+        if release(conn, Report(c.task_id, c.claim_no, worker_id, None), why):
             released.append(c.task_id)
     return released
 
@@ -195,9 +198,9 @@ def requeue(conn: Connection, task_ids: list[int] | None, why: str,
 def entries(conn: Connection, task_id: int) -> list[tuple[bytes, bool, int]]:
     """The entries of one batch: (path relative to SRC, is a directory, size)."""
     with conn.begin():
-        rows = conn.execute(text(
-            "SELECT path, is_dir, size FROM batch_files WHERE task_id = :t ORDER BY path"),
-            {"t": task_id}).all()
+        rows = conn.execute(select(batch_files.c.path, batch_files.c.is_dir, batch_files.c.size)
+                            .where(batch_files.c.task_id == task_id)
+                            .order_by(batch_files.c.path)).all()
     return [(bytes(p), bool(d), s) for p, d, s in rows]
 
 
@@ -215,8 +218,8 @@ class WorkLeft:
 def work_left(conn: Connection) -> WorkLeft:
     """What is still to do, from the counters (O(1))."""
     with conn.begin():
-        counts = dict(conn.execute(text("SELECT state, batches FROM batch_counts")).all())
-        walk_done = conn.execute(text("SELECT walk_done FROM migration")).scalar()
+        counts = dict(conn.execute(select(batch_counts.c.state, batch_counts.c.batches)).all())
+        walk_done = conn.execute(select(migration.c.walk_done)).scalar()
     return WorkLeft(bool(walk_done), counts.get(BatchState.PENDING.value, 0),
                     counts.get(BatchState.RUNNING.value, 0))
 
@@ -230,11 +233,11 @@ def retry_count_of(conn: Connection, task_id: int) -> int:
 def held_bytes(conn: Connection, worker_id: str) -> int | None:
     """The largest batch a worker holds now (its estimated bytes), None when it holds none."""
     with conn.begin():
-        return conn.execute(text(
-            "SELECT max(estimated_bytes) FROM batches WHERE state = 'running' "
-            "AND worker_id = :w"), {"w": worker_id}).scalar()
+        return conn.execute(select(func.max(batches.c.estimated_bytes)).where(
+            batches.c.state == BatchState.RUNNING.value,
+            batches.c.worker_id == worker_id)).scalar()
 
 
 def directory_total(conn: Connection) -> int:
     with conn.begin():
-        return conn.execute(text("SELECT sum(directories) FROM batch_counts")).scalar() or 0
+        return conn.execute(select(func.sum(batch_counts.c.directories))).scalar() or 0

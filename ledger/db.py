@@ -6,10 +6,12 @@ open the file with ``mode=ro`` so the API cannot write even by mistake.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.parse
+from collections.abc import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
 BUSY_TIMEOUT_MS = 60_000
@@ -55,6 +57,17 @@ def writer(path: str) -> Engine:
         cur.close()
 
     return engine
+
+
+@contextlib.contextmanager
+def connect(path: str, readonly: bool = False) -> Iterator[Connection]:
+    """One connection to the ledger, for a few statements; the engine goes with it."""
+    engine = reader(path) if readonly else writer(path)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 def reader(path: str) -> Engine:

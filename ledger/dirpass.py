@@ -6,6 +6,9 @@ with --delete, to remove what is no longer in SRC first). The pass is cut at
 batch boundaries and handed out by a cursor in the migration row, so any number
 of slots can take parts of it; a lost host sends the pass back to the start
 (every part of it is idempotent).
+
+SQL style: SQLAlchemy text() with bound parameters (a few statements per part
+of the pass; the cursor's groupby reads rows in one streaming SELECT).
 """
 from __future__ import annotations
 
@@ -13,9 +16,12 @@ import itertools
 import os
 import time
 
-from sqlalchemy import Connection, insert, text
+from sqlalchemy import Connection, text
 
-from .schema import deletions
+from .states import AttemptStatus
+
+# A batch with one of these attempts may have had an rsync killed mid-file.
+_DIRTY = (AttemptStatus.LOST.value, AttemptStatus.RETRY.value, AttemptStatus.FAILED.value)
 
 MAX_DIRS = 1000
 MAX_NAME_BYTES = 64 * 1024
@@ -55,7 +61,8 @@ def dirty_directories(conn: Connection) -> set[bytes]:
     with conn.begin():
         rows = conn.execute(text(
             "SELECT path FROM batch_files WHERE is_dir = 0 AND task_id IN "
-            "(SELECT DISTINCT task_id FROM attempts WHERE status IN ('lost', 'retry', 'failed'))"))
+            "(SELECT DISTINCT task_id FROM attempts WHERE status IN (:a, :b, :c))"),
+            dict(zip("abc", _DIRTY)))
         return {os.path.dirname(bytes(p)) or b"." for (p,) in rows}
 
 
@@ -71,18 +78,3 @@ def restart(conn: Connection) -> None:
                           "dirs_pass_done_ts = NULL"))
 
 
-def record_deletions(conn: Connection, paths: list[str], dry_run: bool,
-                     worker_id: str | None) -> None:
-    if not paths:
-        return
-    now = time.time()
-    with conn.begin():
-        conn.execute(insert(deletions), [dict(ts=now, path=p, dry_run=int(dry_run),
-                                              worker_id=worker_id) for p in paths])
-
-
-def deletion_count(conn: Connection, dry_run: bool, since: float) -> int:
-    """Deletions done (or listed, dry_run) since a time; a read inside the caller's
-    transaction."""
-    return conn.execute(text("SELECT count(*) FROM deletions WHERE dry_run = :d AND ts >= :s"),
-                        {"d": int(dry_run), "s": since}).scalar()

@@ -3,6 +3,8 @@
 A ledger belongs to one SRC and one DEST for life; opening it for another pair
 is refused. Running time is kept across resumes: each run adds its own span,
 and a crashed run's span ends at its last controller heartbeat.
+
+SQL style: SQLAlchemy Core (one row, a few statements per run: no hot path).
 """
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, insert, select, text, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
-from . import schema
+from . import schema, walkqueue
 from .db import LedgerError
-from .schema import migration, producers
+from .schema import migration
 
 # The API calls a run live while its heartbeat is younger than this.
 LIVE_AFTER_HEARTBEAT = 15.0
@@ -108,19 +110,6 @@ def set_walk_done(conn: Connection) -> None:
         conn.execute(update(migration).values(walk_done=1))
 
 
-def start_producers(conn: Connection, count: int) -> None:
-    """Producer rows 1..count, running; the rows of an earlier run are reused."""
-    now = time.time()
-    with conn.begin():
-        conn.execute(producers.delete().where(producers.c.producer_id > count))
-        for pid in range(1, count + 1):
-            res = conn.execute(update(producers).where(producers.c.producer_id == pid)
-                               .values(state="running", started_ts=now, finished_ts=None))
-            if res.rowcount == 0:
-                conn.execute(insert(producers).values(producer_id=pid, state="running",
-                                                      started_ts=now))
-
-
 def set_bwlimit(conn: Connection, bytes_per_sec: int | None) -> None:
     """The fleet's bandwidth cap; rsyncs started from now on share it."""
     with conn.begin():
@@ -146,8 +135,7 @@ def begin_walk(conn: Connection, rescan: bool) -> float | None:
             newer = (row.scan_started_ts or 0.0) - RESCAN_MARGIN
             conn.execute(update(migration).values(walk_done=0, scan_started_ts=now,
                                                   scan_newer_than=newer))
-            conn.execute(text("UPDATE walk_dirs SET state = 'pending', offset = 0, "
-                              "producer_id = NULL"))
+            walkqueue.restart(conn)
             return newer
         if row.scan_started_ts is None:
             conn.execute(update(migration).values(scan_started_ts=now))

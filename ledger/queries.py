@@ -20,7 +20,7 @@ from collections import namedtuple
 from sqlalchemy import Connection
 
 from . import migration as _migration
-from .schema import BatchState
+from .states import BatchState, ProducerState
 
 GIB = 1024 ** 3
 RETAINED_LIMIT = 100_000   # /results serves the newest this many attempts
@@ -32,9 +32,10 @@ HEARTBEAT_FORMAT = "%Y-%m-%d %H:%M:%S"
 _PENDING, _SUCCEEDED, _FAILED = (BatchState.PENDING.value, BatchState.SUCCEEDED.value,
                                  BatchState.FAILED.value)
 _STATES = tuple(s.value for s in BatchState)
+_DONE = ProducerState.DONE.value
 
 _COUNTS = "SELECT state, batches, files, directories, bytes FROM batch_counts"
-_PRODUCERS_DONE = "SELECT count(*) FROM producers WHERE state = 'done'"
+_PRODUCERS_DONE = "SELECT count(*) FROM producers WHERE state = :done"
 _MIGRATION = "SELECT elapsed_before, run_started_ts, run_heartbeat_ts FROM migration"
 _HEARTBEATS = ("SELECT worker_id, heartbeat_ts FROM workers "
                "WHERE heartbeat_ts IS NOT NULL ORDER BY worker_id")
@@ -111,7 +112,7 @@ def status(conn: Connection) -> dict[str, int]:
     return dict(total_batches=p["total"], completed_batches=p["completed"],
                 failed_batches=p["failed"],
                 queue_depth=counts[_PENDING]["batches"],
-                producers_done=_value(conn, _PRODUCERS_DONE))
+                producers_done=_value(conn, _PRODUCERS_DONE, {"done": _DONE}))
 
 
 def elapsed_sec(conn: Connection, now: float | None = None) -> float:

@@ -6,8 +6,6 @@ relative to SRC, because a Linux name is bytes and need not be UTF-8.
 """
 from __future__ import annotations
 
-import enum
-
 from sqlalchemy import (
     Column,
     Engine,
@@ -20,22 +18,11 @@ from sqlalchemy import (
     text,
 )
 
+from .states import AttemptStatus, BatchState, VerifyState, WalkDirState, sql_list
+
+__all__ = ["AttemptStatus", "BatchState", "create", "metadata"]
+
 SCHEMA_VERSION = 1
-
-
-class BatchState(str, enum.Enum):
-    PENDING = "pending"      # waiting to be claimed
-    RUNNING = "running"      # claimed by a worker slot
-    SUCCEEDED = "succeeded"  # rsync exit 0
-    FAILED = "failed"        # gave up: fatal exit code or retries used up
-
-
-class AttemptStatus(str, enum.Enum):
-    SUCCESS = "success"  # the batch succeeded
-    RETRY = "retry"      # failed, will run again
-    FAILED = "failed"    # failed for good
-    LOST = "lost"        # the host was lost; the batch went back to pending, no retry used
-    REQUEUED = "requeued"  # an operator put the batch back in the queue (`fleetsync retry`)
 
 
 metadata = MetaData()
@@ -65,7 +52,7 @@ migration = Table(
 producers = Table(
     "producers", metadata,
     Column("producer_id", Integer, primary_key=True),
-    Column("state", Text, nullable=False),            # running | done
+    Column("state", Text, nullable=False),            # ProducerState
     Column("pid", Integer),
     Column("started_ts", Float),
     Column("finished_ts", Float),
@@ -80,7 +67,8 @@ walk_dirs = Table(
     "walk_dirs", metadata,
     Column("dir_id", Integer, primary_key=True),
     Column("path", LargeBinary, nullable=False, unique=True),  # relative to SRC, b"" is SRC
-    Column("state", Text, nullable=False, server_default="pending"),  # pending|claimed|done
+    Column("state", Text, nullable=False,
+           server_default=WalkDirState.PENDING.value),          # WalkDirState
     Column("producer_id", Integer),
     Column("offset", Integer, nullable=False, server_default="0"),  # entries already enqueued
 )
@@ -146,7 +134,7 @@ workers = Table(
     "workers", metadata,
     Column("worker_id", Text, primary_key=True),      # host name + UUID kept on the host
     Column("host", Text, nullable=False),             # inventory name
-    Column("state", Text, nullable=False),            # up | lost
+    Column("state", Text, nullable=False),            # WorkerState: up | lost | gone
     Column("heartbeat_ts", Float),                    # last event heard from it
     Column("first_seen_ts", Float),
     Column("slots", Integer),
@@ -176,7 +164,8 @@ deletions = Table(
 verifications = Table(
     "verifications", metadata,
     Column("task_id", Integer, primary_key=True),     # a succeeded batch, checked again
-    Column("state", Text, nullable=False, server_default="pending"),  # see ledger/verify.py
+    Column("state", Text, nullable=False,
+           server_default=VerifyState.PENDING.value),           # VerifyState
     Column("claim", Integer, nullable=False, server_default="0"),
     Column("worker_id", Text),
     Column("checked_ts", Float),
@@ -201,12 +190,17 @@ batch_counts = Table(
     Column("bytes", Integer, nullable=False, server_default="0"),
 )
 
+# DDL cannot bind parameters: the states it names are spelled from the Enums.
 _EXTRA_DDL = [
-    "CREATE INDEX IF NOT EXISTS walk_dirs_pending ON walk_dirs(dir_id) WHERE state = 'pending'",
+    "CREATE INDEX IF NOT EXISTS walk_dirs_pending ON walk_dirs(dir_id) "
+    f"WHERE state = '{WalkDirState.PENDING.value}'",
     "CREATE INDEX IF NOT EXISTS hardlinks_waiting ON hardlinks(dev, ino) WHERE task_id IS NULL",
-    "CREATE INDEX IF NOT EXISTS walk_dirs_claimed ON walk_dirs(dir_id) WHERE state = 'claimed'",
-    "CREATE INDEX IF NOT EXISTS batches_waiting ON batches(task_id) WHERE state = 'pending'",
-    "CREATE INDEX IF NOT EXISTS batches_running ON batches(worker_id) WHERE state = 'running'",
+    "CREATE INDEX IF NOT EXISTS walk_dirs_claimed ON walk_dirs(dir_id) "
+    f"WHERE state = '{WalkDirState.CLAIMED.value}'",
+    "CREATE INDEX IF NOT EXISTS batches_waiting ON batches(task_id) "
+    f"WHERE state = '{BatchState.PENDING.value}'",
+    "CREATE INDEX IF NOT EXISTS batches_running ON batches(worker_id) "
+    f"WHERE state = '{BatchState.RUNNING.value}'",
     "CREATE INDEX IF NOT EXISTS attempts_task ON attempts(task_id)",
     "CREATE INDEX IF NOT EXISTS attempts_worker ON attempts(worker_id, attempt_id)",
     "CREATE INDEX IF NOT EXISTS attempts_status ON attempts(status, attempt_id)",
@@ -226,7 +220,7 @@ _EXTRA_DDL = [
          WHERE state = NEW.state;
        END""",
     "CREATE INDEX IF NOT EXISTS verifications_waiting ON verifications(task_id) "
-    "WHERE state = 'pending'",
+    f"WHERE state = '{VerifyState.PENDING.value}'",
     """CREATE TRIGGER IF NOT EXISTS verify_counts_insert AFTER INSERT ON verifications BEGIN
          INSERT OR IGNORE INTO verify_counts(state) VALUES (NEW.state);
          UPDATE verify_counts SET batches = batches + 1 WHERE state = NEW.state;
@@ -238,21 +232,22 @@ _EXTRA_DDL = [
          UPDATE verify_counts SET batches = batches + 1 WHERE state = NEW.state;
        END""",
     # Ready views for audits with sqlite3 (see the README).
-    """CREATE VIEW IF NOT EXISTS failed_batches AS
+    f"""CREATE VIEW IF NOT EXISTS failed_batches AS
        SELECT b.task_id, b.retry_count, b.last_exit_code, b.worker_id,
               datetime(b.finished_ts, 'unixepoch', 'localtime') AS finished, a.errors
        FROM batches b LEFT JOIN attempts a ON a.attempt_id =
             (SELECT max(attempt_id) FROM attempts WHERE task_id = b.task_id)
-       WHERE b.state = 'failed'""",
-    """CREATE VIEW IF NOT EXISTS worker_throughput AS
+       WHERE b.state = '{BatchState.FAILED.value}'""",
+    f"""CREATE VIEW IF NOT EXISTS worker_throughput AS
        SELECT a.worker_id, count(*) AS batches, sum(b.file_count) AS files,
               sum(b.estimated_bytes) AS bytes,
               round(sum(a.end_ts - a.start_ts), 1) AS rsync_seconds,
               round(sum(b.estimated_bytes) / 1048576.0
                     / nullif(sum(a.end_ts - a.start_ts), 0), 1) AS mib_per_rsync_second,
-              sum(a.status = 'lost') AS lost
+              sum(a.status = '{AttemptStatus.LOST.value}') AS lost
        FROM attempts a JOIN batches b USING (task_id)
-       WHERE a.status IN ('success', 'lost') GROUP BY a.worker_id""",
+       WHERE a.status IN {sql_list(AttemptStatus.SUCCESS, AttemptStatus.LOST)}
+       GROUP BY a.worker_id""",
     """CREATE VIEW IF NOT EXISTS entries AS
        SELECT f.path, CAST(f.path AS TEXT) AS path_text, f.is_dir, f.size, f.task_id,
               b.state, b.worker_id, b.last_exit_code

@@ -12,6 +12,11 @@ its writing (pushes, batches, progress, claims) in one transaction. It can also
 *try* a transaction without waiting: while another producer holds the write
 lock it goes on listing and enqueues its batches together a moment later,
 instead of sleeping in SQLite's busy handler (1, 2, 5, 10 ms...).
+
+SQL style: plain SQL in the sqlite3 dialect (`?` parameters) throughout. The
+hot path runs it on the raw cursor; the few calls outside it run it through
+`conn.exec_driver_sql` inside a SQLAlchemy transaction. States are bound as
+parameters from WalkDirState.
 """
 from __future__ import annotations
 
@@ -20,9 +25,13 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from .db import BUSY_TIMEOUT_MS
+from .states import WalkDirState
+
+_PENDING, _CLAIMED, _DONE = (WalkDirState.PENDING.value, WalkDirState.CLAIMED.value,
+                             WalkDirState.DONE.value)
 
 ROWS_PER_INSERT = 100
 _INSERT_ROW = "INSERT INTO batch_files(task_id, path, is_dir, size) VALUES (?1, ?, ?, ?)"
@@ -56,37 +65,39 @@ class Cut:
 def seed(conn: Connection) -> None:
     """Queue SRC itself (path b'') when the walk has never started."""
     with conn.begin():
-        conn.execute(text("INSERT OR IGNORE INTO walk_dirs(path) VALUES (x'')"))
+        conn.exec_driver_sql("INSERT OR IGNORE INTO walk_dirs(path) VALUES (x'')")
 
 
 def reset_claimed(conn: Connection) -> int:
     """At start-up: directories claimed by a dead run are listed again from their offset."""
     with conn.begin():
-        return conn.execute(text(
-            "UPDATE walk_dirs SET state = 'pending', producer_id = NULL "
-            "WHERE state = 'claimed'")).rowcount
+        return conn.exec_driver_sql(
+            "UPDATE walk_dirs SET state = ?, producer_id = NULL WHERE state = ?",
+            (_PENDING, _CLAIMED)).rowcount
 
 
 def release_claims(conn: Connection, producer_id: int) -> int:
     """A producer that failed hands its directories back, to be listed from their offsets."""
     with conn.begin():
-        return conn.execute(text(
-            "UPDATE walk_dirs SET state = 'pending', producer_id = NULL "
-            "WHERE state = 'claimed' AND producer_id = :p"), {"p": producer_id}).rowcount
+        return conn.exec_driver_sql(
+            "UPDATE walk_dirs SET state = ?, producer_id = NULL "
+            "WHERE state = ? AND producer_id = ?", (_PENDING, _CLAIMED, producer_id)).rowcount
+
+
+def restart(conn: Connection) -> None:
+    """A new walk of the whole tree (a --rescan): every directory is listed again.
+    Runs inside the caller's transaction."""
+    conn.exec_driver_sql("UPDATE walk_dirs SET state = ?, offset = 0, producer_id = NULL",
+                         (_PENDING,))
 
 
 def walk_finished(conn: Connection) -> bool:
     """No directory waits and none is being listed."""
     with conn.begin():
-        row = conn.execute(text(
-            "SELECT EXISTS (SELECT 1 FROM walk_dirs WHERE state IN ('pending', 'claimed'))")).one()
+        row = conn.exec_driver_sql(
+            "SELECT EXISTS (SELECT 1 FROM walk_dirs WHERE state IN (?, ?))",
+            (_PENDING, _CLAIMED)).one()
     return not row[0]
-
-
-def finish_producer(conn: Connection, producer_id: int) -> None:
-    with conn.begin():
-        conn.execute(text("UPDATE producers SET state = 'done', finished_ts = :t "
-                          "WHERE producer_id = :p"), {"t": time.time(), "p": producer_id})
 
 
 class WalkQueue:
@@ -104,8 +115,8 @@ class WalkQueue:
     def state(self) -> tuple[bool, bool]:
         """(some directory waits, some directory is being listed), without the write lock."""
         pending, claimed = self.cur.execute(
-            "SELECT EXISTS (SELECT 1 FROM walk_dirs WHERE state = 'pending'), "
-            "EXISTS (SELECT 1 FROM walk_dirs WHERE state = 'claimed')").fetchone()
+            "SELECT EXISTS (SELECT 1 FROM walk_dirs WHERE state = ?), "
+            "EXISTS (SELECT 1 FROM walk_dirs WHERE state = ?)", (_PENDING, _CLAIMED)).fetchone()
         return bool(pending), bool(claimed)
 
     def sync(self, push: list[bytes], cuts: list[Cut], claim: int,
@@ -170,8 +181,8 @@ class WalkQueue:
                  self.producer_id, now)).fetchone()[0]
             self._insert_entries(task_id, cut.entries)
         if cut.done_dirs:
-            cur.executemany("UPDATE walk_dirs SET state = 'done' WHERE dir_id = ?",
-                            [(d,) for d in cut.done_dirs])
+            cur.executemany("UPDATE walk_dirs SET state = ? WHERE dir_id = ?",
+                            [(_DONE, d) for d in cut.done_dirs])
         if cut.partial:
             cur.execute("UPDATE walk_dirs SET offset = ? WHERE dir_id = ?",
                         (cut.partial[1], cut.partial[0]))
@@ -203,51 +214,14 @@ class WalkQueue:
         """Up to `limit` waiting directories, newest first (depth first keeps the
         queue short), but no more than this producer's share of what waits."""
         waiting = self.cur.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM walk_dirs WHERE state = 'pending' LIMIT ?)",
-            (_LOOK_AHEAD,)).fetchone()[0]
+            "SELECT count(*) FROM (SELECT 1 FROM walk_dirs WHERE state = ? LIMIT ?)",
+            (_PENDING, _LOOK_AHEAD)).fetchone()[0]
         n = min(limit, max(1, waiting // self.producers))
         rows = self.cur.execute(
-            "UPDATE walk_dirs SET state = 'claimed', producer_id = ? "
-            "WHERE dir_id IN (SELECT dir_id FROM walk_dirs WHERE state = 'pending' "
+            "UPDATE walk_dirs SET state = ?, producer_id = ? "
+            "WHERE dir_id IN (SELECT dir_id FROM walk_dirs WHERE state = ? "
             "                 ORDER BY dir_id DESC LIMIT ?) "
-            "RETURNING dir_id, path, offset", (self.producer_id, n)).fetchall()
+            "RETURNING dir_id, path, offset", (_CLAIMED, self.producer_id, _PENDING, n)).fetchall()
         return [Dir(dir_id, bytes(path), offset) for dir_id, path, offset in sorted(rows)]
 
 
-def cut_hardlinks(conn: Connection, limits) -> int:
-    """After the walk: the staged hard links become batches, every link of an inode
-    in the same batch (rsync -H keeps them linked there), cut at inode boundaries
-    by the walk's limits (one inode with more links than a batch holds gets a batch
-    of its own, however big). One transaction per batch: a crash resumes here."""
-    made = 0
-    while True:
-        with conn.begin():
-            rows = conn.execute(text(
-                "SELECT dev, ino, path, size FROM hardlinks WHERE task_id IS NULL "
-                "ORDER BY dev, ino LIMIT :n"), {"n": limits.entries * 4}).all()
-            if not rows:
-                return made
-            batch, names, size, last = [], 0, 0, None
-            for dev, ino, path, sz in rows:
-                if (dev, ino) != last and batch and (
-                        len(batch) >= limits.entries or size + sz > limits.bytes
-                        or names + len(path) + 1 > limits.name_bytes):
-                    break
-                batch.append((dev, ino, bytes(path), sz))
-                names, size, last = names + len(path) + 1, size + sz, (dev, ino)
-            else:
-                if len(rows) == limits.entries * 4:   # the last inode may go on: take it whole
-                    rest = conn.execute(text(
-                        "SELECT dev, ino, path, size FROM hardlinks WHERE task_id IS NULL "
-                        "AND dev = :d AND ino = :i"), {"d": last[0], "i": last[1]}).all()
-                    seen = {b[2] for b in batch}
-                    batch += [(d, i, bytes(p), z) for d, i, p, z in rest if bytes(p) not in seen]
-            task_id = conn.execute(text(
-                "INSERT INTO batches(file_count, directory_count, estimated_bytes, created_ts) "
-                "VALUES (:f, 0, :b, :t) RETURNING task_id"),
-                {"f": len(batch), "b": sum(b[3] for b in batch), "t": time.time()}).scalar_one()
-            conn.exec_driver_sql("INSERT INTO batch_files(task_id, path, is_dir, size) "
-                                 "VALUES (?, ?, 0, ?)", [(task_id, p, z) for _, _, p, z in batch])
-            conn.exec_driver_sql("UPDATE hardlinks SET task_id = ? WHERE dev = ? AND ino = ? "
-                                 "AND path = ?", [(task_id, d, i, p) for d, i, p, _ in batch])
-            made += 1

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from ledger import db, migration
+from fleetsync.ledger import db, migration
 
 
 @pytest.fixture

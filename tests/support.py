@@ -13,12 +13,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def fleetsync(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     """Run `fleetsync ARGS` as an operator would, from a fresh process."""
-    return subprocess.run([sys.executable, "-m", "controller.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "fleetsync.controller.cli", *args], cwd=REPO,
                           capture_output=True, timeout=timeout, **kw)
 
 
 def popen(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "controller.cli", *args], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "fleetsync.controller.cli", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 

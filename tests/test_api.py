@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert, text
 
-from api import ServerThread, make_app, start_in_thread
-from api.app import OPENAPI, ROUTES
-from ledger import batches, db, migration, queries, schema
-from ledger.batches import Report
+from fleetsync.api import ServerThread, make_app, start_in_thread
+from fleetsync.api.app import OPENAPI, ROUTES
+from fleetsync.ledger import batches, db, migration, producers, queries, schema
+from fleetsync.ledger.batches import Report
 
 # The fields of docs/spec api.ko.md, exactly; the API may add keys, never drop these.
 SPEC = {
@@ -97,17 +97,17 @@ def populate(engine) -> None:
             conn.execute(insert(schema.workers), [
                 dict(worker_id="host-a-uuid", host="a", state="up", heartbeat_ts=time.time()),
                 dict(worker_id='odd"name\\', host="b", state="up", heartbeat_ts=time.time())])
-        migration.start_producers(conn, 2)
+        producers.start(conn, 2)
         with conn.begin():
             conn.execute(text("UPDATE producers SET state = 'done' WHERE producer_id = 1"))
         migration.start_run(conn)
         c = batches.claim(conn, "host-a-uuid", limit=6)
         for k in c[:3]:
-            batches.succeed(conn, Report(k.task_id, k.claim, "host-a-uuid", 0, bytes_sent=1,
+            batches.succeed(conn, Report(k.task_id, k.claim_no, "host-a-uuid", 0, bytes_sent=1,
                                          bytes_received=2, start_ts=1.0, end_ts=2.0))
-        batches.retry(conn, Report(c[3].task_id, c[3].claim, "host-a-uuid", 23,
+        batches.retry(conn, Report(c[3].task_id, c[3].claim_no, "host-a-uuid", 23,
                                    errors=["rsync: vanished"]), 1)
-        batches.fail(conn, Report(c[4].task_id, c[4].claim, "host-a-uuid", 2), 0)
+        batches.fail(conn, Report(c[4].task_id, c[4].claim_no, "host-a-uuid", 2), 0)
     engine.dispose()
 
 

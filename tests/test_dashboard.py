@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, text
 
-from api import make_app, start_in_thread
-from api.app import OPENAPI
-from ledger import batches, db, logbook, migration, schema, workers
-from ledger.batches import Report
+from fleetsync.api import make_app, start_in_thread
+from fleetsync.api.app import OPENAPI
+from fleetsync.ledger import batches, db, logbook, migration, schema, workers
+from fleetsync.ledger.batches import Report
 
 from .test_api import TOKEN, assert_error, call
 
@@ -53,9 +53,9 @@ def fill(path: str) -> None:
                          {"t": BEAT - 754, "w": WORKERS[2]})
         claims = batches.claim(conn, WORKERS[0], limit=50)
         for k in claims[:42]:
-            batches.succeed(conn, Report(k.task_id, k.claim, WORKERS[0], 0))
+            batches.succeed(conn, Report(k.task_id, k.claim_no, WORKERS[0], 0))
         for k in claims[42:45]:
-            batches.fail(conn, Report(k.task_id, k.claim, WORKERS[0], 23), 0)
+            batches.fail(conn, Report(k.task_id, k.claim_no, WORKERS[0], 23), 0)
         logbook.add(conn, "warning", WARNING)
         logbook.add(conn, "error", ERROR)
     engine.dispose()

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from controller.producers import Walk
-from controller.walk import Limits
-from ledger import db, migration
+from fleetsync.controller.walk import Walk
+from fleetsync.controller.producer import Limits
+from fleetsync.ledger import db, migration
 
 from .support import fleetsync, make_odd_tree, popen, snapshot, REPO
 
@@ -367,10 +367,10 @@ def test_unreadable_batch_output_releases_the_hosts_batches(tmp_path):
     """A batch item that prints no batch markers (a broken worker shell, say) must
     not leave the batch running for ever while the host keeps sending heartbeats."""
     import queue
-    from controller import inventory
-    from controller.dispatch import Dispatcher, Settings
-    from controller.hostrun import Event, HostRun
-    from ledger import batches as B
+    from fleetsync.controller import inventory
+    from fleetsync.controller.dispatch import Dispatcher, Settings
+    from fleetsync.controller.hostrun import Event, HostRun
+    from fleetsync.ledger import batches as B
     src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
     src.mkdir()
     (src / "f").write_text("x")

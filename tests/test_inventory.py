@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from controller import inventory
+from fleetsync.controller import defaults, inventory
 
 
 def test_hosts_slots_and_aliases(tmp_path):
@@ -11,7 +11,7 @@ def test_hosts_slots_and_aliases(tmp_path):
                    "[movers:vars]\nansible_user=mover\n")
     hosts = inventory.load(str(inv))
     assert sorted(hosts) == ["a", "b"]
-    assert hosts["a"].slots == 3 and hosts["b"].slots == inventory.DEFAULT_SLOTS
+    assert hosts["a"].slots == 3 and hosts["b"].slots == defaults.SLOTS
     aliases = hosts["b"].aliases()
     assert list(aliases) == ["b--slot1", "b--slot2"]
     assert all(v["ansible_host"] == "10.9.9.9" and v["ansible_user"] == "mover"

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from ledger import batches, db, migration
-from ledger.batches import Report
-from ledger.walkqueue import Cut, WalkQueue
+from fleetsync.ledger import batches, db, migration
+from fleetsync.ledger.batches import Report
+from fleetsync.ledger.walkqueue import Cut, WalkQueue
 
 
 def new_ledger(path: str, n_batches: int):
@@ -90,8 +90,8 @@ def run_history(conn, steps) -> None:
             waiting = sorted(t for t, (s, _) in state.items() if s == "pending")
             assert [c.task_id for c in got] == waiting[:n + 1]
             for c in got:
-                assert c.claim == state[c.task_id][1] + 1
-                state[c.task_id] = ("running", c.claim)
+                assert c.claim_no == state[c.task_id][1] + 1
+                state[c.task_id] = ("running", c.claim_no)
         elif op in ("succeed", "retry", "fail", "release") and running:
             task_id = running[pick % len(running)]
             rep = report(task_id, state[task_id][1], {"succeed": 0, "retry": 23,
@@ -132,7 +132,7 @@ def transition(conn, op: str, rep: Report) -> bool:
         return batches.retry(conn, rep, 1)
     if op == "fail":
         return batches.fail(conn, rep, 3)
-    return batches.release(conn, Report(rep.task_id, rep.claim, rep.worker_id, None), "lost")
+    return batches.release(conn, Report(rep.task_id, rep.claim_no, rep.worker_id, None), "lost")
 
 
 def _hammer(path: str, worker: str, seed: int, rounds: int) -> None:
@@ -144,12 +144,12 @@ def _hammer(path: str, worker: str, seed: int, rounds: int) -> None:
         for _ in range(rounds):
             for c in batches.claim(conn, worker, rnd.randint(1, 3)):
                 op = rnd.choice(["succeed", "retry", "retry", "fail", "release"])
-                rep = Report(c.task_id, c.claim, worker, {"succeed": 0, "retry": 23,
+                rep = Report(c.task_id, c.claim_no, worker, {"succeed": 0, "retry": 23,
                                                           "fail": 2, "release": None}[op])
                 ok &= transition(conn, op, rep)
                 ok &= not transition(conn, op, rep)                        # duplicate
                 ok &= not transition(conn, rnd.choice(["succeed", "fail"]),
-                                     Report(c.task_id, c.claim - 1, worker, 0))  # late
+                                     Report(c.task_id, c.claim_no - 1, worker, 0))  # late
     engine.dispose()
     os._exit(0 if ok else 1)
 
@@ -186,7 +186,7 @@ def test_attempts_and_batches_cannot_be_rewritten(tmp_path):
     engine = new_ledger(str(tmp_path / "ledger.db"), 2)
     with engine.connect() as conn:
         [c] = batches.claim(conn, "w")
-        assert batches.fail(conn, report(c.task_id, c.claim, 2), 0)
+        assert batches.fail(conn, report(c.task_id, c.claim_no, 2), 0)
         for sql, why in [("UPDATE attempts SET rsync_exit_code = 0", "never changed"),
                          ("DELETE FROM attempts", "never deleted"),
                          ("DELETE FROM batches WHERE task_id = 1", "never deleted")]:
@@ -203,12 +203,12 @@ def test_a_finished_batch_never_goes_back(tmp_path):
     engine = new_ledger(str(tmp_path / "ledger.db"), 1)
     with engine.connect() as conn:
         [c] = batches.claim(conn, "w")
-        rep = report(c.task_id, c.claim)
+        rep = report(c.task_id, c.claim_no)
         assert batches.succeed(conn, rep)
         before = snapshot(conn)
-        assert not batches.retry(conn, report(c.task_id, c.claim, 23), 1)
-        assert not batches.release(conn, report(c.task_id, c.claim, None), "lost")
-        assert not batches.fail(conn, report(c.task_id, c.claim, 2), 1)
+        assert not batches.retry(conn, report(c.task_id, c.claim_no, 23), 1)
+        assert not batches.release(conn, report(c.task_id, c.claim_no, None), "lost")
+        assert not batches.fail(conn, report(c.task_id, c.claim_no, 2), 1)
         assert not batches.succeed(conn, rep)
         assert batches.claim(conn, "w") == []
         assert batches.release_all(conn, "restart") == []

@@ -1,4 +1,4 @@
-from controller.policy import Policy, Verdict
+from fleetsync.controller.policy import Policy, Verdict
 
 
 def test_success_retry_and_give_up():

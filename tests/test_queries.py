@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from ledger import batches, db, migration, queries, schema
-from ledger.batches import Report
+from fleetsync.ledger import batches, db, producers, queries, schema
+from fleetsync.ledger.batches import Report
 
 
 def enqueue(conn, n: int, files: int = 10, dirs: int = 1, size: int = 1000) -> None:
@@ -54,11 +54,11 @@ def test_counts_follow_every_transition(ledger):
     path, conn = ledger
     enqueue(conn, 10)
     claims = batches.claim(conn, "w1", limit=5)
-    batches.succeed(conn, Report(claims[0].task_id, claims[0].claim, "w1", 0))
-    batches.succeed(conn, Report(claims[1].task_id, claims[1].claim, "w1", 0))
-    batches.retry(conn, Report(claims[2].task_id, claims[2].claim, "w1", 23), 1)
-    batches.fail(conn, Report(claims[3].task_id, claims[3].claim, "w1", 2), 0)
-    batches.release(conn, Report(claims[4].task_id, claims[4].claim, "w1", None), "lost")
+    batches.succeed(conn, Report(claims[0].task_id, claims[0].claim_no, "w1", 0))
+    batches.succeed(conn, Report(claims[1].task_id, claims[1].claim_no, "w1", 0))
+    batches.retry(conn, Report(claims[2].task_id, claims[2].claim_no, "w1", 23), 1)
+    batches.fail(conn, Report(claims[3].task_id, claims[3].claim_no, "w1", 2), 0)
+    batches.release(conn, Report(claims[4].task_id, claims[4].claim_no, "w1", None), "lost")
     batches.claim(conn, "w2", limit=2)          # two running now
     assert truth(conn) == {"pending": 5, "running": 2, "succeeded": 2, "failed": 1}
     with db.reader(path).connect() as ro:
@@ -72,9 +72,9 @@ def test_counts_match_a_full_scan(ledger):
     enqueue(conn, 25, files=3, dirs=2, size=7)
     for i, c in enumerate(batches.claim(conn, "w", limit=20)):
         if i % 3 == 0:
-            batches.succeed(conn, Report(c.task_id, c.claim, "w", 0))
+            batches.succeed(conn, Report(c.task_id, c.claim_no, "w", 0))
         elif i % 3 == 1:
-            batches.fail(conn, Report(c.task_id, c.claim, "w", 1), 0)
+            batches.fail(conn, Report(c.task_id, c.claim_no, "w", 1), 0)
     real = truth(conn)
     with db.reader(path).connect() as ro:
         s, p = queries.status(ro), queries.progress(ro)
@@ -90,7 +90,7 @@ def test_counts_match_a_full_scan(ledger):
 
 def test_producers_done_counts_finished_producers(ledger):
     path, conn = ledger
-    migration.start_producers(conn, 3)
+    producers.start(conn, 3)
     with conn.begin():
         conn.execute(text("UPDATE producers SET state = 'done' WHERE producer_id IN (1, 3)"))
     with db.reader(path).connect() as ro:
@@ -102,8 +102,8 @@ def test_throughput_rounds_and_divides_by_the_elapsed_it_shows(ledger):
     enqueue(conn, 1, files=12034, size=9876543210)
     enqueue(conn, 1, files=5, size=5)
     (c, other) = batches.claim(conn, "w", limit=2)
-    batches.succeed(conn, Report(c.task_id, c.claim, "w", 0))
-    batches.fail(conn, Report(other.task_id, other.claim, "w", 2), 0)
+    batches.succeed(conn, Report(c.task_id, c.claim_no, "w", 0))
+    batches.fail(conn, Report(other.task_id, other.claim_no, "w", 2), 0)
     with conn.begin():   # 70.0 s of earlier runs, and a live run started 7.24 s ago
         conn.execute(text("UPDATE migration SET elapsed_before = 70.0, "
                           "run_started_ts = 1000.0, run_heartbeat_ts = 1005.0"))
@@ -167,7 +167,7 @@ def _attempts(conn, n: int) -> None:
     for i in range(n):
         worker = ("w1", "w2", "w3")[i % 3]
         (c,) = batches.claim(conn, worker)
-        report = Report(c.task_id, c.claim, worker, 0, bytes_sent=10, bytes_received=20,
+        report = Report(c.task_id, c.claim_no, worker, 0, bytes_sent=10, bytes_received=20,
                         start_ts=1.5, end_ts=2.5, errors=["x"] if i % 3 else [])
         if i % 3 == 0:
             batches.succeed(conn, report)
@@ -260,7 +260,7 @@ def test_batch_detail_shows_any_path_bytes(ledger):
         conn.execute(insert(schema.batch_files), [
             dict(task_id=1, path=p, is_dir=int(p == b"dir"), size=len(p)) for p in names])
     (c,) = batches.claim(conn, "w1")
-    batches.retry(conn, Report(c.task_id, c.claim, "w1", 24), 1)
+    batches.retry(conn, Report(c.task_id, c.claim_no, "w1", 24), 1)
     with db.reader(path).connect() as ro:
         found = queries.batch(ro, 1)
         assert found["batch"]["task_id"] == 1 and found["batch"]["state"] == "pending"
@@ -318,7 +318,7 @@ def test_a_requeue_is_a_result_too(ledger):
     path, conn = ledger
     enqueue(conn, 1)
     (c,) = batches.claim(conn, "w1")
-    batches.fail(conn, Report(c.task_id, c.claim, "w1", 2), 0)
+    batches.fail(conn, Report(c.task_id, c.claim_no, "w1", 2), 0)
     assert batches.requeue(conn, None, "operator says so") == [1]
     with db.reader(path).connect() as ro:
         page = queries.results(ro, status="requeued")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import os
 
-from controller import slot, transfer
-from controller.producers import Walk
-from controller.walk import Limits
-from ledger import batches, db, dirpass, migration, workers
+from fleetsync.controller import rsync, slot
+from fleetsync.controller.walk import Walk
+from fleetsync.controller.producer import Limits
+from fleetsync.ledger import batches, db, dirpass, migration, workers
 
 
 def ledger_with_batches(tmp_path, files=6, per_batch=2):
@@ -38,7 +38,7 @@ def test_claims_in_order_then_directory_pass_then_stop(tmp_path):
     assert seen == list(range(1, total + 1))
     with engine.connect() as conn:
         for c in batches.running_claims(conn):
-            batches.succeed(conn, batches.Report(c.task_id, c.claim, "w1", 0))
+            batches.succeed(conn, batches.Report(c.task_id, c.claim_no, "w1", 0))
     # Every batch done: the slots share the directory pass, then stop.
     dirs = nxt(path, tmp_path)
     assert "task=0" in dirs and "kind=dirs" in dirs and "--files-from" in dirs
@@ -76,5 +76,5 @@ def test_the_command_carries_the_run_marker(tmp_path):
     path, engine = ledger_with_batches(tmp_path)
     with engine.connect() as conn:
         mig = migration.load(conn)
-    assert transfer.marker(mig.migration_id, "tok") in nxt(path, tmp_path)
+    assert rsync.marker(mig.migration_id, "tok") in nxt(path, tmp_path)
     assert os.path.exists(path)

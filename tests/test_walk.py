@@ -12,18 +12,18 @@ import time
 
 import pytest
 
-import controller.walk as walk_module
-from controller.producers import Walk
-from controller.walk import Limits
+import fleetsync.controller.producer as producer_module
+from fleetsync.controller.walk import Walk
+from fleetsync.controller.producer import Limits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A walk in its own process, so that a test can kill it with -9 at any instant.
 WALK_CHILD = """
 import sys
-import controller.walk as walk_module
-from controller.producers import Walk
-from controller.walk import Limits
+import fleetsync.controller.producer as producer_module
+from fleetsync.controller.walk import Walk
+from fleetsync.controller.producer import Limits
 ledger, src, count, entries = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 walk = Walk(ledger, src, count, Limits(entries=entries))
 walk.start()
@@ -343,7 +343,7 @@ def test_a_crashed_producer_hands_its_directories_to_the_others(tmp_path, make_l
                                                                monkeypatch):
     src = os.fsencode(tmp_path / "src")
     make_wide_tree(src, dirs=40, files=20, fanout=4)
-    real_list_dir = walk_module.Producer.list_dir
+    real_list_dir = producer_module.Producer.list_dir
 
     crashed = tmp_path / "crashed"
 
@@ -353,7 +353,7 @@ def test_a_crashed_producer_hands_its_directories_to_the_others(tmp_path, make_l
             raise RuntimeError("injected bug")
         return real_list_dir(self, d)
 
-    monkeypatch.setattr(walk_module.Producer, "list_dir", list_dir)
+    monkeypatch.setattr(producer_module.Producer, "list_dir", list_dir)
     ledger = make_ledger(src)
     walk = Walk(ledger, os.fsdecode(src), 2, Limits(entries=30))
     walk.start()
@@ -370,7 +370,7 @@ def test_a_producer_killed_from_outside_is_replaced(tmp_path, make_ledger, monke
     src = os.fsencode(tmp_path / "src")
     make_wide_tree(src, dirs=40, files=20, fanout=4)
     stuck = tmp_path / "stuck"
-    real_list_dir = walk_module.Producer.list_dir
+    real_list_dir = producer_module.Producer.list_dir
 
     def list_dir(self, d):        # the producer hangs once, holding its claimed directories
         if not stuck.exists():
@@ -378,7 +378,7 @@ def test_a_producer_killed_from_outside_is_replaced(tmp_path, make_ledger, monke
             time.sleep(3600)
         return real_list_dir(self, d)
 
-    monkeypatch.setattr(walk_module.Producer, "list_dir", list_dir)
+    monkeypatch.setattr(producer_module.Producer, "list_dir", list_dir)
     ledger = make_ledger(src)
     walk = Walk(ledger, os.fsdecode(src), 1, Limits(entries=30))
     walk.start()

@@ -2,7 +2,7 @@
 
 Ansible templates a loop item just before running it, so this lookup runs
 once per item, on the controller, and hands the slot whatever batch is
-waiting now. The logic lives in controller/slot.py; this is the shim.
+waiting now. The logic lives in fleetsync.controller.slot; this is the shim.
 """
 from ansible.errors import AnsibleError
 from ansible.plugins.lookup import LookupBase
@@ -20,7 +20,8 @@ options:
 
 class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
-        from controller import slot
+        from fleetsync.controller import slot
+        from fleetsync.ledger.states import DeleteMode, OutcomeKind
 
         v = variables or {}
         try:
@@ -28,7 +29,7 @@ class LookupModule(LookupBase):
             return [slot.next_command(v["fleetsync_ledger"], worker_id,
                                       v["fleetsync_stop_file"], v["fleetsync_run_token"],
                                       list(v["fleetsync_rsync_options"]),
-                                      v.get("fleetsync_mode", "copy"),
-                                      v.get("fleetsync_delete", "off"))]
+                                      OutcomeKind(v.get("fleetsync_mode", "copy")),
+                                      DeleteMode(v.get("fleetsync_delete", "off")))]
         except Exception as e:  # an exception here would fail the host; say why instead
             raise AnsibleError(f"fleetsync_claim: {type(e).__name__}: {e}") from e

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from controller import transfer
+from fleetsync.controller import outcome, rsync
 
 
 def run_command(cmd: str) -> str:
@@ -18,10 +18,10 @@ def test_the_command_copies_odd_names_and_reports(tmp_path):
     names = [b"new\nline", b"-dash", b"\xff\xfe", b"sp ace", b"q'\"$(x)`y`"]
     for n in names:
         (src / os.fsdecode(n)).write_bytes(n)
-    cmd = transfer.batch_command(7, 3, names, str(src), str(dest),
-                                 transfer.DEFAULT_RSYNC_OPTIONS, "fleetsync:m:t", 100)
-    out = transfer.parse(run_command(cmd))
-    assert (out.task_id, out.claim, out.rsync_exit_code) == (7, 3, 0)
+    cmd = rsync.batch_command(7, 3, names, str(src), str(dest),
+                                 rsync.DEFAULT_RSYNC_OPTIONS, "fleetsync:m:t", 100)
+    out = outcome.parse(run_command(cmd))
+    assert (out.task_id, out.claim_no, out.rsync_exit_code) == (7, 3, 0)
     assert out.end_ts >= out.start_ts > 0
     assert out.bytes_sent > 0 and out.bytes_received > 0
     assert out.errors == []
@@ -32,11 +32,11 @@ def test_a_damaged_list_never_runs_rsync(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a").write_text("a")
-    cmd = transfer.batch_command(1, 1, [b"a"], str(src), str(tmp_path / "dest"), ["-a"], "m", 0)
-    b64, _ = transfer.encode_list([b"a"])
-    damaged = cmd.replace(b64, transfer.encode_list([b"a", b"b"])[0])   # a longer list
-    out = transfer.parse(run_command(damaged))
-    assert out.rsync_exit_code == transfer.LIST_DAMAGED
+    cmd = rsync.batch_command(1, 1, [b"a"], str(src), str(tmp_path / "dest"), ["-a"], "m", 0)
+    b64, _ = rsync.encode_list([b"a"])
+    damaged = cmd.replace(b64, rsync.encode_list([b"a", b"b"])[0])   # a longer list
+    out = outcome.parse(run_command(damaged))
+    assert out.rsync_exit_code == rsync.LIST_DAMAGED
     assert not (tmp_path / "dest").exists()
 
 
@@ -44,31 +44,31 @@ def test_a_listed_file_that_vanished_is_exit_24(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "here").write_text("x")
-    cmd = transfer.batch_command(2, 1, [b"here", b"gone"], str(src), str(tmp_path / "d"),
+    cmd = rsync.batch_command(2, 1, [b"here", b"gone"], str(src), str(tmp_path / "d"),
                                  ["-a"], "m", 0)
-    out = transfer.parse(run_command(cmd))
+    out = outcome.parse(run_command(cmd))
     assert out.rsync_exit_code == 24
     assert any("gone" in e for e in out.errors)
     assert (tmp_path / "d" / "here").exists()
 
 
 def test_other_errors_keep_their_exit_code(tmp_path):
-    cmd = transfer.batch_command(3, 1, [b"x"], str(tmp_path / "nosrc"), str(tmp_path / "d"),
+    cmd = rsync.batch_command(3, 1, [b"x"], str(tmp_path / "nosrc"), str(tmp_path / "d"),
                                  ["-a", "--no-such-option"], "m", 0)
-    out = transfer.parse(run_command(cmd))
+    out = outcome.parse(run_command(cmd))
     assert out.rsync_exit_code == 1
     assert out.errors
 
 
 def test_parse_without_a_batch_is_none():
-    assert transfer.parse("@@fleetsync idle\n") is None
-    assert transfer.parse("") is None
+    assert outcome.parse("@@fleetsync idle\n") is None
+    assert outcome.parse("") is None
 
 
 def test_long_lists_stay_under_the_argument_limit():
     # 64 KiB of incompressible names (the walk's limit) still fits one argument.
     names = [os.urandom(255).replace(b"\0", b"x").replace(b"/", b"y") for _ in range(260)]
-    cmd = transfer.batch_command(1, 1, names, "/s", "/d", ["-a"], "m", 0)
+    cmd = rsync.batch_command(1, 1, names, "/s", "/d", ["-a"], "m", 0)
     assert sum(len(n) + 1 for n in names) >= 64 * 1024
     assert len(cmd.encode()) < 128 * 1024
 
@@ -79,11 +79,11 @@ def test_src_itself_never_drags_the_top_level_along(tmp_path):
     (src / "top-file").write_text("x")
     (src / "sub" / "f").write_text("y")
     os.utime(src, (1_000_000_000, 1_000_000_000))
-    out = transfer.parse(run_command(transfer.batch_command(
+    out = outcome.parse(run_command(rsync.batch_command(
         1, 1, [b"."], str(src), str(dest), ["-a"], "m", 0)))
     assert out.rsync_exit_code == 0
     assert not (dest / "top-file").exists()
-    out = transfer.parse(run_command(transfer.root_command(str(src), str(dest), ["-a"], "m")))
+    out = outcome.parse(run_command(rsync.root_command(str(src), str(dest), ["-a"], "m")))
     assert (out.kind, out.rsync_exit_code) == ("dirs", 0)
     assert os.listdir(dest) == [] and os.stat(dest).st_mtime == 1_000_000_000
 
@@ -93,12 +93,12 @@ def test_the_directory_pass_removes_a_dead_rsyncs_temporary_files_only(tmp_path)
     (src / "d").mkdir(parents=True)
     (src / "d" / "f").write_text("f")
     (src / "d" / ".real.abcdef").write_text("a real file with a temp-like name")
-    out = transfer.parse(run_command(transfer.batch_command(
+    out = outcome.parse(run_command(rsync.batch_command(
         1, 1, [b".", b"d", b"d/f", b"d/.real.abcdef"], str(src), str(dest), ["-a"], "m", 0)))
     assert out.rsync_exit_code == 0
     (dest / "d" / ".f.Xy12Zq").write_text("half a file")     # what rsync -9'd leaves
     (dest / "d" / "operator-file").write_text("not ours to delete")
-    outs = transfer.parse_all(run_command(transfer.dirs_command(
+    outs = outcome.parse_all(run_command(rsync.dirs_command(
         [b".", b"d"], str(src), str(dest), ["-a"], "m", "off", {b"d"})))
     assert [o.kind for o in outs] == ["clean", "dirs", "dirs"]
     assert all(o.rsync_exit_code == 0 for o in outs)

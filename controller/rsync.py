@@ -1,4 +1,6 @@
-"""The shell command one batch runs on a worker host, and what its output says.
+"""The shell commands a worker host runs: a batch, a check, a part of the directory pass.
+
+Their output is read by controller/outcome.py.
 
 The file list never meets a shell: it travels NUL-separated, gzip-compressed
 and base64-encoded inside the command, is decoded into a temporary file on the
@@ -20,10 +22,10 @@ rsync options (the defaults, changed with --rsync-option):
 from __future__ import annotations
 
 import base64
-import re
 import shlex
 import zlib
-from dataclasses import dataclass, field
+
+from fleetsync.ledger.states import DeleteMode, OutcomeKind
 
 DEFAULT_RSYNC_OPTIONS = ["--archive", "--numeric-ids", "--hard-links"]
 IO_TIMEOUT = 300          # rsync --timeout: seconds without any I/O
@@ -68,7 +70,7 @@ def encode_list(paths: list[bytes]) -> tuple[str, int]:
 
 def batch_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: str,
                   options: list[str], mark: str, estimated_bytes: int,
-                  kind: str = "copy", guard: str | None = None) -> str:
+                  kind: OutcomeKind = OutcomeKind.COPY, guard: str | None = None) -> str:
     """The command for one batch: decode the list, check it, run rsync, report.
     guard: a shell test that must hold for rsync to run (else exit GUARD_FAILED)."""
     # SRC itself (".") cannot ride in a --files-from list: rsync would take the
@@ -83,7 +85,7 @@ def batch_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: 
             + f"else timeout -k 30 {batch_seconds(estimated_bytes)} {rsync} 2>&1; "
             "rc=$?; fi")
     return "; ".join([
-        f"echo {MARK} begin task={task_id} claim={claim} kind={kind} start=$(date +%s.%N)",
+        f"echo {MARK} begin task={task_id} claim={claim} kind={kind.value} start=$(date +%s.%N)",
         'f=$(mktemp "${TMPDIR:-/tmp}/fleetsync.XXXXXX") || exit 1',
         f'echo {b64} | base64 -d | gzip -dc > "$f"',
         body,
@@ -93,7 +95,7 @@ def batch_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: 
 
 
 def _delete_command(dirs: list[bytes], src: str, dest: str, options: list[str], mark: str,
-                    kind: str, extra: list[str]) -> str:
+                    kind: OutcomeKind, extra: list[str]) -> str:
     # "D/." makes rsync compare D's entries; --existing --ignore-existing copy
     # nothing, so only --delete acts, and only inside the listed directories.
     listed = [b"./." if p == b"." else p + b"/." for p in dirs]
@@ -105,22 +107,22 @@ def _delete_command(dirs: list[bytes], src: str, dest: str, options: list[str], 
 
 
 def dirs_command(paths: list[bytes], src: str, dest: str, options: list[str], mark: str,
-                 delete: str = "off", dirty: set[bytes] = frozenset()) -> str:
+                 delete: DeleteMode = DeleteMode.OFF, dirty: set[bytes] = frozenset()) -> str:
     """One part of the directory pass. First, with --delete, remove from these
     directories of DEST what is no longer in SRC; without it, remove only the
     temporary files (.NAME.XXXXXX) that a killed rsync left in the dirty ones.
     Then send the directories alone (no recursion) to set their modes and times,
     which the files landing inside them and the deletions disturbed; SRC itself
     last, when it is in the part."""
-    parts = []
-    if delete != "off":
-        parts.append(_delete_command(paths, src, dest, options, mark, "delete",
-                                     ["--dry-run"] if delete == "dry-run" else []))
+    parts, delete = [], DeleteMode(delete)
+    if delete is not DeleteMode.OFF:
+        parts.append(_delete_command(paths, src, dest, options, mark, OutcomeKind.DELETE,
+                                     ["--dry-run"] if delete is DeleteMode.DRY_RUN else []))
     elif dirty.intersection(paths):
         # Protect every name but rsync's temporary ones (a name in SRC is never extraneous).
         parts.append(_delete_command([p for p in paths if p in dirty], src, dest, options,
-                                     mark, "clean", ["--filter=P! .*.??????"]))
-    parts.append(batch_command(0, 0, paths, src, dest, [*options, "--dirs"], mark, 0, "dirs"))
+                                     mark, OutcomeKind.CLEAN, ["--filter=P! .*.??????"]))
+    parts.append(batch_command(0, 0, paths, src, dest, [*options, "--dirs"], mark, 0, OutcomeKind.DIRS))
     if b"." in paths:
         parts.append(root_command(src, dest, options, mark))
     return "; ".join(parts)
@@ -130,7 +132,7 @@ def root_command(src: str, dest: str, options: list[str], mark: str) -> str:
     """SRC's own mode and times onto DEST: the top directory with every entry excluded."""
     rsync = _rsync([*options, "--dirs", "--exclude=*"], src, dest, mark)
     return "; ".join([
-        f"echo {MARK} begin task=0 claim=0 kind=dirs start=$(date +%s.%N)",
+        f"echo {MARK} begin task=0 claim=0 kind={OutcomeKind.DIRS.value} start=$(date +%s.%N)",
         f"timeout -k 30 {MIN_BATCH_SECONDS} {rsync} 2>&1; rc=$?",
         f"echo {MARK} end task=0 claim=0 rc=$rc end=$(date +%s.%N)",
     ])
@@ -145,65 +147,4 @@ def verify_command(task_id: int, claim: int, paths: list[bytes], src: str, dest:
     per entry that differs, --dry-run) what a copy would change."""
     return batch_command(task_id, claim, paths, src, dest,
                          [*options, "--checksum", "--dry-run", f"--out-format={ITEM}%i %n"],
-                         mark, estimated_bytes * 2, "verify")
-
-
-@dataclass
-class Outcome:
-    """One batch's result as parsed from the worker's output."""
-    task_id: int
-    claim: int
-    rsync_exit_code: int | None
-    kind: str = "copy"
-    itemized: list[str] = field(default_factory=list)   # verify: differences; delete: deletions
-    start_ts: float | None = None
-    end_ts: float | None = None
-    bytes_sent: int | None = None
-    bytes_received: int | None = None
-    errors: list[str] = field(default_factory=list)
-
-
-_BEGIN = re.compile(rf"^{MARK} begin task=(\d+) claim=(\d+) kind=(\w+) start=([\d.]+)", re.M)
-_END = re.compile(rf"^{MARK} end task=(\d+) claim=(\d+) rc=(\d+) end=([\d.]+)", re.M)
-_STAT = re.compile(r"^Total bytes (sent|received): ([\d,]+)", re.M)
-_VANISHED = re.compile(r'^rsync: \[sender\] link_stat ".*" failed: No such file or directory'
-                       r"|^file has vanished: ")
-VANISHED_EXIT = 24
-
-
-def parse(stdout: str) -> Outcome | None:
-    """The outcome of one batch, or None when the output holds no batch."""
-    found = parse_all(stdout)
-    return found[0] if found else None
-
-
-def parse_all(stdout: str) -> list[Outcome]:
-    """Every rsync a command ran (a directory-pass part runs up to three), in order."""
-    starts = [m.start() for m in _BEGIN.finditer(stdout)]
-    return [_parse_one(stdout[a:b]) for a, b in zip(starts, starts[1:] + [len(stdout)])]
-
-
-def _parse_one(text: str) -> Outcome:
-    begin = _BEGIN.search(text)
-    out = Outcome(int(begin[1]), int(begin[2]), None, kind=begin[3], start_ts=float(begin[4]))
-    end = _END.search(text)
-    if end:
-        out.rsync_exit_code = int(end[3])
-        out.end_ts = float(end[4])
-    for kind, value in _STAT.findall(text):
-        setattr(out, f"bytes_{kind}", int(value.replace(",", "")))
-    lines = text.splitlines()
-    out.errors = [line for line in lines
-                  if line.startswith(("rsync:", "rsync error:", "fleetsync:", "timeout:",
-                                      "file has vanished:"))]
-    out.itemized = [line[len(ITEM):] for line in lines if line.startswith(ITEM)]
-    if out.rsync_exit_code == 23 and _only_vanished(out.errors):
-        # rsync says 23 for a listed file that no longer exists; it is the same
-        # event as exit 24 ("vanished source files") and gets the same policy.
-        out.rsync_exit_code = VANISHED_EXIT
-    return out
-
-
-def _only_vanished(errors: list[str]) -> bool:
-    real = [e for e in errors if not e.startswith("rsync error:")]
-    return bool(real) and all(_VANISHED.search(e) for e in real)
+                         mark, estimated_bytes * 2, OutcomeKind.VERIFY)

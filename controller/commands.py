@@ -1,4 +1,5 @@
-"""What `fleetsync run`, `serve` and `status` do, once the arguments are parsed."""
+"""What each `fleetsync` command does once controller/cli.py has parsed its arguments:
+run, verify, retry, bwlimit, serve and status (one function each, named after it)."""
 from __future__ import annotations
 
 import os
@@ -7,16 +8,18 @@ import sys
 import threading
 import time
 
-from ledger import batches, db, dirpass, migration, verify
+from fleetsync.ledger import batches, db, deletions, migration, queries
+from fleetsync.ledger import verify as verifications
+from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
 from . import inventory, progress, sizes
 from .dispatch import Dispatcher, Settings
 from .errors import UsageError
-from .hostrun import ansible_env, kill_leftovers
+from .hostrun import kill_leftovers
 from .policy import Policy
-from .producers import Walk
-from .transfer import DEFAULT_RSYNC_OPTIONS
-from .walk import Limits
+from .producer import Limits
+from .rsync import DEFAULT_RSYNC_OPTIONS
+from .walk import Walk
 
 
 def _check_paths(src: str, dest: str) -> tuple[str, str]:
@@ -37,16 +40,16 @@ def _check_paths(src: str, dest: str) -> tuple[str, str]:
     return src, dest
 
 
-def _check_delete(args, src: str) -> str:
-    """off | on | dry-run; --delete is refused when SRC looks empty or unmounted, since
-    it would then empty DEST."""
+def _check_delete(args, src: str) -> DeleteMode:
+    """--delete is refused when SRC looks empty or unmounted, since it would then
+    empty DEST."""
     if not (args.delete or args.delete_dry_run):
-        return "off"
+        return DeleteMode.OFF
     with os.scandir(src) as it:
         if next(it, None) is None:
             raise UsageError(f"SRC {src} is empty (not mounted?): refusing to delete "
                              "anything from DEST")
-    return "dry-run" if args.delete_dry_run else "on"
+    return DeleteMode.DRY_RUN if args.delete_dry_run else DeleteMode.ON
 
 
 def _limits(args) -> Limits:
@@ -61,8 +64,8 @@ def _limits(args) -> Limits:
 
 def _start_api(args, ledger_path: str):
     """The API in a thread of this process; None when it cannot bind (said once)."""
-    from api.app import make_app
-    from api.server import start_in_thread
+    from fleetsync.api.app import make_app
+    from fleetsync.api.server import start_in_thread
     try:
         return start_in_thread(make_app(ledger_path, token=args.token), args.bind, args.port)
     except OSError as e:
@@ -71,14 +74,14 @@ def _start_api(args, ledger_path: str):
         return None
 
 
-def run(args) -> int:
+def run(args, loading: inventory.Loading | None = None) -> int:
+    """`fleetsync run`: walk SRC, dispatch its batches, end with the directory pass.
+    loading: the inventory, when the caller started reading it already."""
     src, dest = _check_paths(args.src, args.dest)
     limits = _limits(args)
     bwlimit = sizes.parse(args.bwlimit) if args.bwlimit else None
     delete = _check_delete(args, src)
-    loading = getattr(args, "inventory_loading", None) or inventory.Loading(
-        args.inventory, dict(os.environ) | ansible_env())
-    hosts = loading.result()
+    hosts = (loading or inventory.Loading(args.inventory)).result()
     ledger_path = os.path.abspath(args.ledger)
     options = {"batch_files": limits.entries, "batch_bytes": limits.bytes}
     engine = db.writer(ledger_path)
@@ -119,15 +122,15 @@ def run(args) -> int:
         if api is not None:
             api.stop()
     with engine.connect() as conn:
-        left = batches.work_left(conn)
-        if left.finished:
+        if batches.work_left(conn).finished:
             migration.end_run(conn)
+    engine.dispose()
     return _summary(ledger_path, stopped.is_set(), delete, started)
 
 
 def _settings(args, ledger_path: str) -> Settings:
     return Settings(ledger_path, os.path.abspath(args.inventory),
-                    Policy(max_retries=getattr(args, "max_retries", 3)),
+                    Policy(max_retries=getattr(args, "max_retries", Policy.max_retries)),
                     [*DEFAULT_RSYNC_OPTIONS, *args.rsync_option],
                     items_per_run=args.items_per_run,
                     heartbeat_timeout=args.heartbeat_timeout)
@@ -151,58 +154,59 @@ def _stop_on_signals(dispatcher: Dispatcher) -> threading.Event:
 
 
 def _verify(settings: Settings, hosts, again: bool, stopped: threading.Event | None = None
-            ) -> dict[str, int]:
+            ) -> dict[VerifyState, int]:
     """Check succeeded batches on the workers; returns the counts per state."""
-    engine = db.writer(settings.ledger_path)
-    with engine.connect() as conn:
-        verify.release_worker(conn, None)     # checks a dead run had in hand
-        verify.enqueue(conn, again)
+    with db.connect(settings.ledger_path) as conn:
+        verifications.release_worker(conn, None)     # checks a dead run had in hand
+        verifications.enqueue(conn, again)
     dispatcher = Dispatcher(settings, None, hosts)
     if stopped is None:
         stopped = _stop_on_signals(dispatcher)
     try:
         if not stopped.is_set():
-            dispatcher.run("verify")
+            dispatcher.run(OutcomeKind.VERIFY)
     finally:
         dispatcher.close()
-    with engine.connect() as conn, conn.begin():
-        return verify.counts(conn)
+    with db.connect(settings.ledger_path, readonly=True) as conn, conn.begin():
+        return verifications.counts(conn)
 
 
-def verify_command(args) -> int:
+def verify(args) -> int:
+    """`fleetsync verify`: check succeeded batches with rsync's checksums (a dry run)."""
     ledger_path = _existing(args.ledger)
-    engine = db.writer(ledger_path)
-    with engine.connect() as conn:
+    with db.connect(ledger_path) as conn:
         mig = migration.load(conn)
         conn.rollback()
     if mig is None:
         raise UsageError(f"{args.ledger} holds no migration")
-    hosts = inventory.load(args.inventory, env=dict(os.environ) | ansible_env())
+    hosts = inventory.load(args.inventory)
     kill_leftovers(mig.migration_id)
     counts = _verify(_settings(args, ledger_path), hosts, args.again)
-    print(f"fleetsync: {counts['verified']} batches verified, {counts['differs']} differ, "
-          f"{counts['error']} could not be checked, {counts['pending']} not checked")
-    if args.requeue and counts["differs"]:
-        with engine.connect() as conn:
-            ids = verify.requeue_differences(conn)
+    print(f"fleetsync: {counts[VerifyState.VERIFIED]} batches verified, "
+          f"{counts[VerifyState.DIFFERS]} differ, {counts[VerifyState.ERROR]} could not be "
+          f"checked, {counts[VerifyState.PENDING]} not checked")
+    if args.requeue and counts[VerifyState.DIFFERS]:
+        with db.connect(ledger_path) as conn:
+            ids = verifications.requeue_differences(conn)
         print(f"fleetsync: {len(ids)} batches that differ are back in the queue; "
               "`fleetsync run` copies them")
-    return 0 if counts["differs"] == counts["error"] == counts["pending"] == 0 else 1
+    unsettled = (VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.PENDING)
+    return 1 if any(counts[s] for s in unsettled) else 0
 
 
-def _summary(ledger_path: str, stopped: bool, delete: str = "off", since: float = 0) -> int:
-    from ledger import queries
-    engine = db.reader(ledger_path)
-    with engine.connect() as conn, conn.begin():
+def _summary(ledger_path: str, stopped: bool, delete: DeleteMode = DeleteMode.OFF,
+             since: float = 0) -> int:
+    dry_run = delete is DeleteMode.DRY_RUN
+    with db.connect(ledger_path, readonly=True) as conn, conn.begin():
         st = queries.status(conn)
-        checked = verify.counts(conn)
-        deleted = dirpass.deletion_count(conn, delete == "dry-run", since)
+        checked = verifications.counts(conn)
+        deleted = deletions.count(conn, dry_run, since)
     print(f"fleetsync: {st['completed_batches']} of {st['total_batches']} batches succeeded, "
           f"{st['failed_batches']} failed, {st['queue_depth']} waiting"
-          + (f"; {checked['verified']} verified, {checked['differs']} differ"
-             if any(checked.values()) else "")
-          + (f"; {deleted} entries {'would be ' if delete == 'dry-run' else ''}deleted "
-             "from DEST (table deletions)" if delete != "off" else "")
+          + (f"; {checked[VerifyState.VERIFIED]} verified, "
+             f"{checked[VerifyState.DIFFERS]} differ" if any(checked.values()) else "")
+          + (f"; {deleted} entries {'would be ' if dry_run else ''}deleted "
+             "from DEST (table deletions)" if delete is not DeleteMode.OFF else "")
           + (" (stopped)" if stopped else ""))
     if stopped:
         return 1
@@ -210,8 +214,9 @@ def _summary(ledger_path: str, stopped: bool, delete: str = "off", since: float 
 
 
 def serve(args) -> int:
-    from api.app import make_app
-    from api.server import serve as serve_api
+    """`fleetsync serve`: the API of a ledger, running, finished or crashed."""
+    from fleetsync.api.app import make_app
+    from fleetsync.api.server import serve as serve_api
     serve_api(make_app(_existing(args.ledger), token=args.token), args.bind, args.port)
     return 0
 
@@ -223,11 +228,10 @@ def _existing(ledger_path: str) -> str:
 
 
 def status(args) -> int:
+    """`fleetsync status`: the progress line (or, --json, the API's numbers)."""
     import json
 
-    from ledger import queries
-    engine = db.reader(_existing(args.ledger))
-    with engine.connect() as conn, conn.begin():
+    with db.connect(_existing(args.ledger), readonly=True) as conn, conn.begin():
         if args.json:
             print(json.dumps(queries.summary(conn), indent=2))
         else:
@@ -236,8 +240,8 @@ def status(args) -> int:
 
 
 def retry(args) -> int:
-    engine = db.writer(_existing(args.ledger))
-    with engine.connect() as conn:
+    """`fleetsync retry`: failed (or named) batches back in the queue."""
+    with db.connect(_existing(args.ledger)) as conn:
         if migration.load(conn) is None:
             raise UsageError(f"{args.ledger} holds no migration")
         conn.rollback()
@@ -249,9 +253,9 @@ def retry(args) -> int:
 
 
 def bwlimit(args) -> int:
+    """`fleetsync bwlimit`: the fleet's bandwidth cap, also during a run."""
     rate = None if args.rate.lower() in ("off", "none", "0") else sizes.parse(args.rate)
-    engine = db.writer(_existing(args.ledger))
-    with engine.connect() as conn:
+    with db.connect(_existing(args.ledger)) as conn:
         migration.set_bwlimit(conn, rate)
     print(f"fleetsync: bandwidth cap {'off' if rate is None else args.rate + '/s'}; "
           "batches that start from now on share it")
