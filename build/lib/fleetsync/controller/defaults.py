@@ -1,0 +1,36 @@
+"""Every default of fleetsync, in one place: the CLI, the dispatcher, the walk and
+the docs read them from here.
+
+Why these values:
+- A batch of at most 500 entries or 100 MiB is about a second of rsync on a local
+  disk: long next to Ansible's cost per batch, short enough that a lost batch
+  costs little to copy again. 64 KiB of names keeps a batch's file list,
+  compressed and encoded, well under the 128 KiB one command argument may take.
+- 3 retries: a transient error (a network blip, a file changing under rsync)
+  rarely survives three; a persistent one should not hold the run up longer.
+- 120 s of silence, plus a held batch's bytes at 10 MiB/s, loses a host: longer
+  than any pause of a healthy rsync (ssh keepalives notice a dead link sooner).
+- The API binds 127.0.0.1: only the operator's explicit --bind opens it wider.
+"""
+from __future__ import annotations
+
+import os
+
+KiB, MiB = 1024, 1024 * 1024
+
+BATCH_FILES = 500              # entries per batch at most
+BATCH_BYTES = 100 * MiB        # bytes per batch at most
+BATCH_BYTES_TEXT = "100MiB"    # the same, as --batch-bytes shows it
+BATCH_NAME_BYTES = 64 * KiB    # bytes of names per batch at most
+
+PRODUCERS = os.cpu_count() or 2  # walker processes
+MAX_RETRIES = 3                # retries of a batch after a retryable rsync exit
+HEARTBEAT_TIMEOUT = 120.0      # seconds of silence that lose a host holding a batch
+STALL_RATE = 10 * MiB          # ...plus its held batch's bytes at this rate
+ITEMS_PER_RUN = 500            # loop items (batches) per slot per ansible-playbook run
+SLOTS = 2                      # batches a host copies at once (fleetsync_slots)
+
+LEDGER = "fleetsync.db"
+API_HOST = "127.0.0.1"
+API_PORT = 8000
+API_THREADS = 4

@@ -1,0 +1,356 @@
+"""The dispatcher: keeps every host of the inventory busy and records what happens.
+
+One thread owns the ledger connection of the controller. It starts one
+HostRun per usable host, turns runner events into heartbeats and batch
+transitions, notices lost hosts (unreachable, or silent while holding a
+batch), re-reads the inventory when it changes, and ends when the walk is done
+and nothing waits or runs.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from fleetsync.ledger import batches, db, deletions, dirpass, logbook, migration, verify, workers
+from fleetsync.ledger.batches import Report
+from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
+
+from . import defaults, inventory, outcome, rsync, slot
+from .hostrun import Event, HostRun
+from .outcome import Outcome
+from .policy import Policy, Verdict
+from .walk import Walk
+
+BACKOFF_FIRST, BACKOFF_MAX = 15.0, 600.0
+INVENTORY_EVERY = 2.0
+HEARTBEAT_EVERY = 1.0
+
+
+class DispatchError(Exception):
+    """The run cannot go on: no host can work (said in one line)."""
+
+
+@dataclass
+class Settings:
+    ledger_path: str
+    inventory_path: str
+    policy: Policy = field(default_factory=Policy)
+    rsync_options: list[str] = field(default_factory=lambda: list(rsync.DEFAULT_RSYNC_OPTIONS))
+    items_per_run: int = defaults.ITEMS_PER_RUN    # batches per ansible-playbook run and slot
+    # Silence, beyond a held batch's own time, that loses a host.
+    heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT
+    delete: DeleteMode = DeleteMode.OFF            # the directory pass deletes too
+    # This `fleetsync run`: carried in the command line of every process it starts,
+    # so that the next run can tell them from its own and kill them.
+    run_token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, walk: Walk | None,
+                 hosts: dict[str, inventory.Host] | None = None):
+        self.settings = settings
+        self.walk = walk
+        self.engine = db.writer(settings.ledger_path)
+        self.conn = self.engine.connect()
+        self.mig = migration.load(self.conn)
+        self.conn.rollback()
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.hosts: dict[str, inventory.Host] = hosts or {}
+        self.runs: dict[str, HostRun] = {}
+        self.backoff: dict[str, float] = {}
+        self.preflight_errors: dict[str, str] = {}
+        self.beats: dict[str, float] = {}
+        self.worker_of_host: dict[str, str] = {}
+        self.losses: dict[str, int] = {}
+        self.stopping = False
+        self._inventory_mtime = _mtime(settings.inventory_path) if hosts else None
+        self._next_inventory = self._next_beat = 0.0
+
+    # -- the loop ---------------------------------------------------------------
+    def run(self, mode: OutcomeKind = OutcomeKind.COPY) -> None:
+        """Dispatch until every batch is done and the directory pass has run (copy), or
+        until every succeeded batch is checked (verify)."""
+        self.mode = mode
+        while True:
+            now = time.time()
+            if now >= self._next_inventory:
+                self._reload_inventory()
+                self._next_inventory = now + INVENTORY_EVERY
+            self._finish_walk()
+            done = self._done()
+            if self.stopping or done:
+                for r in self.runs.values():
+                    r.drain()
+                if not self.runs:
+                    break
+            else:
+                self._start_runs()
+                self._check_silent(now)
+                self._check_hopeless()
+            self._handle_events(0.2)
+            if time.time() >= self._next_beat:
+                self._flush_heartbeats()
+        self._flush_heartbeats()
+
+    def _done(self) -> bool:
+        if self.mode is OutcomeKind.VERIFY:
+            with self.conn.begin():
+                c = verify.counts(self.conn)
+            return c[VerifyState.PENDING] == c[VerifyState.RUNNING] == 0
+        return batches.work_left(self.conn).finished and dirpass.done(self.conn)
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def _finish_walk(self) -> None:
+        if self.walk is None:
+            return
+        for _ in range(2):     # twice: a producer that died between the calls is replaced too
+            self.walk.watch()
+            if self.walk.running():
+                return
+        if not self.walk.join(0):
+            raise DispatchError("the walk of SRC failed; see the log in the ledger")
+        self.walk = None
+
+    # -- hosts --------------------------------------------------------------------
+    def _reload_inventory(self) -> None:
+        mtime = _mtime(self.settings.inventory_path)
+        if mtime == self._inventory_mtime and self.hosts:
+            return
+        self._inventory_mtime = mtime
+        try:
+            hosts = inventory.load(self.settings.inventory_path)
+        except inventory.InventoryError as e:
+            if not self.hosts:
+                raise
+            logbook.add(self.conn, "warning", f"{e}; keeping the hosts known before")
+            return
+        for name in set(self.hosts) - set(hosts):
+            logbook.add(self.conn, "info", f"host {name} left the inventory: no new batches")
+            workers.gone(self.conn, name)
+            if name in self.runs:
+                self.runs[name].drain()
+        for name in set(hosts) - set(self.hosts):
+            if self.hosts:
+                logbook.add(self.conn, "info", f"host {name} joined the inventory")
+        self.hosts = hosts
+
+    def _start_runs(self) -> None:
+        now = time.time()
+        for name, host in self.hosts.items():
+            if name in self.runs or self.backoff.get(name, 0) > now:
+                continue
+            # Enough loop items for a full share of batches, or for the whole
+            # directory pass (commands of >= 100 directories) on one slot.
+            items = max(self.settings.items_per_run, batches.directory_total(self.conn) // 100 + 10)
+            run = HostRun(host, self._extravars(), self.events, items)
+            run.start()
+            self.runs[name] = run
+
+    def _extravars(self) -> dict:
+        return {"fleetsync_ledger": os.path.abspath(self.settings.ledger_path),
+                "fleetsync_src": self.mig.src, "fleetsync_dest": self.mig.dest,
+                "fleetsync_migration_id": self.mig.migration_id,
+                "fleetsync_run_token": self.settings.run_token,
+                "fleetsync_rsync_options": self.settings.rsync_options,
+                "fleetsync_mode": self.mode.value, "fleetsync_delete": self.settings.delete.value}
+
+    def _lose(self, run: HostRun, why: str) -> None:
+        """The host is gone for now: its batches wait again, it rests before a retry."""
+        if run.lost:
+            return
+        run.lost = why
+        name = run.host.name
+        wid = run.worker_id or self.worker_of_host.get(name)
+        wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** self._count_loss(name))
+        self.backoff[name] = time.time() + wait
+        released = []
+        if batches.work_left(self.conn).finished:
+            dirpass.restart(self.conn)    # its part of the directory pass may be lost
+        if wid:
+            released = batches.release_worker(self.conn, wid, f"host {name} lost: {why}")
+            verify.release_worker(self.conn, wid)
+            workers.lost(self.conn, wid, time.time() + wait)
+        elif name not in self.preflight_errors:
+            self.preflight_errors[name] = f"unreachable: {why}"
+        logbook.add(self.conn, "warning", f"host {name} lost: {why}; {len(released)} "
+                    f"batches back to waiting; next try in {wait:.0f} s", worker_id=wid)
+        run.cancel()
+
+    def _count_loss(self, name: str) -> int:
+        """Count one more loss of this host; returns how often it was lost before in
+        this run (the back-off doubles with each)."""
+        self.losses[name] = self.losses.get(name, 0) + 1
+        return self.losses[name] - 1
+
+    def _check_silent(self, now: float) -> None:
+        for run in list(self.runs.values()):
+            if run.lost or not run.worker_id:
+                continue
+            held = batches.held_bytes(self.conn, run.worker_id)
+            if held is None:
+                continue
+            limit = self.settings.heartbeat_timeout + held / defaults.STALL_RATE
+            if now - run.last_event > limit:
+                self._lose(run, f"silent for {now - run.last_event:.0f} s while holding a batch")
+
+    def _check_hopeless(self) -> None:
+        """No host passed its preflight (each failed it or was unreachable before it)
+        and none is trying now: say why in one line rather than wait forever."""
+        if self.hosts and not self.runs and set(self.hosts) <= set(self.preflight_errors):
+            first = sorted(self.preflight_errors.items())[0]
+            raise DispatchError(f"no host can run the migration: host {first[0]}: {first[1]}")
+
+    # -- events -------------------------------------------------------------------
+    def _handle_events(self, wait: float) -> None:
+        deadline = time.time() + wait
+        while True:
+            try:
+                ev = self.events.get(timeout=max(0.0, deadline - time.time()))
+            except queue.Empty:
+                return
+            self._handle(ev)
+
+    def _handle(self, ev: Event) -> None:
+        run = ev.run
+        if ev.kind == "finished":
+            self._finished(run, ev.status)
+            return
+        run.last_event = ev.ts
+        if run.worker_id:
+            self.beats[run.worker_id] = ev.ts
+        if ev.kind == "runner_on_unreachable" or ev.res.get("unreachable"):
+            self._lose(run, _one_line(ev.res.get("msg") or "unreachable"))
+        elif ev.task == "preflight":
+            self._preflight(run, ev)
+        elif ev.task == "batches" and ev.kind == "runner_item_on_ok":
+            stdout = ev.res.get("stdout", "")
+            outcomes = outcome.parse_all(stdout)
+            for out in outcomes:
+                if run.worker_id:
+                    self._record(out, run.worker_id)
+            if not outcomes and not any(f"{rsync.MARK} {word}" in stdout
+                                        for word in ("idle", "stop")):
+                self._unreadable(run, stdout)
+        elif ev.task == "batches" and ev.kind in ("runner_on_failed", "runner_item_on_failed"):
+            logbook.add(self.conn, "error", f"host {run.host.name}: "
+                        + _one_line(ev.res.get("msg") or "dispatch failed"),
+                        worker_id=run.worker_id)
+
+    def _unreadable(self, run: HostRun, stdout: str) -> None:
+        """A batch item whose output names no batch: which batch it ran is unknown, so
+        the host's running batches wait again rather than stay running for ever (a
+        report that still comes for one of them no longer matches its claim)."""
+        released = (batches.release_worker(self.conn, run.worker_id, "unreadable output")
+                    if run.worker_id else [])
+        logbook.add(self.conn, "error", f"host {run.host.name}: unreadable batch output "
+                    f"({_one_line(stdout)[:200]!r}); {len(released)} batches back to waiting",
+                    worker_id=run.worker_id)
+
+    def _preflight(self, run: HostRun, ev: Event) -> None:
+        stdout = ev.res.get("stdout", "")
+        if ev.kind == "runner_on_ok" and run.worker_id is None:
+            run.worker_id = slot.parse_worker(stdout)
+            self.worker_of_host[run.host.name] = run.worker_id
+            self.preflight_errors.pop(run.host.name, None)
+            slots = self.hosts[run.host.name].slots if run.host.name in self.hosts else None
+            workers.seen(self.conn, run.worker_id, run.host.name, slots or run.host.slots)
+            self.beats[run.worker_id] = ev.ts
+            for line in stdout.splitlines():
+                if line.startswith(f"{rsync.MARK} killed"):
+                    logbook.add(self.conn, "warning", f"host {run.host.name}: {line[12:]}",
+                                worker_id=run.worker_id)
+        elif ev.kind == "runner_on_failed":
+            errors = [ln[len(rsync.MARK) + 7:] for ln in stdout.splitlines()
+                      if ln.startswith(f"{rsync.MARK} error ")]
+            why = "; ".join(errors) or _one_line(ev.res.get("msg") or stdout or "failed")
+            if run.host.name not in self.preflight_errors:
+                logbook.add(self.conn, "error", f"host {run.host.name} preflight: {why}")
+            self.preflight_errors[run.host.name] = why
+
+    def _record(self, out: Outcome, worker_id: str) -> None:
+        if out.kind is OutcomeKind.VERIFY:
+            verify.record(self.conn, out.task_id, out.claim_no, out.rsync_exit_code,
+                          out.itemized, out.errors)
+        elif out.kind in (OutcomeKind.DIRS, OutcomeKind.DELETE, OutcomeKind.CLEAN):
+            self._record_pass(out, worker_id)
+        else:
+            self._record_batch(out, worker_id)
+
+    def _record_batch(self, out: Outcome, worker_id: str) -> None:
+        report = Report(out.task_id, out.claim_no, worker_id, out.rsync_exit_code,
+                        out.bytes_sent, out.bytes_received, out.start_ts, out.end_ts,
+                        out.errors)
+        used = batches.retry_count_of(self.conn, out.task_id)
+        verdict = self.settings.policy.verdict(out.rsync_exit_code, used)
+        if verdict is Verdict.SUCCEED:
+            batches.succeed(self.conn, report)
+        elif verdict is Verdict.RETRY:
+            batches.retry(self.conn, report, used + 1)
+        else:
+            batches.fail(self.conn, report, used)
+
+    def _record_pass(self, out: Outcome, worker_id: str) -> None:
+        """A part of the directory pass: its deletions go to the ledger, errors to the log."""
+        if out.kind in (OutcomeKind.DELETE, OutcomeKind.CLEAN):
+            deleted = [line.split(" ", 1)[1].strip() for line in out.itemized
+                       if line.startswith("*deleting")]
+            dry_run = (out.kind is OutcomeKind.DELETE
+                       and self.settings.delete is DeleteMode.DRY_RUN)
+            deletions.record(self.conn, deleted, dry_run, worker_id)
+        if out.rsync_exit_code != 0:
+            logbook.add(self.conn, "error", f"directory pass ({out.kind.value}) "
+                        f"exit={out.rsync_exit_code}: " + "; ".join(out.errors[:3]),
+                        worker_id=worker_id)
+
+    def _finished(self, run: HostRun, status: str | None) -> None:
+        self.runs.pop(run.host.name, None)
+        name = run.host.name
+        wid = run.worker_id
+        if wid:
+            # A run that ended leaves nothing running on its host (a lookup of a
+            # lost host may have claimed one more batch while it was cancelled).
+            released = batches.release_worker(self.conn, wid, f"dispatch on {name} ended")
+            verify.release_worker(self.conn, wid)
+            if released and not self.stopping and not run.lost:
+                logbook.add(self.conn, "warning", f"host {name}: dispatch ended ({status}) "
+                            f"holding {len(released)} batches; back to waiting", worker_id=wid)
+        elif not run.lost and name not in self.preflight_errors:
+            self.preflight_errors[name] = f"dispatch ended before its preflight ({status})"
+            logbook.add(self.conn, "error", f"host {name}: {self.preflight_errors[name]}")
+        if name in self.preflight_errors:
+            self.backoff[name] = max(self.backoff.get(name, 0), time.time() + BACKOFF_FIRST)
+
+    def _flush_heartbeats(self) -> None:
+        workers.heartbeat(self.conn, self.beats)
+        migration.heartbeat(self.conn)
+        self.beats = {}
+        self._next_beat = time.time() + HEARTBEAT_EVERY
+
+    def close(self) -> None:
+        self.conn.close()
+        self.engine.dispose()
+
+
+def _mtime(path: str) -> int | None:
+    """Newest change of an inventory: the file or directory, and the group_vars and
+    host_vars that Ansible reads beside or inside it."""
+    base = path if os.path.isdir(path) else os.path.dirname(path)
+    newest = None
+    for top in (path, os.path.join(base, "group_vars"), os.path.join(base, "host_vars")):
+        for d, _, files in os.walk(top) if os.path.isdir(top) else [("", [], [top])]:
+            for name in files:
+                try:
+                    m = os.stat(os.path.join(d, name)).st_mtime_ns
+                except FileNotFoundError:   # removed since it was listed
+                    continue
+                newest = m if newest is None else max(newest, m)
+    return newest
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:500]

@@ -1,0 +1,106 @@
+"""The fleet as the operator's Ansible inventory describes it, re-read when it changes.
+
+`ansible-inventory --list` resolves groups, group_vars and host_vars exactly as
+ansible-playbook would. Each host runs as many batches at once as its
+`fleetsync_slots` variable says (default 2); a slot is an alias of the host in
+the runtime inventory handed to ansible-runner, so one playbook run drives all
+of a host's slots side by side.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from . import defaults
+from .environment import process_env
+
+SLOT_SEP = "--slot"
+
+
+class InventoryError(Exception):
+    pass
+
+
+@dataclass
+class Host:
+    name: str
+    vars: dict
+    slots: int
+
+    def aliases(self) -> dict[str, dict]:
+        """One inventory entry per slot, each a copy of the host."""
+        base = dict(self.vars)
+        base.setdefault("ansible_host", self.name)
+        return {f"{self.name}{SLOT_SEP}{i}": dict(base, fleetsync_host=self.name)
+                for i in range(1, self.slots + 1)}
+
+
+def host_of(alias: str) -> str:
+    return alias.rsplit(SLOT_SEP, 1)[0]
+
+
+class Loading:
+    """`ansible-inventory --list` running in the background (it takes about a second:
+    `fleetsync run` starts it first and checks everything else meanwhile)."""
+
+    def __init__(self, path: str, env: dict | None = None):
+        self.path = path
+        self.proc = None
+        if os.path.exists(path):
+            exe = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")
+            self.proc = subprocess.Popen(
+                [exe if os.path.exists(exe) else "ansible-inventory", "-i", path, "--list"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=env or process_env())
+
+    def result(self) -> dict[str, Host]:
+        """Every host with its variables; one clear error when the inventory is broken."""
+        if self.proc is None:
+            raise InventoryError(f"inventory {self.path} does not exist")
+        try:
+            stdout, stderr = self.proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise InventoryError(f"inventory {self.path}: ansible-inventory took over 120 s")
+        return _hosts(self.path, self.proc.returncode, stdout, stderr)
+
+
+def load(path: str, env: dict | None = None) -> dict[str, Host]:
+    """Every host of the inventory with its variables; one clear error when it is broken."""
+    return Loading(path, env).result()
+
+
+def _hosts(path: str, returncode: int, stdout: str, stderr: str) -> dict[str, Host]:
+    warnings = [line for line in stderr.splitlines() if "WARNING" in line or "ERROR" in line]
+    if returncode != 0:
+        raise InventoryError(f"inventory {path} cannot be read: "
+                             + (warnings[-1] if warnings else stderr.strip()[-300:]))
+    data = json.loads(stdout)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    names = set(hostvars)
+    for group in data.values():
+        if isinstance(group, dict):
+            names.update(group.get("hosts", []))
+    if not names:
+        raise InventoryError(f"inventory {path} lists no host"
+                             + (f" ({warnings[-1]})" if warnings else ""))
+    hosts = {}
+    for name in sorted(names):
+        hv = hostvars.get(name, {})
+        try:
+            slots = int(hv.get("fleetsync_slots", defaults.SLOTS))
+        except (TypeError, ValueError):
+            raise InventoryError(f"host {name}: fleetsync_slots must be a number") from None
+        if slots < 1:
+            raise InventoryError(f"host {name}: fleetsync_slots must be at least 1")
+        hosts[name] = Host(name, hv, slots)
+    return hosts
+
+
+def write_runtime(path: str, host: Host) -> None:
+    """The inventory one dispatch runs with: the host's slots as separate entries."""
+    with open(path, "w") as f:
+        json.dump({"all": {"hosts": host.aliases()}}, f)

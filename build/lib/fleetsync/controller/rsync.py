@@ -1,0 +1,150 @@
+"""The shell commands a worker host runs: a batch, a check, a part of the directory pass.
+
+Their output is read by controller/outcome.py.
+
+The file list never meets a shell: it travels NUL-separated, gzip-compressed
+and base64-encoded inside the command, is decoded into a temporary file on the
+worker and handed to `rsync --from0 --files-from`. Only SRC and DEST appear in
+the command as words, quoted. The list's length is checked before rsync runs,
+so a damaged list can never pass for a short batch.
+
+rsync options (the defaults, changed with --rsync-option):
+  --archive        permissions, times, owner, group, symlinks, devices, specials
+  --numeric-ids    uid/gid as numbers: the data movers' name maps need not match
+  --hard-links     keeps hard links that fall inside one batch (not across batches)
+  --sparse         only for batches the walk saw a file with holes in (it doubles
+                   rsync's CPU); holes stay holes, and in such a batch runs of zeros
+                   in plain files become holes too
+  ACLs (-A) and xattrs (-X) are off: a destination without them would fail every
+  batch with exit 23; add them with --rsync-option=-AX where both sides have them.
+  --timeout        rsync's own I/O timeout; `timeout -k` bounds the whole batch.
+"""
+from __future__ import annotations
+
+import base64
+import shlex
+import zlib
+
+from fleetsync.ledger.states import DeleteMode, OutcomeKind
+
+DEFAULT_RSYNC_OPTIONS = ["--archive", "--numeric-ids", "--hard-links"]
+IO_TIMEOUT = 300          # rsync --timeout: seconds without any I/O
+MIN_BATCH_SECONDS = 900   # `timeout` bound of a batch: at least this...
+MIN_RATE = 1 << 20        # ...or its bytes at 1 MiB/s, whichever is longer
+LIST_DAMAGED = 250        # our own exit code: the file list did not arrive whole
+GUARD_FAILED = 251        # our own exit code: SRC looked empty, --delete refused
+
+MARK = "@@fleetsync"
+
+
+def marker(migration_id: str, run_token: str) -> str:
+    """A string carried in every rsync's command line, to find leftovers of dead runs."""
+    return f"fleetsync:{migration_id}:{run_token}"
+
+
+def batch_seconds(estimated_bytes: int) -> int:
+    return max(MIN_BATCH_SECONDS, estimated_bytes // MIN_RATE)
+
+
+def _trailing(path: str) -> str:
+    return path if path.endswith("/") else path + "/"
+
+
+def _rsync(options: list[str], src: str, dest: str, mark: str,
+           unquoted: list[str] = ()) -> str:
+    """The rsync command line: options quoted for the shell, the I/O timeout, the
+    run's marker (to find leftovers), SRC/ and DEST/. `unquoted`: words that refer
+    to shell variables of the command around it."""
+    return " ".join(["rsync", *map(shlex.quote, options), f"--timeout={IO_TIMEOUT}",
+                     *unquoted, f"--log-file-format={mark}", "--",
+                     shlex.quote(_trailing(src)), shlex.quote(_trailing(dest))])
+
+
+def encode_list(paths: list[bytes]) -> tuple[str, int]:
+    """The NUL-separated list, gzip-compressed and base64-encoded, and its length."""
+    raw = b"".join(p + b"\0" for p in paths)
+    gz = zlib.compressobj(6, zlib.DEFLATED, 31)   # 31: the gzip container
+    packed = gz.compress(raw) + gz.flush()
+    return base64.b64encode(packed).decode("ascii"), len(raw)
+
+
+def batch_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: str,
+                  options: list[str], mark: str, estimated_bytes: int,
+                  kind: OutcomeKind = OutcomeKind.COPY, guard: str | None = None) -> str:
+    """The command for one batch: decode the list, check it, run rsync, report.
+    guard: a shell test that must hold for rsync to run (else exit GUARD_FAILED)."""
+    # SRC itself (".") cannot ride in a --files-from list: rsync would take the
+    # whole top level with it. The directory pass sends it with root_command.
+    b64, length = encode_list([p for p in paths if p != b"."])
+    rsync = _rsync([*options, "--stats"], src, dest, mark,
+                   ["--from0", '--files-from="$f"'])
+    body = (f'if ! [ "$(wc -c < "$f")" -eq {length} ]; then '
+            f"echo 'fleetsync: the file list arrived damaged'; rc={LIST_DAMAGED}; "
+            + (f"elif ! {guard}; then echo 'fleetsync: SRC looks empty or unmounted here: "
+               f"nothing deleted'; rc={GUARD_FAILED}; " if guard else "")
+            + f"else timeout -k 30 {batch_seconds(estimated_bytes)} {rsync} 2>&1; "
+            "rc=$?; fi")
+    return "; ".join([
+        f"echo {MARK} begin task={task_id} claim={claim} kind={kind.value} start=$(date +%s.%N)",
+        'f=$(mktemp "${TMPDIR:-/tmp}/fleetsync.XXXXXX") || exit 1',
+        f'echo {b64} | base64 -d | gzip -dc > "$f"',
+        body,
+        'rm -f "$f"',
+        f"echo {MARK} end task={task_id} claim={claim} rc=$rc end=$(date +%s.%N)",
+    ])
+
+
+def _delete_command(dirs: list[bytes], src: str, dest: str, options: list[str], mark: str,
+                    kind: OutcomeKind, extra: list[str]) -> str:
+    # "D/." makes rsync compare D's entries; --existing --ignore-existing copy
+    # nothing, so only --delete acts, and only inside the listed directories.
+    listed = [b"./." if p == b"." else p + b"/." for p in dirs]
+    return batch_command(
+        0, 0, listed, src, dest,
+        [*options, "--dirs", "--delete", "--existing", "--ignore-existing",
+         f"--out-format={ITEM}%i %n", *extra], mark, 0, kind,
+        guard=f'[ -n "$(ls -A {shlex.quote(src)} 2>/dev/null | head -c 1)" ]')
+
+
+def dirs_command(paths: list[bytes], src: str, dest: str, options: list[str], mark: str,
+                 delete: DeleteMode = DeleteMode.OFF, dirty: set[bytes] = frozenset()) -> str:
+    """One part of the directory pass. First, with --delete, remove from these
+    directories of DEST what is no longer in SRC; without it, remove only the
+    temporary files (.NAME.XXXXXX) that a killed rsync left in the dirty ones.
+    Then send the directories alone (no recursion) to set their modes and times,
+    which the files landing inside them and the deletions disturbed; SRC itself
+    last, when it is in the part."""
+    parts, delete = [], DeleteMode(delete)
+    if delete is not DeleteMode.OFF:
+        parts.append(_delete_command(paths, src, dest, options, mark, OutcomeKind.DELETE,
+                                     ["--dry-run"] if delete is DeleteMode.DRY_RUN else []))
+    elif dirty.intersection(paths):
+        # Protect every name but rsync's temporary ones (a name in SRC is never extraneous).
+        parts.append(_delete_command([p for p in paths if p in dirty], src, dest, options,
+                                     mark, OutcomeKind.CLEAN, ["--filter=P! .*.??????"]))
+    parts.append(batch_command(0, 0, paths, src, dest, [*options, "--dirs"], mark, 0, OutcomeKind.DIRS))
+    if b"." in paths:
+        parts.append(root_command(src, dest, options, mark))
+    return "; ".join(parts)
+
+
+def root_command(src: str, dest: str, options: list[str], mark: str) -> str:
+    """SRC's own mode and times onto DEST: the top directory with every entry excluded."""
+    rsync = _rsync([*options, "--dirs", "--exclude=*"], src, dest, mark)
+    return "; ".join([
+        f"echo {MARK} begin task=0 claim=0 kind={OutcomeKind.DIRS.value} start=$(date +%s.%N)",
+        f"timeout -k 30 {MIN_BATCH_SECONDS} {rsync} 2>&1; rc=$?",
+        f"echo {MARK} end task=0 claim=0 rc=$rc end=$(date +%s.%N)",
+    ])
+
+
+ITEM = "@@I "   # rsync's itemized lines (what differs, what is deleted)
+
+
+def verify_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: str,
+                   options: list[str], mark: str, estimated_bytes: int) -> str:
+    """Verification: rsync compares whole-file checksums and only lists (one line
+    per entry that differs, --dry-run) what a copy would change."""
+    return batch_command(task_id, claim, paths, src, dest,
+                         [*options, "--checksum", "--dry-run", f"--out-format={ITEM}%i %n"],
+                         mark, estimated_bytes * 2, OutcomeKind.VERIFY)

@@ -1,0 +1,21 @@
+"""Sizes as operators write them: 100MiB, 1G, 512k, 1048576."""
+from __future__ import annotations
+
+import re
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+class SizeError(ValueError):
+    pass
+
+
+def parse(text: str) -> int:
+    """Binary units (k = KiB); the optional 'iB' or 'B' suffix changes nothing."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.I)
+    if not m:
+        raise SizeError(f"bad size {text!r}: use a number with an optional unit, e.g. 100MiB")
+    value = int(float(m[1]) * _UNITS[m[2].lower()])
+    if value < 1:
+        raise SizeError(f"bad size {text!r}: must be at least 1 byte")
+    return value

@@ -1,0 +1,112 @@
+"""The walk of SRC: P producer processes started, watched, replaced, joined.
+
+Producers are forked children that die with the controller (PDEATHSIG), so a
+controller killed with -9 leaves no producer writing into the ledger while the
+next run lists the same directories again.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import traceback
+
+from fleetsync.ledger import db, hardlinks, logbook, migration, producers, walkqueue
+
+from .producer import Limits, Producer
+
+PR_SET_PDEATHSIG = 1
+MAX_RESTARTS = 3      # producers replaced in one run before the walk is given up
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:   # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits: Limits,
+             newer_than: float | None,
+             parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
+    with db.connect(ledger_path) as conn:
+        try:
+            Producer(conn, src, producer_id, limits, count, newer_than).run()
+            producers.finish(conn, producer_id)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            # Its directories go back to the queue, from their offsets, so the other
+            # producers neither wait for them forever nor skip what was not enqueued.
+            walkqueue.release_claims(conn, producer_id)
+            logbook.add(conn, "error", f"producer {producer_id} crashed: "
+                        + traceback.format_exc().strip().splitlines()[-1])
+            os._exit(3)
+
+
+class Walk:
+    """P producer processes walking SRC into the ledger."""
+
+    def __init__(self, ledger_path: str, src: str, count: int, limits: Limits,
+                 rescan: bool = False):
+        self.ledger_path, self.src, self.count, self.limits = ledger_path, src, count, limits
+        self.rescan = rescan
+        self.newer_than: float | None = None
+        self.procs: list[multiprocessing.Process] = []
+        self.restarts = 0
+
+    def start(self) -> None:
+        with db.connect(self.ledger_path) as conn:
+            self.newer_than = migration.begin_walk(conn, self.rescan)
+            walkqueue.reset_claimed(conn)
+            walkqueue.seed(conn)
+            producers.start(conn, self.count)
+        self.procs = [self._spawn(pid) for pid in range(1, self.count + 1)]
+
+    def _spawn(self, producer_id: int) -> multiprocessing.Process:
+        p = multiprocessing.get_context("fork").Process(
+            target=_produce, name=f"fleetsync-producer-{producer_id}", daemon=True,
+            args=(self.ledger_path, os.fsencode(self.src), producer_id, self.count, self.limits,
+                  self.newer_than, os.getpid()))
+        p.start()
+        return p
+
+    def watch(self) -> None:
+        """A producer killed from outside (the OOM killer, kill -9) can release nothing:
+        its directories go back to the queue and a new producer takes its place."""
+        for i, p in enumerate(self.procs):
+            if p.is_alive() or p.exitcode == 0 or self.restarts >= MAX_RESTARTS:
+                continue
+            self.restarts += 1
+            with db.connect(self.ledger_path) as conn:
+                walkqueue.release_claims(conn, i + 1)
+                logbook.add(conn, "warning", f"producer {i + 1} ended with exit {p.exitcode}; "
+                            "a new one lists its directories again")
+            self.procs[i] = self._spawn(i + 1)
+
+    def running(self) -> bool:
+        return any(p.is_alive() for p in self.procs)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the producers; True when every one ended well and the walk is complete."""
+        for p in self.procs:
+            p.join(timeout)
+        if self.running():
+            return False
+        ok = all(p.exitcode == 0 for p in self.procs)
+        if ok:
+            with db.connect(self.ledger_path) as conn:
+                ok = walkqueue.walk_finished(conn)
+                if ok:
+                    hardlinks.cut_batches(conn, self.limits)
+                    migration.set_walk_done(conn)
+        return ok
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+        for p in self.procs:
+            p.join()

@@ -1,0 +1,243 @@
+"""Batch state transitions: one function each, one guarded UPDATE each.
+
+Every transition names the state it expects (and, for reports, the claim it
+answers), so a late or duplicate report matches no row and changes nothing:
+dispatch is at-least-once, the ledger's accounting is exactly-once. Each
+function takes an open Connection and runs its own short transaction.
+
+SQL style: SQLAlchemy Core throughout (states bound from BatchState).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from .schema import attempts, batch_counts, batch_files, batches, log, migration
+from .states import AttemptStatus, BatchState
+
+MAX_ERROR_LINES = 20      # rsync can print one line per file; keep the first ones
+MAX_ERROR_CHARS = 4_000
+
+
+@dataclass
+class Claim:
+    task_id: int
+    claim_no: int         # the claim it answers (batches.claim when it was claimed)
+    retry_count: int
+    checksum: bool = False   # compare contents, not size and time (after a failed verify)
+    sparse: bool = False     # holds a file with holes: copy with --sparse
+
+
+@dataclass
+class Report:
+    """What a worker said about one attempt of one batch."""
+    task_id: int
+    claim_no: int         # the claim it answers (batches.claim when it was claimed)
+    worker_id: str | None
+    rsync_exit_code: int | None
+    bytes_sent: int | None = None
+    bytes_received: int | None = None
+    start_ts: float | None = None
+    end_ts: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def errors_json(errors: list[str]) -> str:
+    """The errors as stored, a JSON list: at most MAX_ERROR_LINES lines, each shortened."""
+    kept = [e[:MAX_ERROR_CHARS] for e in errors[:MAX_ERROR_LINES]]
+    if len(errors) > MAX_ERROR_LINES:
+        kept.append(f"... {len(errors) - MAX_ERROR_LINES} more lines")
+    return json.dumps(kept)
+
+
+def claim(conn: Connection, worker_id: str, limit: int = 1) -> list[Claim]:
+    """pending -> running: the oldest waiting batches, for one worker slot."""
+    waiting = (select(batches.c.task_id)
+               .where(batches.c.state == BatchState.PENDING.value)
+               .order_by(batches.c.task_id).limit(limit))
+    stmt = (update(batches)
+            .where(batches.c.task_id.in_(waiting.scalar_subquery()),
+                   batches.c.state == BatchState.PENDING.value)
+            .values(state=BatchState.RUNNING.value, worker_id=worker_id,
+                    claim=batches.c.claim + 1, claimed_ts=time.time())
+            .returning(batches.c.task_id, batches.c.claim, batches.c.retry_count,
+                       batches.c.checksum, batches.c.sparse))
+    with conn.begin():
+        rows = conn.execute(stmt).all()
+    return sorted((Claim(r[0], r[1], r[2], bool(r[3]), bool(r[4])) for r in rows),
+                  key=lambda c: c.task_id)
+
+
+def _finish(conn: Connection, report: Report, new_state: BatchState,
+            status: AttemptStatus, bump_retry: bool,
+            message: tuple[str, str] | None) -> bool:
+    """running -> new_state for this claim, with its attempt row and log line."""
+    now = time.time()
+    values = dict(state=new_state.value, last_exit_code=report.rsync_exit_code)
+    if new_state in (BatchState.SUCCEEDED, BatchState.FAILED):
+        values["finished_ts"] = now
+    if bump_retry:
+        values["retry_count"] = batches.c.retry_count + 1
+    stmt = (update(batches)
+            .where(batches.c.task_id == report.task_id,
+                   batches.c.state == BatchState.RUNNING.value,
+                   batches.c.claim == report.claim_no)
+            .values(**values)
+            .returning(batches.c.retry_count))
+    with conn.begin():
+        row = conn.execute(stmt).first()
+        if row is None:
+            return False
+        retry_count = row.retry_count - 1 if bump_retry else row.retry_count
+        conn.execute(insert(attempts).values(
+            task_id=report.task_id, claim=report.claim_no, retry_count=retry_count,
+            worker_id=report.worker_id, status=status.value,
+            rsync_exit_code=report.rsync_exit_code, bytes_sent=report.bytes_sent,
+            bytes_received=report.bytes_received, start_ts=report.start_ts,
+            end_ts=report.end_ts, received_ts=now, errors=errors_json(report.errors)))
+        if message:
+            level, msg = message
+            conn.execute(insert(log).values(ts=now, level=level, task_id=report.task_id,
+                                            worker_id=report.worker_id, message=msg))
+    return True
+
+
+def succeed(conn: Connection, report: Report) -> bool:
+    """running -> succeeded."""
+    return _finish(conn, report, BatchState.SUCCEEDED, AttemptStatus.SUCCESS, False, None)
+
+
+def retry(conn: Connection, report: Report, retry_number: int) -> bool:
+    """running -> pending, one retry used (the warning names the retry to come)."""
+    msg = f"task {report.task_id} retry {retry_number} exit={report.rsync_exit_code}"
+    return _finish(conn, report, BatchState.PENDING, AttemptStatus.RETRY, True,
+                   ("warning", msg))
+
+
+def fail(conn: Connection, report: Report, retries_used: int) -> bool:
+    """running -> failed, for good."""
+    msg = f"task {report.task_id} retry {retries_used} exit={report.rsync_exit_code}"
+    return _finish(conn, report, BatchState.FAILED, AttemptStatus.FAILED, False,
+                   ("error", msg))
+
+
+def release(conn: Connection, report: Report, why: str) -> bool:
+    """running -> pending, no retry used: the host was lost, not the batch."""
+    report.errors = [why, *report.errors]
+    return _finish(conn, report, BatchState.PENDING, AttemptStatus.LOST, False,
+                   ("warning", f"task {report.task_id} released from "
+                               f"{report.worker_id}: {why}"))
+
+
+def running_claims(conn: Connection, worker_id: str | None = None) -> list[Claim]:
+    """Batches now running (on one worker, or anywhere)."""
+    q = select(batches.c.task_id, batches.c.claim, batches.c.retry_count).where(
+        batches.c.state == BatchState.RUNNING.value)
+    if worker_id is not None:
+        q = q.where(batches.c.worker_id == worker_id)
+    with conn.begin():
+        return [Claim(*r) for r in conn.execute(q).all()]
+
+
+def release_worker(conn: Connection, worker_id: str, why: str) -> list[int]:
+    """Every batch a lost worker holds goes back to pending."""
+    released = []
+    for c in running_claims(conn, worker_id):
+        if release(conn, Report(c.task_id, c.claim_no, worker_id, None), why):
+            released.append(c.task_id)
+    return released
+
+
+def release_all(conn: Connection, why: str) -> list[int]:
+    """At start-up: whatever a crashed controller had running goes back to pending."""
+    released = []
+    with conn.begin():
+        rows = conn.execute(select(batches.c.task_id, batches.c.claim, batches.c.worker_id)
+                            .where(batches.c.state == BatchState.RUNNING.value)).all()
+    for task_id, claim_no, worker_id in rows:
+        if release(conn, Report(task_id, claim_no, worker_id, None), why):
+            released.append(task_id)
+    return released
+
+
+def requeue(conn: Connection, task_ids: list[int] | None, why: str,
+            checksum: bool = False) -> list[int]:
+    """failed (or, named by task_id, succeeded) -> pending with fresh retries.
+
+    `fleetsync retry`: each requeued batch gets an attempt row saying so, so the
+    history of the batch stays whole. None means every failed batch.
+    """
+    now = time.time()
+    done = []
+    with conn.begin():
+        if task_ids is None:
+            task_ids = [r[0] for r in conn.execute(select(batches.c.task_id).where(
+                batches.c.state == BatchState.FAILED.value)).all()]
+        for task_id in task_ids:
+            row = conn.execute(update(batches).where(
+                batches.c.task_id == task_id,
+                batches.c.state.in_([BatchState.FAILED.value, BatchState.SUCCEEDED.value]))
+                .values(state=BatchState.PENDING.value, retry_count=0, finished_ts=None,
+                        checksum=int(checksum))
+                .returning(batches.c.claim, batches.c.worker_id, batches.c.last_exit_code)).first()
+            if row is None:
+                continue
+            conn.execute(insert(attempts).values(
+                task_id=task_id, claim=row.claim, retry_count=0, worker_id=row.worker_id,
+                status=AttemptStatus.REQUEUED.value, rsync_exit_code=row.last_exit_code,
+                received_ts=now, errors=json.dumps([why])))
+            conn.execute(insert(log).values(ts=now, level="info", task_id=task_id,
+                                            message=f"task {task_id} requeued: {why}"))
+            done.append(task_id)
+    return done
+
+
+def entries(conn: Connection, task_id: int) -> list[tuple[bytes, bool, int]]:
+    """The entries of one batch: (path relative to SRC, is a directory, size)."""
+    with conn.begin():
+        rows = conn.execute(select(batch_files.c.path, batch_files.c.is_dir, batch_files.c.size)
+                            .where(batch_files.c.task_id == task_id)
+                            .order_by(batch_files.c.path)).all()
+    return [(bytes(p), bool(d), s) for p, d, s in rows]
+
+
+@dataclass
+class WorkLeft:
+    walk_done: bool
+    pending: int
+    running: int
+
+    @property
+    def finished(self) -> bool:
+        return self.walk_done and self.pending == 0 and self.running == 0
+
+
+def work_left(conn: Connection) -> WorkLeft:
+    """What is still to do, from the counters (O(1))."""
+    with conn.begin():
+        counts = dict(conn.execute(select(batch_counts.c.state, batch_counts.c.batches)).all())
+        walk_done = conn.execute(select(migration.c.walk_done)).scalar()
+    return WorkLeft(bool(walk_done), counts.get(BatchState.PENDING.value, 0),
+                    counts.get(BatchState.RUNNING.value, 0))
+
+
+def retry_count_of(conn: Connection, task_id: int) -> int:
+    with conn.begin():
+        return conn.execute(select(batches.c.retry_count)
+                            .where(batches.c.task_id == task_id)).scalar() or 0
+
+
+def held_bytes(conn: Connection, worker_id: str) -> int | None:
+    """The largest batch a worker holds now (its estimated bytes), None when it holds none."""
+    with conn.begin():
+        return conn.execute(select(func.max(batches.c.estimated_bytes)).where(
+            batches.c.state == BatchState.RUNNING.value,
+            batches.c.worker_id == worker_id)).scalar()
+
+
+def directory_total(conn: Connection) -> int:
+    with conn.begin():
+        return conn.execute(select(func.sum(batch_counts.c.directories))).scalar() or 0

@@ -1,0 +1,25 @@
+"""The ledger's log: warnings and errors with their time, batch and worker."""
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import Connection, insert
+
+from .schema import log
+
+
+def add(conn: Connection, level: str, message: str, task_id: int | None = None,
+        worker_id: str | None = None) -> None:
+    """One log line in its own short transaction."""
+    with conn.begin():
+        conn.execute(insert(log).values(ts=time.time(), level=level, message=message,
+                                        task_id=task_id, worker_id=worker_id))
+
+
+_CONTROL = {i: f"\\x{i:02x}" for i in [*range(32), 127]}
+
+
+def show_path(path: bytes) -> str:
+    """A path for a one-line message: UTF-8 where it is, backslash escapes elsewhere
+    (bytes that are not UTF-8, and control characters such as a newline)."""
+    return path.decode("utf-8", "backslashreplace").translate(_CONTROL)

@@ -1,0 +1,142 @@
+"""The migration row: what this ledger is for, and how long it has run.
+
+A ledger belongs to one SRC and one DEST for life; opening it for another pair
+is refused. Running time is kept across resumes: each run adds its own span,
+and a crashed run's span ends at its last controller heartbeat.
+
+SQL style: SQLAlchemy Core (one row, a few statements per run: no hot path).
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from . import schema, walkqueue
+from .db import LedgerError
+from .schema import migration
+
+# The API calls a run live while its heartbeat is younger than this.
+LIVE_AFTER_HEARTBEAT = 15.0
+
+
+@dataclass
+class Migration:
+    migration_id: str
+    src: str
+    dest: str
+    options: dict
+    walk_done: bool
+    bwlimit: int | None = None
+
+
+def _row_to_migration(row) -> Migration:
+    return Migration(row.migration_id, row.src, row.dest, json.loads(row.options),
+                     bool(row.walk_done), row.bwlimit)
+
+
+def load(conn: Connection) -> Migration | None:
+    row = conn.execute(select(migration)).first()
+    return _row_to_migration(row) if row else None
+
+
+def open_or_create(engine: Engine, src: str, dest: str, options: dict) -> Migration:
+    """The ledger's migration, created on first use; another SRC/DEST is refused."""
+    schema.create(engine)
+    with engine.connect() as conn:
+        with conn.begin():
+            row = conn.execute(select(migration)).first()
+            if row is None:
+                conn.execute(insert(migration).values(
+                    id=1, migration_id=str(uuid.uuid4()), schema_version=schema.SCHEMA_VERSION,
+                    src=src, dest=dest, options=json.dumps(options, sort_keys=True),
+                    created_ts=time.time()))
+                row = conn.execute(select(migration)).first()
+        found = _row_to_migration(row)
+    if (found.src, found.dest) != (src, dest):
+        raise LedgerError(
+            f"this ledger belongs to another migration ({found.src} -> {found.dest}); "
+            f"use another --ledger for {src} -> {dest}")
+    return found
+
+
+def start_run(conn: Connection) -> None:
+    """Close the span of a crashed run (up to its last heartbeat) and open a new one."""
+    now = time.time()
+    with conn.begin():
+        row = conn.execute(select(migration.c.run_started_ts, migration.c.run_heartbeat_ts,
+                                  migration.c.finished_ts)).one()
+        extra = 0.0
+        if row.run_started_ts is not None and row.finished_ts is None:
+            extra = max(0.0, (row.run_heartbeat_ts or row.run_started_ts) - row.run_started_ts)
+        conn.execute(update(migration).values(
+            elapsed_before=migration.c.elapsed_before + extra,
+            run_started_ts=now, run_heartbeat_ts=now, finished_ts=None,
+            dirs_pass_cursor=None, dirs_pass_done_ts=None))
+
+
+def heartbeat(conn: Connection) -> None:
+    with conn.begin():
+        conn.execute(update(migration).values(run_heartbeat_ts=time.time()))
+
+
+def end_run(conn: Connection) -> None:
+    """Fold this run's span into elapsed_before; the run is over."""
+    now = time.time()
+    with conn.begin():
+        row = conn.execute(select(migration.c.run_started_ts)).one()
+        span = max(0.0, now - row.run_started_ts) if row.run_started_ts else 0.0
+        conn.execute(update(migration).values(
+            elapsed_before=migration.c.elapsed_before + span,
+            run_started_ts=None, run_heartbeat_ts=now, finished_ts=now))
+
+
+def elapsed(row, now: float | None = None) -> float:
+    """Seconds the migration has been running, across resumes (from a migration row)."""
+    now = time.time() if now is None else now
+    total = row.elapsed_before
+    if row.run_started_ts is not None:
+        beat = row.run_heartbeat_ts or row.run_started_ts
+        live = now - beat < LIVE_AFTER_HEARTBEAT
+        total += (now if live else beat) - row.run_started_ts
+    return max(0.0, total)
+
+
+def set_walk_done(conn: Connection) -> None:
+    with conn.begin():
+        conn.execute(update(migration).values(walk_done=1))
+
+
+def set_bwlimit(conn: Connection, bytes_per_sec: int | None) -> None:
+    """The fleet's bandwidth cap; rsyncs started from now on share it."""
+    with conn.begin():
+        conn.execute(update(migration).values(bwlimit=bytes_per_sec))
+
+
+# ctime of an entry changed just as the previous walk started may be a tick older.
+RESCAN_MARGIN = 1.0
+
+
+def begin_walk(conn: Connection, rescan: bool) -> float | None:
+    """Start (or resume) the walk of SRC; returns the ctime threshold of a delta
+    pass (entries changed since then are queued), None for a full walk.
+
+    A rescan lists every directory again from the start and takes what changed
+    since the previous walk started: new, modified, renamed, chmod-ed entries all
+    get a new ctime (deletions are --delete's work)."""
+    now = time.time()
+    with conn.begin():
+        row = conn.execute(select(migration.c.walk_done, migration.c.scan_started_ts,
+                                  migration.c.scan_newer_than)).one()
+        if rescan and row.walk_done:
+            newer = (row.scan_started_ts or 0.0) - RESCAN_MARGIN
+            conn.execute(update(migration).values(walk_done=0, scan_started_ts=now,
+                                                  scan_newer_than=newer))
+            walkqueue.restart(conn)
+            return newer
+        if row.scan_started_ts is None:
+            conn.execute(update(migration).values(scan_started_ts=now))
+        return row.scan_newer_than

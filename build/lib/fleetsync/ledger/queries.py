@@ -1,0 +1,282 @@
+"""Every read the status API and `fleetsync status` make.
+
+Pure functions of an open Connection. Numbers read through one Connection
+come from one snapshot until the caller ends its transaction (the API opens
+one read transaction per request). Counts come from `batch_counts` (kept by
+triggers), never from scanning `batches`, so every answer here costs O(1) or
+O(page size) at any number of batches.
+
+Rounding (the same everywhere): `elapsed_sec` to 1 decimal; every rate and
+every `gb_*` value to 2 decimals. Rates are computed from the rounded
+`elapsed_sec` shown next to them, so a client dividing the numbers it got
+finds the same rate; a rate is 0.0 while `elapsed_sec` is 0.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import namedtuple
+
+from sqlalchemy import Connection
+
+from . import migration as _migration
+from .states import BatchState, ProducerState
+
+GIB = 1024 ** 3
+RETAINED_LIMIT = 100_000   # /results serves the newest this many attempts
+RESULTS_PAGE = 100         # default page size of /results
+LOGS_LIMIT = 100           # default number of warnings (and of errors) in /logs
+ENTRIES_PAGE = 1000        # default page of entries in /batches/<task_id>
+HEARTBEAT_FORMAT = "%Y-%m-%d %H:%M:%S"
+# Plain strings: these run on every /status request, and Enum attribute access is not free.
+_PENDING, _SUCCEEDED, _FAILED = (BatchState.PENDING.value, BatchState.SUCCEEDED.value,
+                                 BatchState.FAILED.value)
+_STATES = tuple(s.value for s in BatchState)
+_DONE = ProducerState.DONE.value
+
+_COUNTS = "SELECT state, batches, files, directories, bytes FROM batch_counts"
+_PRODUCERS_DONE = "SELECT count(*) FROM producers WHERE state = :done"
+_MIGRATION = "SELECT elapsed_before, run_started_ts, run_heartbeat_ts FROM migration"
+_HEARTBEATS = ("SELECT worker_id, heartbeat_ts FROM workers "
+               "WHERE heartbeat_ts IS NOT NULL ORDER BY worker_id")
+# The log_level index (level, log_id) makes this a walk of `limit` index entries.
+_LOG_TAIL = "SELECT message FROM log WHERE level = :level ORDER BY log_id DESC LIMIT :limit"
+# min() and max() of an INTEGER PRIMARY KEY read the two ends of the b-tree: O(1).
+# Each needs its own SELECT: side by side in one, SQLite scans the table.
+_ATTEMPT_IDS = ("SELECT (SELECT min(attempt_id) FROM attempts), "
+                "(SELECT max(attempt_id) FROM attempts)")
+_BATCH_COLUMNS = ("task_id", "state", "file_count", "directory_count", "estimated_bytes",
+                  "retry_count", "claim", "worker_id", "producer_id", "last_exit_code",
+                  "created_ts", "claimed_ts", "finished_ts")
+_BATCH = f"SELECT {', '.join(_BATCH_COLUMNS)} FROM batches WHERE task_id = :t"
+_ENTRIES = ("SELECT path, is_dir, size FROM batch_files WHERE task_id = :t "
+            "ORDER BY path LIMIT :limit OFFSET :offset")
+_ENTRY_COUNT = "SELECT count(*) FROM batch_files WHERE task_id = :t"
+
+# attempts first (a LEFT JOIN keeps SQLite from starting at batches), then the
+# batch's sizes by primary key: a page costs O(limit), not a scan.
+_ResultRow = namedtuple("_ResultRow", "attempt_id worker_id task_id status retry_count "
+                        "rsync_exit_code bytes_sent bytes_received start_ts end_ts "
+                        "file_count directory_count estimated_bytes errors received_ts")
+_RESULTS_FROM = (
+    "SELECT a.attempt_id, a.worker_id, a.task_id, a.status, a.retry_count, "
+    "a.rsync_exit_code, a.bytes_sent, a.bytes_received, a.start_ts, a.end_ts, "
+    "b.file_count, b.directory_count, b.estimated_bytes, a.errors, a.received_ts "
+    "FROM attempts a LEFT JOIN batches b ON b.task_id = a.task_id ")
+
+_MigrationTimes = namedtuple("_MigrationTimes", "elapsed_before run_started_ts run_heartbeat_ts")
+
+
+def _rows(conn: Connection, sql: str, params: dict | None = None) -> list[tuple]:
+    """Rows of sql, run on the DBAPI connection inside conn's transaction.
+
+    /status and /progress are polled thousands of times a second; SQLAlchemy's
+    statement and result layers cost ~35 us per query, the sqlite3 cursor ~4
+    (measured; see bench/api.py). Beginning the transaction through conn (as
+    SQLAlchemy's autobegin would) keeps one snapshot across the calls.
+    """
+    if not conn.in_transaction():
+        conn.begin()
+    return conn.connection.driver_connection.execute(sql, params or {}).fetchall()
+
+
+def _value(conn: Connection, sql: str, params: dict | None = None):
+    return _rows(conn, sql, params)[0][0]
+
+
+def batch_counts(conn: Connection) -> dict[str, dict[str, int]]:
+    """{state: {batches, files, directories, bytes}} for every BatchState (zeros if absent)."""
+    counts = {s: dict(batches=0, files=0, directories=0, bytes=0) for s in _STATES}
+    for state, n, files, dirs, size in _rows(conn, _COUNTS):
+        counts[state] = dict(batches=n, files=files, directories=dirs, bytes=size)
+    return counts
+
+
+def _progress(counts: dict) -> dict[str, int]:
+    total = sum(c["batches"] for c in counts.values())
+    completed = counts[_SUCCEEDED]["batches"]
+    failed = counts[_FAILED]["batches"]
+    return dict(total=total, completed=completed, failed=failed,
+                pending=total - completed - failed)
+
+
+def progress(conn: Connection) -> dict[str, int]:
+    """/progress: pending = total - completed - failed (it includes running batches)."""
+    return _progress(batch_counts(conn))
+
+
+def status(conn: Connection) -> dict[str, int]:
+    """/status: queue_depth counts waiting batches only, not running ones."""
+    counts = batch_counts(conn)
+    p = _progress(counts)
+    return dict(total_batches=p["total"], completed_batches=p["completed"],
+                failed_batches=p["failed"],
+                queue_depth=counts[_PENDING]["batches"],
+                producers_done=_value(conn, _PRODUCERS_DONE, {"done": _DONE}))
+
+
+def elapsed_sec(conn: Connection, now: float | None = None) -> float:
+    """Running time across resumes, unrounded; 0.0 before the migration row exists."""
+    rows = _rows(conn, _MIGRATION)
+    return _migration.elapsed(_MigrationTimes(*rows[0]), now) if rows else 0.0
+
+
+def _rate(value: float, seconds: float) -> float:
+    return round(value / seconds, 2) if seconds > 0 else 0.0
+
+
+def throughput(conn: Connection, now: float | None = None) -> dict[str, int | float]:
+    """/throughput, from succeeded batches; bytes are the sizes the walk scanned.
+
+    elapsed_sec is rounded to 1 decimal, gb_* and rates to 2 decimals; rates
+    divide by the rounded elapsed_sec (0.0 while it is 0).
+    """
+    counts = batch_counts(conn)
+    done = counts[_SUCCEEDED]
+    seconds = round(elapsed_sec(conn, now), 1)
+    return dict(
+        batches_per_sec=_rate(done["batches"], seconds),
+        elapsed_sec=seconds,
+        batches_completed=done["batches"],
+        batches_failed=counts[_FAILED]["batches"],
+        files_processed=done["files"],
+        bytes_processed=done["bytes"],
+        gb_processed=round(done["bytes"] / GIB, 2),
+        bytes_per_sec=_rate(done["bytes"], seconds),
+        gb_per_sec=_rate(done["bytes"] / GIB, seconds),
+        files_per_sec=_rate(done["files"], seconds),
+    )
+
+
+def summary(conn: Connection, now: float | None = None) -> dict[str, dict]:
+    """What `fleetsync status` prints: /status, /progress and /throughput of one snapshot."""
+    return dict(status=status(conn), progress=progress(conn), throughput=throughput(conn, now))
+
+
+def local_time(ts: float) -> str:
+    """A heartbeat as the master's local time, YYYY-MM-DD HH:MM:SS."""
+    return time.strftime(HEARTBEAT_FORMAT, time.localtime(ts))
+
+
+def heartbeat_times(conn: Connection) -> list[tuple[str, float]]:
+    """(worker_id, heartbeat_ts) of every worker heard from, by worker_id."""
+    return _rows(conn, _HEARTBEATS)
+
+
+def heartbeats(conn: Connection) -> dict[str, dict[str, str]]:
+    """/workers: {"heartbeats": {worker_id: local time}}; workers never heard from are left out."""
+    return {"heartbeats": {w: local_time(ts) for w, ts in heartbeat_times(conn)}}
+
+
+def logs(conn: Connection, limit: int = LOGS_LIMIT) -> dict[str, list[str]]:
+    """/logs: the newest `limit` warnings and errors, each list newest last."""
+    def tail(level: str) -> list[str]:
+        return [m for (m,) in reversed(_rows(conn, _LOG_TAIL, {"level": level, "limit": limit}))]
+    return {"warnings": tail("warning"), "errors": tail("error")}
+
+
+def _errors(stored: str | None) -> list[str]:
+    """attempts.errors as a list; a value that is not a JSON list becomes its one line."""
+    if stored == "[]":   # most attempts: skip the parser
+        return []
+    try:
+        value = json.loads(stored) if stored else []
+    except ValueError:
+        return [stored]
+    return value if isinstance(value, list) else [str(value)]
+
+
+def _result(row: _ResultRow) -> dict:
+    """One /results item, built from an attempts row and its batch's sizes."""
+    return {
+        "worker_id": row.worker_id,
+        "task_id": row.task_id,
+        "status": row.status,
+        "retry_count": row.retry_count,
+        "rsync_exit_code": row.rsync_exit_code,
+        "stats": {
+            "bytes_sent": row.bytes_sent,
+            "bytes_received": row.bytes_received,
+            "start_ts": row.start_ts,
+            "end_ts": row.end_ts,
+            "file_count": row.file_count,
+            "directory_count": row.directory_count,
+            "estimated_bytes": row.estimated_bytes,
+        },
+        "errors": _errors(row.errors),
+        "received_ts": row.received_ts,
+        "attempt_id": row.attempt_id,   # the paging cursor (an added key)
+    }
+
+
+def _results(conn: Connection, sql: str, params: dict) -> list[dict]:
+    return [_result(_ResultRow(*r)) for r in _rows(conn, _RESULTS_FROM + sql, params)]
+
+
+def retained_window(conn: Connection, limit: int = RETAINED_LIMIT) -> tuple[int, int]:
+    """(floor, retained_count): the retained attempts are those with attempt_id > floor.
+
+    Attempts are never deleted (a trigger refuses it) and SQLite gives a new
+    row max(attempt_id) + 1, so the ids have no gaps: the newest `limit`
+    attempts are exactly the ids above max - limit, and their number comes
+    from the two ends of the primary key without counting rows.
+    """
+    low, high = _rows(conn, _ATTEMPT_IDS)[0]
+    if high is None:
+        return 0, 0
+    floor = max(high - limit, low - 1)
+    return floor, high - floor
+
+
+def results(conn: Connection, limit: int = RESULTS_PAGE, after: int | None = None,
+            before: int | None = None, status: str | None = None,
+            worker: str | None = None, retained_limit: int = RETAINED_LIMIT) -> dict:
+    """/results: a page of the retained attempts, always oldest first (newest last).
+
+    Without `after`, the page is the newest `limit` matches (below `before`
+    if given). With `after`, it is the oldest `limit` matches whose
+    attempt_id is greater than `after`: pass the last attempt_id you got to
+    read forward, or the first one as `before` to read backward. Attempts
+    older than the retained window are never served.
+    """
+    floor, retained = retained_window(conn, retained_limit)
+    params = {"floor": floor, "limit": limit, "after": after, "before": before,
+              "status": status, "worker": worker}
+    where = ["a.attempt_id > :floor"] + [
+        cond for name, cond in (("after", "a.attempt_id > :after"),
+                                ("before", "a.attempt_id < :before"),
+                                ("status", "a.status = :status"),
+                                ("worker", "a.worker_id = :worker"))
+        if params[name] is not None]
+    order = "ASC" if after is not None else "DESC"
+    page = _results(conn, f"WHERE {' AND '.join(where)} "
+                          f"ORDER BY a.attempt_id {order} LIMIT :limit", params)
+    if order == "DESC":
+        page.reverse()
+    return {"results": page, "retained_limit": retained_limit, "retained_count": retained}
+
+
+def display_path(raw: bytes) -> str:
+    """A path for people: UTF-8 where it is, backslash escapes (\\xff) where it is not."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def batch(conn: Connection, task_id: int, limit: int = ENTRIES_PAGE,
+          offset: int = 0) -> dict | None:
+    """/batches/<task_id>: the batch row, a page of its entries, every attempt; None if unknown.
+
+    Each entry's `path` is for reading (not unique: a real backslash looks
+    like an escape); `path_hex` is the exact bytes, as in sqlite3's
+    `WHERE path = X'...'`.
+    """
+    found = _rows(conn, _BATCH, {"t": task_id})
+    if not found:
+        return None
+    entries = [{"path": display_path(bytes(p)), "path_hex": bytes(p).hex(),
+                "is_dir": bool(d), "size": s}
+               for p, d, s in _rows(conn, _ENTRIES, {"t": task_id, "limit": limit,
+                                                     "offset": offset})]
+    return {"batch": dict(zip(_BATCH_COLUMNS, found[0])), "entries": entries,
+            "entries_total": _value(conn, _ENTRY_COUNT, {"t": task_id}),
+            "attempts": _results(conn, "WHERE a.task_id = :t ORDER BY a.attempt_id",
+                                 {"t": task_id})}

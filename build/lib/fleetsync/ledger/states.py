@@ -1,0 +1,72 @@
+"""Every state machine of fleetsync, one Enum each.
+
+Values are what the ledger stores (and what the API and audits read), so a
+value never changes meaning. SQL binds them as parameters; only DDL (views,
+triggers, partial indexes), which cannot take parameters, spells them out,
+and it does so from these Enums too.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class BatchState(str, enum.Enum):
+    PENDING = "pending"      # waiting to be claimed
+    RUNNING = "running"      # claimed by a worker slot
+    SUCCEEDED = "succeeded"  # rsync exit 0
+    FAILED = "failed"        # gave up: fatal exit code or retries used up
+
+
+class AttemptStatus(str, enum.Enum):
+    SUCCESS = "success"  # the batch succeeded
+    RETRY = "retry"      # failed, will run again
+    FAILED = "failed"    # failed for good
+    LOST = "lost"        # the host was lost; the batch went back to pending, no retry used
+    REQUEUED = "requeued"  # an operator put the batch back in the queue (`fleetsync retry`)
+
+
+class VerifyState(str, enum.Enum):
+    """A succeeded batch checked again with rsync --checksum --dry-run."""
+    PENDING = "pending"    # to be checked
+    RUNNING = "running"    # a slot checks it now
+    VERIFIED = "verified"  # DEST holds the same bytes
+    DIFFERS = "differs"    # rsync listed entries a copy would change
+    ERROR = "error"        # the check itself failed (rsync exit != 0)
+
+
+class WorkerState(str, enum.Enum):
+    UP = "up"        # answered its preflight
+    LOST = "lost"    # unreachable or silent; tried again after its back-off
+    GONE = "gone"    # removed from the inventory
+
+
+class WalkDirState(str, enum.Enum):
+    """A directory of SRC in the walk's shared queue."""
+    PENDING = "pending"    # to be listed (from its offset)
+    CLAIMED = "claimed"    # a producer lists it now
+    DONE = "done"          # every entry is in an enqueued batch
+
+
+class ProducerState(str, enum.Enum):
+    RUNNING = "running"
+    DONE = "done"
+
+
+class OutcomeKind(str, enum.Enum):
+    """What one rsync of a worker's item was for."""
+    COPY = "copy"        # a batch
+    VERIFY = "verify"    # a check of a succeeded batch
+    DIRS = "dirs"        # the directory pass: modes and times of directories
+    DELETE = "delete"    # the directory pass with --delete (or --delete-dry-run)
+    CLEAN = "clean"      # the directory pass removing a killed rsync's temporary files
+
+
+class DeleteMode(str, enum.Enum):
+    OFF = "off"          # DEST keeps what SRC no longer has
+    ON = "on"            # --delete: the directory pass removes it
+    DRY_RUN = "dry-run"  # --delete-dry-run: the pass lists it in `deletions`, removes nothing
+
+
+def sql_list(*states: enum.Enum) -> str:
+    """States as an SQL list literal, for DDL only (it cannot bind parameters)."""
+    return "(" + ", ".join(f"'{s.value}'" for s in states) + ")"

@@ -1,0 +1,100 @@
+"""Verification of succeeded batches: rsync's checksum dry-run on a worker.
+
+One row per batch checked, with the same guarded transitions as batches
+(pending -> running -> verified | differs | error; a lost host's checks go back
+to pending). Counts per state are kept by triggers, so the API reads them in
+O(1).
+
+SQL style: SQLAlchemy text() with every state bound as a parameter.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from sqlalchemy import Connection, text
+
+from .batches import errors_json, requeue
+from .states import BatchState, VerifyState
+
+_SUCCEEDED = BatchState.SUCCEEDED.value
+_PENDING, _RUNNING = VerifyState.PENDING.value, VerifyState.RUNNING.value
+
+
+def enqueue(conn: Connection, again: bool) -> int:
+    """Queue every succeeded batch not verified yet (or, with again, every one)."""
+    redo = ([VerifyState.VERIFIED, VerifyState.DIFFERS, VerifyState.ERROR] if again
+            else [VerifyState.ERROR])
+    with conn.begin():
+        conn.execute(text("INSERT OR IGNORE INTO verifications(task_id) "
+                          "SELECT task_id FROM batches WHERE state = :ok"), {"ok": _SUCCEEDED})
+        for state in redo:
+            conn.execute(text(
+                "UPDATE verifications SET state = :p WHERE state = :s "
+                "AND task_id IN (SELECT task_id FROM batches WHERE state = :ok)"),
+                {"p": _PENDING, "s": state.value, "ok": _SUCCEEDED})
+        return conn.execute(text("SELECT count(*) FROM verifications WHERE state = :p"),
+                            {"p": _PENDING}).scalar()
+
+
+def claim(conn: Connection, worker_id: str) -> tuple[int, int] | None:
+    """pending -> running: (task_id, claim) of the next check, for one slot."""
+    with conn.begin():
+        row = conn.execute(text(
+            "UPDATE verifications SET state = :r, worker_id = :w, claim = claim + 1 "
+            "WHERE task_id = (SELECT task_id FROM verifications WHERE state = :p "
+            "ORDER BY task_id LIMIT 1) AND state = :p RETURNING task_id, claim"),
+            {"r": _RUNNING, "p": _PENDING, "w": worker_id}).first()
+    return (row.task_id, row.claim) if row else None
+
+
+def record(conn: Connection, task_id: int, claim_no: int, exit_code: int | None,
+           differences: list[str], errors: list[str]) -> bool:
+    """running -> verified | differs | error, for this claim only.
+    differences: rsync's itemized lines, one per entry a copy would change."""
+    state = (VerifyState.ERROR if exit_code != 0
+             else VerifyState.DIFFERS if differences else VerifyState.VERIFIED)
+    with conn.begin():
+        return conn.execute(text(
+            "UPDATE verifications SET state = :s, checked_ts = :t, exit_code = :e, "
+            "differences = :d WHERE task_id = :id AND claim = :c AND state = :r"),
+            {"s": state.value, "t": time.time(), "e": exit_code,
+             "d": errors_json(differences + errors), "id": task_id, "c": claim_no,
+             "r": _RUNNING}).rowcount == 1
+
+
+def release_worker(conn: Connection, worker_id: str | None) -> int:
+    """A lost host's checks (or all, with None) go back to pending."""
+    with conn.begin():
+        return conn.execute(text(
+            "UPDATE verifications SET state = :p WHERE state = :r "
+            "AND (:w IS NULL OR worker_id = :w)"),
+            {"p": _PENDING, "r": _RUNNING, "w": worker_id}).rowcount
+
+
+def counts(conn: Connection) -> dict[VerifyState, int]:
+    """Batches per verification state (O(1)); a read: run it inside the caller's
+    transaction (a writer must not leave one open)."""
+    rows = dict(conn.execute(text("SELECT state, batches FROM verify_counts")).all())
+    return {s: rows.get(s.value, 0) for s in VerifyState}
+
+
+def requeue_differences(conn: Connection) -> list[int]:
+    """Batches whose check found differences are copied again (and checked again)."""
+    with conn.begin():
+        ids = [r[0] for r in conn.execute(text(
+            "SELECT task_id FROM verifications WHERE state = :d ORDER BY task_id"),
+            {"d": VerifyState.DIFFERS.value})]
+    # Same size and time, other bytes: only --checksum makes the copy see them.
+    done = requeue(conn, ids, "verify found differences", checksum=True)
+    with conn.begin():
+        conn.execute(text("UPDATE verifications SET state = :p WHERE state = :d"),
+                     {"p": _PENDING, "d": VerifyState.DIFFERS.value})
+    return done
+
+
+def differences(conn: Connection, task_id: int) -> list[str]:
+    with conn.begin():
+        stored = conn.execute(text("SELECT differences FROM verifications WHERE task_id = :t"),
+                              {"t": task_id}).scalar()
+    return json.loads(stored) if stored else []

@@ -1,0 +1,227 @@
+"""The walk's shared queue of directories, and enqueueing the batches it cuts.
+
+Crash safety rests on two rules. A directory becomes `done` (or moves its
+`offset`) only in the transaction that enqueues the batch holding its entries,
+so an entry is enqueued exactly once. Subdirectories may be pushed earlier (so
+idle producers can take them) because `path` is UNIQUE: a directory listed again
+after a crash pushes nothing twice.
+
+A producer writes one row per entry, so its hot path (`WalkQueue.sync`) runs on
+the raw sqlite3 connection with a handful of cached statements, and does all of
+its writing (pushes, batches, progress, claims) in one transaction. It can also
+*try* a transaction without waiting: while another producer holds the write
+lock it goes on listing and enqueues its batches together a moment later,
+instead of sleeping in SQLite's busy handler (1, 2, 5, 10 ms...).
+
+SQL style: plain SQL in the sqlite3 dialect (`?` parameters) throughout. The
+hot path runs it on the raw cursor; the few calls outside it run it through
+`conn.exec_driver_sql` inside a SQLAlchemy transaction. States are bound as
+parameters from WalkDirState.
+"""
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection
+
+from .db import BUSY_TIMEOUT_MS
+from .states import WalkDirState
+
+_PENDING, _CLAIMED, _DONE = (WalkDirState.PENDING.value, WalkDirState.CLAIMED.value,
+                             WalkDirState.DONE.value)
+
+ROWS_PER_INSERT = 100
+_INSERT_ROW = "INSERT INTO batch_files(task_id, path, is_dir, size) VALUES (?1, ?, ?, ?)"
+_INSERT_ROWS = _INSERT_ROW + ", (?1, ?, ?, ?)" * (ROWS_PER_INSERT - 1)
+RETRY_MAX = 0.002         # seconds between tries for the write lock, at most
+CLAIM_MAX = 64            # directories one producer holds at most (memory stays small)
+_LOOK_AHEAD = 4 * CLAIM_MAX  # pending directories counted to size a claim
+
+
+@dataclass
+class Dir:
+    dir_id: int
+    path: bytes
+    offset: int     # entries of this directory (in listing order) already enqueued
+
+
+@dataclass
+class Cut:
+    """One batch as the walk cut it, and the walk progress it completes."""
+    entries: list[tuple[bytes, int, int]]   # (path, is_dir, size)
+    file_count: int
+    directory_count: int
+    estimated_bytes: int
+    done_dirs: list[int]                    # dir_ids fully listed into this and earlier batches
+    partial: tuple[int, int] | None         # (dir_id, offset) of the directory cut in the middle
+    errors: list[str] = field(default_factory=list)  # log lines, written with the batch
+    sparse: bool = False                    # holds a file with holes
+    links: list[tuple[int, int, bytes, int]] = field(default_factory=list)  # (dev, ino, path, size)
+
+
+def seed(conn: Connection) -> None:
+    """Queue SRC itself (path b'') when the walk has never started."""
+    with conn.begin():
+        conn.exec_driver_sql("INSERT OR IGNORE INTO walk_dirs(path) VALUES (x'')")
+
+
+def reset_claimed(conn: Connection) -> int:
+    """At start-up: directories claimed by a dead run are listed again from their offset."""
+    with conn.begin():
+        return conn.exec_driver_sql(
+            "UPDATE walk_dirs SET state = ?, producer_id = NULL WHERE state = ?",
+            (_PENDING, _CLAIMED)).rowcount
+
+
+def release_claims(conn: Connection, producer_id: int) -> int:
+    """A producer that failed hands its directories back, to be listed from their offsets."""
+    with conn.begin():
+        return conn.exec_driver_sql(
+            "UPDATE walk_dirs SET state = ?, producer_id = NULL "
+            "WHERE state = ? AND producer_id = ?", (_PENDING, _CLAIMED, producer_id)).rowcount
+
+
+def restart(conn: Connection) -> None:
+    """A new walk of the whole tree (a --rescan): every directory is listed again.
+    Runs inside the caller's transaction."""
+    conn.exec_driver_sql("UPDATE walk_dirs SET state = ?, offset = 0, producer_id = NULL",
+                         (_PENDING,))
+
+
+def walk_finished(conn: Connection) -> bool:
+    """No directory waits and none is being listed."""
+    with conn.begin():
+        row = conn.exec_driver_sql(
+            "SELECT EXISTS (SELECT 1 FROM walk_dirs WHERE state IN (?, ?))",
+            (_PENDING, _CLAIMED)).one()
+    return not row[0]
+
+
+class WalkQueue:
+    """One producer's side of the queue, on the raw DBAPI connection of `conn`.
+
+    `conn` (a writer from ledger.db: autocommit, WAL, busy timeout) must not be
+    inside a SQLAlchemy transaction while this is used.
+    """
+
+    def __init__(self, conn: Connection, producer_id: int, producers: int):
+        self.raw: sqlite3.Connection = conn.connection.driver_connection
+        self.cur = self.raw.cursor()
+        self.producer_id, self.producers = producer_id, producers
+
+    def state(self) -> tuple[bool, bool]:
+        """(some directory waits, some directory is being listed), without the write lock."""
+        pending, claimed = self.cur.execute(
+            "SELECT EXISTS (SELECT 1 FROM walk_dirs WHERE state = ?), "
+            "EXISTS (SELECT 1 FROM walk_dirs WHERE state = ?)", (_PENDING, _CLAIMED)).fetchone()
+        return bool(pending), bool(claimed)
+
+    def sync(self, push: list[bytes], cuts: list[Cut], claim: int,
+             wait: bool = True) -> list[Dir] | None:
+        """Push subdirectories, enqueue the cuts in order, claim up to `claim`
+        directories: one transaction. Returns the claimed directories, or None
+        (nothing written) when `wait` is false and another writer holds the lock."""
+        if not self._begin(wait):
+            return None
+        try:
+            cur, now = self.cur, time.time()
+            if push:
+                cur.executemany("INSERT OR IGNORE INTO walk_dirs(path) VALUES (?)",
+                                [(p,) for p in push])
+            for cut in cuts:
+                self._enqueue(cut, now)
+            if cuts:
+                cur.execute(
+                    "UPDATE producers SET entries = entries + ?, bytes = bytes + ?, "
+                    "dirs = dirs + ? WHERE producer_id = ?",
+                    (sum(len(c.entries) for c in cuts), sum(c.estimated_bytes for c in cuts),
+                     sum(len(c.done_dirs) for c in cuts), self.producer_id))
+            claimed = self._claim(claim) if claim > 0 else []
+            cur.execute("COMMIT")
+        except BaseException:
+            if self.raw.in_transaction:
+                self.cur.execute("ROLLBACK")
+            raise
+        return claimed
+
+    def _begin(self, wait: bool) -> bool:
+        """BEGIN IMMEDIATE. When another writer holds the lock: give up at once
+        (wait false), or try again after 0.2, 0.4, 0.8... ms, never more than
+        RETRY_MAX apart. SQLite's own busy handler sleeps 1, 2, 5, 10... up to
+        100 ms: on a busy machine, where the holder of ~1 ms transactions gets
+        descheduled, its waiters slept far longer than the lock was held."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        self.cur.execute("PRAGMA busy_timeout = 0")
+        try:
+            for attempt in itertools.count():
+                try:
+                    self.cur.execute("BEGIN IMMEDIATE")
+                    return True
+                except sqlite3.OperationalError as e:
+                    if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                        raise
+                    if not wait:
+                        return False
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(min(RETRY_MAX, 0.0002 * 2 ** attempt))
+        finally:
+            self.cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    def _enqueue(self, cut: Cut, now: float) -> None:
+        cur = self.cur
+        if cut.entries:
+            task_id = cur.execute(
+                "INSERT INTO batches(file_count, directory_count, estimated_bytes, sparse, "
+                "producer_id, created_ts) VALUES (?, ?, ?, ?, ?, ?) RETURNING task_id",
+                (cut.file_count, cut.directory_count, cut.estimated_bytes, int(cut.sparse),
+                 self.producer_id, now)).fetchone()[0]
+            self._insert_entries(task_id, cut.entries)
+        if cut.done_dirs:
+            cur.executemany("UPDATE walk_dirs SET state = ? WHERE dir_id = ?",
+                            [(_DONE, d) for d in cut.done_dirs])
+        if cut.partial:
+            cur.execute("UPDATE walk_dirs SET offset = ? WHERE dir_id = ?",
+                        (cut.partial[1], cut.partial[0]))
+        if cut.links:
+            # Seen again by a --rescan (the inode changed): batched again.
+            cur.executemany("INSERT INTO hardlinks(dev, ino, path, size) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT DO UPDATE SET size = excluded.size, task_id = NULL",
+                            cut.links)
+        if cut.errors:
+            cur.executemany("INSERT INTO log(ts, level, task_id, message) "
+                            "VALUES (?, 'error', NULL, ?)", [(now, m) for m in cut.errors])
+
+    def _insert_entries(self, task_id: int, entries: list[tuple[bytes, int, int]]) -> None:
+        """The batch's rows in batch_files, the walk's hottest statement.
+
+        Sent ROWS_PER_INSERT at a time in one multi-row INSERT, they cost
+        a third of executemany's one statement per row; a bytearray is bound as
+        is where bytes goes through sqlite3's adapter lookup first.
+        """
+        rows = [(bytearray(p), d, s) for p, d, s in entries]
+        full = len(rows) - len(rows) % ROWS_PER_INSERT
+        for i in range(0, full, ROWS_PER_INSERT):
+            self.cur.execute(_INSERT_ROWS, (task_id, *itertools.chain.from_iterable(
+                rows[i:i + ROWS_PER_INSERT])))
+        if full < len(rows):
+            self.cur.executemany(_INSERT_ROW, [(task_id, *r) for r in rows[full:]])
+
+    def _claim(self, limit: int) -> list[Dir]:
+        """Up to `limit` waiting directories, newest first (depth first keeps the
+        queue short), but no more than this producer's share of what waits."""
+        waiting = self.cur.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM walk_dirs WHERE state = ? LIMIT ?)",
+            (_PENDING, _LOOK_AHEAD)).fetchone()[0]
+        n = min(limit, max(1, waiting // self.producers))
+        rows = self.cur.execute(
+            "UPDATE walk_dirs SET state = ?, producer_id = ? "
+            "WHERE dir_id IN (SELECT dir_id FROM walk_dirs WHERE state = ? "
+            "                 ORDER BY dir_id DESC LIMIT ?) "
+            "RETURNING dir_id, path, offset", (_CLAIMED, self.producer_id, _PENDING, n)).fetchall()
+        return [Dir(dir_id, bytes(path), offset) for dir_id, path, offset in sorted(rows)]
+
+

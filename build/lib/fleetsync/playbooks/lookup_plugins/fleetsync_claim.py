@@ -1,0 +1,35 @@
+"""Ansible lookup: the command of the next batch for this worker slot.
+
+Ansible templates a loop item just before running it, so this lookup runs
+once per item, on the controller, and hands the slot whatever batch is
+waiting now. The logic lives in fleetsync.controller.slot; this is the shim.
+"""
+from ansible.errors import AnsibleError
+from ansible.plugins.lookup import LookupBase
+
+DOCUMENTATION = """
+name: fleetsync_claim
+short_description: claim the next fleetsync batch and return its shell command
+description: Claims the oldest waiting batch in the fleetsync ledger for this worker.
+options:
+  _terms:
+    description: the preflight output that names the worker
+    required: true
+"""
+
+
+class LookupModule(LookupBase):
+    def run(self, terms, variables=None, **kwargs):
+        from fleetsync.controller import slot
+        from fleetsync.ledger.states import DeleteMode, OutcomeKind
+
+        v = variables or {}
+        try:
+            worker_id = slot.parse_worker(str(terms[0]))
+            return [slot.next_command(v["fleetsync_ledger"], worker_id,
+                                      v["fleetsync_stop_file"], v["fleetsync_run_token"],
+                                      list(v["fleetsync_rsync_options"]),
+                                      OutcomeKind(v.get("fleetsync_mode", "copy")),
+                                      DeleteMode(v.get("fleetsync_delete", "off")))]
+        except Exception as e:  # an exception here would fail the host; say why instead
+            raise AnsibleError(f"fleetsync_claim: {type(e).__name__}: {e}") from e
