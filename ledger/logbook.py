@@ -1,4 +1,7 @@
-"""The ledger's log: warnings and errors with their time, batch and worker."""
+"""The ledger's log: warnings and errors with their time, batch and worker.
+
+SQL style: SQLAlchemy Core (one INSERT per line, off every hot path).
+"""
 from __future__ import annotations
 
 import time

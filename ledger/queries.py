@@ -6,6 +6,9 @@ one read transaction per request). Counts come from `batch_counts` (kept by
 triggers), never from scanning `batches`, so every answer here costs O(1) or
 O(page size) at any number of batches.
 
+SQL style: plain SQL run on the raw sqlite3 cursor (see `_rows` for the measured
+reason), with named parameters; states are bound from ledger/states.py.
+
 Rounding (the same everywhere): `elapsed_sec` to 1 decimal; every rate and
 every `gb_*` value to 2 decimals. Rates are computed from the rounded
 `elapsed_sec` shown next to them, so a client dividing the numbers it got
