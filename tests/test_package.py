@@ -7,6 +7,7 @@ default inventory wherever it is run from.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,8 +20,12 @@ from .support import REPO
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("wheel")
+    # A copy of the sources: setuptools builds in the source tree (build/, *.egg-info).
+    sources = tmp_path_factory.mktemp("sources") / "fleetsync"
+    shutil.copytree(REPO, sources, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "*.egg-info", "demo", "out", "__pycache__"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out),
-                        REPO], capture_output=True, text=True, timeout=600)
+                        str(sources)], capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         pytest.fail(f"pip wheel failed: {r.stderr[-2000:]}")
     [name] = [n for n in os.listdir(out) if n.endswith(".whl")]

@@ -1,5 +1,0 @@
-"""The read-only status API: `make_app(ledger_path)` and the waitress server that runs it."""
-from .app import make_app
-from .server import ServerThread, serve, start_in_thread
-
-__all__ = ["make_app", "serve", "start_in_thread", "ServerThread"]
