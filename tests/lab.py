@@ -7,7 +7,7 @@
     lab.kill(h1); lab.link(h2, up=False); lab.freeze(h2); lab.thaw(h2)
     lab.close()                 # idempotent; also runs at exit
 
-Follows shared/notes/lab.md. Each host is `ip netns exec NS unshare --uts --pid
+Each host is `ip netns exec NS unshare --uts --pid
 --fork --mount-proc`: its own network, hostname and process space (as separate
 machines would have: a host sees and can kill only its own processes), sharing
 this machine's filesystem except a private, empty /root. Addresses come from one
@@ -62,7 +62,11 @@ def lab_or_skip() -> str | None:
              "--mount-proc", "true", check=False)
     _run("ip", "netns", "del", probe, check=False)
     if r.returncode != 0:
-        return f"pid/uts namespaces are not permitted here: {r.stderr.strip()}"
+        # In a chroot whose / is not a mount point, unshare's --make-rslave / fails
+        # (EINVAL): the namespaces work, the chroot needs `mount --bind DIR DIR`.
+        where = ("" if os.path.ismount("/") else
+                 " (/ is not a mount point: in a chroot, bind-mount its root onto itself)")
+        return f"pid/uts namespaces are not permitted here{where}: {r.stderr.strip()}"
     return None
 
 

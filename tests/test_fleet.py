@@ -357,36 +357,58 @@ def test_hosts_sharing_the_controllers_processes_do_not_kill_each_others_runs(
     run.assert_complete(rc, out, err)
 
 
-def _open_temp_file(lab, host, dest: str) -> str | None:
-    """A temporary file of rsync's that a process of the host has open under DEST."""
-    for pid in lab.pids(host):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
+BIG = 1 << 20      # one 1 MiB file: its temporary file stays open ~10 s at --bwlimit=100
+
+
+def _writing(lab, dest: str, name: bytes) -> tuple | None:
+    """(host, path) while a process of a lab host has rsync's temporary file of
+    DEST/.../NAME (.NAME.XXXXXX) open. The temporary files are found under DEST and
+    matched to the hosts' open files by device and inode, not by the text of the
+    /proc/PID/fd links: each host runs in mount namespaces of its own, and that text
+    is the path from the machine's real root, which is not DEST when the tests run in
+    a chroot (/CHROOT/tmp/.../dest/...)."""
+    temps = {}
+    for d, _, files in os.walk(os.fsencode(dest)):
+        for f in files:
+            if f.startswith(b"." + name + b".") and RSYNC_TEMP.search(f):
+                try:
+                    st = os.stat(os.path.join(d, f))
+                except OSError:
+                    continue        # renamed into place meanwhile
+                temps[(st.st_dev, st.st_ino)] = os.fsdecode(os.path.join(d, f))
+    if not temps:
+        return None
+    for host in lab.hosts:
+        for pid in lab.pids(host):
             try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                fds = os.listdir(f"/proc/{pid}/fd")
             except OSError:
                 continue
-            if target.startswith(dest + "/") and RSYNC_TEMP.search(os.fsencode(target)):
-                return target
+            for fd in fds:
+                try:
+                    st = os.stat(f"/proc/{pid}/fd/{fd}")      # the open file itself
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) in temps:
+                    return host, temps[(st.st_dev, st.st_ino)]
     return None
 
 
 def test_a_host_killed_mid_file_leaves_no_rsync_temp_file(tmp_path, make_lab):
     """Killed while writing, rsync leaves DEST/dir/.NAME.XXXXXX; the batch is redone
-    elsewhere and the directory pass removes the stale file. Was a bug until a8813d0."""
+    elsewhere and the directory pass removes the stale file. Was a bug until a8813d0.
+    The victim is whichever host copies the one big file: at --bwlimit=100 its
+    temporary file is open for ~10 s, so the kill surely lands mid-file."""
     lab = make_lab(3)
-    victim = lab.hosts[1]
     run = Run(tmp_path, lab, dirs=10, files=100)
+    with open(os.path.join(run.src, "d05", "big"), "wb") as f:
+        f.write(os.urandom(BIG))
     lab.inventory(run.inv, lab.hosts)
     proc = run.start(SLOW)
-    wait_for("the victim's first batch", lambda: successes(run.ledger, victim.name) >= 1,
-             90, proc)
-    temp = wait_for("the victim writing a file", lambda: _open_temp_file(
-        lab, victim, run.dest), 60, proc, every=0.01)
+    victim, temp = wait_for("a host writing the big file", lambda: _writing(
+        lab, run.dest, b"big"), 90, proc, every=0.05)
     lab.kill(victim)
+    assert os.path.exists(temp), f"{victim.name} was killed mid-file but left no {temp}"
     rc, out, err = finish(proc)
     run.assert_complete(rc, out, err, temp_files_ok=True)   # all else arrived
     left = [os.path.join(d, f) for d, _, fs in os.walk(run.dest) for f in fs
