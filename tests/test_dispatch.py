@@ -97,7 +97,7 @@ def test_file_deleted_after_the_walk_is_exit_24_retried_then_failed(tmp_path):
     assert logs == [("warning", f"task {task_id} retry 1 exit=24"),
                     ("error", f"task {task_id} retry 1 exit=24")]
     c = counts(ledger)
-    assert c["failed"] == 1 and c["succeeded"] == 3 and c["pending"] == 0   # 20 files, 5 a batch
+    assert c["failed"] == 1 and c["succeeded"] == 4 and c["pending"] == 0   # SRC and 20 files, 5 a batch
     # Everything else arrived.
     assert sorted(os.listdir(dest)) == sorted(os.listdir(src))
 
