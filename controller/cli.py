@@ -55,14 +55,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="print the installed version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="walk SRC, copy it to DEST on the inventory's hosts "
+    run = _command(sub, "run", help="walk SRC, copy it to DEST on the inventory's hosts "
                          "(resumes when the ledger exists)")
     run.add_argument("--src", required=True, help="source directory (walked on this machine)")
     run.add_argument("--dest", required=True,
                      help="destination: a path on the workers, or an rsync remote (host:/path)")
-    run.add_argument("--inventory", default=DEFAULT_INVENTORY,
+    run.add_argument("--inventory", default=DEFAULT_INVENTORY, metavar="INV",
                      help="Ansible inventory of the workers (default: this machine alone)")
-    run.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
+    run.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
     _api_args(run)
     run.add_argument("--no-api", action="store_true", help="do not serve the API during the run")
     run.add_argument("--batch-files", type=int, default=defaults.BATCH_FILES, metavar="N",
@@ -91,38 +91,43 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verify", action="store_true",
                      help="after the copy, check every batch with rsync --checksum --dry-run")
 
-    ver = sub.add_parser("verify", help="check succeeded batches on the workers with rsync's "
+    ver = _command(sub, "verify", help="check succeeded batches on the workers with rsync's "
                          "checksums (dry run); record per batch: verified, or what differs")
-    ver.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
-    ver.add_argument("--inventory", default=DEFAULT_INVENTORY,
+    ver.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
+    ver.add_argument("--inventory", default=DEFAULT_INVENTORY, metavar="INV",
                      help="Ansible inventory of the workers that check (default: this machine)")
     ver.add_argument("--again", action="store_true", help="check batches verified before, too")
     ver.add_argument("--requeue", action="store_true",
                      help="put batches that differ back in the queue for `fleetsync run`")
     _worker_args(ver)
 
-    retry = sub.add_parser("retry", help="put failed (or chosen) batches of a migration back "
+    retry = _command(sub, "retry", help="put failed (or chosen) batches of a migration back "
                            "in the queue; `fleetsync run` then copies them")
-    retry.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
+    retry.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="every batch that failed")
     which.add_argument("--task", type=int, action="append", metavar="N",
                        help="this batch (repeatable), failed or succeeded")
 
-    bw = sub.add_parser("bwlimit", help="change the fleet's bandwidth cap, also during a run")
-    bw.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
+    bw = _command(sub, "bwlimit", help="change the fleet's bandwidth cap, also during a run")
+    bw.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
     bw.add_argument("rate", help="per second for the whole fleet, e.g. 200MiB, or 'off'")
 
-    serve = sub.add_parser("serve", help="serve the API of a ledger (running, finished or crashed)")
-    serve.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
+    serve = _command(sub, "serve", help="serve the API of a ledger (running, finished or crashed)")
+    serve.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
     _api_args(serve)
 
-    status = sub.add_parser("status", help="print the migration's progress line "
+    status = _command(sub, "status", help="print the migration's progress line "
                             "(batches, files, bytes, rate, ETA)")
-    status.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
+    status.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
     status.add_argument("--json", action="store_true",
                         help="print /status, /progress and /throughput as JSON")
     return p
+
+
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A command whose --help starts with the line `fleetsync --help` lists for it."""
+    return sub.add_parser(name, help=help, description=help)
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
@@ -137,9 +142,9 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bind", default=defaults.API_HOST,
+    p.add_argument("--bind", default=defaults.API_HOST, metavar="ADDR",
                    help="API address (default: %(default)s; another address needs care: --token)")
-    p.add_argument("--port", type=_port, default=defaults.API_PORT,
+    p.add_argument("--port", type=_port, default=defaults.API_PORT, metavar="PORT",
                    help="API port, 0..65535; 0 takes any free port and prints it "
                         "(default: %(default)s)")
     token = p.add_mutually_exclusive_group()

@@ -121,6 +121,8 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     with engine.connect() as conn:
         if batches.work_left(conn).finished:
             migration.end_run(conn)
+        elif stopped.is_set():
+            migration.stop_run(conn)
     engine.dispose()
     return _summary(ledger_path, stopped.signum, delete, started)
 

@@ -39,12 +39,10 @@ def _run_state(conn) -> str:
                               schema.migration.c.finished_ts)).first()
     if row is None:
         return "stopped"
-    if row.finished_ts is not None and row.run_started_ts is None:
-        return "finished"
+    if row.run_started_ts is None:      # the last run ended (migration.end_run/stop_run)
+        return "finished" if row.finished_ts is not None else "stopped"
     beat = row.run_heartbeat_ts or row.run_started_ts
-    if beat is not None and time.time() - beat < migration.LIVE_AFTER_HEARTBEAT:
-        return "running"
-    return "stopped"
+    return "running" if time.time() - beat < migration.LIVE_AFTER_HEARTBEAT else "stopped"
 
 
 def line(conn, running: bool | None = None) -> str:
