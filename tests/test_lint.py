@@ -30,7 +30,8 @@ def violations() -> dict[str, list[str]]:
     """{playbook: ["path:line rule: description", ...]} from one ansible-lint run."""
     r = subprocess.run([LINT, "--offline", "--profile", "production", "-f", "json", *PLAYBOOKS],
                        cwd=REPO, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "NO_COLOR": "1"})
+                       env={**os.environ, "NO_COLOR": "1",
+                            "PATH": os.path.dirname(LINT) + os.pathsep + os.environ["PATH"]})
     # 0: clean, 2: violations found; anything else is ansible-lint itself failing.
     assert r.returncode in (0, 2), r.stderr[-3000:]
     found: dict[str, list[str]] = {p: [] for p in PLAYBOOKS}

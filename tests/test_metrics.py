@@ -296,3 +296,13 @@ def test_each_alert_fires_when_it_should_and_not_before(tmp_path):
     r = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_metric_is_in_the_readme(ledger):
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme[readme.index("### GET /metrics"):readme.index("### Token")]
+    named = set(re.findall(r"\bfleetsync_\w+", section))
+    for stem, names in re.findall(r"\b(fleetsync_\w+)\{([\w,]+)\}", section):   # a_{b,c}
+        named |= {stem + n for n in names.split(",")}
+    assert set(types(render(ledger))) - named == set()
