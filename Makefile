@@ -5,16 +5,19 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # What fleetsync runs with, and what only the tests need (the dashboard test
-# renders the page in headless Chromium and reads the screenshot with tesseract).
+# renders the page in headless Chromium and reads the screenshot with tesseract;
+# tests/test_metrics.py checks monitoring/ and /metrics with promtool, from `prometheus`).
 DEBS      := rsync openssh-server openssh-client sqlite3 fpart iproute2 procps python3-venv
-TEST_DEBS := chromium tesseract-ocr fonts-dejavu-core
+TEST_DEBS := chromium tesseract-ocr fonts-dejavu-core prometheus
+# ansible-lint in a venv of its own (requirements-lint.txt says why).
+LINT_VENV := .venv-lint
 DEMO   := demo
 
-.PHONY: demo test deps test-deps debs venv clean bench
+.PHONY: demo test deps test-deps debs venv lint-venv lint clean bench
 
 deps: debs venv
 
-test-deps: deps
+test-deps: deps lint-venv
 	@$(MAKE) --no-print-directory debs DEBS="$(TEST_DEBS)"
 
 # Debian packages, only when one is missing and only as root (else say what to install).
@@ -40,6 +43,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(PY)
 	touch $@
 
 venv: $(VENV)/.installed
+
+$(LINT_VENV)/.installed: requirements-lint.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found"; exit 1; }
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/python -m pip install -q -r requirements-lint.txt
+	touch $@
+
+lint-venv: $(LINT_VENV)/.installed
+
+# The playbooks with ansible-lint's strictest profile (tests/test_lint.py runs the same).
+lint: lint-venv
+	$(LINT_VENV)/bin/ansible-lint --offline --profile production playbooks/
 
 test: test-deps
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -37,6 +37,8 @@ class Route:
     media_type: str = errors.JSON_TYPE
     public: bool = False                 # answered without the token
     ledger: bool = True                  # False: view(**params), no snapshot opened
+    any_query: bool = False              # takes no parameters and ignores any given: a
+                                         # Prometheus scrape config may add `params:`
 
 
 def _healthz(conn: Connection) -> dict:
@@ -84,9 +86,9 @@ ROUTES: tuple[Route, ...] = (
           path_params=(IntParam("task_id", "The batch", 1, INT64_MAX),),
           response="Batch"),
     Route("/metrics", "The same numbers in Prometheus text format", metrics.render,
-          media_type=metrics.CONTENT_TYPE),
+          media_type=metrics.CONTENT_TYPE, any_query=True),
     Route("/healthz", "Liveness: the ledger can be read (no token needed)", _healthz,
-          response="Health", public=True),
+          response="Health", public=True, any_query=True),
     Route("/openapi.json", "This description", lambda: OPENAPI, ledger=False),
     Route("/", "Dashboard: an HTML page that polls the routes above (the page needs no token, "
           "its calls do: open it as /#token=T)", dashboard.page,
@@ -129,7 +131,7 @@ def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
 
     def endpoint(route: Route) -> Callable:
         def handle(**url_args: str) -> dict | str:
-            kwargs = parse_query(route.params)
+            kwargs = {} if route.any_query else parse_query(route.params)
             for p in route.path_params:
                 kwargs[p.name] = p.parse(url_args[p.name])
             body = read(route.view, kwargs) if route.ledger else route.view(**kwargs)

@@ -1,15 +1,38 @@
-"""/metrics: the numbers of /status, /progress and /throughput in Prometheus text format.
+"""/metrics: the ledger's numbers in Prometheus text format, for dashboards and alerts.
 
-Counts are the same integers the JSON routes give; times are unrounded
-seconds (Prometheus computes its own rates with rate()).
+Gauges repeat /status, /progress and /throughput (the same integers; times are
+unrounded seconds). Counters (`_total`) only ever go up, so Prometheus'
+rate() and increase() work on them: attempts by status, retries, rsync's bytes.
+They come from the `attempt_counts` table kept by a trigger (ledger/schema.py),
+so a scrape reads a handful of rows at any number of attempts. Workers are one
+row per host. monitoring/alerts.yml and monitoring/grafana-dashboard.json use
+these names: a renamed metric breaks them (tests/test_metrics.py checks).
 """
 from __future__ import annotations
+
+import importlib.metadata
+import time
 
 from sqlalchemy import Connection
 
 from fleetsync.ledger import queries
+from fleetsync.ledger.states import AttemptStatus, WorkerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+try:
+    VERSION = importlib.metadata.version("fleetsync")
+except importlib.metadata.PackageNotFoundError:   # a source tree never installed
+    VERSION = "unknown"
+
+_ATTEMPT_COUNTS = "SELECT status, attempts, bytes_sent, bytes_received FROM attempt_counts"
+_HAS_ATTEMPT_COUNTS = ("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                       "AND name = 'attempt_counts'")
+# A ledger last opened by a fleetsync older than attempt_counts (served read-only,
+# so it cannot be added here): the same numbers by a scan, until `run` adds the table.
+_ATTEMPT_SCAN = ("SELECT status, count(*), coalesce(sum(bytes_sent), 0), "
+                 "coalesce(sum(bytes_received), 0) FROM attempts GROUP BY status")
+_WORKERS = "SELECT worker_id, host, state, heartbeat_ts FROM workers ORDER BY worker_id"
 
 
 def _label(value: str) -> str:
@@ -17,18 +40,39 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _metric(lines: list[str], name: str, help_: str, samples: list[tuple[str, float]]) -> None:
+def _labels(**labels: str) -> str:
+    return "{" + ",".join(f'{k}="{_label(str(v))}"' for k, v in labels.items()) + "}"
+
+
+def _metric(lines: list[str], name: str, help_: str, samples: list[tuple[str, float]],
+            kind: str = "gauge") -> None:
     lines.append(f"# HELP fleetsync_{name} {help_}")
-    lines.append(f"# TYPE fleetsync_{name} gauge")
+    lines.append(f"# TYPE fleetsync_{name} {kind}")
     lines.extend(f"fleetsync_{name}{labels} {value}" for labels, value in samples)
 
 
-def render(conn: Connection) -> str:
+def _rows(conn: Connection, sql: str) -> list[tuple]:
+    return conn.exec_driver_sql(sql).fetchall()
+
+
+def _attempt_counts(conn: Connection) -> dict[str, tuple[int, int, int]]:
+    """{status: (attempts, bytes_sent, bytes_received)} for every AttemptStatus."""
+    sql = _ATTEMPT_COUNTS if _rows(conn, _HAS_ATTEMPT_COUNTS) else _ATTEMPT_SCAN
+    counts = {s.value: (0, 0, 0) for s in AttemptStatus}
+    for status, n, sent, received in _rows(conn, sql):
+        counts[status] = (n, sent, received)
+    return counts
+
+
+def render(conn: Connection, now: float | None = None) -> str:
+    now = time.time() if now is None else now
     counts = queries.batch_counts(conn)
     status = queries.status(conn)
     pending = queries.progress(conn)["pending"]
     beats = queries.heartbeat_times(conn)
     lines: list[str] = []
+    _metric(lines, "build_info", "The fleetsync version serving these metrics (always 1).",
+            [(_labels(version=VERSION), 1)])
     for key, help_ in [("total_batches", "Batches enqueued (/status.total_batches)."),
                        ("completed_batches", "Batches succeeded."),
                        ("failed_batches", "Batches failed for good."),
@@ -42,9 +86,42 @@ def render(conn: Connection) -> str:
                        ("directories", "Directories of the batches in each state."),
                        ("bytes", "Scanned bytes of the batches in each state.")]:
         _metric(lines, f"state_{key}", help_,
-                [(f'{{state="{state}"}}', c[key]) for state, c in sorted(counts.items())])
+                [(_labels(state=state), c[key]) for state, c in sorted(counts.items())])
     _metric(lines, "elapsed_seconds", "Running time of the migration across resumes.",
-            [("", queries.elapsed_sec(conn))])
+            [("", queries.elapsed_sec(conn, now))])
     _metric(lines, "worker_heartbeat_timestamp_seconds", "Last event heard from each worker.",
-            [(f'{{worker_id="{_label(w)}"}}', ts) for w, ts in beats])
+            [(_labels(worker_id=w), ts) for w, ts in beats])
+    _counters(lines, conn)
+    _workers(lines, conn, now)
     return "\n".join(lines) + "\n"
+
+
+def _counters(lines: list[str], conn: Connection) -> None:
+    attempts = sorted(_attempt_counts(conn).items())
+    _metric(lines, "attempts_total", "Attempts recorded, by status: success, retry (failed, "
+            "will run again), failed (for good), lost (host lost), requeued (fleetsync retry).",
+            [(_labels(status=s), n) for s, (n, _, _) in attempts], "counter")
+    _metric(lines, "retries_total", "Retries scheduled after a retryable rsync exit "
+            '(attempts_total{status="retry"}).',
+            [("", dict(attempts)[AttemptStatus.RETRY.value][0])], "counter")
+    _metric(lines, "bytes_sent_total", "Bytes rsync reported sent, over every attempt.",
+            [("", sum(sent for _, (_, sent, _) in attempts))], "counter")
+    _metric(lines, "bytes_received_total", "Bytes rsync reported received, over every attempt.",
+            [("", sum(received for _, (_, _, received) in attempts))], "counter")
+    # TODO(issue 10): fleetsync_entries_not_arrived_total, from the per-file outcomes
+    # table once it is in the ledger; until then monitoring/alerts.yml watches the
+    # entries of failed batches (fleetsync_state_files / _directories{state="failed"}).
+
+
+def _workers(lines: list[str], conn: Connection, now: float) -> None:
+    rows = _rows(conn, _WORKERS)
+    by_state = {s.value: 0 for s in WorkerState}
+    for _, _, state, _ in rows:
+        by_state[state] = by_state.get(state, 0) + 1
+    _metric(lines, "workers", "Workers in each state: up, lost (unreachable or silent; "
+            "tried again after a back-off), gone (left the inventory).",
+            [(_labels(state=s), n) for s, n in sorted(by_state.items())])
+    _metric(lines, "worker_heartbeat_age_seconds", "Seconds since each worker was last heard "
+            "from, with its state (the API's clock, which is the controller's).",
+            [(_labels(worker_id=w, host=h, state=s), max(0.0, now - ts))
+             for w, h, s, ts in rows if ts is not None])

@@ -3,11 +3,13 @@
 The arguments are parsed here; controller/commands.py does what each command says.
 
 Exit status: 0 every batch succeeded, 1 some batch failed for good, 2 a usage
-or configuration error, said in one line on stderr.
+or configuration error, said in one line on stderr; `run` and `serve`: 130 when
+interrupted by SIGINT (Ctrl-C), 143 by SIGTERM.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import signal
 import sys
@@ -17,22 +19,51 @@ from .errors import UsageError
 from .resources import DEFAULT_INVENTORY
 
 LEDGER_HELP = "SQLite ledger of the migration (default: %(default)s)"
+TOKEN_ENV = "FLEETSYNC_TOKEN"
+
+
+def version() -> str:
+    """The installed package's version (setup.cfg), as pip recorded it."""
+    try:
+        return importlib.metadata.version("fleetsync")
+    except importlib.metadata.PackageNotFoundError:   # run from a tree never installed
+        return "unknown (not installed)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with each error in one line (the usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0..65535 (0: any free port): argparse would take 70000, and the
+    socket layer then listens on 70000 % 65536."""
+    if text.isdigit() and int(text) <= 65535:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, not {text!r}")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fleetsync", description=(
+    p = _Parser(prog="fleetsync", description=(
         "Migrate a huge file tree with rsync across the hosts of an Ansible inventory, "
-        "with a SQLite ledger of every batch and a live JSON API."))
-    sub = p.add_subparsers(dest="command", required=True)
+        "with a SQLite ledger of every batch and a live JSON API."), epilog=(
+        "Exit status: 0 done, 1 some batch failed for good, 2 a usage or configuration "
+        "error (one line on stderr); run and serve: 130 when interrupted by SIGINT "
+        "(Ctrl-C), 143 by SIGTERM."))
+    p.add_argument("--version", action="version", version=f"fleetsync {version()}",
+                   help="print the installed version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="walk SRC, copy it to DEST on the inventory's hosts "
+    run = _command(sub, "run", help="walk SRC, copy it to DEST on the inventory's hosts "
                          "(resumes when the ledger exists)")
     run.add_argument("--src", required=True, help="source directory (walked on this machine)")
     run.add_argument("--dest", required=True,
                      help="destination: a path on the workers, or an rsync remote (host:/path)")
-    run.add_argument("--inventory", default=DEFAULT_INVENTORY,
+    run.add_argument("--inventory", default=DEFAULT_INVENTORY, metavar="INV",
                      help="Ansible inventory of the workers (default: this machine alone)")
-    run.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
+    run.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
     _api_args(run)
     run.add_argument("--no-api", action="store_true", help="do not serve the API during the run")
     run.add_argument("--batch-files", type=int, default=defaults.BATCH_FILES, metavar="N",
@@ -61,38 +92,43 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verify", action="store_true",
                      help="after the copy, check every batch with rsync --checksum --dry-run")
 
-    ver = sub.add_parser("verify", help="check succeeded batches on the workers with rsync's "
+    ver = _command(sub, "verify", help="check succeeded batches on the workers with rsync's "
                          "checksums (dry run); record per batch: verified, or what differs")
-    ver.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
-    ver.add_argument("--inventory", default=DEFAULT_INVENTORY,
+    ver.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
+    ver.add_argument("--inventory", default=DEFAULT_INVENTORY, metavar="INV",
                      help="Ansible inventory of the workers that check (default: this machine)")
     ver.add_argument("--again", action="store_true", help="check batches verified before, too")
     ver.add_argument("--requeue", action="store_true",
                      help="put batches that differ back in the queue for `fleetsync run`")
     _worker_args(ver)
 
-    retry = sub.add_parser("retry", help="put failed (or chosen) batches of a migration back "
+    retry = _command(sub, "retry", help="put failed (or chosen) batches of a migration back "
                            "in the queue; `fleetsync run` then copies them")
-    retry.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
+    retry.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="every batch that failed")
     which.add_argument("--task", type=int, action="append", metavar="N",
                        help="this batch (repeatable), failed or succeeded")
 
-    bw = sub.add_parser("bwlimit", help="change the fleet's bandwidth cap, also during a run")
-    bw.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
+    bw = _command(sub, "bwlimit", help="change the fleet's bandwidth cap, also during a run")
+    bw.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
     bw.add_argument("rate", help="per second for the whole fleet, e.g. 200MiB, or 'off'")
 
-    serve = sub.add_parser("serve", help="serve the API of a ledger (running, finished or crashed)")
-    serve.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
+    serve = _command(sub, "serve", help="serve the API of a ledger (running, finished or crashed)")
+    serve.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
     _api_args(serve)
 
-    status = sub.add_parser("status", help="print the migration's progress line "
+    status = _command(sub, "status", help="print the migration's progress line "
                             "(batches, files, bytes, rate, ETA)")
-    status.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
+    status.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
     status.add_argument("--json", action="store_true",
                         help="print /status, /progress and /throughput as JSON")
     return p
+
+
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A command whose --help starts with the line `fleetsync --help` lists for it."""
+    return sub.add_parser(name, help=help, description=help)
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
@@ -107,12 +143,40 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bind", default=defaults.API_HOST,
+    p.add_argument("--bind", default=defaults.API_HOST, metavar="ADDR",
                    help="API address (default: %(default)s; another address needs care: --token)")
-    p.add_argument("--port", type=int, default=defaults.API_PORT,
-                   help="API port (default: %(default)s)")
-    p.add_argument("--token", default=os.environ.get("FLEETSYNC_TOKEN"),
-                   help="bearer token the API requires (default: $FLEETSYNC_TOKEN)")
+    p.add_argument("--port", type=_port, default=defaults.API_PORT, metavar="PORT",
+                   help="API port, 0..65535; 0 takes any free port and prints it "
+                        "(default: %(default)s)")
+    token = p.add_mutually_exclusive_group()
+    token.add_argument("--token-file", metavar="PATH",
+                       help="file holding the bearer token the API requires (its first line); "
+                            f"default: ${TOKEN_ENV}, else no token")
+    token.add_argument("--token", metavar="T",
+                       help="the bearer token itself; every user of this machine sees it in "
+                            "`ps`: prefer --token-file or $" + TOKEN_ENV)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The API's token: --token (said to be visible), --token-file, $FLEETSYNC_TOKEN."""
+    if args.token is not None:
+        if not args.token:
+            # `--token "$TOKEN"` with TOKEN unset: an open API the operator did not mean.
+            raise UsageError("--token is empty (is the variable you passed set?)")
+        print("fleetsync: warning: --token is visible to every user of this machine in `ps`; "
+              f"use --token-file PATH or ${TOKEN_ENV}", file=sys.stderr)
+        return args.token
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except (OSError, UnicodeError) as e:
+            raise UsageError(f"--token-file {args.token_file}: "
+                             f"{getattr(e, 'strerror', None) or e}") from None
+        if not token:
+            raise UsageError(f"--token-file {args.token_file} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,20 +184,32 @@ def main(argv: list[str] | None = None) -> int:
     from fleetsync.ledger.db import LedgerError
     from .dispatch import DispatchError
     from .inventory import InventoryError
+    api = None
     try:
+        if args.command in ("run", "serve"):
+            args.token = _token(args)
+            if not getattr(args, "no_api", False):
+                from .listener import Listener
+                # Bound first: a bad port or address is one line before anything is created.
+                api = Listener(args.bind, args.port)
         if args.command == "run":
             from . import inventory
-            # The slowest check first, in the background, while the imports go on.
+            # The slowest check next, in the background, while the imports go on.
             loading = inventory.Loading(args.inventory)
             from . import commands
-            return commands.run(args, loading)
+            return commands.run(args, loading, api)
         from . import commands
+        if args.command == "serve":
+            return commands.serve(args, api)
         return getattr(commands, args.command)(args)
     except (UsageError, LedgerError, InventoryError, DispatchError, sizes.SizeError) as e:
         print(f"fleetsync: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if api is not None:
+            api.stop()
 
 
 def entry() -> None:

@@ -62,21 +62,17 @@ def _limits(args) -> Limits:
     return Limits(entries=args.batch_files, bytes=sizes.parse(args.batch_bytes))
 
 
-def _start_api(args, ledger_path: str):
-    """The API in a thread of this process; None when it cannot bind (said once)."""
+def _start_api(api, args, ledger_path: str) -> None:
+    """The API, on the socket controller/cli.py bound before anything was created."""
     from fleetsync.api.app import make_app
-    from fleetsync.api.server import start_in_thread
-    try:
-        return start_in_thread(make_app(ledger_path, token=args.token), args.bind, args.port)
-    except OSError as e:
-        print(f"fleetsync: warning: API not served on {args.bind}:{args.port}: {e.strerror}",
-              file=sys.stderr)
-        return None
+    url = api.start(make_app(ledger_path, token=args.token))
+    print(f"fleetsync: API at {url}", file=sys.stderr, flush=True)
 
 
-def run(args, loading: inventory.Loading | None = None) -> int:
+def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     """`fleetsync run`: walk SRC, dispatch its batches, end with the directory pass.
-    loading: the inventory, when the caller started reading it already."""
+    loading: the inventory, when the caller started reading it already; api: the
+    API's bound socket (controller/listener.py), None for --no-api."""
     src, dest = _check_paths(args.src, args.dest)
     limits = _limits(args)
     bwlimit = sizes.parse(args.bwlimit) if args.bwlimit else None
@@ -103,7 +99,8 @@ def run(args, loading: inventory.Loading | None = None) -> int:
             "entries": mig.options.get("batch_files", limits.entries),
             "bytes": mig.options.get("batch_bytes", limits.bytes)}), rescan=args.rescan)
         walk.start()
-    api = None if args.no_api else _start_api(args, ledger_path)
+    if api is not None:
+        _start_api(api, args, ledger_path)
     settings = _settings(args, ledger_path)
     settings.delete = delete
     started = time.time()
@@ -124,8 +121,10 @@ def run(args, loading: inventory.Loading | None = None) -> int:
     with engine.connect() as conn:
         if batches.work_left(conn).finished:
             migration.end_run(conn)
+        elif stopped.is_set():
+            migration.stop_run(conn)
     engine.dispose()
-    return _summary(ledger_path, stopped.is_set(), delete, started)
+    return _summary(ledger_path, stopped.signum, delete, started)
 
 
 def _settings(args, ledger_path: str) -> Settings:
@@ -136,13 +135,19 @@ def _settings(args, ledger_path: str) -> Settings:
                     heartbeat_timeout=args.heartbeat_timeout)
 
 
-def _stop_on_signals(dispatcher: Dispatcher) -> threading.Event:
+class Stopped(threading.Event):
+    """Set by the first SIGINT or SIGTERM; signum says which (exit status 128 + signum)."""
+    signum = 0
+
+
+def _stop_on_signals(dispatcher: Dispatcher) -> Stopped:
     """SIGINT/SIGTERM: finish the batches in hand; a second one: stop now."""
-    stopped = threading.Event()
+    stopped = Stopped()
 
     def _stop(signum, _frame):
         if stopped.is_set():
             raise KeyboardInterrupt
+        stopped.signum = signum
         stopped.set()
         print("fleetsync: stopping: finishing the batches in hand (again to stop now)",
               file=sys.stderr)
@@ -194,8 +199,10 @@ def verify(args) -> int:
     return 1 if any(counts[s] for s in unsettled) else 0
 
 
-def _summary(ledger_path: str, stopped: bool, delete: DeleteMode = DeleteMode.OFF,
+def _summary(ledger_path: str, stopped: int, delete: DeleteMode = DeleteMode.OFF,
              since: float = 0) -> int:
+    """Print the run's outcome; the exit status: 128 + the signal that stopped it
+    (130 for SIGINT, 143 for SIGTERM), else 1 if some batch failed for good, else 0."""
     dry_run = delete is DeleteMode.DRY_RUN
     with db.connect(ledger_path, readonly=True) as conn, conn.begin():
         st = queries.status(conn)
@@ -209,16 +216,30 @@ def _summary(ledger_path: str, stopped: bool, delete: DeleteMode = DeleteMode.OF
              "from DEST (table deletions)" if delete is not DeleteMode.OFF else "")
           + (" (stopped)" if stopped else ""))
     if stopped:
-        return 1
+        return 128 + stopped
     return 1 if st["failed_batches"] else 0
 
 
-def serve(args) -> int:
-    """`fleetsync serve`: the API of a ledger, running, finished or crashed."""
+def serve(args, api) -> int:
+    """`fleetsync serve`: the API of a ledger, running, finished or crashed, until
+    SIGINT or SIGTERM; exits 128 + that signal (130 for Ctrl-C).
+    api: the socket controller/cli.py bound (controller/listener.py)."""
     from fleetsync.api.app import make_app
-    from fleetsync.api.server import serve as serve_api
-    serve_api(make_app(_existing(args.ledger), token=args.token), args.bind, args.port)
-    return 0
+    ledger_path = _existing(args.ledger)
+    stopped = Stopped()
+
+    def _stop(signum, _frame):
+        stopped.signum = signum
+        stopped.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    url = api.start(make_app(ledger_path, token=args.token))
+    print(f"fleetsync: serving the API of {ledger_path} at {url}", flush=True)
+    while not stopped.wait(1.0):   # a timeout: signal handlers run between waits
+        pass
+    api.stop()
+    return 128 + stopped.signum
 
 
 def _existing(ledger_path: str) -> str:

@@ -8,8 +8,11 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 
-from fleetsync.ledger import db, queries
+from sqlalchemy import select
+
+from fleetsync.ledger import db, migration, queries, schema
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +30,40 @@ def _duration(sec: float) -> str:
     return f"{sec // 3600}:{sec % 3600 // 60:02d}:{sec % 60:02d}"
 
 
-def line(conn) -> str:
-    """batches done/total (failed), files, bytes, bytes/s, ETA at that rate."""
+def _run_state(conn) -> str:
+    """"running", "finished" (the last run ended with nothing left) or "stopped"
+    (interrupted, crashed, or never started): the API's rule, a heartbeat younger
+    than migration.LIVE_AFTER_HEARTBEAT."""
+    row = conn.execute(select(schema.migration.c.run_started_ts,
+                              schema.migration.c.run_heartbeat_ts,
+                              schema.migration.c.finished_ts)).first()
+    if row is None:
+        return "stopped"
+    if row.run_started_ts is None:      # the last run ended (migration.end_run/stop_run)
+        return "finished" if row.finished_ts is not None else "stopped"
+    beat = row.run_heartbeat_ts or row.run_started_ts
+    return "running" if time.time() - beat < migration.LIVE_AFTER_HEARTBEAT else "stopped"
+
+
+def line(conn, running: bool | None = None) -> str:
+    """batches done/total (failed), files, bytes; while a run goes on, bytes/s and the
+    ETA at that rate; else whether it finished or stopped, and after how long.
+    running: known by the caller (the run itself), or None to read it from the ledger."""
     counts = queries.batch_counts(conn)
     tp = queries.throughput(conn)
     total_bytes = sum(c["bytes"] for c in counts.values())
-    left = total_bytes - tp["bytes_processed"]
     total = sum(c["batches"] for c in counts.values())
+    head = (f"batches {tp['batches_completed']}/{total} ({tp['batches_failed']} failed)  "
+            f"files {tp['files_processed']:,}  {_size(tp['bytes_processed'])}/{_size(total_bytes)}")
+    state = "running" if running else _run_state(conn) if running is None else "stopped"
+    if state != "running":
+        # No rate or ETA: nothing moves, and an average would read as a live speed.
+        how = "finished" if state == "finished" else "stopped (no run going on)"
+        return f"{head}  {how} after {_duration(tp['elapsed_sec'])}"
+    left = total_bytes - tp["bytes_processed"]
     rate = tp["bytes_per_sec"]
     eta = _duration(left / rate) if rate > 0 and left > 0 else ("0:00:00" if left <= 0 else "?")
-    return (f"batches {tp['batches_completed']}/{total} ({tp['batches_failed']} failed)  "
-            f"files {tp['files_processed']:,}  {_size(tp['bytes_processed'])}/{_size(total_bytes)}"
-            f"  {_size(rate)}/s  {tp['files_per_sec']:.0f} files/s  ETA {eta}")
+    return f"{head}  {_size(rate)}/s  {tp['files_per_sec']:.0f} files/s  ETA {eta}"
 
 
 class Live:
@@ -59,7 +84,7 @@ class Live:
         while not self._stop.wait(1.0):
             try:
                 with engine.connect() as conn, conn.begin():
-                    text = line(conn)
+                    text = line(conn, running=True)
                 self.stream.write("\r\033[K" + text)
                 self.stream.flush()
             except Exception as e:   # a busy or vanished ledger: skip one redraw

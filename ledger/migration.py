@@ -94,6 +94,19 @@ def end_run(conn: Connection) -> None:
             run_started_ts=None, run_heartbeat_ts=now, finished_ts=now))
 
 
+def stop_run(conn: Connection) -> None:
+    """The run stopped (a signal) with work left: fold its span into elapsed_before
+    and say no run goes on, so `fleetsync status` and the API do not wait for its
+    heartbeat to age; finished_ts stays unset."""
+    now = time.time()
+    with conn.begin():
+        row = conn.execute(select(migration.c.run_started_ts)).one()
+        span = max(0.0, now - row.run_started_ts) if row.run_started_ts else 0.0
+        conn.execute(update(migration).values(
+            elapsed_before=migration.c.elapsed_before + span,
+            run_started_ts=None, run_heartbeat_ts=now))
+
+
 def elapsed(row, now: float | None = None) -> float:
     """Seconds the migration has been running, across resumes (from a migration row)."""
     now = time.time() if now is None else now

@@ -190,6 +190,45 @@ batch_counts = Table(
     Column("bytes", Integer, nullable=False, server_default="0"),
 )
 
+# --- attempt_counts: the counters of /metrics (issue 14) ----------------------------------
+# Prometheus counters (`_total`) only ever go up, and a scrape must not scan
+# `attempts` (one row per try of every batch). One row per attempt status, kept
+# by a trigger in the same transaction as each attempt row; attempts are never
+# updated or deleted (triggers below refuse it), so these only grow.
+attempt_counts = Table(
+    "attempt_counts", metadata,
+    Column("status", Text, primary_key=True),                       # AttemptStatus
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("bytes_sent", Integer, nullable=False, server_default="0"),      # rsync --stats,
+    Column("bytes_received", Integer, nullable=False, server_default="0"),  # NULL counts 0
+)
+
+_ATTEMPT_COUNTS_TRIGGER = """CREATE TRIGGER attempt_counts_insert AFTER INSERT ON attempts BEGIN
+     INSERT OR IGNORE INTO attempt_counts(status) VALUES (NEW.status);
+     UPDATE attempt_counts SET attempts = attempts + 1,
+       bytes_sent = bytes_sent + coalesce(NEW.bytes_sent, 0),
+       bytes_received = bytes_received + coalesce(NEW.bytes_received, 0)
+     WHERE status = NEW.status;
+   END"""
+
+
+def _create_attempt_counts(conn) -> None:
+    """The trigger, and on a ledger written before it existed, the counts of the
+    attempts already there: both in one write transaction, so that no attempt is
+    counted twice or missed."""
+    exists = conn.execute(text("SELECT 1 FROM sqlite_master WHERE type = 'trigger' "
+                               "AND name = 'attempt_counts_insert'")).first()
+    if exists is None:
+        conn.execute(text(
+            "INSERT OR REPLACE INTO attempt_counts(status, attempts, bytes_sent, bytes_received) "
+            "SELECT status, count(*), coalesce(sum(bytes_sent), 0), "
+            "coalesce(sum(bytes_received), 0) FROM attempts GROUP BY status"))
+        conn.execute(text(_ATTEMPT_COUNTS_TRIGGER))
+    conn.execute(text("INSERT OR IGNORE INTO attempt_counts(status) VALUES "
+                      + ", ".join(f"('{s.value}')" for s in AttemptStatus)))
+# --- end of attempt_counts -----------------------------------------------------------------
+
+
 # DDL cannot bind parameters: the states it names are spelled from the Enums.
 _EXTRA_DDL = [
     "CREATE INDEX IF NOT EXISTS walk_dirs_pending ON walk_dirs(dir_id) "
@@ -267,6 +306,7 @@ def create(engine: Engine) -> None:
     with engine.begin() as conn:
         for ddl in _EXTRA_DDL:
             conn.execute(text(ddl))
+        _create_attempt_counts(conn)
         conn.execute(text(
             "INSERT OR IGNORE INTO batch_counts(state) VALUES "
             + ", ".join(f"('{s.value}')" for s in BatchState)

@@ -1,26 +1,71 @@
-"""The command line as an operator meets it: --help, status, serve."""
+"""The command line as an operator meets it: --help, --version, status, serve, and
+its edges: bad ports and addresses, signals, the token, errors in one line."""
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
 import os
+import re
 import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
 
+from fleetsync.controller import cli
+
 from .support import fleetsync, free_port, popen
 
+COMMANDS = ["run", "verify", "retry", "bwlimit", "serve", "status"]
 
-@pytest.mark.parametrize("cmd", [[], ["run"], ["serve"], ["status"]])
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    """An operator's mistake: exit 2, one line on stderr, no traceback, nothing on stdout."""
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and r.stdout == b""
+    return err.strip()
+
+
+@pytest.mark.parametrize("cmd", [[], *[[c] for c in COMMANDS]])
 def test_help_of_every_command(cmd):
     r = fleetsync(*cmd, "--help")
     assert r.returncode == 0
     out = r.stdout.decode()
-    assert "usage: fleetsync" in out
-    for sub in (["run", "serve", "status"] if not cmd else []):
-        assert sub in out
+    assert out.startswith(f"usage: fleetsync {cmd[0] if cmd else ''}".rstrip())
+    for sub in (COMMANDS if not cmd else []):
+        assert re.search(rf"^\s+{sub}\s+\w", out, re.M), sub   # listed, with what it does
+    if cmd:
+        assert "--ledger PATH" in out and "SQLite ledger" in out
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    top = cli._parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return {"": top, **sub.choices}
+
+
+def test_every_option_of_every_command_has_help():
+    parsers = _commands()
+    assert set(parsers) == {"", *COMMANDS}
+    missing = [f"{name or 'fleetsync'} {a.option_strings or a.dest}"
+               for name, p in parsers.items() for a in p._actions
+               if not isinstance(a, argparse._SubParsersAction) and not (a.help or "").strip()]
+    assert missing == []
+
+
+def test_version_from_the_installed_package():
+    r = fleetsync("--version")
+    assert r.returncode == 0
+    assert r.stdout.decode().strip() == f"fleetsync {importlib.metadata.version('fleetsync')}"
 
 
 def test_the_console_script_is_installed():
@@ -28,39 +73,208 @@ def test_the_console_script_is_installed():
     assert exe, "pip install -e . installs the fleetsync command"
 
 
-def test_status_and_serve_on_a_finished_ledger(tmp_path):
+def test_usage_errors_are_one_line(tmp_path):
+    assert "command" in one_line_error(fleetsync()).lower()
+    assert "--src" in one_line_error(fleetsync("run", "--dest", str(tmp_path)))
+    assert "--bogus" in one_line_error(fleetsync("status", "--bogus"))
+
+
+def small_tree(tmp_path, files: int = 12, size: int = 1) -> str:
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
-    for i in range(12):
-        (src / "d" / f"f{i}").write_bytes(b"x" * i)
-    ledger = str(tmp_path / "l.db")
-    r = fleetsync("run", "--no-api", "--src", str(src), "--dest", str(tmp_path / "dest"),
+    for i in range(files):
+        (src / "d" / f"f{i}").write_bytes(b"x" * (size * i))
+    return str(src)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> str:
+    """The ledger of a migration that ran to its end."""
+    tmp = tmp_path_factory.mktemp("finished")
+    ledger = str(tmp / "l.db")
+    r = fleetsync("run", "--no-api", "--src", small_tree(tmp), "--dest", str(tmp / "dest"),
                   "--ledger", ledger, "--batch-files", "5")
     assert r.returncode == 0, r.stderr.decode()
-    st = json.loads(fleetsync("status", "--json", "--ledger", ledger).stdout)
+    return ledger
+
+
+def get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}
+                                 if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def url_in(line: bytes) -> str:
+    m = re.search(rb"http://127\.0\.0\.1:(\d+)", line)
+    assert m, line
+    assert int(m.group(1)) > 0
+    return m.group(0).decode()
+
+
+def test_status_of_a_finished_migration_shows_no_rate(finished):
+    st = json.loads(fleetsync("status", "--json", "--ledger", finished).stdout)
     assert st["status"]["total_batches"] == st["status"]["completed_batches"] == 3
     assert st["throughput"]["files_processed"] == 12
-    port = free_port()
-    p = popen("serve", "--ledger", ledger, "--port", str(port))
+    line = fleetsync("status", "--ledger", finished).stdout.decode()
+    assert "finished after" in line
+    assert "ETA" not in line and "/s" not in line, line
+
+
+def test_serve_prints_its_url_answers_and_exits_130_on_sigint(finished):
+    """--port 0 takes a free port: the line printed at start says which."""
+    p = popen("serve", "--ledger", finished, "--port", "0")
     try:
-        for _ in range(100):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as resp:
-                    body = json.load(resp)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("serve did not answer")
-        assert body == st["status"]
+        first = p.stdout.readline()
+        assert first.startswith(b"fleetsync: serving the API of "), first
+        status, body = get(url_in(first) + "/status")
+        st = json.loads(fleetsync("status", "--json", "--ledger", finished).stdout)
+        assert status == 200 and json.loads(body) == st["status"]
+        p.send_signal(signal.SIGINT)
+        assert p.wait(60) == 130
+        assert b"Traceback" not in p.stderr.read()
     finally:
+        p.kill()
+        p.wait()
+
+
+def test_serve_exits_143_on_sigterm(finished):
+    p = popen("serve", "--ledger", finished, "--port", "0")
+    try:
+        url_in(p.stdout.readline())
         p.terminate()
-        p.wait(10)
+        assert p.wait(60) == 143
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+# 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this machine. Binding to it
+# fails at once, and no packet is sent.
+BAD_API = [(["--port", "-1"], "0 to 65535"), (["--port", "70000"], "0 to 65535"),
+           (["--port", "eighty"], "0 to 65535"), (["--port", "BUSY"], "already in use"),
+           (["--bind", "192.0.2.1", "--port", "0"], "not an address of this machine")]
+
+
+@pytest.mark.parametrize("args, says", BAD_API)
+def test_serve_with_a_bad_port_or_address_is_one_line(finished, busy_port, args, says):
+    args = [str(busy_port) if a == "BUSY" else a for a in args]
+    assert says in one_line_error(fleetsync("serve", "--ledger", finished, *args))
+
+
+@pytest.mark.parametrize("args, says", BAD_API)
+def test_run_with_a_bad_port_or_address_creates_nothing(tmp_path, busy_port, args, says):
+    args = [str(busy_port) if a == "BUSY" else a for a in args]
+    ledger, dest = tmp_path / "l.db", tmp_path / "dest"
+    r = fleetsync("run", "--src", small_tree(tmp_path), "--dest", str(dest),
+                  "--ledger", str(ledger), *args)
+    assert says in one_line_error(r)
+    assert not ledger.exists() and not dest.exists()
+
+
+def test_run_prints_the_api_url_and_exits_130_on_sigint(tmp_path):
+    """The files are sent at 40 KiB/s for the whole fleet (30 s at least), so the run
+    is still going when the signal comes; the batches in hand are finished first."""
+    src = small_tree(tmp_path, files=30, size=2000)
+    ledger = str(tmp_path / "l.db")
+    p = popen("run", "--src", src, "--dest", str(tmp_path / "dest"), "--ledger", ledger,
+              "--port", "0", "--batch-files", "1", "--bwlimit", "40KiB")
+    try:
+        line = p.stderr.readline()
+        while line and b"API at" not in line:
+            line = p.stderr.readline()
+        url = url_in(line)
+        assert get(url + "/healthz")[0] == 200
+        # The dispatcher runs (its signal handlers too) once a batch has succeeded.
+        deadline = time.monotonic() + 240
+        while _succeeded(ledger) == 0:
+            assert p.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        assert p.wait(240) == 130
+        out = p.stdout.read().decode()
+        assert "(stopped)" in out and "batches succeeded" in out, out
+    finally:
+        p.kill()
+        p.wait()
+    line = fleetsync("status", "--ledger", ledger).stdout.decode()
+    assert "stopped" in line and "ETA" not in line and "/s" not in line, line
+
+
+def _succeeded(ledger: str) -> int:
+    if not os.path.exists(ledger):
+        return 0
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=60) as c:
+        try:
+            return c.execute("SELECT count(*) FROM attempts WHERE status = 'success'").fetchone()[0]
+        except sqlite3.OperationalError:   # tables not created yet
+            return 0
+
+
+def serving(*args: str, env: dict | None = None) -> tuple[str, subprocess.Popen]:
+    p = popen("serve", "--port", "0", *args, env=env)
+    line = p.stdout.readline()
+    if not line:
+        p.wait(60)
+        return "", p
+    return url_in(line), p
+
+
+def stop(p: subprocess.Popen) -> bytes:
+    p.send_signal(signal.SIGINT)
+    p.wait(60)
+    return p.stderr.read()
+
+
+def test_token_from_a_file_or_the_environment(finished, tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    url, p = serving("--ledger", finished, "--token-file", str(secret))
+    try:
+        assert get(url + "/status")[0] == 401
+        assert get(url + "/status", "s3cret")[0] == 200
+    finally:
+        assert b"warning" not in stop(p)
+    url, p = serving("--ledger", finished, env={**os.environ, "FLEETSYNC_TOKEN": "fromenv"})
+    try:
+        assert get(url + "/status")[0] == 401 and get(url + "/status", "fromenv")[0] == 200
+    finally:
+        stop(p)
+
+
+def test_token_on_the_command_line_works_with_a_warning(finished):
+    url, p = serving("--ledger", finished, "--token", "visible")
+    try:
+        assert get(url + "/status", "visible")[0] == 200
+    finally:
+        err = stop(p).decode()
+    assert "visible to every user" in err and "--token-file" in err
+
+
+def test_bad_tokens_are_one_line(finished, tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for args, says in ((["--token", ""], "--token is empty"),
+                       (["--token-file", str(tmp_path / "none")], "No such file"),
+                       (["--token-file", str(empty)], "is empty"),
+                       (["--token", "a", "--token-file", str(empty)], "not allowed with")):
+        assert says in one_line_error(fleetsync("serve", "--ledger", finished, "--port", "0",
+                                                *args))
 
 
 def test_status_and_serve_without_a_ledger_are_one_line(tmp_path):
-    for cmd in ("status", "serve"):
-        r = fleetsync(cmd, "--ledger", str(tmp_path / "none.db"))
-        assert r.returncode == 2
-        assert len(r.stderr.decode().strip().splitlines()) == 1
+    for args in (["status"], ["serve", "--port", "0"]):
+        assert "no ledger" in one_line_error(fleetsync(*args, "--ledger",
+                                                       str(tmp_path / "none.db")))
         assert not (tmp_path / "none.db").exists()
