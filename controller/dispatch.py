@@ -303,7 +303,7 @@ class Dispatcher:
                        and self.settings.delete is DeleteMode.DRY_RUN)
             deletions.record(self.conn, deleted, dry_run, worker_id)
         if out.rsync_exit_code != 0:
-            logbook.add(self.conn, "error", f"directory pass ({out.kind.value}) "
+            logbook.add(self.conn, _pass_level(out), f"directory pass ({out.kind.value}) "
                         f"exit={out.rsync_exit_code}: " + "; ".join(out.errors[:3]),
                         worker_id=worker_id)
 
@@ -334,6 +334,13 @@ class Dispatcher:
     def close(self) -> None:
         self.conn.close()
         self.engine.dispose()
+
+
+def _pass_level(out: Outcome) -> str:
+    """A directory removed from SRC since the walk is a normal event, not an error for
+    /logs: rsync's exit 24 (vanished; outcome.py maps a listed entry that no longer
+    exists to it)."""
+    return "info" if out.rsync_exit_code == outcome.VANISHED_EXIT else "error"
 
 
 def _mtime(path: str) -> int | None:
