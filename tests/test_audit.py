@@ -70,3 +70,50 @@ def test_workers_shows_up_lost_with_its_next_try_and_gone(make_ledger):
                 "next_try": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(retry_at))},
         "c-1": {"host": "c", "state": "gone", "next_try": None}}
     assert schema["required"] == ["heartbeats", "workers"]
+
+
+# -- 9 and 10. which batch carried a path; what each worker did ---------------------------
+def test_path_lookups_take_text_use_the_index_and_throughput_counts_succeeded_work(tmp_path):
+    from .support import make_odd_tree
+
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    make_odd_tree(os.fsencode(src))
+    run(src, dest, ledger, "--batch-files", "5")
+    by_text = "SELECT task_id, state FROM entries WHERE path_text = ?"
+    [(task_id, state)] = query(ledger, by_text, "exec")
+    assert state == "succeeded"
+    # A name that is not UTF-8, built in SQL with || (or CAST(X'...' AS TEXT)).
+    odd = "SELECT task_id FROM entries WHERE path_text = X'fffe' || '-not-utf8'"
+    hexed = "SELECT task_id FROM entries WHERE path_text = CAST(X'%s' AS TEXT)" % (
+        b"\xff\xfe-not-utf8".hex())
+    assert len(query(ledger, odd)) == 1 and query(ledger, odd) == query(ledger, hexed)
+    for sql, args in ((by_text, ("exec",)), (odd, ())):
+        plan = " ".join(row[-1] for row in query(ledger, "EXPLAIN QUERY PLAN " + sql, *args))
+        assert "USING COVERING INDEX batch_files_path_text" in plan, plan
+    # worker_throughput: one worker here; its work is exactly the succeeded batches'.
+    [row] = query(ledger, "SELECT batches, files, bytes, wall_seconds, mib_per_second, "
+                  "slot_seconds, mib_per_slot_second, lost FROM worker_throughput")
+    done = query(ledger, "SELECT batches, files, bytes FROM batch_counts "
+                 "WHERE state = 'succeeded'")[0]
+    assert row[:3] == done and row[7] == 0
+    assert 0 < row[3] <= row[5] and row[4] >= row[6]    # wall time <= the slots' sum
+
+
+def test_worker_throughput_counts_no_lost_batch_and_rates_in_wall_time(make_ledger):
+    ledger = make_ledger("/src")
+    con = sqlite3.connect(ledger)
+    con.executemany("INSERT INTO batches(task_id, state, file_count, directory_count, "
+                    "estimated_bytes, created_ts) VALUES (?, 'succeeded', ?, 0, ?, 0)",
+                    [(1, 10, 20 << 20), (2, 5, 10 << 20)])
+    # Two slots of worker w side by side (0-10 s and 5-15 s), then a retry (20-30 s);
+    # batch 1 was lost once by w before it succeeded.
+    con.executemany("INSERT INTO attempts(task_id, claim, retry_count, worker_id, status, "
+                    "start_ts, end_ts, received_ts) VALUES (?, ?, 0, 'w', ?, ?, ?, 0)",
+                    [(1, 1, "lost", None, None), (1, 2, "success", 0, 10),
+                     (2, 1, "retry", 20, 30), (2, 2, "success", 5, 15)])
+    con.commit()
+    con.close()
+    [row] = query(ledger, "SELECT worker_id, batches, files, bytes, wall_seconds, "
+                  "mib_per_second, slot_seconds, mib_per_slot_second, lost "
+                  "FROM worker_throughput")
+    assert row == ("w", 2, 15, 30 << 20, 25.0, 1.2, 20.0, 1.5, 1)
