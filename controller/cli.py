@@ -104,6 +104,9 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
                    "(plus the batch's bytes at 10 MiB/s; default: %(default)s)")
     p.add_argument("--items-per-run", type=int, default=defaults.ITEMS_PER_RUN, metavar="N",
                    help="batches per slot per ansible-playbook run (default: %(default)s)")
+    p.add_argument("--slots", type=int, metavar="N",
+                   help="batches every host runs at once, whatever the inventory's "
+                        "fleetsync_slots says (as -e fleetsync_slots=N does in Ansible)")
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:

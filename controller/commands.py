@@ -81,7 +81,8 @@ def run(args, loading: inventory.Loading | None = None) -> int:
     limits = _limits(args)
     bwlimit = sizes.parse(args.bwlimit) if args.bwlimit else None
     delete = _check_delete(args, src)
-    hosts = (loading or inventory.Loading(args.inventory)).result()
+    hosts = inventory.with_slots((loading or inventory.Loading(args.inventory)).result(),
+                                 args.slots)
     ledger_path = os.path.abspath(args.ledger)
     options = {"batch_files": limits.entries, "batch_bytes": limits.bytes}
     engine = db.writer(ledger_path)
@@ -133,7 +134,7 @@ def _settings(args, ledger_path: str) -> Settings:
                     Policy(max_retries=getattr(args, "max_retries", Policy.max_retries)),
                     [*DEFAULT_RSYNC_OPTIONS, *args.rsync_option],
                     items_per_run=args.items_per_run,
-                    heartbeat_timeout=args.heartbeat_timeout)
+                    heartbeat_timeout=args.heartbeat_timeout, slots=args.slots)
 
 
 def _stop_on_signals(dispatcher: Dispatcher) -> threading.Event:
@@ -179,7 +180,7 @@ def verify(args) -> int:
         conn.rollback()
     if mig is None:
         raise UsageError(f"{args.ledger} holds no migration")
-    hosts = inventory.load(args.inventory)
+    hosts = inventory.with_slots(inventory.load(args.inventory), args.slots)
     kill_leftovers(mig.migration_id)
     counts = _verify(_settings(args, ledger_path), hosts, args.again)
     print(f"fleetsync: {counts[VerifyState.VERIFIED]} batches verified, "

@@ -8,6 +8,7 @@ of a host's slots side by side.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -117,6 +118,16 @@ def _parse_failure(stderr: str) -> str | None:
         if found:
             return f"{found[2].strip()} ({found[1]} plugin)"
     return None
+
+
+def with_slots(hosts: dict[str, Host], slots: int | None) -> dict[str, Host]:
+    """Every host with `slots` slots (`--slots`, the playbook's -e fleetsync_slots),
+    whatever the inventory says; the hosts as they are when None."""
+    if slots is None:
+        return hosts
+    if slots < 1:
+        raise InventoryError("--slots must be at least 1")
+    return {name: dataclasses.replace(h, slots=slots) for name, h in hosts.items()}
 
 
 def write_runtime(path: str, host: Host) -> None:
