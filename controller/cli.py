@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     bw.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
     bw.add_argument("rate", help="per second for the whole fleet, e.g. 200MiB, or 'off'")
 
+    backup = sub.add_parser("backup", help="copy the ledger to OUT with SQLite's online backup "
+                            "(safe during a run); the copy is one self-contained file")
+    backup.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
+    backup.add_argument("out", metavar="OUT", help="the copy to write (a new file)")
+
     serve = sub.add_parser("serve", help="serve the API of a ledger (running, finished or crashed)")
     serve.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
     _api_args(serve)

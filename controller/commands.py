@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+from fleetsync.ledger import backup as backups
 from fleetsync.ledger import batches, db, deletions, migration, queries
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
@@ -126,7 +127,17 @@ def run(args, loading: inventory.Loading | None = None) -> int:
         if batches.work_left(conn).finished:
             migration.end_run(conn)
     engine.dispose()
-    return _summary(ledger_path, stopped.is_set(), delete, started)
+    code = _summary(ledger_path, stopped.is_set(), delete, started)
+    _fold_wal(ledger_path)
+    return code
+
+
+def _fold_wal(ledger_path: str) -> None:
+    """The run's last transactions into the ledger file itself, so a copy of the file
+    alone is the whole ledger (the API's readers cannot fold the WAL in)."""
+    if not backups.checkpoint(ledger_path):
+        print("fleetsync: warning: a reader kept part of the ledger in its WAL; copy it "
+              "with `fleetsync backup`, not cp", file=sys.stderr)
 
 
 def _settings(args, ledger_path: str) -> Settings:
@@ -191,6 +202,7 @@ def verify(args) -> int:
             ids = verifications.requeue_differences(conn)
         print(f"fleetsync: {len(ids)} batches that differ are back in the queue; "
               "`fleetsync run` copies them")
+    _fold_wal(ledger_path)
     unsettled = (VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.PENDING)
     return 1 if any(counts[s] for s in unsettled) else 0
 
@@ -237,6 +249,18 @@ def status(args) -> int:
             print(json.dumps(queries.summary(conn), indent=2))
         else:
             print(progress.line(conn))
+    return 0
+
+
+def backup(args) -> int:
+    """`fleetsync backup`: a consistent, self-contained copy of the ledger, also during a run."""
+    ledger_path = _existing(args.ledger)
+    if os.path.lexists(args.out):
+        raise UsageError(f"{args.out} exists: give a new file for the copy")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise UsageError(f"no directory for {args.out}")
+    size = backups.backup(ledger_path, args.out)
+    print(f"fleetsync: ledger copied to {args.out} ({size:,} bytes, one file)")
     return 0
 
 

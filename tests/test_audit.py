@@ -117,3 +117,74 @@ def test_worker_throughput_counts_no_lost_batch_and_rates_in_wall_time(make_ledg
                   "mib_per_second, slot_seconds, mib_per_slot_second, lost "
                   "FROM worker_throughput")
     assert row == ("w", 2, 15, 30 << 20, 25.0, 1.2, 20.0, 1.5, 1)
+
+
+# -- 6. the ledger file stands on its own -------------------------------------------------
+def test_the_ledger_file_alone_is_whole_after_a_run_whose_api_had_clients(tmp_path):
+    import threading
+    import urllib.request
+
+    from .support import free_port, popen
+
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i}").write_text(str(i))
+    port = free_port()
+    proc = popen("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+                 "--port", str(port), "--batch-files", "3")
+    answers = []
+
+    def poll():
+        while proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+                    answers.append(r.status)
+            except OSError:
+                pass
+    client = threading.Thread(target=poll)
+    client.start()
+    out, err = proc.communicate(timeout=300)
+    client.join()
+    assert proc.returncode == 0, err.decode()
+    assert answers, "the API never answered"
+    wal = tmp_path / "l.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    shutil.copyfile(ledger, tmp_path / "copy.db")           # the main file alone
+    counts = dict(query(tmp_path / "copy.db", "SELECT state, batches FROM batch_counts"))
+    assert counts["pending"] == counts["running"] == 0
+    assert counts["succeeded"] == query(ledger, "SELECT count(*) FROM batches")[0][0] == 11
+
+
+def test_backup_is_one_whole_file_also_during_a_run(tmp_path):
+    import time
+
+    from .support import popen
+
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    for i in range(60):
+        (src / f"f{i}").write_text(str(i))
+    proc = popen("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+                 "--no-api", "--batch-files", "2")
+    try:
+        copy = tmp_path / "copy.db"
+        for _ in range(600):     # as soon as the ledger has its tables (mid-run, or after)
+            r = fleetsync("backup", "--ledger", str(ledger), str(copy))
+            if r.returncode == 0:
+                break
+            assert not copy.exists()
+            time.sleep(0.1)
+        assert r.returncode == 0, r.stderr.decode()
+        assert b"one file" in r.stdout
+    finally:
+        proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    assert query(copy, "PRAGMA journal_mode") == [("delete",)]
+    assert query(copy, "PRAGMA integrity_check") == [("ok",)]
+    # One snapshot: the counters the triggers keep match the rows they count.
+    assert query(copy, "SELECT sum(batches) FROM batch_counts") == query(
+        copy, "SELECT count(*) FROM batches")
+    again = fleetsync("backup", "--ledger", str(ledger), str(copy))
+    lines = again.stderr.decode().strip().splitlines()
+    assert again.returncode == 2 and len(lines) == 1 and "exists" in lines[0], lines
