@@ -64,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="check succeeded batches on the workers with rsync's "
                          "checksums (dry run); record per batch: verified, or what differs")
     ver.add_argument("--ledger", default=defaults.LEDGER, help=LEDGER_HELP)
-    ver.add_argument("--inventory", default=DEFAULT_INVENTORY,
-                     help="Ansible inventory of the workers that check (default: this machine)")
+    ver.add_argument("--inventory",
+                     help="Ansible inventory of the workers that check (default: the one the "
+                          "migration last ran with)")
     ver.add_argument("--again", action="store_true", help="check batches verified before, too")
     ver.add_argument("--requeue", action="store_true",
                      help="put batches that differ back in the queue for `fleetsync run`")

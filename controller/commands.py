@@ -9,7 +9,7 @@ import threading
 import time
 
 from fleetsync.ledger import backup as backups
-from fleetsync.ledger import batches, db, deletions, migration, queries
+from fleetsync.ledger import batches, db, deletions, migration, queries, runs
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
@@ -19,6 +19,7 @@ from .errors import UsageError
 from .hostrun import kill_leftovers
 from .policy import Policy
 from .producer import Limits
+from .resources import DEFAULT_INVENTORY
 from .rsync import DEFAULT_RSYNC_OPTIONS
 from .walk import Walk
 
@@ -93,6 +94,7 @@ def run(args, loading: inventory.Loading | None = None) -> int:
         print(f"fleetsync: stopped {killed} processes left by an earlier run", file=sys.stderr)
     with engine.connect() as conn:
         migration.start_run(conn)
+        runs.record(conn, os.path.abspath(args.inventory))
         if bwlimit:
             migration.set_bwlimit(conn, bwlimit)
         released = batches.release_all(conn, "the controller restarted")
@@ -191,6 +193,7 @@ def verify(args) -> int:
         conn.rollback()
     if mig is None:
         raise UsageError(f"{args.ledger} holds no migration")
+    args.inventory = _verify_inventory(ledger_path, args.inventory)
     hosts = inventory.with_slots(inventory.load(args.inventory), args.slots)
     kill_leftovers(mig.migration_id)
     counts = _verify(_settings(args, ledger_path), hosts, args.again)
@@ -205,6 +208,22 @@ def verify(args) -> int:
     _fold_wal(ledger_path)
     unsettled = (VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.PENDING)
     return 1 if any(counts[s] for s in unsettled) else 0
+
+
+def _verify_inventory(ledger_path: str, given: str | None) -> str:
+    """--inventory, or the one the migration last ran with (its workers mount DEST),
+    or this machine for a ledger that never ran."""
+    if given:
+        return given
+    with db.connect(ledger_path, readonly=True) as conn:
+        last = runs.last_inventory(conn)
+    if last is None:
+        return DEFAULT_INVENTORY
+    if not os.path.exists(last):
+        raise UsageError(f"the inventory of the last run, {last}, is gone: give --inventory")
+    print(f"fleetsync: checking on the workers of {last} (the last run's inventory)",
+          file=sys.stderr)
+    return last
 
 
 def _summary(ledger_path: str, stopped: bool, delete: DeleteMode = DeleteMode.OFF,

@@ -142,6 +142,15 @@ workers = Table(
     Column("backoff_until", Float),
 )
 
+# One row per `fleetsync run`: `fleetsync verify` checks, by default, on the
+# workers of the inventory the migration last ran with.
+runs = Table(
+    "runs", metadata,
+    Column("run_id", Integer, primary_key=True),
+    Column("started_ts", Float, nullable=False),
+    Column("inventory", Text, nullable=False),        # absolute path given to --inventory
+)
+
 log = Table(
     "log", metadata,
     Column("log_id", Integer, primary_key=True),

@@ -188,3 +188,26 @@ def test_backup_is_one_whole_file_also_during_a_run(tmp_path):
     again = fleetsync("backup", "--ledger", str(ledger), str(copy))
     lines = again.stderr.decode().strip().splitlines()
     assert again.returncode == 2 and len(lines) == 1 and "exists" in lines[0], lines
+
+
+# -- 7. verify checks on the workers of the migration's own inventory ---------------------
+def test_verify_defaults_to_the_inventory_the_migration_last_ran_with(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    (src / "f").write_text("f")
+    inv = tmp_path / "fleet.ini"
+    inv.write_text("[movers]\nlocalhost ansible_connection=local fleetsync_slots=3\n")
+    run(src, dest, ledger, "--inventory", str(inv))
+    assert query(ledger, "SELECT inventory FROM runs") == [(str(inv),)]
+    con = sqlite3.connect(ledger)
+    con.execute("UPDATE workers SET slots = 0")        # to see which inventory checks
+    con.commit()
+    con.close()
+    r = fleetsync("verify", "--ledger", str(ledger))
+    assert r.returncode == 0, r.stderr.decode()
+    assert f"checking on the workers of {inv}".encode() in r.stderr
+    assert query(ledger, "SELECT slots FROM workers") == [(3,)]       # fleet.ini's, not local.ini's 4
+    inv.unlink()
+    r = fleetsync("verify", "--ledger", str(ledger))
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "give --inventory" in lines[0], lines
