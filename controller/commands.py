@@ -199,14 +199,16 @@ def verify(args) -> int:
     counts = _verify(_settings(args, ledger_path), hosts, args.again)
     print(f"fleetsync: {counts[VerifyState.VERIFIED]} batches verified, "
           f"{counts[VerifyState.DIFFERS]} differ, {counts[VerifyState.ERROR]} could not be "
-          f"checked, {counts[VerifyState.PENDING]} not checked")
+          f"checked, {counts[VerifyState.PENDING]} not checked"
+          + (f", {counts[VerifyState.STALE]} wait for a new copy (`fleetsync run`)"
+             if counts[VerifyState.STALE] else ""))
     if args.requeue and counts[VerifyState.DIFFERS]:
         with db.connect(ledger_path) as conn:
             ids = verifications.requeue_differences(conn)
         print(f"fleetsync: {len(ids)} batches that differ are back in the queue; "
               "`fleetsync run` copies them")
     _fold_wal(ledger_path)
-    unsettled = (VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.PENDING)
+    unsettled = (VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.PENDING, VerifyState.STALE)
     return 1 if any(counts[s] for s in unsettled) else 0
 
 

@@ -240,6 +240,12 @@ _EXTRA_DDL = [
          INSERT OR IGNORE INTO verify_counts(state) VALUES (NEW.state);
          UPDATE verify_counts SET batches = batches + 1 WHERE state = NEW.state;
        END""",
+    # A verdict is about one copy: when a batch leaves succeeded (a requeue), the
+    # next copy needs a check of its own. A check running then cannot record.
+    f"""CREATE TRIGGER IF NOT EXISTS verifications_stale AFTER UPDATE OF state ON batches
+       WHEN OLD.state = '{BatchState.SUCCEEDED.value}' AND NEW.state != OLD.state BEGIN
+         UPDATE verifications SET state = '{VerifyState.STALE.value}' WHERE task_id = NEW.task_id;
+       END""",
     # Ready views for audits with sqlite3 (see the README).
     f"""CREATE VIEW IF NOT EXISTS failed_batches AS
        SELECT b.task_id, b.retry_count, b.last_exit_code, b.worker_id,

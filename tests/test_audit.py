@@ -211,3 +211,31 @@ def test_verify_defaults_to_the_inventory_the_migration_last_ran_with(tmp_path):
     r = fleetsync("verify", "--ledger", str(ledger))
     lines = r.stderr.decode().strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "give --inventory" in lines[0], lines
+
+
+# -- 8. a recopied batch's old verdict does not survive its new copy ----------------------
+def test_a_plain_verify_between_requeue_and_recopy_leaves_no_stale_verdict(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    for i in range(12):
+        (src / f"f{i}").write_text(f"content {i}")
+    run(src, dest, ledger, "--batch-files", "4", "--verify")
+    total = query(ledger, "SELECT count(*) FROM batches")[0][0]
+    st, top = os.stat(dest / "f5"), os.stat(dest)       # same size and time, other bytes
+    (dest / "f5").write_text("CONTENT 5")
+    os.utime(dest / "f5", ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(dest, ns=(top.st_atime_ns, top.st_mtime_ns))
+    r = fleetsync("verify", "--ledger", str(ledger), "--again", "--requeue")
+    assert r.returncode == 1 and b"1 differ" in r.stdout, r.stdout
+    [(task_id,)] = query(ledger, "SELECT task_id FROM entries WHERE path_text = 'f5'")
+    # Before `run` copies it again: the old copy is not checked, its verdict is stale.
+    r = fleetsync("verify", "--ledger", str(ledger))
+    assert r.returncode == 1 and b"0 differ" in r.stdout and b"1 wait for a new copy" in r.stdout
+    assert query(ledger, "SELECT state, differences LIKE '%f5%' FROM verifications "
+                 "WHERE task_id = ?", task_id) == [("stale", 1)]
+    run(src, dest, ledger)
+    r = fleetsync("verify", "--ledger", str(ledger))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert query(ledger, "SELECT state, count(*) FROM verifications GROUP BY state") == [
+        ("verified", total)]
+    assert (dest / "f5").read_text() == "content 5"
