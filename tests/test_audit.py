@@ -156,6 +156,12 @@ def test_the_ledger_file_alone_is_whole_after_a_run_whose_api_had_clients(tmp_pa
     assert counts["succeeded"] == query(ledger, "SELECT count(*) FROM batches")[0][0] == 11
 
 
+def test_backup_has_help():
+    r = fleetsync("backup", "--help")
+    assert r.returncode == 0 and b"usage: fleetsync backup" in r.stdout and b"OUT" in r.stdout
+    assert b"online backup" in fleetsync("--help").stdout
+
+
 def test_backup_is_one_whole_file_also_during_a_run(tmp_path):
     import time
 

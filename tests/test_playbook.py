@@ -119,11 +119,12 @@ def test_every_run_option_reaches_fleetsync_run(tmp_path):
 
 
 def test_an_old_name_still_works_with_a_warning_and_hosts_must_agree(tmp_path):
-    inv = local_inventory(tmp_path, hosts="localhost ansible_connection=local\n"
+    inv = local_inventory(tmp_path, hosts="localhost ansible_connection=local fleetsync_slots=2\n"
                                           "other ansible_connection=local\n")
     r = playbook(inv, "-e", "src=/s", "-e", "dest=/d", "-e", "port=18109", check=True)
     assert r.returncode == 0, r.stdout[-3000:]
     assert "--port 18109" in outcome(r)
+    assert "--slots" not in outcome(r)        # the inventory's own slots stay per host
     assert "the variable 'port' is now 'fleetsync_port'" in r.stdout + r.stderr
     (tmp_path / "inv" / "host_vars").mkdir()
     (tmp_path / "inv" / "host_vars" / "other.yml").write_text("fleetsync_batch_files: 7\n")
