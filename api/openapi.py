@@ -5,6 +5,7 @@ import re
 
 from fleetsync.ledger.queries import RETAINED_LIMIT
 from fleetsync.ledger.schema import AttemptStatus, BatchState
+from fleetsync.ledger.states import WorkerState
 
 INT = {"type": "integer"}
 NUM = {"type": "number"}
@@ -44,7 +45,11 @@ SCHEMAS = {
         "gb_processed": NUM, "bytes_per_sec": NUM, "gb_per_sec": NUM, "files_per_sec": NUM}),
     "Workers": _obj({"heartbeats": {
         "type": "object", "additionalProperties": {
-            "type": "string", "pattern": r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"}}}),
+            "type": "string", "pattern": r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"}},
+        "workers": {"type": "object", "additionalProperties": _obj({
+            "host": STR, "state": {"type": "string", "enum": [s.value for s in WorkerState]},
+            "next_try": _nullable({**STR, "description": "a lost worker's next try, "
+                                                          "master local time"})})}}),
     "Logs": _obj({"warnings": {"type": "array", "items": STR},
                   "errors": {"type": "array", "items": STR}}),
     "Result": _RESULT,

@@ -95,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     ver = _command(sub, "verify", help="check succeeded batches on the workers with rsync's "
                          "checksums (dry run); record per batch: verified, or what differs")
     ver.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
-    ver.add_argument("--inventory", default=DEFAULT_INVENTORY, metavar="INV",
-                     help="Ansible inventory of the workers that check (default: this machine)")
+    ver.add_argument("--inventory", metavar="INV",
+                     help="Ansible inventory of the workers that check (default: the one the "
+                          "migration last ran with)")
     ver.add_argument("--again", action="store_true", help="check batches verified before, too")
     ver.add_argument("--requeue", action="store_true",
                      help="put batches that differ back in the queue for `fleetsync run`")
@@ -113,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     bw = _command(sub, "bwlimit", help="change the fleet's bandwidth cap, also during a run")
     bw.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
     bw.add_argument("rate", help="per second for the whole fleet, e.g. 200MiB, or 'off'")
+
+    backup = _command(sub, "backup", help="copy the ledger to OUT with SQLite's online backup "
+                      "(safe during a run); the copy is one self-contained file")
+    backup.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
+    backup.add_argument("out", metavar="OUT", help="the copy to write (a new file)")
 
     serve = _command(sub, "serve", help="serve the API of a ledger (running, finished or crashed)")
     serve.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
@@ -140,6 +146,9 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
                    "(plus the batch's bytes at 10 MiB/s; default: %(default)s)")
     p.add_argument("--items-per-run", type=int, default=defaults.ITEMS_PER_RUN, metavar="N",
                    help="batches per slot per ansible-playbook run (default: %(default)s)")
+    p.add_argument("--slots", type=int, metavar="N",
+                   help="batches every host runs at once, whatever the inventory's "
+                        "fleetsync_slots says (as -e fleetsync_slots=N does in Ansible)")
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:

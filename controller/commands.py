@@ -8,7 +8,8 @@ import sys
 import threading
 import time
 
-from fleetsync.ledger import batches, db, deletions, migration, queries
+from fleetsync.ledger import backup as backups
+from fleetsync.ledger import batches, db, deletions, migration, queries, runs
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
@@ -18,6 +19,7 @@ from .errors import UsageError
 from .hostrun import kill_leftovers
 from .policy import Policy
 from .producer import Limits
+from .resources import DEFAULT_INVENTORY
 from .rsync import DEFAULT_RSYNC_OPTIONS
 from .walk import Walk
 
@@ -77,7 +79,8 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     limits = _limits(args)
     bwlimit = sizes.parse(args.bwlimit) if args.bwlimit else None
     delete = _check_delete(args, src)
-    hosts = (loading or inventory.Loading(args.inventory)).result()
+    hosts = inventory.with_slots((loading or inventory.Loading(args.inventory)).result(),
+                                 args.slots)
     ledger_path = os.path.abspath(args.ledger)
     options = {"batch_files": limits.entries, "batch_bytes": limits.bytes}
     engine = db.writer(ledger_path)
@@ -87,6 +90,7 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
         print(f"fleetsync: stopped {killed} processes left by an earlier run", file=sys.stderr)
     with engine.connect() as conn:
         migration.start_run(conn)
+        runs.record(conn, os.path.abspath(args.inventory))
         if bwlimit:
             migration.set_bwlimit(conn, bwlimit)
         released = batches.release_all(conn, "the controller restarted")
@@ -124,7 +128,17 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
         elif stopped.is_set():
             migration.stop_run(conn)
     engine.dispose()
-    return _summary(ledger_path, stopped.signum, delete, started)
+    code = _summary(ledger_path, stopped.signum, delete, started)
+    _fold_wal(ledger_path)
+    return code
+
+
+def _fold_wal(ledger_path: str) -> None:
+    """The run's last transactions into the ledger file itself, so a copy of the file
+    alone is the whole ledger (the API's readers cannot fold the WAL in)."""
+    if not backups.checkpoint(ledger_path):
+        print("fleetsync: warning: a reader kept part of the ledger in its WAL; copy it "
+              "with `fleetsync backup`, not cp", file=sys.stderr)
 
 
 def _settings(args, ledger_path: str) -> Settings:
@@ -132,7 +146,7 @@ def _settings(args, ledger_path: str) -> Settings:
                     Policy(max_retries=getattr(args, "max_retries", Policy.max_retries)),
                     [*DEFAULT_RSYNC_OPTIONS, *args.rsync_option],
                     items_per_run=args.items_per_run,
-                    heartbeat_timeout=args.heartbeat_timeout)
+                    heartbeat_timeout=args.heartbeat_timeout, slots=args.slots)
 
 
 class Stopped(threading.Event):
@@ -184,19 +198,39 @@ def verify(args) -> int:
         conn.rollback()
     if mig is None:
         raise UsageError(f"{args.ledger} holds no migration")
-    hosts = inventory.load(args.inventory)
+    args.inventory = _verify_inventory(ledger_path, args.inventory)
+    hosts = inventory.with_slots(inventory.load(args.inventory), args.slots)
     kill_leftovers(mig.migration_id)
     counts = _verify(_settings(args, ledger_path), hosts, args.again)
     print(f"fleetsync: {counts[VerifyState.VERIFIED]} batches verified, "
           f"{counts[VerifyState.DIFFERS]} differ, {counts[VerifyState.ERROR]} could not be "
-          f"checked, {counts[VerifyState.PENDING]} not checked")
+          f"checked, {counts[VerifyState.PENDING]} not checked"
+          + (f", {counts[VerifyState.STALE]} wait for a new copy (`fleetsync run`)"
+             if counts[VerifyState.STALE] else ""))
     if args.requeue and counts[VerifyState.DIFFERS]:
         with db.connect(ledger_path) as conn:
             ids = verifications.requeue_differences(conn)
         print(f"fleetsync: {len(ids)} batches that differ are back in the queue; "
               "`fleetsync run` copies them")
-    unsettled = (VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.PENDING)
+    _fold_wal(ledger_path)
+    unsettled = (VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.PENDING, VerifyState.STALE)
     return 1 if any(counts[s] for s in unsettled) else 0
+
+
+def _verify_inventory(ledger_path: str, given: str | None) -> str:
+    """--inventory, or the one the migration last ran with (its workers mount DEST),
+    or this machine for a ledger that never ran."""
+    if given:
+        return given
+    with db.connect(ledger_path, readonly=True) as conn:
+        last = runs.last_inventory(conn)
+    if last is None:
+        return DEFAULT_INVENTORY
+    if not os.path.exists(last):
+        raise UsageError(f"the inventory of the last run, {last}, is gone: give --inventory")
+    print(f"fleetsync: checking on the workers of {last} (the last run's inventory)",
+          file=sys.stderr)
+    return last
 
 
 def _summary(ledger_path: str, stopped: int, delete: DeleteMode = DeleteMode.OFF,
@@ -257,6 +291,18 @@ def status(args) -> int:
             print(json.dumps(queries.summary(conn), indent=2))
         else:
             print(progress.line(conn))
+    return 0
+
+
+def backup(args) -> int:
+    """`fleetsync backup`: a consistent, self-contained copy of the ledger, also during a run."""
+    ledger_path = _existing(args.ledger)
+    if os.path.lexists(args.out):
+        raise UsageError(f"{args.out} exists: give a new file for the copy")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise UsageError(f"no directory for {args.out}")
+    size = backups.backup(ledger_path, args.out)
+    print(f"fleetsync: ledger copied to {args.out} ({size:,} bytes, one file)")
     return 0
 
 

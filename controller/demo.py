@@ -76,7 +76,7 @@ def main() -> int:
     port = args.port or free_port()
     cmd = [sys.executable, "-m", "fleetsync.controller.cli", "run", "--src", src, "--dest", dest,
            "--ledger", ledger, "--port", str(port)]
-    print("$", " ".join(cmd[2:]).replace("-m fleetsync.controller.cli", "fleetsync"), flush=True)
+    print("$ fleetsync", " ".join(cmd[3:]), flush=True)
     t = time.time()
     proc = subprocess.Popen(cmd)
     if wait_api(port, proc):
@@ -89,7 +89,7 @@ def main() -> int:
             time.sleep(1)
     rc = proc.wait()
     print(f"fleetsync run exited {rc} after {time.time() - t:.1f} s")
-    port = free_port()
+    # The finished ledger on the run's own port, so the excerpt reads as one session.
     serve = subprocess.Popen([sys.executable, "-m", "fleetsync.controller.cli", "serve", "--ledger",
                               ledger, "--port", str(port)])
     try:

@@ -43,6 +43,7 @@ class Settings:
     # Silence, beyond a held batch's own time, that loses a host.
     heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT
     delete: DeleteMode = DeleteMode.OFF            # the directory pass deletes too
+    slots: int | None = None                       # --slots: every host's, over the inventory's
     # This `fleetsync run`: carried in the command line of every process it starts,
     # so that the next run can tell them from its own and kill them.
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -123,7 +124,8 @@ class Dispatcher:
             return
         self._inventory_mtime = mtime
         try:
-            hosts = inventory.load(self.settings.inventory_path)
+            hosts = inventory.with_slots(inventory.load(self.settings.inventory_path),
+                                         self.settings.slots)
         except inventory.InventoryError as e:
             if not self.hosts:
                 raise
@@ -303,7 +305,7 @@ class Dispatcher:
                        and self.settings.delete is DeleteMode.DRY_RUN)
             deletions.record(self.conn, deleted, dry_run, worker_id)
         if out.rsync_exit_code != 0:
-            logbook.add(self.conn, "error", f"directory pass ({out.kind.value}) "
+            logbook.add(self.conn, _pass_level(out), f"directory pass ({out.kind.value}) "
                         f"exit={out.rsync_exit_code}: " + "; ".join(out.errors[:3]),
                         worker_id=worker_id)
 
@@ -334,6 +336,13 @@ class Dispatcher:
     def close(self) -> None:
         self.conn.close()
         self.engine.dispose()
+
+
+def _pass_level(out: Outcome) -> str:
+    """A directory removed from SRC since the walk is a normal event, not an error for
+    /logs: rsync's exit 24 (vanished; outcome.py maps a listed entry that no longer
+    exists to it)."""
+    return "info" if out.rsync_exit_code == outcome.VANISHED_EXIT else "error"
 
 
 def _mtime(path: str) -> int | None:

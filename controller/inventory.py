@@ -8,8 +8,10 @@ of a host's slots side by side.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -85,6 +87,9 @@ def _hosts(path: str, returncode: int, stdout: str, stderr: str) -> dict[str, Ho
         if isinstance(group, dict):
             names.update(group.get("hosts", []))
     if not names:
+        failed = _parse_failure(stderr)
+        if failed:
+            raise InventoryError(f"inventory {path} cannot be read: {failed}")
         raise InventoryError(f"inventory {path} lists no host"
                              + (f" ({warnings[-1]})" if warnings else ""))
     hosts = {}
@@ -98,6 +103,31 @@ def _hosts(path: str, returncode: int, stdout: str, stderr: str) -> dict[str, Ho
             raise InventoryError(f"host {name}: fleetsync_slots must be at least 1")
         hosts[name] = Host(name, hv, slots)
     return hosts
+
+
+_PARSE_FAILURE = re.compile(r"Failed to parse inventory with '([\w.]+)' plugin: "
+                            r"(?:Failed to parse inventory: )?(.+)")
+
+
+def _parse_failure(stderr: str) -> str | None:
+    """The first reason a plugin gave for not parsing the inventory (`Expected
+    key=value, got: foo`), not the summary that ends the warnings ("No inventory
+    was parsed, only implicit localhost is available")."""
+    for line in stderr.splitlines():
+        found = _PARSE_FAILURE.search(line)
+        if found:
+            return f"{found[2].strip()} ({found[1]} plugin)"
+    return None
+
+
+def with_slots(hosts: dict[str, Host], slots: int | None) -> dict[str, Host]:
+    """Every host with `slots` slots (`--slots`, the playbook's -e fleetsync_slots),
+    whatever the inventory says; the hosts as they are when None."""
+    if slots is None:
+        return hosts
+    if slots < 1:
+        raise InventoryError("--slots must be at least 1")
+    return {name: dataclasses.replace(h, slots=slots) for name, h in hosts.items()}
 
 
 def write_runtime(path: str, host: Host) -> None:

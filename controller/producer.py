@@ -92,7 +92,10 @@ class Producer:
         try:
             it = os.scandir(full)
         except OSError as e:
-            self.errors.append(f"cannot list {show_path(full)}: {e.strerror}")
+            # ENOENT below SRC: removed since it was queued (a --rescan queues every
+            # directory seen before): nothing to copy, not an error.
+            if not (e.errno == errno.ENOENT and d.path):
+                self.errors.append(f"cannot list {show_path(full)}: {e.strerror}")
             self.done_dirs.append(d.dir_id)
             return
         with it:

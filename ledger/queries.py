@@ -23,7 +23,7 @@ from collections import namedtuple
 from sqlalchemy import Connection
 
 from . import migration as _migration
-from .states import BatchState, ProducerState
+from .states import BatchState, ProducerState, WorkerState
 
 GIB = 1024 ** 3
 RETAINED_LIMIT = 100_000   # /results serves the newest this many attempts
@@ -36,12 +36,14 @@ _PENDING, _SUCCEEDED, _FAILED = (BatchState.PENDING.value, BatchState.SUCCEEDED.
                                  BatchState.FAILED.value)
 _STATES = tuple(s.value for s in BatchState)
 _DONE = ProducerState.DONE.value
+_LOST = WorkerState.LOST.value
 
 _COUNTS = "SELECT state, batches, files, directories, bytes FROM batch_counts"
 _PRODUCERS_DONE = "SELECT count(*) FROM producers WHERE state = :done"
 _MIGRATION = "SELECT elapsed_before, run_started_ts, run_heartbeat_ts FROM migration"
 _HEARTBEATS = ("SELECT worker_id, heartbeat_ts FROM workers "
                "WHERE heartbeat_ts IS NOT NULL ORDER BY worker_id")
+_WORKER_STATES = "SELECT worker_id, host, state, backoff_until FROM workers ORDER BY worker_id"
 # The log_level index (level, log_id) makes this a walk of `limit` index entries.
 _LOG_TAIL = "SELECT message FROM log WHERE level = :level ORDER BY log_id DESC LIMIT :limit"
 # min() and max() of an INTEGER PRIMARY KEY read the two ends of the b-tree: O(1).
@@ -166,9 +168,19 @@ def heartbeat_times(conn: Connection) -> list[tuple[str, float]]:
     return _rows(conn, _HEARTBEATS)
 
 
-def heartbeats(conn: Connection) -> dict[str, dict[str, str]]:
-    """/workers: {"heartbeats": {worker_id: local time}}; workers never heard from are left out."""
-    return {"heartbeats": {w: local_time(ts) for w, ts in heartbeat_times(conn)}}
+def heartbeats(conn: Connection) -> dict[str, dict]:
+    """/workers: {"heartbeats": {worker_id: local time}} (workers never heard from are
+    left out), and beside it "workers": each one's host, state and next try."""
+    return {"heartbeats": {w: local_time(ts) for w, ts in heartbeat_times(conn)},
+            "workers": worker_states(conn)}
+
+
+def worker_states(conn: Connection) -> dict[str, dict]:
+    """{worker_id: {"host", "state": up | lost | gone, "next_try"}}: next_try is when a
+    lost worker is tried again (master local time), null otherwise."""
+    return {w: {"host": host, "state": state,
+                "next_try": local_time(until) if state == _LOST and until else None}
+            for w, host, state, until in _rows(conn, _WORKER_STATES)}
 
 
 def logs(conn: Connection, limit: int = LOGS_LIMIT) -> dict[str, list[str]]:

@@ -18,7 +18,7 @@ from sqlalchemy import (
     text,
 )
 
-from .states import AttemptStatus, BatchState, VerifyState, WalkDirState, sql_list
+from .states import AttemptStatus, BatchState, VerifyState, WalkDirState
 
 __all__ = ["AttemptStatus", "BatchState", "create", "metadata"]
 
@@ -140,6 +140,15 @@ workers = Table(
     Column("slots", Integer),
     Column("lost_count", Integer, nullable=False, server_default="0"),
     Column("backoff_until", Float),
+)
+
+# One row per `fleetsync run`: `fleetsync verify` checks, by default, on the
+# workers of the inventory the migration last ran with.
+runs = Table(
+    "runs", metadata,
+    Column("run_id", Integer, primary_key=True),
+    Column("started_ts", Float, nullable=False),
+    Column("inventory", Text, nullable=False),        # absolute path given to --inventory
 )
 
 log = Table(
@@ -270,6 +279,12 @@ _EXTRA_DDL = [
          INSERT OR IGNORE INTO verify_counts(state) VALUES (NEW.state);
          UPDATE verify_counts SET batches = batches + 1 WHERE state = NEW.state;
        END""",
+    # A verdict is about one copy: when a batch leaves succeeded (a requeue), the
+    # next copy needs a check of its own. A check running then cannot record.
+    f"""CREATE TRIGGER IF NOT EXISTS verifications_stale AFTER UPDATE OF state ON batches
+       WHEN OLD.state = '{BatchState.SUCCEEDED.value}' AND NEW.state != OLD.state BEGIN
+         UPDATE verifications SET state = '{VerifyState.STALE.value}' WHERE task_id = NEW.task_id;
+       END""",
     # Ready views for audits with sqlite3 (see the README).
     f"""CREATE VIEW IF NOT EXISTS failed_batches AS
        SELECT b.task_id, b.retry_count, b.last_exit_code, b.worker_id,
@@ -277,20 +292,44 @@ _EXTRA_DDL = [
        FROM batches b LEFT JOIN attempts a ON a.attempt_id =
             (SELECT max(attempt_id) FROM attempts WHERE task_id = b.task_id)
        WHERE b.state = '{BatchState.FAILED.value}'""",
-    f"""CREATE VIEW IF NOT EXISTS worker_throughput AS
-       SELECT a.worker_id, count(*) AS batches, sum(b.file_count) AS files,
-              sum(b.estimated_bytes) AS bytes,
-              round(sum(a.end_ts - a.start_ts), 1) AS rsync_seconds,
-              round(sum(b.estimated_bytes) / 1048576.0
-                    / nullif(sum(a.end_ts - a.start_ts), 0), 1) AS mib_per_rsync_second,
-              sum(a.status = '{AttemptStatus.LOST.value}') AS lost
-       FROM attempts a JOIN batches b USING (task_id)
-       WHERE a.status IN {sql_list(AttemptStatus.SUCCESS, AttemptStatus.LOST)}
-       GROUP BY a.worker_id""",
+    # Per worker: succeeded work only. wall_seconds is the time at least one of its
+    # slots ran a batch (the union of its attempts' spans, any outcome, across runs),
+    # so mib_per_second is its wall-clock rate; slot_seconds sums the spans of its
+    # parallel slots (a per-slot rate). Replaced, not kept, on an older ledger.
+    "DROP VIEW IF EXISTS worker_throughput",
+    f"""CREATE VIEW worker_throughput AS
+       WITH timed AS (
+         SELECT worker_id, start_ts, end_ts, max(end_ts) OVER (
+                  PARTITION BY worker_id ORDER BY start_ts, end_ts
+                  ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS busy_until
+         FROM attempts WHERE start_ts IS NOT NULL AND end_ts >= start_ts),
+       wall AS (
+         SELECT worker_id,
+                sum(max(0, end_ts - max(start_ts, coalesce(busy_until, start_ts)))) AS seconds
+         FROM timed GROUP BY worker_id),
+       done AS (
+         SELECT a.worker_id, count(*) AS batches, sum(b.file_count) AS files,
+                sum(b.estimated_bytes) AS bytes, sum(a.end_ts - a.start_ts) AS slot_seconds
+         FROM attempts a JOIN batches b USING (task_id)
+         WHERE a.status = '{AttemptStatus.SUCCESS.value}' GROUP BY a.worker_id),
+       lost AS (
+         SELECT worker_id, count(*) AS lost FROM attempts
+         WHERE status = '{AttemptStatus.LOST.value}' GROUP BY worker_id)
+       SELECT d.worker_id, d.batches, d.files, d.bytes,
+              round(w.seconds, 1) AS wall_seconds,
+              round(d.bytes / 1048576.0 / nullif(w.seconds, 0), 1) AS mib_per_second,
+              round(d.slot_seconds, 1) AS slot_seconds,
+              round(d.bytes / 1048576.0 / nullif(d.slot_seconds, 0), 1) AS mib_per_slot_second,
+              coalesce(l.lost, 0) AS lost
+       FROM done d LEFT JOIN wall w USING (worker_id) LEFT JOIN lost l USING (worker_id)""",
     """CREATE VIEW IF NOT EXISTS entries AS
        SELECT f.path, CAST(f.path AS TEXT) AS path_text, f.is_dir, f.size, f.task_id,
               b.state, b.worker_id, b.last_exit_code
        FROM batch_files f JOIN batches b USING (task_id)""",
+    # "Which batch carried path X": `entries WHERE path_text = 'a/b'` (or a name that
+    # is not UTF-8, 'a/' || X'ff') finds it through this index, not by a scan. Its
+    # cost to the walk's inserts is measured in bench/audit.py.
+    "CREATE INDEX IF NOT EXISTS batch_files_path_text ON batch_files(CAST(path AS TEXT))",
     "CREATE TRIGGER IF NOT EXISTS batch_counts_delete BEFORE DELETE ON batches BEGIN"
     " SELECT RAISE(ABORT, 'batches are never deleted'); END",
     "CREATE TRIGGER IF NOT EXISTS attempts_no_update BEFORE UPDATE ON attempts BEGIN"

@@ -32,6 +32,8 @@ class VerifyState(str, enum.Enum):
     VERIFIED = "verified"  # DEST holds the same bytes
     DIFFERS = "differs"    # rsync listed entries a copy would change
     ERROR = "error"        # the check itself failed (rsync exit != 0)
+    STALE = "stale"        # the batch went back in the queue since: the verdict was about
+                           # the old copy; checked again once the new copy succeeded
 
 
 class WorkerState(str, enum.Enum):

@@ -22,9 +22,10 @@ _PENDING, _RUNNING = VerifyState.PENDING.value, VerifyState.RUNNING.value
 
 
 def enqueue(conn: Connection, again: bool) -> int:
-    """Queue every succeeded batch not verified yet (or, with again, every one)."""
-    redo = ([VerifyState.VERIFIED, VerifyState.DIFFERS, VerifyState.ERROR] if again
-            else [VerifyState.ERROR])
+    """Queue every succeeded batch not verified yet (or, with again, every one). A stale
+    verdict (its batch was copied again since) is always checked again."""
+    redo = ([VerifyState.VERIFIED, VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.STALE]
+            if again else [VerifyState.ERROR, VerifyState.STALE])
     with conn.begin():
         conn.execute(text("INSERT OR IGNORE INTO verifications(task_id) "
                           "SELECT task_id FROM batches WHERE state = :ok"), {"ok": _SUCCEEDED})
@@ -80,17 +81,15 @@ def counts(conn: Connection) -> dict[VerifyState, int]:
 
 
 def requeue_differences(conn: Connection) -> list[int]:
-    """Batches whose check found differences are copied again (and checked again)."""
+    """Batches whose check found differences are copied again, and checked again once
+    the new copy succeeded (the trigger verifications_stale marks their verdicts
+    stale; their differences stay for the audit)."""
     with conn.begin():
         ids = [r[0] for r in conn.execute(text(
             "SELECT task_id FROM verifications WHERE state = :d ORDER BY task_id"),
             {"d": VerifyState.DIFFERS.value})]
     # Same size and time, other bytes: only --checksum makes the copy see them.
-    done = requeue(conn, ids, "verify found differences", checksum=True)
-    with conn.begin():
-        conn.execute(text("UPDATE verifications SET state = :p WHERE state = :d"),
-                     {"p": _PENDING, "d": VerifyState.DIFFERS.value})
-    return done
+    return requeue(conn, ids, "verify found differences", checksum=True)
 
 
 def differences(conn: Connection, task_id: int) -> list[str]:

@@ -44,7 +44,7 @@ def test_an_empty_ledger_answers_zeros(tmp_path):
         tp = queries.throughput(conn)
         assert tp["elapsed_sec"] == 0.0 and tp["batches_completed"] == 0
         assert all(tp[k] == 0 for k in tp)
-        assert queries.heartbeats(conn) == {"heartbeats": {}}
+        assert queries.heartbeats(conn) == {"heartbeats": {}, "workers": {}}
         assert queries.logs(conn) == {"warnings": [], "errors": []}
         assert queries.results(conn) == {"results": [], "retained_limit": 100_000,
                                          "retained_count": 0}

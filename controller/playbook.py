@@ -1,0 +1,127 @@
+"""What playbooks/migrate.yml runs: its variables turned into one `fleetsync run`.
+
+The playbook hands over every variable it knows, as Ansible resolved it for a
+host (-e, then host_vars, then the groups' group_vars, then group_vars/all.yml),
+through the `fleetsync_run` lookup. Here they become the command line; bad
+input is one line (PlaybookError), said by the task that computes it, before
+anything runs.
+
+Names: `src` and `dest` as documented; every other option has the `fleetsync_`
+prefix, because Ansible reserves some plain names (`port` warns on every run).
+The plain names of the first release are still read, with a warning, for one
+more release (OLD_NAMES).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+# Variable -> `fleetsync run` option taking a value.
+VALUED = {
+    "fleetsync_ledger": "--ledger",
+    "fleetsync_batch_files": "--batch-files",
+    "fleetsync_batch_bytes": "--batch-bytes",
+    "fleetsync_producers": "--producers",
+    "fleetsync_max_retries": "--max-retries",
+    "fleetsync_max_delete": "--max-delete",
+    "fleetsync_heartbeat_timeout": "--heartbeat-timeout",
+    "fleetsync_bwlimit": "--bwlimit",
+    "fleetsync_bind": "--bind",
+    "fleetsync_port": "--port",
+    "fleetsync_slots": "--slots",
+}
+# Variable -> `fleetsync run` flag, on when the variable is true.
+FLAGS = {
+    "fleetsync_delete": "--delete",
+    "fleetsync_delete_dry_run": "--delete-dry-run",
+    "fleetsync_verify": "--verify",
+    "fleetsync_rescan": "--rescan",
+    "fleetsync_no_api": "--no-api",
+}
+# The first release's names, read for one more release with a warning.
+OLD_NAMES = {
+    "ledger": "fleetsync_ledger", "batch_files": "fleetsync_batch_files",
+    "batch_bytes": "fleetsync_batch_bytes", "producers": "fleetsync_producers",
+    "max_retries": "fleetsync_max_retries", "heartbeat_timeout": "fleetsync_heartbeat_timeout",
+    "bind": "fleetsync_bind", "port": "fleetsync_port", "token": "fleetsync_token",
+    "rsync_options": "fleetsync_rsync_options",
+}
+
+_TRUE = {"true", "yes", "on", "1", "y", "t"}
+_FALSE = {"false", "no", "off", "0", "n", "f", ""}
+
+
+class PlaybookError(Exception):
+    """A variable the playbook cannot use: said in one line, nothing run."""
+
+
+@dataclass
+class Run:
+    """What the playbook runs: `argv`, and the resolved SRC and DEST the preflight checks."""
+    argv: list[str]
+    src: str
+    dest: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def _absolute(path: str, cwd: str) -> str:
+    """A local path against the operator's working directory; a remote one (host:/path,
+    rsync://) as it is."""
+    if ":" in path.split("/", 1)[0]:
+        return path
+    return os.path.normpath(os.path.join(cwd, os.path.expanduser(path)))
+
+
+def _flag(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise PlaybookError(f"{name} must be true or false, not {value!r}")
+
+
+def rsync_options(value) -> list[str]:
+    """fleetsync_rsync_options: a list, or a string of options split at spaces
+    (`-e fleetsync_rsync_options=-AX`, `"-A -X"`)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    raise PlaybookError(f"fleetsync_rsync_options must be a string or a list, not {value!r}")
+
+
+def _renamed(given: dict) -> tuple[dict, list[str]]:
+    """The variables under their new names, and a warning per old name still used."""
+    given = {k: v for k, v in given.items() if v is not None}
+    warnings = []
+    for old, new in OLD_NAMES.items():
+        if old in given:
+            warnings.append(f"fleetsync: the variable {old!r} is now {new!r}; the old name "
+                            "is read for one more release")
+            given.setdefault(new, given[old])
+    return given, warnings
+
+
+def command(given: dict, python: str, inventory: str, cwd: str) -> Run:
+    """`fleetsync run` for the playbook's variables (None: not set), run with `python`
+    on `inventory`, relative paths taken from `cwd`."""
+    v, warnings = _renamed(given)
+    for name in ("src", "dest"):
+        if not str(v.get(name, "")).strip():
+            raise PlaybookError(f"give the migration: -e src=/path -e dest=/path "
+                                f"(or host:/path); {name} is not set")
+    src, dest = _absolute(str(v["src"]), cwd), _absolute(str(v["dest"]), cwd)
+    v["fleetsync_ledger"] = _absolute(str(v.get("fleetsync_ledger", "fleetsync.db")), cwd)
+    argv = [python, "-m", "fleetsync.controller.cli", "run", "--src", src, "--dest", dest,
+            "--inventory", _absolute(inventory, cwd)]
+    for name, option in VALUED.items():
+        if name in v and str(v[name]).strip() != "":
+            argv += [option, str(v[name])]
+    argv += [option for name, option in FLAGS.items() if _flag(name, v.get(name, False))]
+    argv += [f"--rsync-option={o}" for o in rsync_options(v.get("fleetsync_rsync_options"))]
+    # The token is not in the command line (ps shows it): the task passes it in
+    # FLEETSYNC_TOKEN.
+    return Run(argv, src, dest, warnings)
