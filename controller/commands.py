@@ -9,6 +9,7 @@ import threading
 import time
 
 from fleetsync.ledger import batches, db, deletions, migration, queries
+from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
@@ -83,6 +84,24 @@ def run(args, loading: inventory.Loading | None = None) -> int:
     delete = _check_delete(args, src)
     hosts = (loading or inventory.Loading(args.inventory)).result()
     ledger_path = os.path.abspath(args.ledger)
+    # One run per ledger, held until this process ends: a second run would kill
+    # this one's rsyncs as leftovers and fight over its batches.
+    with _locked(ledger_path):
+        return _run(args, src, dest, limits, bwlimit, delete, hosts, ledger_path)
+
+
+def _locked(ledger_path: str) -> LedgerLock:
+    """The ledger's lock (refused in one line when a live run holds it); a stale
+    lock of a dead run is taken over, and said so."""
+    lock = LedgerLock(ledger_path).acquire()
+    if lock.stale:
+        print(f"fleetsync: took over the stale lock of {lock.stale} (no longer running)",
+              file=sys.stderr)
+    return lock
+
+
+def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete: DeleteMode,
+         hosts, ledger_path: str) -> int:
     options = {"batch_files": limits.entries, "batch_bytes": limits.bytes}
     engine = db.writer(ledger_path)
     mig = migration.open_or_create(engine, src, dest, options)
@@ -180,8 +199,9 @@ def verify(args) -> int:
     if mig is None:
         raise UsageError(f"{args.ledger} holds no migration")
     hosts = inventory.load(args.inventory)
-    kill_leftovers(mig.migration_id)
-    counts = _verify(_settings(args, ledger_path), hosts, args.again)
+    with _locked(ledger_path):     # it kills leftovers of the migration: never a live run's
+        kill_leftovers(mig.migration_id)
+        counts = _verify(_settings(args, ledger_path), hosts, args.again)
     print(f"fleetsync: {counts[VerifyState.VERIFIED]} batches verified, "
           f"{counts[VerifyState.DIFFERS]} differ, {counts[VerifyState.ERROR]} could not be "
           f"checked, {counts[VerifyState.PENDING]} not checked")
