@@ -8,12 +8,12 @@ import sys
 import threading
 import time
 
-from fleetsync.ledger import batches, db, deletions, migration, queries
+from fleetsync.ledger import batches, db, deletions, dirpass, migration, queries
 from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import inventory, progress, sizes
+from . import delete_guard, inventory, progress, sizes
 from .dispatch import Dispatcher, Settings
 from .errors import UsageError
 from .hostrun import kill_leftovers
@@ -46,6 +46,7 @@ def _check_delete(args, src: str) -> DeleteMode:
     empty DEST."""
     if not (args.delete or args.delete_dry_run):
         return DeleteMode.OFF
+    delete_guard.check_bound_syntax(args.max_delete)
     with os.scandir(src) as it:
         if next(it, None) is None:
             raise UsageError(f"SRC {src} is empty (not mounted?): refusing to delete "
@@ -105,6 +106,8 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
     options = {"batch_files": limits.entries, "batch_bytes": limits.bytes}
     engine = db.writer(ledger_path)
     mig = migration.open_or_create(engine, src, dest, options)
+    if delete is DeleteMode.ON:
+        _guard_top_level(args, engine, src)
     killed = kill_leftovers(mig.migration_id)
     if killed:
         print(f"fleetsync: stopped {killed} processes left by an earlier run", file=sys.stderr)
@@ -124,14 +127,18 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
         walk.start()
     api = None if args.no_api else _start_api(args, ledger_path)
     settings = _settings(args, ledger_path)
-    settings.delete = delete
+    # --delete: the pass runs as a dry run first; the real one only within --max-delete.
+    settings.delete = DeleteMode.DRY_RUN if delete is DeleteMode.ON else delete
     started = time.time()
     dispatcher = Dispatcher(settings, walk, hosts)
     live = progress.Live(ledger_path).start()
     stopped = _stop_on_signals(dispatcher)
+    refused = None
     try:
         dispatcher.run()
-        if args.verify and not stopped.is_set():
+        if delete is DeleteMode.ON and not stopped.is_set():
+            refused = _delete_within_bound(args, settings, dispatcher.hosts, started, stopped)
+        if args.verify and not stopped.is_set() and refused is None:
             _verify(settings, dispatcher.hosts, again=False, stopped=stopped)
     finally:
         live.stop()
@@ -144,7 +151,48 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
         if batches.work_left(conn).finished:
             migration.end_run(conn)
     engine.dispose()
-    return _summary(ledger_path, stopped.is_set(), delete, started)
+    code = _summary(ledger_path, stopped.is_set(), delete if refused is None else DeleteMode.OFF,
+                    started)
+    if refused is not None:
+        raise refused
+    return code
+
+
+def _guard_top_level(args, engine, src: str) -> None:
+    """--delete with top-level entries the ledger copied before missing from SRC:
+    refused before anything runs, unless named or a bound is given."""
+    with engine.connect() as conn:
+        missing = delete_guard.missing_top_level(conn, src, args.allow_delete)
+    if missing and args.max_delete is None:
+        raise delete_guard.refuse_missing(missing, src)
+
+
+def _delete_within_bound(args, settings: Settings, hosts, since: float,
+                         stopped: threading.Event) -> UsageError | None:
+    """After the dry-run pass: the real one when its count is within --max-delete
+    (said in one line), else the refusal (nothing deleted)."""
+    with db.connect(settings.ledger_path, readonly=True) as conn, conn.begin():
+        would = deletions.count(conn, True, since)
+        dest_entries = sum(c["files"] + c["directories"]
+                           for c in queries.batch_counts(conn).values())
+    limit = delete_guard.bound(args.max_delete, dest_entries)
+    if would > limit:
+        with db.connect(settings.ledger_path, readonly=True) as conn:
+            examples = deletions.listed(conn, True, since, delete_guard.NAMES_SHOWN)
+        return delete_guard.refuse_count(would, limit, args.max_delete, dest_entries, examples)
+    print(f"fleetsync: --delete: {would} entries to delete from DEST, within --max-delete "
+          f"{args.max_delete or delete_guard.DEFAULT_MAX_DELETE} ({limit} of {dest_entries})",
+          file=sys.stderr)
+    settings.delete = DeleteMode.ON
+    with db.connect(settings.ledger_path) as conn:
+        dirpass.restart(conn)
+    dispatcher = Dispatcher(settings, None, hosts)
+    try:
+        if not stopped.is_set():
+            dispatcher.run()
+    finally:
+        dispatcher.close()
+    return None
 
 
 def _settings(args, ledger_path: str) -> Settings:

@@ -82,3 +82,66 @@ def test_second_run_on_a_ledger_in_use_is_refused_and_a_stale_lock_taken_over(tm
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+# -- (2) --delete cannot empty DEST ----------------------------------------------
+
+def test_delete_against_a_near_empty_src_is_refused_and_deletes_nothing(tmp_path):
+    """An unmounted mount point holding one marker file: every top-level entry the
+    ledger copied before is missing; refused at start, DEST untouched."""
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    tree(src, [f"d{i}/f{j}" for i in range(4) for j in range(5)] + ["top"])
+    assert fleetsync(*run_args(src, dest, ledger)).returncode == 0
+    before = sorted(p for p, _, _ in os.walk(dest))
+    attempts = query(ledger, "SELECT count(*) FROM attempts")
+    for d in list(src.iterdir()):
+        if d.is_dir():
+            for f in d.iterdir():
+                f.unlink()
+            d.rmdir()
+        else:
+            d.unlink()
+    (src / ".mounted-marker").write_text("")
+    r = fleetsync(*run_args(src, dest, ledger, "--delete"))
+    assert r.returncode == 2
+    err = r.stderr.decode().strip().splitlines()
+    assert len(err) == 1, err
+    assert "5 top-level entries" in err[0] and "d0, d1, d2, d3, top" in err[0]
+    assert "--allow-delete" in err[0] and "--max-delete" in err[0]
+    assert sorted(p for p, _, _ in os.walk(dest)) == before
+    assert query(ledger, "SELECT count(*) FROM attempts") == attempts   # nothing ran
+    assert query(ledger, "SELECT count(*) FROM deletions") == [(0,)]
+
+
+def test_delete_over_the_bound_is_refused_after_a_dry_run_then_allowed(tmp_path):
+    """A real cutover removing a top-level directory: named, it passes the first
+    check; the dry run finds 6 of ~26 entries (over 10%): refused, nothing deleted;
+    a raised --max-delete deletes exactly those."""
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    tree(src, [f"d{i}/f{j}" for i in range(4) for j in range(5)] + ["top"])
+    assert fleetsync(*run_args(src, dest, ledger)).returncode == 0
+    for f in (src / "d2").iterdir():
+        f.unlink()
+    (src / "d2").rmdir()
+    r = fleetsync(*run_args(src, dest, ledger, "--delete", "--allow-delete", "d2"))
+    assert r.returncode == 2, r.stderr.decode()
+    err = r.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "would delete 6 entries" in err[0] and "--max-delete 6" in err[0]
+    assert "d2/" in err[0]
+    assert (dest / "d2" / "f0").exists()                     # nothing deleted
+    assert query(ledger, "SELECT count(*) FROM deletions WHERE dry_run = 0") == [(0,)]
+    r = fleetsync(*run_args(src, dest, ledger, "--delete", "--allow-delete", "d2",
+                            "--max-delete", "6"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"within --max-delete 6" in r.stderr
+    assert not (dest / "d2").exists() and (dest / "d1" / "f4").exists()
+    assert query(ledger, "SELECT count(*) FROM deletions WHERE dry_run = 0") == [(6,)]
+
+
+def test_max_delete_must_be_a_count_or_a_percentage(tmp_path):
+    src = tmp_path / "src"
+    tree(src)
+    r = fleetsync(*run_args(src, tmp_path / "dest", tmp_path / "l.db", "--delete",
+                            "--max-delete", "lots"))
+    assert r.returncode == 2 and b"--max-delete lots" in r.stderr
+    assert not (tmp_path / "l.db").exists() and not (tmp_path / "dest").exists()
