@@ -106,6 +106,9 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
     options = {"batch_files": limits.entries, "batch_bytes": limits.bytes}
     engine = db.writer(ledger_path)
     mig = migration.open_or_create(engine, src, dest, options)
+    if mig.repointed_from:
+        print(f"fleetsync: this ledger now copies to {dest}, not {mig.repointed_from} "
+              "(nothing was ever copied there)", file=sys.stderr)
     if delete is DeleteMode.ON:
         _guard_top_level(args, engine, src)
     killed = kill_leftovers(mig.migration_id)

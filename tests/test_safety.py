@@ -145,3 +145,26 @@ def test_max_delete_must_be_a_count_or_a_percentage(tmp_path):
                             "--max-delete", "lots"))
     assert r.returncode == 2 and b"--max-delete lots" in r.stderr
     assert not (tmp_path / "l.db").exists() and not (tmp_path / "dest").exists()
+
+
+# -- (3) a mistyped DEST -----------------------------------------------------------
+
+def test_a_dest_with_a_mistyped_parent_creates_nothing_and_the_ledger_is_not_bound(tmp_path):
+    src, ledger = tmp_path / "src", tmp_path / "l.db"
+    tree(src)
+    typo = tmp_path / "tpyo1" / "tpyo2" / "new"
+    r = fleetsync(*run_args(src, typo, ledger))
+    assert r.returncode == 2
+    err = r.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "parent directory does not exist" in err[0], err
+    assert not (tmp_path / "tpyo1").exists()
+    # The corrected command works on the same ledger (nothing was copied to the typo).
+    dest = tmp_path / "new"
+    r = fleetsync(*run_args(src, dest, ledger))
+    assert r.returncode == 0, r.stderr.decode()
+    assert f"now copies to {dest}, not {typo}" in r.stderr.decode()
+    assert (dest / "a" / "f1").read_text() == "a/f1"
+    assert query(ledger, "SELECT dest FROM migration") == [(str(dest),)]
+    # Once something was copied, the ledger is bound to its DEST.
+    r = fleetsync(*run_args(src, tmp_path / "other", ledger))
+    assert r.returncode == 2 and b"another migration" in r.stderr
