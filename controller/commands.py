@@ -85,6 +85,7 @@ def run(args, loading: inventory.Loading | None = None) -> int:
     delete = _check_delete(args, src)
     hosts = (loading or inventory.Loading(args.inventory)).result()
     ledger_path = os.path.abspath(args.ledger)
+    db.check(ledger_path, write=True)
     # One run per ledger, held until this process ends: a second run would kill
     # this one's rsyncs as leftovers and fight over its batches.
     with _locked(ledger_path):
@@ -243,7 +244,7 @@ def _verify(settings: Settings, hosts, again: bool, stopped: threading.Event | N
 
 def verify(args) -> int:
     """`fleetsync verify`: check succeeded batches with rsync's checksums (a dry run)."""
-    ledger_path = _existing(args.ledger)
+    ledger_path = _existing(args.ledger, write=True)
     with db.connect(ledger_path) as conn:
         mig = migration.load(conn)
         conn.rollback()
@@ -292,9 +293,12 @@ def serve(args) -> int:
     return 0
 
 
-def _existing(ledger_path: str) -> str:
+def _existing(ledger_path: str, write: bool = False) -> str:
+    """The ledger's absolute path, once it is known to be a fleetsync ledger this
+    command can use (else one line, exit 2, nothing changed)."""
     if not os.path.exists(ledger_path):
         raise UsageError(f"no ledger at {ledger_path}")
+    db.check(ledger_path, write)
     return os.path.abspath(ledger_path)
 
 
@@ -312,7 +316,7 @@ def status(args) -> int:
 
 def retry(args) -> int:
     """`fleetsync retry`: failed (or named) batches back in the queue."""
-    with db.connect(_existing(args.ledger)) as conn:
+    with db.connect(_existing(args.ledger, write=True)) as conn:
         if migration.load(conn) is None:
             raise UsageError(f"{args.ledger} holds no migration")
         conn.rollback()
@@ -326,7 +330,7 @@ def retry(args) -> int:
 def bwlimit(args) -> int:
     """`fleetsync bwlimit`: the fleet's bandwidth cap, also during a run."""
     rate = None if args.rate.lower() in ("off", "none", "0") else sizes.parse(args.rate)
-    with db.connect(_existing(args.ledger)) as conn:
+    with db.connect(_existing(args.ledger, write=True)) as conn:
         migration.set_bwlimit(conn, rate)
     print(f"fleetsync: bandwidth cap {'off' if rate is None else args.rate + '/s'}; "
           "batches that start from now on share it")

@@ -18,6 +18,7 @@ from sqlalchemy import (
     text,
 )
 
+from .db import APPLICATION_ID
 from .states import AttemptStatus, BatchState, VerifyState, WalkDirState, sql_list
 
 __all__ = ["AttemptStatus", "BatchState", "create", "metadata"]
@@ -265,6 +266,8 @@ def create(engine: Engine) -> None:
     """Create every table, index and trigger; safe to run on an existing ledger."""
     metadata.create_all(engine)
     with engine.begin() as conn:
+        # Marks the file as a fleetsync ledger (ledger/db.py: check refuses others).
+        conn.execute(text(f"PRAGMA application_id = {APPLICATION_ID}"))
         for ddl in _EXTRA_DDL:
             conn.execute(text(ddl))
         conn.execute(text(

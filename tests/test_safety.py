@@ -168,3 +168,79 @@ def test_a_dest_with_a_mistyped_parent_creates_nothing_and_the_ledger_is_not_bou
     # Once something was copied, the ledger is bound to its DEST.
     r = fleetsync(*run_args(src, tmp_path / "other", ledger))
     assert r.returncode == 2 and b"another migration" in r.stderr
+
+
+# -- (4) a ledger that is not fleetsync's ------------------------------------------
+
+def foreign_files(tmp_path) -> dict[str, str]:
+    """A non-SQLite file, an empty file, another application's SQLite database."""
+    made = {}
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes, not a database\n")
+    made["text"] = str(text)
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    made["empty"] = str(empty)
+    other = tmp_path / "app.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    con.execute("INSERT INTO customers(name) VALUES ('ada')")
+    con.commit()
+    con.close()
+    made["sqlite"] = str(other)
+    return made
+
+
+@pytest.mark.parametrize("command", ["run", "status", "verify", "serve", "retry"])
+def test_a_ledger_that_is_not_fleetsyncs_is_refused_in_one_line_changing_nothing(
+        tmp_path, command):
+    src = tmp_path / "src"
+    tree(src)
+    for kind, path in foreign_files(tmp_path).items():
+        before = open(path, "rb").read()
+        args = {"run": run_args(src, tmp_path / "dest", path),
+                "status": ("status", "--ledger", path),
+                "verify": ("verify", "--ledger", path),
+                "serve": ("serve", "--ledger", path, "--port", "0"),
+                "retry": ("retry", "--ledger", path, "--failed")}[command]
+        r = fleetsync(*args, timeout=120)
+        assert r.returncode == 2, (kind, r.stderr.decode())
+        err = r.stderr.decode().strip().splitlines()
+        assert len(err) == 1 and "not a fleetsync ledger" in err[0], (kind, err)
+        assert open(path, "rb").read() == before, kind
+        assert not os.path.exists(path + "-wal") and not os.path.exists(path + "-shm"), kind
+        assert not (tmp_path / "dest").exists()
+
+
+def test_serve_answers_503_when_the_ledger_is_not_one_any_more(tmp_path):
+    import json
+    import urllib.error
+    import urllib.request
+
+    from .support import free_port
+    src, ledger = tmp_path / "src", tmp_path / "l.db"
+    tree(src)
+    assert fleetsync(*run_args(src, tmp_path / "dest", ledger)).returncode == 0
+    port = free_port()
+    p = popen("serve", "--ledger", str(ledger), "--port", str(port))
+    try:
+        def up():
+            try:      # /openapi.json opens no ledger connection
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=5)
+                return True
+            except OSError:
+                return False
+        wait_for(up, "serve answers")
+        garbage = tmp_path / "garbage"
+        garbage.write_bytes(b"x" * 8192)
+        os.replace(garbage, ledger)
+        for name in ("-wal", "-shm"):
+            if os.path.exists(str(ledger) + name):
+                os.unlink(str(ledger) + name)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10)
+        assert e.value.code == 503
+        assert json.load(e.value)["error"]["status"] == 503
+    finally:
+        p.terminate()
+        p.wait(10)
