@@ -273,8 +273,10 @@ def _summary(ledger_path: str, stopped: bool, delete: DeleteMode = DeleteMode.OF
         st = queries.status(conn)
         checked = verifications.counts(conn)
         deleted = deletions.count(conn, dry_run, since)
+        missing, vanished = queries.not_arrived(conn)
     print(f"fleetsync: {st['completed_batches']} of {st['total_batches']} batches succeeded, "
-          f"{st['failed_batches']} failed, {st['queue_depth']} waiting"
+          f"{st['failed_batches']} failed, {st['queue_depth']} waiting; "
+          + _arrival(missing, vanished)
           + (f"; {checked[VerifyState.VERIFIED]} verified, "
              f"{checked[VerifyState.DIFFERS]} differ" if any(checked.values()) else "")
           + (f"; {deleted} entries {'would be ' if dry_run else ''}deleted "
@@ -282,7 +284,16 @@ def _summary(ledger_path: str, stopped: bool, delete: DeleteMode = DeleteMode.OF
           + (" (stopped)" if stopped else ""))
     if stopped:
         return 1
-    return 1 if st["failed_batches"] else 0
+    # 0 only when every entry arrived or vanished from SRC (issue 10): a batch's
+    # state alone would hide a directory the walk could not list.
+    return 1 if missing else 0
+
+
+def _arrival(missing: int, vanished: int) -> str:
+    """How many entries did not arrive (the README's exit status rests on it)."""
+    return (f"{missing} entries did not arrive"
+            + (f", {vanished} vanished from SRC" if vanished else "")
+            + (" (view missing_entries)" if missing or vanished else ""))
 
 
 def serve(args) -> int:
@@ -311,6 +322,7 @@ def status(args) -> int:
             print(json.dumps(queries.summary(conn), indent=2))
         else:
             print(progress.line(conn))
+            print("fleetsync: " + _arrival(*queries.not_arrived(conn)))
     return 0
 
 
