@@ -244,3 +244,277 @@ def test_serve_answers_503_when_the_ledger_is_not_one_any_more(tmp_path):
     finally:
         p.terminate()
         p.wait(10)
+
+
+# -- (5)-(8) per-file outcomes, as an unprivileged user ----------------------------
+
+NOBODY = 65534
+
+
+class Nobody:
+    """Runs `fleetsync` as uid/gid 65534 without capabilities (what root becomes on
+    an NFS export with root_squash), with a Python that user can run: a venv of a
+    system python3.11 that reads this worktree's installed packages."""
+
+    def __init__(self, base: str, venv: str):
+        self.base, self.venv = base, venv
+
+    def env(self) -> dict:
+        return {**os.environ, "HOME": os.path.join(self.base, "home"),
+                "TMPDIR": os.path.join(self.base, "tmp"),
+                "PATH": os.path.join(self.venv, "bin") + ":" + os.environ.get("PATH", "")}
+
+    def fleetsync(self, *args: str, timeout: float = 300):
+        import subprocess
+
+        from .support import REPO
+        return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                               "--clear-groups", os.path.join(self.venv, "bin", "python"),
+                               "-m", "fleetsync.controller.cli", *args],
+                              cwd=REPO, env=self.env(), capture_output=True, timeout=timeout)
+
+
+def _runs_as_nobody(cmd: str) -> bool:
+    import subprocess
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                        "sh", "-c", cmd], capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def nobody():
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+    import tempfile
+    if os.geteuid() != 0:
+        pytest.skip("switching to an unprivileged user needs root")
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is not installed")
+    candidates = [p for p in (os.path.realpath(sys.executable), "/usr/bin/python3.11",
+                              shutil.which("python3.11") or "") if p]
+    python = next((p for p in candidates if _runs_as_nobody(f"exec {p} -c 'import sys'")), None)
+    if python is None:
+        pytest.skip(f"no python3.11 that uid {NOBODY} can run (tried {candidates})")
+    base = tempfile.mkdtemp(prefix="fleetsync-nobody-", dir="/tmp")
+    try:
+        os.chmod(base, 0o755)
+        venv = os.path.join(base, "venv")
+        subprocess.run([python, "-m", "venv", "--without-pip", venv], check=True,
+                       capture_output=True)
+        purelib = sysconfig.get_paths()["purelib"]
+        site = subprocess.run([os.path.join(venv, "bin", "python"), "-c",
+                               "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        with open(os.path.join(site, "worktree.pth"), "w") as f:
+            f.write(f"import site; site.addsitedir({purelib!r})\n")
+        bindir = os.path.dirname(sys.executable)
+        for name in os.listdir(bindir):          # ansible-* scripts, for the new python
+            if name.startswith("ansible"):
+                with open(os.path.join(bindir, name)) as f:
+                    body = f.read().split("\n", 1)[1]
+                target = os.path.join(venv, "bin", name)
+                with open(target, "w") as f:
+                    f.write(f"#!{venv}/bin/python\n{body}")
+                os.chmod(target, 0o755)
+        work = os.path.join(base, "w")
+        for d in ("w", "w/home", "w/tmp"):
+            os.mkdir(os.path.join(base, d))
+            os.chown(os.path.join(base, d), NOBODY, NOBODY)
+        runner = Nobody(work, venv)
+        r = runner.fleetsync("--help")
+        if r.returncode != 0:
+            pytest.skip(f"fleetsync cannot run as uid {NOBODY}: {r.stderr.decode()[-300:]}")
+        yield runner
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def chown_tree(root: bytes) -> None:
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            os.lchown(os.path.join(d, n), NOBODY, NOBODY)
+    os.lchown(root, NOBODY, NOBODY)
+
+
+UNREADABLE = [b"secret", b"new\nline", b"\xff\xfe-not-utf8", b"-leading-dash", b"--rsync-opt"]
+
+
+def test_unreadable_entries_as_an_unprivileged_user_are_named_and_fail_at_once(nobody):
+    """Issue 10, items 1-3: a directory at 000, one at 0444, unreadable files with
+    odd names. Every entry arrives or is named; exit 1; no pointless retries; retry
+    --failed re-copies only the failed files."""
+    import shutil
+    case = os.path.join(nobody.base.encode(), b"case1")
+    src, dest, ledger = case + b"/src", case + b"/dest", os.fsdecode(case + b"/l.db")
+    os.makedirs(src + b"/ok/deep")
+    os.makedirs(src + b"/locked")
+    os.makedirs(src + b"/noenter")
+    for rel in (b"ok/a", b"ok/deep/b", b"locked/inside", b"noenter/t", b"top"):
+        with open(src + b"/" + rel, "wb") as f:
+            f.write(rel * 1000)
+    for name in UNREADABLE:
+        with open(src + b"/ok/" + name, "wb") as f:
+            f.write(b"unreadable " + name)
+    chown_tree(case)
+    for name in UNREADABLE:
+        os.chmod(src + b"/ok/" + name, 0)
+    os.chmod(src + b"/locked", 0)
+    os.chmod(src + b"/noenter", 0o444)
+    try:
+        r = nobody.fleetsync("run", "--no-api", "--src", os.fsdecode(src), "--dest",
+                             os.fsdecode(dest), "--ledger", ledger, "--max-retries", "3")
+        assert r.returncode == 1, r.stderr.decode()
+        assert b"7 entries did not arrive" in r.stdout, r.stdout
+        missing = {bytes(p): (c, s) for p, c, s in query(
+            ledger, "SELECT path, class, source FROM missing_entries")}
+        assert missing == {
+            b"locked": ("permanent", "walk-list"), b"noenter/t": ("permanent", "walk"),
+            **{b"ok/" + n: ("permanent", "rsync") for n in UNREADABLE}}
+        # Failed at once: one attempt per batch, no retry spent on a permission error.
+        assert query(ledger, "SELECT status, retry_count, rsync_exit_code FROM attempts "
+                     "WHERE status != 'success'") == [("failed", 0, 23)]
+        # Every other entry arrived.
+        for rel in (b"ok/a", b"ok/deep/b", b"top"):
+            with open(dest + b"/" + rel, "rb") as f:
+                assert f.read() == rel * 1000
+        errors = query(ledger, "SELECT message FROM log WHERE level = 'error'")
+        assert any("new\\x0aline" in m for (m,) in errors), errors
+        assert not any("\n" in m for (m,) in errors)
+        # The owner fixes the permissions; an arrived file is removed from DEST to see
+        # that retry --failed sends the failed files alone.
+        for name in UNREADABLE:
+            os.chmod(src + b"/ok/" + name, 0o644)
+        os.unlink(dest + b"/ok/a")
+        r = nobody.fleetsync("retry", "--ledger", ledger, "--failed")
+        assert r.returncode == 0 and b"1 batches back in the queue" in r.stdout, r.stderr
+        r = nobody.fleetsync("run", "--no-api", "--src", os.fsdecode(src), "--dest",
+                             os.fsdecode(dest), "--ledger", ledger)
+        assert r.returncode == 1, r.stderr.decode()       # the walk's two are still missing
+        assert b"2 entries did not arrive" in r.stdout, r.stdout
+        for name in UNREADABLE:
+            with open(dest + b"/ok/" + name, "rb") as f:
+                assert f.read() == b"unreadable " + name
+        assert not os.path.exists(dest + b"/ok/a")        # not sent again
+        assert {bytes(p) for (p,) in query(ledger, "SELECT path FROM missing_entries")} == {
+            b"locked", b"noenter/t"}
+        # The API names a batch's failed files through the one path formatter.
+        from fleetsync.api import make_app
+        from .test_api import call
+        app = make_app(ledger)
+        [(task_id,)] = query(ledger, "SELECT DISTINCT task_id FROM entry_outcomes "
+                             "WHERE source = 'rsync'")
+        failed = call(app, f"/batches/{task_id}").json["failed_entries"]
+        by_hex = {f["path_hex"]: f for f in failed}
+        assert by_hex[b"ok/new\nline".hex()]["path"] == "ok/new\\x0aline"
+        assert by_hex[b"ok/\xff\xfe-not-utf8".hex()]["class"] == "permanent"
+        assert all(not f["open"] for f in failed if f["source"] == "rsync")   # arrived since
+        assert {f["path"] for f in failed if f["open"]} == {"noenter/t", "locked"}  # the walk
+        assert call(app, "/status").json["entries_not_arrived"] == 2
+    finally:
+        for d, dirs, _ in os.walk(case):
+            for n in dirs:
+                os.chmod(os.path.join(d, n), 0o755)
+        shutil.rmtree(case, ignore_errors=True)
+
+
+def test_a_ledger_the_user_cannot_write_is_refused_in_one_line(nobody):
+    case = os.path.join(nobody.base, "case2")
+    os.makedirs(os.path.join(case, "src"))
+    with open(os.path.join(case, "src", "f"), "w") as f:
+        f.write("x")
+    ledger = os.path.join(case, "l.db")           # root's, 0644, in root's directory
+    assert fleetsync(*run_args(os.path.join(case, "src"), os.path.join(case, "dest"),
+                               ledger)).returncode == 0
+    before = open(ledger, "rb").read()
+    r = nobody.fleetsync(*run_args(os.path.join(case, "src"), os.path.join(case, "dest"),
+                                   ledger))
+    assert r.returncode == 2
+    err = r.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "cannot write the ledger" in err[0], err
+    assert open(ledger, "rb").read() == before
+    r = nobody.fleetsync("status", "--ledger", ledger)      # a reader may
+    assert r.returncode == 0, r.stderr.decode()
+
+
+def test_files_and_a_directory_deleted_while_their_batch_waits_end_0_named_vanished(tmp_path):
+    from .test_dispatch import walk_only
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    tree(src, [f"f{i}" for i in range(8)] + [f"gone/g{i}" for i in range(3)]
+         + ["new\nline", "-dash"])
+    walk_only(src, dest, ledger, entries=4)          # the batches wait in the ledger
+    for rel in ("f3", "new\nline", "-dash", "gone/g0", "gone/g1", "gone/g2"):
+        (src / rel).unlink()
+    (src / "gone").rmdir()
+    r = fleetsync(*run_args(src, dest, ledger, "--max-retries", "2"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"0 entries did not arrive, 7 vanished from SRC" in r.stdout, r.stdout
+    vanished = {bytes(p) for p, c in query(ledger, "SELECT path, class FROM missing_entries")
+                if c == "vanished"}
+    assert vanished == {b"f3", b"new\nline", b"-dash", b"gone", b"gone/g0", b"gone/g1",
+                        b"gone/g2"}
+    # No retry was spent on them, every batch succeeded.
+    assert query(ledger, "SELECT count(*) FROM attempts WHERE status != 'success'") == [(0,)]
+    assert query(ledger, "SELECT state, batches FROM batch_counts WHERE batches > 0") == [
+        ("succeeded", query(ledger, "SELECT count(*) FROM batches")[0][0])]
+    warnings = [m for (m,) in query(ledger, "SELECT message FROM log WHERE level='warning'")]
+    assert any(m.endswith(" retry 0 exit=24") for m in warnings), warnings
+    # --rescan settles a vanished file that came back: copied by a new batch.
+    (src / "f3").write_text("back")
+    r = fleetsync(*run_args(src, dest, ledger, "--rescan"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert (dest / "f3").read_text() == "back"
+    assert b"f3" not in {bytes(p) for (p,) in query(ledger, "SELECT path FROM missing_entries")}
+
+
+# -- the classes and the mapping, line by line ------------------------------------
+
+def test_the_classes_of_each_errno():
+    import errno
+
+    from fleetsync.controller.policy import Policy, Verdict, classify
+    from fleetsync.ledger.states import EntryClass as C
+    assert classify(errno.ENOENT) is C.VANISHED
+    assert classify(errno.ENOENT, sending=False) is C.MAY_HEAL     # DEST's side
+    for e in (errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP):
+        assert classify(e) is C.PERMANENT
+    for e in (errno.EIO, errno.ESTALE, errno.EAGAIN, errno.ENOSPC, errno.ETIMEDOUT):
+        assert classify(e) is C.MAY_HEAL
+    p = Policy(max_retries=2)
+    assert p.entry_verdict(24, 0, [C.VANISHED, C.VANISHED], True) == (Verdict.SUCCEED, True)
+    assert p.entry_verdict(23, 0, [C.PERMANENT, C.VANISHED], True) == (Verdict.FAIL, True)
+    assert p.entry_verdict(23, 0, [C.MAY_HEAL, C.PERMANENT], True) == (Verdict.RETRY, True)
+    assert p.entry_verdict(23, 2, [C.MAY_HEAL], True) == (Verdict.FAIL, True)
+    # A line not mapped: what arrived is unknown, the batch-level policy decides.
+    assert p.entry_verdict(23, 0, [C.PERMANENT], False) == (Verdict.RETRY, False)
+    assert p.entry_verdict(30, 0, [], True) == (Verdict.RETRY, False)       # a timeout
+
+
+def test_rsync_lines_map_back_to_their_entry_or_say_they_cannot():
+    from fleetsync.controller.file_outcomes import file_outcomes
+    from fleetsync.controller.outcome import Outcome, file_error
+    entries = {b"new\nline", b"\xff\xfe", b"-dash", b"d", b"d/x", b'q" -> "r', b"q"}
+
+    def one(line, src="/s", dest="/t"):
+        out = Outcome(1, 1, 23, file_errors=[file_error(line)])
+        [found], _ = file_outcomes(out, entries, src, dest)
+        return found
+    assert one('rsync: [sender] send_files failed to open "/s/new\\#012line": '
+               "Permission denied (13)").path == b"new\nline"
+    assert one('rsync: [sender] link_stat "/s/\\#377\\#376" failed: '
+               "No such file or directory (2)").cls.value == "vanished"
+    assert one('rsync: [sender] readlink_stat("/s/-dash") failed: '
+               "Too many levels of symbolic links (40)").cls.value == "permanent"
+    mk = one('rsync: [generator] recv_generator: mkdir "/t/d" failed: '
+             "No such file or directory (2)")
+    assert mk.path == b"d" and mk.cls.value == "may_heal"          # DEST's ENOENT
+    assert one('rsync: [receiver] rename "/t/d/.x.AbC123" -> "d/x": '
+               "No space left on device (28)").path == b"d/x"     # its temporary file
+    assert one('file has vanished: "/s/d/x"').cls.value == "vanished"
+    assert one("could not make way for new regular file: -dash").path == b"-dash"
+    # An implied parent (not an entry) and a name that two readings fit: not mapped.
+    assert one('rsync: [sender] link_stat "/s/elsewhere" failed: '
+               "No such file or directory (2)").path is None
+    two = one('rsync: [receiver] rename "/t/q" -> "r": File exists (17)')
+    assert two.path is None and "not mapped" in two.reason
