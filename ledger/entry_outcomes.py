@@ -74,22 +74,22 @@ def record_attempt(conn: Connection, task_id: int, attempt_id: int, copied: list
     if not known:
         return
     failed = {o.path for o in outcomes if o.path is not None}
-    _settle_batch(conn, task_id, attempt_id, copied, failed, now)
+    _settle_batch(conn, task_id, attempt_id, copied, now)
     if _any_open_elsewhere(conn, task_id):
         arrived = _arrived(conn, task_id, copied, failed)
         _settle_paths(conn, task_id, attempt_id, arrived, now)
 
 
-def _settle_batch(conn, task_id, attempt_id, copied, failed, now) -> None:
-    """Earlier rows of this batch whose entry this attempt sent and did not report."""
+def _settle_batch(conn, task_id, attempt_id, copied, now) -> None:
+    """Earlier rows of this batch whose entry this attempt sent: it arrived, or this
+    attempt's own row for it now speaks for it (one open row per entry)."""
     open_rows = conn.exec_driver_sql(
         "SELECT outcome_id, path FROM entry_outcomes WHERE task_id = ? AND settled_ts IS NULL "
         "AND source = ? AND attempt_id < ?", (task_id, _RSYNC, attempt_id)).all()
     sent = None if copied is None else set(copied)
     done = [oid for oid, path in open_rows
             if (path is None and sent is None)
-            or (path is not None and bytes(path) not in failed
-                and (sent is None or bytes(path) in sent))]
+            or (path is not None and (sent is None or bytes(path) in sent))]
     if done:
         conn.exec_driver_sql("UPDATE entry_outcomes SET settled_ts = ?, settled_by = ? "
                              "WHERE outcome_id = ?", [(now, attempt_id, oid) for oid in done])

@@ -214,7 +214,8 @@ entry_outcomes = Table(
                                          # attempt's other entries arrived, so only the
                                          # rows of its batch are to copy again
     Column("ts", Float, nullable=False),
-    Column("settled_ts", Float),         # a later copy of the entry arrived; NULL: open
+    Column("settled_ts", Float),         # a later copy of the entry arrived (or a later
+                                         # attempt's row speaks for it); NULL: open
     Column("settled_by", Integer),       # the attempt that settled it (NULL: none)
 )
 
