@@ -40,6 +40,8 @@ def check(path: str, write: bool) -> None:
     if not os.path.lexists(path):
         if not write:
             raise LedgerError(f"no ledger at {path}")
+        if not os.path.isdir(folder):
+            raise LedgerError(f"cannot create the ledger {path}: its directory does not exist")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise LedgerError(f"cannot create the ledger {path}: its directory is not writable")
         return
