@@ -520,3 +520,64 @@ def test_rsync_lines_map_back_to_their_entry_or_say_they_cannot():
                "No such file or directory (2)").path is None
     two = one('rsync: [receiver] rename "/t/q" -> "r": File exists (17)')
     assert two.path is None and "not mapped" in two.reason
+
+
+def _rsyncs_of_a_batch() -> list[int]:
+    """Pids of the rsyncs (sender and receiver) a local slot runs for a batch now."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if (argv and os.path.basename(argv[0]) == b"rsync"
+                and any(a.startswith(b"--log-file-format=fleetsync:") for a in argv)
+                and any(a.startswith(b"--files-from") for a in argv)):
+            pids.append(int(d))
+    return pids
+
+
+def test_files_and_a_directory_deleted_while_their_batch_runs_end_0_named_vanished(tmp_path):
+    """The batch's rsync is stopped (SIGSTOP) while it copies a large first file at a
+    low --bwlimit; the entries after it are deleted, then rsync goes on. Whether rsync
+    had listed them already ("file has vanished") or not (link_stat ENOENT), they
+    vanished: the run ends 0 and names them."""
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    (src / "a-big").write_bytes(os.urandom(8 << 20))
+    tree(src, ["z-small", "zdir/x", "zdir/y"])
+    from .test_dispatch import walk_only
+    walk_only(src, dest, ledger)                     # one batch: a-big first, then the rest
+    p = popen(*run_args(src, dest, ledger, "--bwlimit", "1MiB"))
+    stopped = []
+    try:
+        deadline = time.monotonic() + 240
+        while not stopped and p.poll() is None and time.monotonic() < deadline:
+            for pid in _rsyncs_of_a_batch():
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
+        if not stopped:
+            pytest.skip("the batch's rsync ended before it could be stopped")
+        for rel in ("z-small", "zdir/x", "zdir/y"):
+            (src / rel).unlink()
+        (src / "zdir").rmdir()
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()
+    assert b"0 entries did not arrive" in out, out
+    vanished = {bytes(x) for x, c in query(ledger, "SELECT path, class FROM missing_entries")
+                if c == "vanished"}
+    assert {b"z-small", b"zdir/x", b"zdir/y"} <= vanished, vanished
+    assert (dest / "a-big").stat().st_size == 8 << 20
