@@ -123,8 +123,9 @@ def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
         try:
             with conn.begin():
                 return view(conn, **kwargs)
-        except (exc.OperationalError, sqlite3.OperationalError) as e:
-            # e.g. a ledger whose tables are not created yet: the client may retry.
+        except (exc.DatabaseError, sqlite3.DatabaseError) as e:
+            # e.g. a ledger whose tables are not created yet, or a file that is not
+            # (or no longer) a ledger: the client may retry.
             # (queries read through the sqlite3 cursor, whose errors SQLAlchemy never sees.)
             detail = getattr(e, "orig", e)
             raise errors.unavailable(f"the ledger cannot be read now: {detail}") from None

@@ -77,7 +77,9 @@ def render(conn: Connection, now: float | None = None) -> str:
                        ("completed_batches", "Batches succeeded."),
                        ("failed_batches", "Batches failed for good."),
                        ("queue_depth", "Batches waiting to be dispatched (not running)."),
-                       ("producers_done", "Producers that finished their walk.")]:
+                       ("producers_done", "Producers that finished their walk."),
+                       ("entries_not_arrived", "Entries that could not be read or written "
+                                               "(view missing_entries).")]:
         _metric(lines, key, help_, [("", status[key])])
     _metric(lines, "pending_batches", "total - completed - failed (includes running).",
             [("", pending)])

@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
                              "(refused when SRC looks empty)")
     delete.add_argument("--delete-dry-run", action="store_true",
                         help="list what --delete would remove (table `deletions`), remove nothing")
+    # --delete's guard (controller/delete_guard.py says why the default is 10%).
+    run.add_argument("--max-delete", metavar="N|P%",
+                     help="--delete removes at most N entries, or P%% of DEST's entries "
+                          "(default: 10%%); over it the pass is refused, nothing deleted")
+    run.add_argument("--allow-delete", action="append", default=[], metavar="NAME",
+                     help="a top-level entry of SRC that --delete may remove from DEST "
+                          "although the ledger copied it before (repeatable)")
     run.add_argument("--rescan", action="store_true",
                      help="a delta pass: walk SRC again and queue only what changed (ctime) "
                           "since the last walk started")

@@ -9,11 +9,12 @@ import threading
 import time
 
 from fleetsync.ledger import backup as backups
-from fleetsync.ledger import batches, db, deletions, migration, queries, runs
+from fleetsync.ledger import batches, db, deletions, dirpass, migration, queries, runs
+from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import inventory, progress, sizes
+from . import delete_guard, inventory, progress, sizes
 from .dispatch import Dispatcher, Settings
 from .errors import UsageError
 from .hostrun import kill_leftovers
@@ -47,6 +48,7 @@ def _check_delete(args, src: str) -> DeleteMode:
     empty DEST."""
     if not (args.delete or args.delete_dry_run):
         return DeleteMode.OFF
+    delete_guard.check_bound_syntax(args.max_delete)
     with os.scandir(src) as it:
         if next(it, None) is None:
             raise UsageError(f"SRC {src} is empty (not mounted?): refusing to delete "
@@ -82,9 +84,33 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     hosts = inventory.with_slots((loading or inventory.Loading(args.inventory)).result(),
                                  args.slots)
     ledger_path = os.path.abspath(args.ledger)
+    db.check(ledger_path, write=True)
+    # One run per ledger, held until this process ends: a second run would kill
+    # this one's rsyncs as leftovers and fight over its batches.
+    with _locked(ledger_path):
+        return _run(args, src, dest, limits, bwlimit, delete, hosts, ledger_path, api)
+
+
+def _locked(ledger_path: str) -> LedgerLock:
+    """The ledger's lock (refused in one line when a live run holds it); a stale
+    lock of a dead run is taken over, and said so."""
+    lock = LedgerLock(ledger_path).acquire()
+    if lock.stale:
+        print(f"fleetsync: took over the stale lock of {lock.stale} (no longer running)",
+              file=sys.stderr)
+    return lock
+
+
+def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete: DeleteMode,
+         hosts, ledger_path: str, api) -> int:
     options = {"batch_files": limits.entries, "batch_bytes": limits.bytes}
     engine = db.writer(ledger_path)
     mig = migration.open_or_create(engine, src, dest, options)
+    if mig.repointed_from:
+        print(f"fleetsync: this ledger now copies to {dest}, not {mig.repointed_from} "
+              "(nothing was ever copied there)", file=sys.stderr)
+    if delete is DeleteMode.ON:
+        _guard_top_level(args, engine, src)
     killed = kill_leftovers(mig.migration_id)
     if killed:
         print(f"fleetsync: stopped {killed} processes left by an earlier run", file=sys.stderr)
@@ -106,14 +132,18 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     if api is not None:
         _start_api(api, args, ledger_path)
     settings = _settings(args, ledger_path)
-    settings.delete = delete
+    # --delete: the pass runs as a dry run first; the real one only within --max-delete.
+    settings.delete = DeleteMode.DRY_RUN if delete is DeleteMode.ON else delete
     started = time.time()
     dispatcher = Dispatcher(settings, walk, hosts)
     live = progress.Live(ledger_path).start()
     stopped = _stop_on_signals(dispatcher)
+    refused = None
     try:
         dispatcher.run()
-        if args.verify and not stopped.is_set():
+        if delete is DeleteMode.ON and not stopped.is_set():
+            refused = _delete_within_bound(args, settings, dispatcher.hosts, started, stopped)
+        if args.verify and not stopped.is_set() and refused is None:
             _verify(settings, dispatcher.hosts, again=False, stopped=stopped)
     finally:
         live.stop()
@@ -128,8 +158,11 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
         elif stopped.is_set():
             migration.stop_run(conn)
     engine.dispose()
-    code = _summary(ledger_path, stopped.signum, delete, started)
+    code = _summary(ledger_path, stopped.signum,
+                    delete if refused is None else DeleteMode.OFF, started)
     _fold_wal(ledger_path)
+    if refused is not None:
+        raise refused
     return code
 
 
@@ -139,6 +172,43 @@ def _fold_wal(ledger_path: str) -> None:
     if not backups.checkpoint(ledger_path):
         print("fleetsync: warning: a reader kept part of the ledger in its WAL; copy it "
               "with `fleetsync backup`, not cp", file=sys.stderr)
+
+
+def _guard_top_level(args, engine, src: str) -> None:
+    """--delete with top-level entries the ledger copied before missing from SRC:
+    refused before anything runs, unless named or a bound is given."""
+    with engine.connect() as conn:
+        missing = delete_guard.missing_top_level(conn, src, args.allow_delete)
+    if missing and args.max_delete is None:
+        raise delete_guard.refuse_missing(missing, src)
+
+
+def _delete_within_bound(args, settings: Settings, hosts, since: float,
+                         stopped: threading.Event) -> UsageError | None:
+    """After the dry-run pass: the real one when its count is within --max-delete
+    (said in one line), else the refusal (nothing deleted)."""
+    with db.connect(settings.ledger_path, readonly=True) as conn, conn.begin():
+        would = deletions.count(conn, True, since)
+        dest_entries = sum(c["files"] + c["directories"]
+                           for c in queries.batch_counts(conn).values())
+    limit = delete_guard.bound(args.max_delete, dest_entries)
+    if would > limit:
+        with db.connect(settings.ledger_path, readonly=True) as conn:
+            examples = deletions.listed(conn, True, since, delete_guard.NAMES_SHOWN)
+        return delete_guard.refuse_count(would, limit, args.max_delete, dest_entries, examples)
+    print(f"fleetsync: --delete: {would} entries to delete from DEST, within --max-delete "
+          f"{args.max_delete or delete_guard.DEFAULT_MAX_DELETE} ({limit} of {dest_entries})",
+          file=sys.stderr)
+    settings.delete = DeleteMode.ON
+    with db.connect(settings.ledger_path) as conn:
+        dirpass.restart(conn)
+    dispatcher = Dispatcher(settings, None, hosts)
+    try:
+        if not stopped.is_set():
+            dispatcher.run()
+    finally:
+        dispatcher.close()
+    return None
 
 
 def _settings(args, ledger_path: str) -> Settings:
@@ -192,7 +262,7 @@ def _verify(settings: Settings, hosts, again: bool, stopped: threading.Event | N
 
 def verify(args) -> int:
     """`fleetsync verify`: check succeeded batches with rsync's checksums (a dry run)."""
-    ledger_path = _existing(args.ledger)
+    ledger_path = _existing(args.ledger, write=True)
     with db.connect(ledger_path) as conn:
         mig = migration.load(conn)
         conn.rollback()
@@ -200,8 +270,9 @@ def verify(args) -> int:
         raise UsageError(f"{args.ledger} holds no migration")
     args.inventory = _verify_inventory(ledger_path, args.inventory)
     hosts = inventory.with_slots(inventory.load(args.inventory), args.slots)
-    kill_leftovers(mig.migration_id)
-    counts = _verify(_settings(args, ledger_path), hosts, args.again)
+    with _locked(ledger_path):     # it kills leftovers of the migration: never a live run's
+        kill_leftovers(mig.migration_id)
+        counts = _verify(_settings(args, ledger_path), hosts, args.again)
     print(f"fleetsync: {counts[VerifyState.VERIFIED]} batches verified, "
           f"{counts[VerifyState.DIFFERS]} differ, {counts[VerifyState.ERROR]} could not be "
           f"checked, {counts[VerifyState.PENDING]} not checked"
@@ -236,14 +307,16 @@ def _verify_inventory(ledger_path: str, given: str | None) -> str:
 def _summary(ledger_path: str, stopped: int, delete: DeleteMode = DeleteMode.OFF,
              since: float = 0) -> int:
     """Print the run's outcome; the exit status: 128 + the signal that stopped it
-    (130 for SIGINT, 143 for SIGTERM), else 1 if some batch failed for good, else 0."""
+    (130 for SIGINT, 143 for SIGTERM), else 1 if some entry did not arrive, else 0."""
     dry_run = delete is DeleteMode.DRY_RUN
     with db.connect(ledger_path, readonly=True) as conn, conn.begin():
         st = queries.status(conn)
         checked = verifications.counts(conn)
         deleted = deletions.count(conn, dry_run, since)
+        missing, vanished = queries.not_arrived(conn)
     print(f"fleetsync: {st['completed_batches']} of {st['total_batches']} batches succeeded, "
-          f"{st['failed_batches']} failed, {st['queue_depth']} waiting"
+          f"{st['failed_batches']} failed, {st['queue_depth']} waiting; "
+          + _arrival(missing, vanished)
           + (f"; {checked[VerifyState.VERIFIED]} verified, "
              f"{checked[VerifyState.DIFFERS]} differ" if any(checked.values()) else "")
           + (f"; {deleted} entries {'would be ' if dry_run else ''}deleted "
@@ -251,7 +324,16 @@ def _summary(ledger_path: str, stopped: int, delete: DeleteMode = DeleteMode.OFF
           + (" (stopped)" if stopped else ""))
     if stopped:
         return 128 + stopped
-    return 1 if st["failed_batches"] else 0
+    # 0 only when every entry arrived or vanished from SRC (issue 10): a batch's
+    # state alone would hide a directory the walk could not list.
+    return 1 if missing else 0
+
+
+def _arrival(missing: int, vanished: int) -> str:
+    """How many entries did not arrive (the README's exit status rests on it)."""
+    return (f"{missing} entries did not arrive"
+            + (f", {vanished} vanished from SRC" if vanished else "")
+            + (" (view missing_entries)" if missing or vanished else ""))
 
 
 def serve(args, api) -> int:
@@ -276,9 +358,12 @@ def serve(args, api) -> int:
     return 128 + stopped.signum
 
 
-def _existing(ledger_path: str) -> str:
+def _existing(ledger_path: str, write: bool = False) -> str:
+    """The ledger's absolute path, once it is known to be a fleetsync ledger this
+    command can use (else one line, exit 2, nothing changed)."""
     if not os.path.exists(ledger_path):
         raise UsageError(f"no ledger at {ledger_path}")
+    db.check(ledger_path, write)
     return os.path.abspath(ledger_path)
 
 
@@ -291,6 +376,7 @@ def status(args) -> int:
             print(json.dumps(queries.summary(conn), indent=2))
         else:
             print(progress.line(conn))
+            print("fleetsync: " + _arrival(*queries.not_arrived(conn)))
     return 0
 
 
@@ -308,7 +394,7 @@ def backup(args) -> int:
 
 def retry(args) -> int:
     """`fleetsync retry`: failed (or named) batches back in the queue."""
-    with db.connect(_existing(args.ledger)) as conn:
+    with db.connect(_existing(args.ledger, write=True)) as conn:
         if migration.load(conn) is None:
             raise UsageError(f"{args.ledger} holds no migration")
         conn.rollback()
@@ -322,7 +408,7 @@ def retry(args) -> int:
 def bwlimit(args) -> int:
     """`fleetsync bwlimit`: the fleet's bandwidth cap, also during a run."""
     rate = None if args.rate.lower() in ("off", "none", "0") else sizes.parse(args.rate)
-    with db.connect(_existing(args.ledger)) as conn:
+    with db.connect(_existing(args.ledger, write=True)) as conn:
         migration.set_bwlimit(conn, rate)
     print(f"fleetsync: bandwidth cap {'off' if rate is None else args.rate + '/s'}; "
           "batches that start from now on share it")

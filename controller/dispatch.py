@@ -284,17 +284,10 @@ class Dispatcher:
             self._record_batch(out, worker_id)
 
     def _record_batch(self, out: Outcome, worker_id: str) -> None:
-        report = Report(out.task_id, out.claim_no, worker_id, out.rsync_exit_code,
-                        out.bytes_sent, out.bytes_received, out.start_ts, out.end_ts,
-                        out.errors)
-        used = batches.retry_count_of(self.conn, out.task_id)
-        verdict = self.settings.policy.verdict(out.rsync_exit_code, used)
-        if verdict is Verdict.SUCCEED:
-            batches.succeed(self.conn, report)
-        elif verdict is Verdict.RETRY:
-            batches.retry(self.conn, report, used + 1)
-        else:
-            batches.fail(self.conn, report, used)
+        # The verdict and the per-file rows: controller/file_outcomes.py.
+        from .file_outcomes import record_batch
+        record_batch(self.conn, out, worker_id, self.settings.policy, self.mig.src,
+                     self.mig.dest)
 
     def _record_pass(self, out: Outcome, worker_id: str) -> None:
         """A part of the directory pass: its deletions go to the ledger, errors to the log."""

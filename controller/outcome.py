@@ -15,6 +15,25 @@ from fleetsync.ledger.states import OutcomeKind
 from .rsync import ITEM, MARK
 
 @dataclass
+class FileError:
+    """One of rsync's per-file error lines, its path decoded to bytes (rsync prints
+    a name's unprintable bytes, newlines and non-UTF-8 included, as \\#ooo).
+
+    `paths`: every reading of the path(s) the line names, as rsync printed them
+    (absolute, or relative to DEST for the "could not make way" lines); a line
+    naming two paths (`rename "A" -> "B"`) gives one reading per place the
+    separator could be, and only a reading that is an entry of the batch is ever
+    taken (controller/file_outcomes.py maps them; it never guesses)."""
+    line: str
+    op: str                          # "send_files failed to open", "link_stat", ...
+    paths: list[bytes]
+    errno: int | None                # None: no errno in the line ("file has vanished")
+    why: str                         # rsync's strerror text, or the line's own words
+    relative: bool = False           # the path is relative to DEST, not absolute
+    sending: bool = True             # rsync's sender said it (SRC's side)
+
+
+@dataclass
 class Outcome:
     """One batch's result as parsed from the worker's output."""
     task_id: int
@@ -27,6 +46,8 @@ class Outcome:
     bytes_sent: int | None = None
     bytes_received: int | None = None
     errors: list[str] = field(default_factory=list)
+    file_errors: list[FileError] = field(default_factory=list)   # per-file error lines
+    other_errors: list[str] = field(default_factory=list)  # error lines naming no file
 
 
 _BEGIN = re.compile(rf"^{MARK} begin task=(\d+) claim=(\d+) kind=(\w+) start=([\d.]+)", re.M)
@@ -60,15 +81,66 @@ def _parse_one(text: str) -> Outcome:
     for kind, value in _STAT.findall(text):
         setattr(out, f"bytes_{kind}", int(value.replace(",", "")))
     lines = text.splitlines()
-    out.errors = [line for line in lines
-                  if line.startswith(("rsync:", "rsync error:", "fleetsync:", "timeout:",
-                                      "file has vanished:"))]
+    out.errors = [line for line in lines if line.startswith(_ERROR_STARTS)]
+    for line in out.errors:
+        found = file_error(line)
+        if found is not None:
+            out.file_errors.append(found)
+        elif not line.startswith("rsync error:"):    # the summary of the lines above
+            out.other_errors.append(line)
     out.itemized = [line[len(ITEM):] for line in lines if line.startswith(ITEM)]
     if out.rsync_exit_code == 23 and _only_vanished(out.errors):
         # rsync says 23 for a listed file that no longer exists; it is the same
         # event as exit 24 ("vanished source files") and gets the same policy.
         out.rsync_exit_code = VANISHED_EXIT
     return out
+
+
+_ERROR_STARTS = ("rsync:", "rsync error:", "fleetsync:", "timeout:", "file has vanished:",
+                 "could not make way for new ", "cannot delete non-empty directory: ")
+_ESCAPE = re.compile(rb"\\#([0-7]{3})")
+# rsync: [sender] send_files failed to open "/src/a": Permission denied (13)
+# rsync: [sender] link_stat "/src/a" failed: No such file or directory (2)
+# rsync: [sender] readlink_stat("/src/a") failed: Permission denied (13)
+# rsync: [generator] recv_generator: mkdir "/dest/a" failed: Permission denied (13)
+# The path runs from the first quote to the last one: strerror holds no quote.
+_SYSERR = re.compile(r'^rsync: (?:\[(?P<role>\w+)\] )?(?P<op>[^"]*?)\(?"(?P<path>.*)"\)?'
+                     r"(?: failed)?: (?P<why>[^\"]*) \((?P<errno>\d+)\)$")
+_VANISHED_LINE = re.compile(r'^(?:rsync: (?:\[\w+\] )?)?file has vanished: "(?P<path>.*)"$')
+# A DEST entry in the way: relative names, unquoted.
+_IN_THE_WAY = re.compile(r"^(?P<op>could not make way for new [\w ]+|"
+                         r"cannot delete non-empty directory): (?P<path>.+)$")
+_TWO_PATHS = '" -> "'
+
+
+def unescape(text: str) -> bytes:
+    """A name as rsync printed it, back to its bytes (\\#ooo is one byte)."""
+    raw = text.encode("utf-8", "surrogateescape")
+    return _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), raw)
+
+
+def file_error(line: str) -> FileError | None:
+    """The per-file error a line of rsync's reports, or None for any other line."""
+    m = _VANISHED_LINE.match(line)
+    if m:
+        return FileError(line, "file has vanished", [unescape(m["path"])], None,
+                         "vanished from SRC during the transfer")
+    m = _SYSERR.match(line)
+    if m:
+        text = m["path"]
+        # `rename "A" -> "B"`, `symlink "A" -> "B"`: the first path is the entry's
+        # (or its temporary file's); the separator may sit inside a name too.
+        cuts = [i for i in range(len(text)) if text.startswith(_TWO_PATHS, i)]
+        readings = [text] + [text[:i] for i in cuts]
+        return FileError(line, m["op"].strip(), [unescape(r) for r in readings],
+                         int(m["errno"]), m["why"],
+                         sending=m["role"] in (None, "sender") and "recv_" not in m["op"])
+    m = _IN_THE_WAY.match(line)
+    if m:
+        return FileError(line, m["op"], [unescape(m["path"])], None,
+                         "a DEST entry of another type is in the way", relative=True,
+                         sending=False)
+    return None
 
 
 def _only_vanished(errors: list[str]) -> bool:

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
+from fleetsync.ledger.entry_outcomes import EntryOutcome
 from fleetsync.ledger.logbook import show_path
 from fleetsync.ledger.walkqueue import CLAIM_MAX, Cut, Dir, WalkQueue
 
 from . import defaults
+from .file_outcomes import walk_error
 
 MAX_HELD_CUTS = 4     # closed batches kept in memory while the ledger is busy
 PUSH_EVERY = 64       # share newly seen subdirectories at least this often
@@ -57,7 +59,7 @@ class Producer:
         self.entries: list[tuple[bytes, int, int]] = []
         self.files = self.dirs = self.bytes = self.name_bytes = 0
         self.done_dirs: list[int] = []   # listed to the end into this or earlier batches
-        self.errors: list[str] = []
+        self.errors: list[EntryOutcome] = []   # per-file rows (ledger/entry_outcomes.py)
         self.sparse = False
         self.links: list[tuple[int, int, bytes, int]] = []
 
@@ -95,7 +97,7 @@ class Producer:
             # ENOENT below SRC: removed since it was queued (a --rescan queues every
             # directory seen before): nothing to copy, not an error.
             if not (e.errno == errno.ENOENT and d.path):
-                self.errors.append(f"cannot list {show_path(full)}: {e.strerror}")
+                self.errors.append(walk_error(d.path, e, f"cannot list {show_path(full)}", True))
             self.done_dirs.append(d.dir_id)
             return
         with it:
@@ -130,15 +132,17 @@ class Producer:
                         # Only ENOENT means it vanished since it was listed; any other
                         # error (EACCES in a 0444 directory, EIO, ESTALE) is recorded.
                         if e.errno != errno.ENOENT:
-                            self.errors.append(f"cannot stat {show_path(full + b'/' + entry.name)}"
-                                               f": {e.strerror}")
+                            self.errors.append(walk_error(
+                                prefix + entry.name, e,
+                                f"cannot stat {show_path(full + b'/' + entry.name)}", False))
                         continue
                     rel = prefix + entry.name
                     if is_dir:
                         self.push.append(rel)
                     self.add(rel, is_dir, size, d.dir_id, pos, holes)
             except OSError as e:               # the listing itself broke off
-                self.errors.append(f"cannot list all of {show_path(full)}: {e.strerror}")
+                self.errors.append(walk_error(d.path, e, f"cannot list all of {show_path(full)}",
+                                              True))
         self.done_dirs.append(d.dir_id)
         if len(self.push) >= PUSH_EVERY:
             self.hand_in(wait=False)

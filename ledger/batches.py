@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, func, insert, select, update
 
+from . import entry_outcomes
+from .entry_outcomes import EntryOutcome
 from .schema import attempts, batch_counts, batch_files, batches, log, migration
-from .states import AttemptStatus, BatchState
+from .states import AttemptStatus, BatchState, EntryClass
 
 MAX_ERROR_LINES = 20      # rsync can print one line per file; keep the first ones
 MAX_ERROR_CHARS = 4_000
@@ -43,6 +45,10 @@ class Report:
     start_ts: float | None = None
     end_ts: float | None = None
     errors: list[str] = field(default_factory=list)
+    # The entries that did not arrive (controller/file_outcomes.py), and whether the
+    # attempt says so entry by entry: then every other entry it sent arrived.
+    file_outcomes: list[EntryOutcome] = field(default_factory=list)
+    rest_arrived: bool = False
 
 
 def errors_json(errors: list[str]) -> str:
@@ -92,22 +98,46 @@ def _finish(conn: Connection, report: Report, new_state: BatchState,
         if row is None:
             return False
         retry_count = row.retry_count - 1 if bump_retry else row.retry_count
-        conn.execute(insert(attempts).values(
+        # What this attempt sent, read before its own rows exist (None: every entry).
+        copied = (_copied(conn, report.task_id)
+                  if status is not AttemptStatus.LOST else None)
+        attempt_id = conn.execute(insert(attempts).values(
             task_id=report.task_id, claim=report.claim_no, retry_count=retry_count,
             worker_id=report.worker_id, status=status.value,
             rsync_exit_code=report.rsync_exit_code, bytes_sent=report.bytes_sent,
             bytes_received=report.bytes_received, start_ts=report.start_ts,
-            end_ts=report.end_ts, received_ts=now, errors=errors_json(report.errors)))
-        if message:
-            level, msg = message
+            end_ts=report.end_ts, received_ts=now, errors=errors_json(report.errors))
+            .returning(attempts.c.attempt_id)).scalar()
+        if status is not AttemptStatus.LOST:
+            known = report.rest_arrived or new_state is BatchState.SUCCEEDED
+            entry_outcomes.record_attempt(conn, report.task_id, attempt_id, copied,
+                                          report.file_outcomes, report.rest_arrived, known, now)
+        lines = [message] if message else []
+        if report.file_outcomes:
+            vanished = all(o.cls is EntryClass.VANISHED for o in report.file_outcomes)
+            lines.append(("warning" if vanished or new_state is BatchState.PENDING else "error",
+                          entry_outcomes.log_line(report.task_id, report.file_outcomes)))
+        for level, msg in lines:
             conn.execute(insert(log).values(ts=now, level=level, task_id=report.task_id,
                                             worker_id=report.worker_id, message=msg))
     return True
 
 
-def succeed(conn: Connection, report: Report) -> bool:
-    """running -> succeeded."""
-    return _finish(conn, report, BatchState.SUCCEEDED, AttemptStatus.SUCCESS, False, None)
+def _copied(conn: Connection, task_id: int) -> list[bytes] | None:
+    """The entries the batch's current attempt was sent (batches.entries), None: all."""
+    again, never = entry_outcomes.to_copy_again(conn, task_id)
+    if not again and not never:
+        return None
+    return [p for p, _, _ in _select_entries(conn, task_id, again, never)]
+
+
+def succeed(conn: Connection, report: Report, retries_used: int = 0) -> bool:
+    """running -> succeeded; with entries that vanished from SRC, the warning of
+    rsync's exit 24 (`task N retry R exit=24`) says so (R: retries used)."""
+    vanished = any(o.cls is EntryClass.VANISHED for o in report.file_outcomes)
+    return _finish(conn, report, BatchState.SUCCEEDED, AttemptStatus.SUCCESS, False,
+                   ("warning", f"task {report.task_id} retry {retries_used} exit=24")
+                   if vanished else None)
 
 
 def retry(conn: Connection, report: Report, retry_number: int) -> bool:
@@ -196,12 +226,26 @@ def requeue(conn: Connection, task_ids: list[int] | None, why: str,
 
 
 def entries(conn: Connection, task_id: int) -> list[tuple[bytes, bool, int]]:
-    """The entries of one batch: (path relative to SRC, is a directory, size)."""
+    """The entries one copy of the batch sends: (path relative to SRC, is a directory,
+    size). After an attempt that failed entry by entry, only its failed entries (the
+    others arrived); never an entry that vanished from SRC."""
     with conn.begin():
-        rows = conn.execute(select(batch_files.c.path, batch_files.c.is_dir, batch_files.c.size)
-                            .where(batch_files.c.task_id == task_id)
-                            .order_by(batch_files.c.path)).all()
-    return [(bytes(p), bool(d), s) for p, d, s in rows]
+        again, never = entry_outcomes.to_copy_again(conn, task_id)
+        return _select_entries(conn, task_id, again, never)
+
+
+def entries_in(conn: Connection, task_id: int) -> list[tuple[bytes, bool, int]]:
+    """Every entry of the batch (a read inside the caller's transaction)."""
+    return _select_entries(conn, task_id, set(), set())
+
+
+def _select_entries(conn: Connection, task_id: int, only: set[bytes],
+                    never: set[bytes]) -> list[tuple[bytes, bool, int]]:
+    rows = conn.execute(select(batch_files.c.path, batch_files.c.is_dir, batch_files.c.size)
+                        .where(batch_files.c.task_id == task_id)
+                        .order_by(batch_files.c.path)).all()
+    found = [(bytes(p), bool(d), s) for p, d, s in rows]
+    return [e for e in found if (not only or e[0] in only) and e[0] not in never]
 
 
 @dataclass

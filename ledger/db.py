@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import urllib.parse
 from collections.abc import Iterator
 
@@ -19,6 +20,66 @@ BUSY_TIMEOUT_MS = 60_000
 
 class LedgerError(Exception):
     """A ledger that cannot be used: missing, unreadable, or of another migration."""
+
+
+# PRAGMA application_id of a fleetsync ledger ("FLSY"), set when its tables are made.
+APPLICATION_ID = 0x464C5359
+_SQLITE_HEADER = b"SQLite format 3\x00"
+# Ledgers made before the application_id are known by these columns of `migration`.
+_LEDGER_COLUMNS = {"migration_id", "schema_version", "src", "dest"}
+
+
+def check(path: str, write: bool) -> None:
+    """Refuse, in one line (LedgerError), a file that is not a fleetsync ledger or
+    that this command cannot use, before anything opens it for writing: a writer
+    would add fleetsync's tables to another application's database and switch it
+    to WAL. write: the command writes (the file, or its directory for a new one,
+    -wal and -shm must be writable). A missing file is fine for a writer (made).
+    Only reads, with mode=ro: nothing is changed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.lexists(path):
+        if not write:
+            raise LedgerError(f"no ledger at {path}")
+        if not os.path.isdir(folder):
+            raise LedgerError(f"cannot create the ledger {path}: its directory does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise LedgerError(f"cannot create the ledger {path}: its directory is not writable")
+        return
+    if os.path.isdir(path):
+        raise LedgerError(f"{path} is a directory, not a fleetsync ledger")
+    try:
+        with open(path, "rb") as f:
+            header = f.read(len(_SQLITE_HEADER))
+    except OSError as e:
+        raise LedgerError(f"cannot read the ledger {path}: {e.strerror}") from None
+    if not header:
+        raise LedgerError(f"{path} is an empty file, not a fleetsync ledger "
+                          "(remove it to start a new ledger there)")
+    if header != _SQLITE_HEADER:
+        raise LedgerError(f"{path} is not an SQLite database, so not a fleetsync ledger")
+    if write and not (os.access(path, os.W_OK) and os.access(folder, os.W_OK | os.X_OK)):
+        raise LedgerError(f"cannot write the ledger {path} (the file and its directory, "
+                          "for its -wal and -shm files, must be writable)")
+    try:
+        con = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro",
+                              uri=True)
+        try:
+            app_id = con.execute("PRAGMA application_id").fetchone()[0]
+            tables = [n for (n,) in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+            columns = {r[1] for r in con.execute("PRAGMA table_info(migration)")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise LedgerError(f"cannot read the ledger {path}: {e}") from None
+    if app_id == APPLICATION_ID or (app_id == 0 and _LEDGER_COLUMNS <= columns):
+        return
+    if app_id == 0 and not tables:
+        return        # an empty SQLite database: fleetsync's tables are made in it
+    shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+    raise LedgerError(f"{path} is another application's SQLite database "
+                      f"(application_id {app_id}, tables: {shown or 'none'}), not a "
+                      "fleetsync ledger: nothing was changed; give another --ledger")
 
 
 def _sqlite_url(path: str, readonly: bool) -> str:

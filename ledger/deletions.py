@@ -26,3 +26,23 @@ def count(conn: Connection, dry_run: bool, since: float) -> int:
     transaction."""
     return conn.execute(select(func.count()).select_from(deletions).where(
         deletions.c.dry_run == int(dry_run), deletions.c.ts >= since)).scalar()
+
+
+def listed(conn: Connection, dry_run: bool, since: float, limit: int) -> list[str]:
+    """The first deletions done (or listed) since a time, as rsync printed them."""
+    with conn.begin():
+        return [p for (p,) in conn.execute(
+            select(deletions.c.path).where(deletions.c.dry_run == int(dry_run),
+                                           deletions.c.ts >= since)
+            .order_by(deletions.c.deletion_id).limit(limit)).all()]
+
+
+def top_level_entries(conn: Connection) -> set[bytes]:
+    """Every top-level entry of SRC that a walk put in a batch (SRC itself left out):
+    what --delete's guard expects to find in SRC again. One scan of batch_files
+    (only for --delete)."""
+    with conn.begin():
+        rows = conn.exec_driver_sql(
+            "SELECT DISTINCT path FROM batch_files WHERE instr(path, x'2f') = 0 "
+            "AND path != x'2e'").all()
+    return {bytes(p) for (p,) in rows}

@@ -13,11 +13,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, exists, insert, select, update
 
 from . import schema, walkqueue
 from .db import LedgerError
-from .schema import migration
+from .schema import attempts, deletions, migration, verifications
 
 # The API calls a run live while its heartbeat is younger than this.
 LIVE_AFTER_HEARTBEAT = 15.0
@@ -31,6 +31,7 @@ class Migration:
     options: dict
     walk_done: bool
     bwlimit: int | None = None
+    repointed_from: str | None = None   # the DEST this open moved the ledger away from
 
 
 def _row_to_migration(row) -> Migration:
@@ -44,8 +45,13 @@ def load(conn: Connection) -> Migration | None:
 
 
 def open_or_create(engine: Engine, src: str, dest: str, options: dict) -> Migration:
-    """The ledger's migration, created on first use; another SRC/DEST is refused."""
+    """The ledger's migration, created on first use; another SRC/DEST is refused.
+
+    A ledger to which nothing was ever copied (no attempt at all: every host
+    refused it at its preflight, e.g. a mistyped DEST) may be pointed at another
+    DEST: it is not bound to a DEST no host accepted."""
     schema.create(engine)
+    repointed = None
     with engine.connect() as conn:
         with conn.begin():
             row = conn.execute(select(migration)).first()
@@ -55,12 +61,26 @@ def open_or_create(engine: Engine, src: str, dest: str, options: dict) -> Migrat
                     src=src, dest=dest, options=json.dumps(options, sort_keys=True),
                     created_ts=time.time()))
                 row = conn.execute(select(migration)).first()
+            elif row.src == src and row.dest != dest and _nothing_copied(conn):
+                conn.execute(update(migration).where(migration.c.dest == row.dest)
+                             .values(dest=dest))
+                repointed = row.dest
+                row = conn.execute(select(migration)).first()
         found = _row_to_migration(row)
     if (found.src, found.dest) != (src, dest):
         raise LedgerError(
             f"this ledger belongs to another migration ({found.src} -> {found.dest}); "
             f"use another --ledger for {src} -> {dest}")
+    found.repointed_from = repointed
     return found
+
+
+def _nothing_copied(conn: Connection) -> bool:
+    """No rsync ever ran for this ledger (no attempt of any kind, no deletion)."""
+    return conn.execute(select(
+        ~exists().where(attempts.c.attempt_id.is_not(None))
+        & ~exists().where(deletions.c.deletion_id.is_not(None))
+        & ~exists().where(verifications.c.task_id.is_not(None)))).scalar()
 
 
 def start_run(conn: Connection) -> None:

@@ -17,12 +17,15 @@ finds the same rate; a rate is 0.0 while `elapsed_sec` is 0.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections import namedtuple
 
 from sqlalchemy import Connection
 
+from . import entry_outcomes as _entry_outcomes
 from . import migration as _migration
+from .logbook import show_path
 from .states import BatchState, ProducerState, WorkerState
 
 GIB = 1024 ** 3
@@ -117,7 +120,21 @@ def status(conn: Connection) -> dict[str, int]:
     return dict(total_batches=p["total"], completed_batches=p["completed"],
                 failed_batches=p["failed"],
                 queue_depth=counts[_PENDING]["batches"],
-                producers_done=_value(conn, _PRODUCERS_DONE, {"done": _DONE}))
+                producers_done=_value(conn, _PRODUCERS_DONE, {"done": _DONE}),
+                # Added key (issue 10): entries that could not be read or written (view
+                # missing_entries; those that vanished from SRC are not counted).
+                entries_not_arrived=not_arrived(conn)[0])
+
+
+def not_arrived(conn: Connection) -> tuple[int, int]:
+    """(entries that did not arrive, entries that vanished from SRC); 0, 0 on a
+    ledger made before per-file outcomes (no table yet)."""
+    try:
+        return tuple(_rows(conn, _entry_outcomes.NOT_ARRIVED_SQL)[0])
+    except sqlite3.OperationalError as e:
+        if "no such table" not in str(e):
+            raise
+        return 0, 0
 
 
 def elapsed_sec(conn: Connection, now: float | None = None) -> float:
@@ -271,9 +288,9 @@ def results(conn: Connection, limit: int = RESULTS_PAGE, after: int | None = Non
     return {"results": page, "retained_limit": retained_limit, "retained_count": retained}
 
 
-def display_path(raw: bytes) -> str:
-    """A path for people: UTF-8 where it is, backslash escapes (\\xff) where it is not."""
-    return raw.decode("utf-8", "backslashreplace")
+# One path formatter for every message and answer (the log's lines included):
+# UTF-8 where it is, backslash escapes (\\xff, \\x0a) for other bytes and controls.
+display_path = show_path
 
 
 def batch(conn: Connection, task_id: int, limit: int = ENTRIES_PAGE,
@@ -293,5 +310,18 @@ def batch(conn: Connection, task_id: int, limit: int = ENTRIES_PAGE,
                                                      "offset": offset})]
     return {"batch": dict(zip(_BATCH_COLUMNS, found[0])), "entries": entries,
             "entries_total": _value(conn, _ENTRY_COUNT, {"t": task_id}),
+            # Added key (issue 10): its entries that did not arrive, and why ("open":
+            # false once a later copy of the entry arrived).
+            "failed_entries": _failed_entries(conn, task_id),
             "attempts": _results(conn, "WHERE a.task_id = :t ORDER BY a.attempt_id",
                                  {"t": task_id})}
+
+
+def _failed_entries(conn: Connection, task_id: int) -> list[dict]:
+    try:
+        rows = _rows(conn, _entry_outcomes.BATCH_ROWS_SQL, {"t": task_id})
+    except sqlite3.OperationalError as e:
+        if "no such table" not in str(e):
+            raise
+        return []
+    return _entry_outcomes.for_batch(rows)

@@ -18,7 +18,8 @@ from sqlalchemy import (
     text,
 )
 
-from .states import AttemptStatus, BatchState, VerifyState, WalkDirState
+from .db import APPLICATION_ID
+from .states import AttemptStatus, BatchState, EntryClass, VerifyState, WalkDirState
 
 __all__ = ["AttemptStatus", "BatchState", "create", "metadata"]
 
@@ -238,6 +239,61 @@ def _create_attempt_counts(conn) -> None:
 # --- end of attempt_counts -----------------------------------------------------------------
 
 
+# -- Per-file outcomes (issue 10; ledger/entry_outcomes.py) ------------------------
+# One row per entry that did not arrive, when it was seen: an rsync per-file error
+# line of an attempt, or an error of the walk. A row is never deleted; it is
+# settled (settled_ts) when a later copy of its entry arrived.
+entry_outcomes = Table(
+    "entry_outcomes", metadata,
+    Column("outcome_id", Integer, primary_key=True),
+    Column("task_id", Integer),          # its batch; NULL: a walk error cut with no entry
+    Column("attempt_id", Integer),       # the attempt (attempts) whose rsync said so;
+                                         # NULL: the walk
+    Column("source", Text, nullable=False),  # EntrySource: rsync | walk | walk-list
+    Column("path", LargeBinary),         # relative to SRC: the batch's entry (or the
+                                         # directory the walk could not list); NULL: the
+                                         # line could not be mapped to one entry
+    Column("class", Text, nullable=False),   # EntryClass: permanent | may_heal | vanished
+    Column("errno", Integer),            # the errno rsync or the walk gave, if any
+    Column("reason", Text, nullable=False),  # e.g. "send_files failed to open: Permission
+                                         # denied (13)"; an unmapped row holds the line
+    Column("rest_arrived", Integer, nullable=False, server_default="0"),  # 1: the
+                                         # attempt's other entries arrived, so only the
+                                         # rows of its batch are to copy again
+    Column("ts", Float, nullable=False),
+    Column("settled_ts", Float),         # a later copy of the entry arrived (or a later
+                                         # attempt's row speaks for it); NULL: open
+    Column("settled_by", Integer),       # the attempt that settled it (NULL: none)
+)
+
+# Which entries did not arrive, and why: the open per-file rows, and every entry
+# of a failed batch that failed as a whole (no per-file rows said what arrived).
+_MISSING_ENTRIES_VIEW = f"""CREATE VIEW IF NOT EXISTS missing_entries AS
+   SELECT o.path, CAST(o.path AS TEXT) AS path_text, o.class, o.reason, o.task_id,
+          o.attempt_id, o.source, datetime(o.ts, 'unixepoch', 'localtime') AS seen
+   FROM entry_outcomes o
+   WHERE o.settled_ts IS NULL AND (o.rest_arrived = 1 OR o.source != 'rsync'
+                                   OR o.class = '{EntryClass.VANISHED.value}')
+   UNION ALL
+   SELECT f.path, CAST(f.path AS TEXT), 'batch failed',
+          'its batch failed as a whole: exit ' || coalesce(b.last_exit_code, 'none'),
+          b.task_id, NULL, 'batch', datetime(b.finished_ts, 'unixepoch', 'localtime')
+   FROM batches b JOIN batch_files f USING (task_id)
+   WHERE b.state = '{BatchState.FAILED.value}' AND NOT EXISTS (
+         SELECT 1 FROM entry_outcomes o WHERE o.task_id = b.task_id
+         AND o.settled_ts IS NULL AND o.rest_arrived = 1)"""
+
+_ENTRY_OUTCOMES_DDL = [
+    "CREATE INDEX IF NOT EXISTS entry_outcomes_open ON entry_outcomes(task_id) "
+    "WHERE settled_ts IS NULL",
+    "CREATE INDEX IF NOT EXISTS entry_outcomes_open_path ON entry_outcomes(path) "
+    "WHERE settled_ts IS NULL",
+    "CREATE INDEX IF NOT EXISTS batches_failed ON batches(task_id) "
+    f"WHERE state = '{BatchState.FAILED.value}'",
+    _MISSING_ENTRIES_VIEW,
+]
+# -- end of per-file outcomes ---------------------------------------------------------
+
 # DDL cannot bind parameters: the states it names are spelled from the Enums.
 _EXTRA_DDL = [
     "CREATE INDEX IF NOT EXISTS walk_dirs_pending ON walk_dirs(dir_id) "
@@ -336,6 +392,7 @@ _EXTRA_DDL = [
     " SELECT RAISE(ABORT, 'attempts are never changed'); END",
     "CREATE TRIGGER IF NOT EXISTS attempts_no_delete BEFORE DELETE ON attempts BEGIN"
     " SELECT RAISE(ABORT, 'attempts are never deleted'); END",
+    *_ENTRY_OUTCOMES_DDL,
 ]
 
 
@@ -343,6 +400,8 @@ def create(engine: Engine) -> None:
     """Create every table, index and trigger; safe to run on an existing ledger."""
     metadata.create_all(engine)
     with engine.begin() as conn:
+        # Marks the file as a fleetsync ledger (ledger/db.py: check refuses others).
+        conn.execute(text(f"PRAGMA application_id = {APPLICATION_ID}"))
         for ddl in _EXTRA_DDL:
             conn.execute(text(ddl))
         _create_attempt_counts(conn)

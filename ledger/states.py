@@ -72,3 +72,18 @@ class DeleteMode(str, enum.Enum):
 def sql_list(*states: enum.Enum) -> str:
     """States as an SQL list literal, for DDL only (it cannot bind parameters)."""
     return "(" + ", ".join(f"'{s.value}'" for s in states) + ")"
+
+
+class EntryClass(str, enum.Enum):
+    """Why one entry did not arrive (table entry_outcomes; controller/policy.py
+    classifies, and says why each errno is where it is)."""
+    PERMANENT = "permanent"  # the same copy fails the same way: failed at once, no retries
+    MAY_HEAL = "may_heal"    # a later try can succeed: retried (the failed entries alone)
+    VANISHED = "vanished"    # gone from SRC since the walk: an outcome, not a failure
+
+
+class EntrySource(str, enum.Enum):
+    """Who said an entry did not arrive (table entry_outcomes)."""
+    RSYNC = "rsync"          # a per-file error line of an attempt's rsync
+    WALK = "walk"            # the walk could not stat the entry
+    WALK_LIST = "walk-list"  # the walk could not list (or enter) the directory

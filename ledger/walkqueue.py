@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
+from . import entry_outcomes
 from .db import BUSY_TIMEOUT_MS
 from .states import WalkDirState
 
@@ -57,7 +58,7 @@ class Cut:
     estimated_bytes: int
     done_dirs: list[int]                    # dir_ids fully listed into this and earlier batches
     partial: tuple[int, int] | None         # (dir_id, offset) of the directory cut in the middle
-    errors: list[str] = field(default_factory=list)  # log lines, written with the batch
+    errors: list = field(default_factory=list)  # walk errors (entry_outcomes.EntryOutcome)
     sparse: bool = False                    # holds a file with holes
     links: list[tuple[int, int, bytes, int]] = field(default_factory=list)  # (dev, ino, path, size)
 
@@ -191,9 +192,8 @@ class WalkQueue:
             cur.executemany("INSERT INTO hardlinks(dev, ino, path, size) VALUES (?, ?, ?, ?) "
                             "ON CONFLICT DO UPDATE SET size = excluded.size, task_id = NULL",
                             cut.links)
-        if cut.errors:
-            cur.executemany("INSERT INTO log(ts, level, task_id, message) "
-                            "VALUES (?, 'error', NULL, ?)", [(now, m) for m in cut.errors])
+        if cut.errors:      # per-file rows and their log lines (ledger/entry_outcomes.py)
+            entry_outcomes.record_walk(cur, task_id if cut.entries else None, cut.errors, now)
 
     def _insert_entries(self, task_id: int, entries: list[tuple[bytes, int, int]]) -> None:
         """The batch's rows in batch_files, the walk's hottest statement.

@@ -138,7 +138,8 @@ def test_every_spec_field_with_its_type(app, path):
 def test_the_numbers_of_this_ledger(app):
     assert call(app, "/status").json == {"total_batches": 10, "completed_batches": 3,
                                          "failed_batches": 1, "queue_depth": 5,
-                                         "producers_done": 1}
+                                         "producers_done": 1,
+                                         "entries_not_arrived": 104 + 2}   # the failed batch
     assert call(app, "/progress").json == {"total": 10, "completed": 3, "failed": 1,
                                            "pending": 6}
     t = call(app, "/throughput").json

@@ -214,3 +214,67 @@ def test_a_finished_batch_never_goes_back(tmp_path):
         assert batches.release_all(conn, "restart") == []
         assert snapshot(conn) == before
     engine.dispose()
+
+
+# -- per-file outcomes (issue 10) ---------------------------------------------------
+
+def worker_output(task_id: int, claim: int, rc: int, lines: list[str]) -> str:
+    """A worker's output for one batch, as controller/rsync.py frames it."""
+    return "\n".join([f"@@fleetsync begin task={task_id} claim={claim} kind=copy start=1.0",
+                      *lines, f"@@fleetsync end task={task_id} claim={claim} rc={rc} end=2.0"])
+
+
+def test_entries_that_may_heal_are_retried_alone_and_settled_when_they_arrive(tmp_path):
+    from fleetsync.controller import outcome
+    from fleetsync.controller.file_outcomes import record_batch
+    from fleetsync.controller.policy import Policy
+    engine = new_ledger(str(tmp_path / "l.db"), 4)     # batch 4: b3/d, b3/f0..f3
+    policy = Policy(max_retries=3)
+    eio = 'rsync: [sender] read errors mapping "/src/b3/f1": Input/output error (5)'
+    stale = 'rsync: [sender] send_files failed to open "/src/b3/f2": Stale file handle (116)'
+    with engine.connect() as conn:
+        for _ in range(3):
+            batches.claim(conn, "w", 1)
+        [c] = batches.claim(conn, "w", 1)
+        assert c.task_id == 4 and len(batches.entries(conn, 4)) == 5
+        out = outcome.parse(worker_output(4, c.claim_no, 23, [eio, stale]))
+        record_batch(conn, out, "w", policy, "/src", "/dest")
+        assert read(conn, "SELECT state, retry_count FROM batches WHERE task_id = 4") == [
+            ("pending", 1)]
+        # The retry sends the two entries alone: the others arrived.
+        [c] = batches.claim(conn, "w", 1)
+        assert [p for p, _, _ in batches.entries(conn, 4)] == [b"b3/f1", b"b3/f2"]
+        out = outcome.parse(worker_output(4, c.claim_no, 23, [stale]))   # f1 healed
+        record_batch(conn, out, "w", policy, "/src", "/dest")
+        assert read(conn, "SELECT path, class, settled_ts IS NULL FROM entry_outcomes "
+                          "ORDER BY outcome_id") == [
+            (b"b3/f1", "may_heal", 0), (b"b3/f2", "may_heal", 0), (b"b3/f2", "may_heal", 1)]
+        [c] = batches.claim(conn, "w", 1)
+        assert [p for p, _, _ in batches.entries(conn, 4)] == [b"b3/f2"]
+        record_batch(conn, outcome.parse(worker_output(4, c.claim_no, 0, [])), "w", policy,
+                     "/src", "/dest")
+        assert read(conn, "SELECT state FROM batches WHERE task_id = 4") == [("succeeded",)]
+        assert read(conn, "SELECT count(*) FROM entry_outcomes WHERE settled_ts IS NULL") == [(0,)]
+        assert read(conn, "SELECT count(*) FROM missing_entries") == [(0,)]
+        assert len(batches.entries(conn, 4)) == 5     # a later copy (verify) sends them all
+    engine.dispose()
+
+
+def test_a_line_that_names_no_entry_fails_the_batch_as_a_whole(tmp_path):
+    from fleetsync.controller import outcome
+    from fleetsync.controller.file_outcomes import record_batch
+    from fleetsync.controller.policy import Policy
+    from fleetsync.ledger import queries
+    engine = new_ledger(str(tmp_path / "l.db"), 1)     # batch 1: b0/d, b0/f0
+    with engine.connect() as conn:
+        [c] = batches.claim(conn, "w", 1)
+        line = 'rsync: [sender] send_files failed to open "/src/b0/zz": Permission denied (13)'
+        record_batch(conn, outcome.parse(worker_output(1, c.claim_no, 23, [line])), "w",
+                     Policy(max_retries=0), "/src", "/dest")
+        assert read(conn, "SELECT path, reason LIKE 'not mapped%' FROM entry_outcomes") == [
+            (None, 1)]
+        # What arrived is not known: both entries of the failed batch are counted.
+        with conn.begin():
+            assert queries.not_arrived(conn) == (2, 0)
+        assert len(batches.entries(conn, 1)) == 2    # a retry sends the whole batch
+    engine.dispose()

@@ -39,7 +39,8 @@ def test_an_empty_ledger_answers_zeros(tmp_path):
     schema.create(db.writer(path))           # tables, and no migration row yet
     with db.reader(path).connect() as conn:
         assert queries.status(conn) == dict(total_batches=0, completed_batches=0,
-                                            failed_batches=0, queue_depth=0, producers_done=0)
+                                            failed_batches=0, queue_depth=0, producers_done=0,
+                                            entries_not_arrived=0)
         assert queries.progress(conn) == dict(total=0, completed=0, failed=0, pending=0)
         tp = queries.throughput(conn)
         assert tp["elapsed_sec"] == 0.0 and tp["batches_completed"] == 0
@@ -63,7 +64,8 @@ def test_counts_follow_every_transition(ledger):
     assert truth(conn) == {"pending": 5, "running": 2, "succeeded": 2, "failed": 1}
     with db.reader(path).connect() as ro:
         assert queries.status(ro) == dict(total_batches=10, completed_batches=2,
-                                          failed_batches=1, queue_depth=5, producers_done=0)
+                                          failed_batches=1, queue_depth=5, producers_done=0,
+                                          entries_not_arrived=10 + 1)   # the failed batch
         assert queries.progress(ro) == dict(total=10, completed=2, failed=1, pending=7)
 
 
