@@ -1,4 +1,4 @@
-"""The `fleetsync` command line: run, verify, retry, bwlimit, serve, status.
+"""The `fleetsync` command line: run, verify, retry, bwlimit, backup, serve, status.
 
 The arguments are parsed here; controller/commands.py does what each command says.
 

@@ -1,5 +1,5 @@
 """What each `fleetsync` command does once controller/cli.py has parsed its arguments:
-run, verify, retry, bwlimit, serve and status (one function each, named after it)."""
+run, verify, retry, bwlimit, backup, serve and status (one function each, named after it)."""
 from __future__ import annotations
 
 import os

@@ -8,10 +8,13 @@ it alone showed batches still pending.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 
 from . import db
+
+log = logging.getLogger(__name__)
 
 # A checkpoint at the end of a run waits this long for a reader (another
 # `fleetsync serve`, an operator's sqlite3) to end its transaction.
@@ -19,12 +22,22 @@ CHECKPOINT_WAIT_MS = 5_000
 
 
 def checkpoint(path: str) -> bool:
-    """Fold the WAL into the main file and truncate it (TRUNCATE); False when a reader
-    kept part of it (the main file alone is then not the whole ledger)."""
+    """Fold the WAL into the main file and truncate it (TRUNCATE), then leave WAL mode
+    (the next writer turns it on again): a WAL-mode file can be opened read-only
+    only where its -shm exists or its directory is writable, so a finished ledger
+    in rollback-journal mode opens anywhere, for anyone who may read it. False when
+    a reader kept part of the WAL (the main file alone is then not the whole ledger)."""
     with db.connect(path) as conn:
         raw = conn.connection.driver_connection    # no transaction: a checkpoint needs none
         raw.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
         busy, _log, _done = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy == 0:
+            try:
+                raw.execute("PRAGMA journal_mode = DELETE")
+            except sqlite3.OperationalError as e:
+                # A reader is still connected: the file is whole all the same (the
+                # checkpoint passed), it only stays in WAL mode until the next run ends.
+                log.info("ledger %s stays in WAL mode: %s", path, e)
     return busy == 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Iterator
 
@@ -103,6 +104,22 @@ def _own_transactions(engine: Engine, begin: str) -> None:
         conn.exec_driver_sql(begin)
 
 
+def _wal(cur: sqlite3.Cursor) -> None:
+    """WAL mode (a finished run leaves the file in rollback-journal mode: see
+    ledger/backup.py). Switching takes an exclusive lock, and SQLite answers BUSY at
+    once rather than wait while another connection holds the write lock (no busy
+    handler, to avoid a deadlock): try again until the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def writer(path: str) -> Engine:
     """An engine that may write. The file is created when missing."""
     engine = create_engine(_sqlite_url(path, readonly=False), poolclass=NullPool)
@@ -111,7 +128,7 @@ def writer(path: str) -> Engine:
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record):
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode = WAL")
+        _wal(cur)
         # NORMAL is durable across a process crash in WAL mode; only a power cut
         # can lose the last transactions, and rsync is idempotent anyway.
         cur.execute("PRAGMA synchronous = NORMAL")

@@ -23,7 +23,7 @@ from fleetsync.controller import cli
 
 from .support import fleetsync, free_port, popen
 
-COMMANDS = ["run", "verify", "retry", "bwlimit", "serve", "status"]
+COMMANDS = ["run", "verify", "retry", "bwlimit", "backup", "serve", "status"]
 
 
 def one_line_error(r: subprocess.CompletedProcess) -> str:
