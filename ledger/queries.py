@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import namedtuple
+from collections.abc import Iterator
 
 from sqlalchemy import Connection
 
@@ -24,7 +25,7 @@ from .states import BatchState, ProducerState
 
 GIB = 1024 ** 3
 RETAINED_LIMIT = 100_000   # /results serves the newest this many attempts
-RESULTS_PAGE = 100         # default page size of /results
+RESULTS_PAGE = 100         # default page size of /results when a request names a page
 LOGS_LIMIT = 100           # default number of warnings (and of errors) in /logs
 ENTRIES_PAGE = 1000        # default page of entries in /batches/<task_id>
 HEARTBEAT_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -228,18 +229,11 @@ def retained_window(conn: Connection, limit: int = RETAINED_LIMIT) -> tuple[int,
     return floor, high - floor
 
 
-def results(conn: Connection, limit: int = RESULTS_PAGE, after: int | None = None,
-            before: int | None = None, status: str | None = None,
-            worker: str | None = None, retained_limit: int = RETAINED_LIMIT) -> dict:
-    """/results: a page of the retained attempts, always oldest first (newest last).
-
-    Without `after`, the page is the newest `limit` matches (below `before`
-    if given). With `after`, it is the oldest `limit` matches whose
-    attempt_id is greater than `after`: pass the last attempt_id you got to
-    read forward, or the first one as `before` to read backward. Attempts
-    older than the retained window are never served.
-    """
-    floor, retained = retained_window(conn, retained_limit)
+def _page(conn: Connection, floor: int, limit: int, after: int | None, before: int | None,
+          status: str | None, worker: str | None) -> list[dict]:
+    """Up to `limit` attempts above floor matching the filters, read by the primary key:
+    the oldest ones after `after` when it is given, else the newest (below `before`);
+    in attempt_id order either way."""
     params = {"floor": floor, "limit": limit, "after": after, "before": before,
               "status": status, "worker": worker}
     where = ["a.attempt_id > :floor"] + [
@@ -253,7 +247,49 @@ def results(conn: Connection, limit: int = RESULTS_PAGE, after: int | None = Non
                           f"ORDER BY a.attempt_id {order} LIMIT :limit", params)
     if order == "DESC":
         page.reverse()
+    return page
+
+
+def results(conn: Connection, limit: int = RESULTS_PAGE, after: int | None = None,
+            before: int | None = None, status: str | None = None,
+            worker: str | None = None, retained_limit: int = RETAINED_LIMIT) -> dict:
+    """/results with a page named: a page of the retained attempts, oldest first (newest last).
+
+    Without `after`, the page is the newest `limit` matches (below `before`
+    if given). With `after`, it is the oldest `limit` matches whose
+    attempt_id is greater than `after`: pass the last attempt_id you got to
+    read forward, or the first one as `before` to read backward. Attempts
+    older than the retained window are never served.
+    """
+    floor, retained = retained_window(conn, retained_limit)
+    page = _page(conn, floor, limit, after, before, status, worker)
     return {"results": page, "retained_limit": retained_limit, "retained_count": retained}
+
+
+def retained_results(conn: Connection, status: str | None = None, worker: str | None = None,
+                     retained_limit: int = RETAINED_LIMIT, chunk: int = 1000
+                     ) -> tuple[int, Iterator[list[dict]]]:
+    """Bare /results: (retained_count, pages of every retained attempt matching the filters).
+
+    Oldest first, `chunk` results a page, each page read by the primary key from
+    the last attempt_id of the one before (O(chunk) each, never an OFFSET scan).
+    Iterate the pages inside the caller's transaction: they are then of the
+    same snapshot as retained_count, and without filters their total is
+    exactly retained_count.
+    """
+    floor, retained = retained_window(conn, retained_limit)
+
+    def pages() -> Iterator[list[dict]]:
+        cursor = floor
+        while True:
+            page = _page(conn, floor, chunk, cursor, None, status, worker)
+            if not page:
+                return
+            yield page
+            if len(page) < chunk:
+                return
+            cursor = page[-1]["attempt_id"]
+    return retained, pages()
 
 
 def display_path(raw: bytes) -> str:

@@ -251,12 +251,17 @@ def test_head_has_the_headers_and_no_body(app):
     assert get.headers["Cache-Control"] == "no-store"
 
 
-def test_an_unexpected_failure_is_a_json_500_without_internals(app, monkeypatch):
-    def broken(conn):
+def test_an_unexpected_failure_is_a_json_500_without_internals(ledger_path, monkeypatch):
+    def broken(conn, *args, **kwargs):
         raise RuntimeError("secret internals")
-    monkeypatch.setattr(queries, "batch_counts", broken)
-    message = assert_error(call(app, "/status"), 500)
-    assert "secret" not in message
+    monkeypatch.setattr(queries, "_rows", broken)      # every read of the ledger
+    app = make_app(ledger_path)        # a new app: its shared snapshot is not built yet
+    try:
+        for path in ("/status", "/logs"):   # a shared snapshot, a per-request read
+            message = assert_error(call(app, path), 500)
+            assert "secret" not in message
+    finally:
+        app.snapshots.close()
 
 
 def test_a_ledger_without_tables_is_503_not_500(tmp_path):
