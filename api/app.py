@@ -26,7 +26,7 @@ from fleetsync.ledger.db import reader
 from fleetsync.ledger.schema import AttemptStatus
 
 from . import dashboard, errors, metrics, openapi
-from .snapshot import Snapshots
+from .snapshot import Recent, Snapshots
 from .params import INT64_MAX, ChoiceParam, IntParam, Param, TextParam, parse_query
 
 MAX_PAGE = 10_000
@@ -146,6 +146,7 @@ def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
     app.default_error_handler = errors.handle
     local = threading.local()
     snapshots = app.snapshots = Snapshots(ledger_path)
+    recent = Recent()
 
     def read(view: Callable, kwargs: dict) -> dict | str:
         """view(conn, **kwargs) in one read transaction: one consistent snapshot.
@@ -192,16 +193,20 @@ def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
                 return shared(route.path)
             return handle_shared
 
-        def handle(**url_args: str) -> dict | str:
+        def build(kwargs: dict) -> bytes | Iterator[bytes]:
+            body = read(route.view, kwargs)
+            if isinstance(body, dict):
+                return json.dumps(body).encode()   # as Bottle's JSON plugin would
+            return body.encode() if isinstance(body, str) else body
+
+        def handle(**url_args: str) -> dict | str | bytes | Iterator[bytes]:
             kwargs = parse_query(route.params)
             for p in route.path_params:
                 kwargs[p.name] = p.parse(url_args[p.name])
-            body = read(route.view, kwargs) if route.ledger else route.view(**kwargs)
-            if route.media_type != errors.JSON_TYPE:
-                bottle.response.content_type = route.media_type
-            elif isinstance(body, Iterator):
-                bottle.response.content_type = errors.JSON_TYPE
-            return body
+            bottle.response.content_type = route.media_type
+            if not route.ledger:
+                return route.view(**kwargs)
+            return recent.get((route.path, *sorted(kwargs.items())), lambda: build(kwargs))
         return handle
 
     for route in ROUTES:

@@ -1,12 +1,27 @@
-"""Running the API on waitress: in the foreground (`fleetsync serve`) or in a
-background thread beside the controller (`fleetsync run`) and in tests.
+"""Running the API on waitress: in the foreground (`fleetsync serve`), in a
+process of its own beside the controller (`fleetsync run`: ServerProcess), or in
+a background thread (tests).
 
     python -m fleetsync.api.server --ledger PATH [--bind 127.0.0.1] [--port 8000] [--threads 4]
+
+Why a process of its own during a run: the dispatcher's threads and the API's
+would share one GIL, so a dashboard polling hard would slow the migration.
+The controller binds the port itself (a busy port is one clear warning at
+once, as before) and hands the listening socket to the child, which dies
+with the controller however the controller ends: it watches a pipe whose
+other end only the controller holds (EOF when it exits, even by kill -9) and
+asks the kernel for SIGTERM when its parent dies (PR_SET_PDEATHSIG).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 
 import waitress
@@ -35,13 +50,15 @@ def serve(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
 
 
 class ServerThread:
-    """The app served from a daemon thread; `port=0` picks a free port (see .port)."""
+    """The app served from a daemon thread; `port=0` picks a free port (see .port).
+    sock: a listening socket to serve on instead of binding host:port."""
 
     def __init__(self, app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 threads: int = DEFAULT_THREADS) -> None:
+                 threads: int = DEFAULT_THREADS, sock: socket.socket | None = None) -> None:
         # Binding happens here, in the caller's thread: a busy port fails at once.
-        self._server = waitress.create_server(app, host=host, port=port, threads=threads,
-                                              **_SETTINGS)
+        where = dict(sockets=[sock]) if sock is not None else dict(host=host, port=port)
+        self._server = waitress.create_server(app, threads=threads, **where, **_SETTINGS)
+        self._app = app
         self.host = self._server.effective_host
         self.port = int(self._server.effective_port)   # waitress gives a string
         self._stopping = threading.Event()
@@ -66,6 +83,9 @@ class ServerThread:
         self._server.task_dispatcher.shutdown(timeout=5)   # let requests in flight finish
         for channel in list(self._server._map.values()):   # listener, trigger, clients
             channel.close()
+        snapshots = getattr(self._app, "snapshots", None)
+        if snapshots is not None:
+            snapshots.close()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, finish the requests in flight, close every connection."""
@@ -89,16 +109,124 @@ def start_in_thread(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     return ServerThread(app, host, port, threads).start()
 
 
+_CHILD_MAIN = "import sys; from fleetsync.api.server import main; main(sys.argv[1:])"
+TOKEN_ENV = "FLEETSYNC_API_TOKEN"   # how ServerProcess hands the token over (not argv: ps shows it)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (0: a free port), as waitress would open it."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    return socket.create_server((host, port), family=family, backlog=1024)
+
+
+class ServerProcess:
+    """The API in a child process (`python -m fleetsync.api.server`), serving a socket
+    bound here: OSError at once when host:port cannot be bound; .stop() to end it."""
+
+    def __init__(self, ledger_path: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 token: str | None = None, threads: int = DEFAULT_THREADS) -> None:
+        sock = listen(host, port)
+        self.host, self.port = sock.getsockname()[:2]
+        watched, self._lifeline = os.pipe()     # both ends close on exec: no other child gets it
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+        if token:
+            env[TOKEN_ENV] = token
+        try:
+            self._proc = subprocess.Popen(
+                # -c, not -m: fleetsync.api imports this module, and runpy warns about that.
+                [sys.executable, "-c", _CHILD_MAIN, "--ledger", ledger_path,
+                 "--socket-fd", str(sock.fileno()), "--parent-fd", str(watched),
+                 "--parent-pid", str(os.getpid()), "--threads", str(threads)],
+                pass_fds=(sock.fileno(), watched), env=env, stdin=subprocess.DEVNULL)
+        except BaseException:
+            os.close(self._lifeline)
+            raise
+        finally:
+            # The child holds its own copies: connections queue in the socket's backlog
+            # until it accepts them, so there is no window in which the port is closed.
+            sock.close()
+            os.close(watched)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Close the lifeline (the child finishes the requests in flight and exits);
+        killed after timeout. Returns the child's exit status."""
+        if self._lifeline >= 0:
+            os.close(self._lifeline)
+            self._lifeline = -1
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            print(f"fleetsync: warning: the API process {self._proc.pid} did not stop in "
+                  f"{timeout:.0f} s: killed", file=sys.stderr)
+            self._proc.kill()
+            return self._proc.wait()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGTERM from the kernel when the parent dies; exit now if it is gone already."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            logging.getLogger("fleetsync.api").warning(
+                "fleetsync: PR_SET_PDEATHSIG failed (errno %d); the lifeline pipe remains",
+                ctypes.get_errno())
+    if os.getppid() != parent_pid:   # died before prctl: nobody would send the signal
+        sys.exit(0)
+
+
+def _child(args) -> None:
+    """The API process of `fleetsync run`: serve until the controller ends or says stop."""
+    from .app import make_app
+
+    _die_with_parent(args.parent_pid)
+    stop = threading.Event()
+    # Ctrl-C reaches the whole process group; the controller then finishes its batches
+    # in hand (the API should show them) and closes the lifeline when it is done.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def watch() -> None:
+        while os.read(args.parent_fd, 4096):   # b"": every writer is gone
+            pass
+        stop.set()
+    threading.Thread(target=watch, name="fleetsync-lifeline", daemon=True).start()
+
+    sock = socket.socket(fileno=args.socket_fd)
+    server = ServerThread(make_app(args.ledger, token=os.environ.get(TOKEN_ENV)),
+                          threads=args.threads, sock=sock).start()
+    while not stop.wait(0.2):   # a signal handler runs between two waits
+        pass
+    server.stop()
+
+
 def main(argv: list[str] | None = None) -> None:
     from .app import make_app
 
-    parser = argparse.ArgumentParser(prog="python -m fleetsync.api.server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fleetsync.api.server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ledger", required=True)
     parser.add_argument("--bind", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    # Set by ServerProcess only:
+    parser.add_argument("--socket-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    serve(make_app(args.ledger), args.bind, args.port, args.threads)
+    if args.socket_fd is not None:
+        _child(args)
+        return
+    serve(make_app(args.ledger, token=os.environ.get(TOKEN_ENV)), args.bind, args.port,
+          args.threads)
 
 
 if __name__ == "__main__":

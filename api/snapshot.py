@@ -176,3 +176,50 @@ class Snapshots:
         return {"/status": _encode(both["status"]), "/progress": _encode(both["progress"]),
                 "/throughput": _encode(both["throughput"]),
                 "/healthz": _encode({"status": "ok"})}
+
+
+class Recent:
+    """The answers of the other ledger routes (/workers, /logs, /results pages,
+    /batches/<id>, /metrics), each kept up to `ttl` seconds after its read
+    transaction began, so many clients asking for the same URL cost one read per
+    ttl. One build at a time: clients that ask while it runs wait for it rather
+    than each reading the same rows (a convoy on the GIL). Bounded: only bodies
+    up to max_body bytes are kept, max_bytes in all (then the oldest go first).
+    """
+
+    def __init__(self, ttl: float = REFRESH, max_body: int = 1 << 20,
+                 max_bytes: int = 16 << 20) -> None:
+        self.ttl, self._max_body, self._max_bytes = ttl, max_body, max_bytes
+        self._items: dict[object, tuple[float, bytes]] = {}  # key -> (taken, body), oldest first
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key, build):
+        """The body kept for key if young enough, else build(): bytes are kept (if small),
+        anything else (a stream) is returned as it is."""
+        hit = self._items.get(key)
+        if hit is not None and time.monotonic() - hit[0] <= self.ttl:
+            return hit[1]
+        with self._lock:
+            hit = self._items.get(key)       # built while this thread waited?
+            if hit is not None and time.monotonic() - hit[0] <= self.ttl:
+                return hit[1]
+            taken = time.monotonic()
+            body = build()
+            if isinstance(body, bytes):
+                self._keep(key, taken, body)
+            return body
+
+    def _keep(self, key, taken: float, body: bytes) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old[1])
+        if len(body) > self._max_body:
+            return
+        now = time.monotonic()
+        for k in [k for k, (t, _) in self._items.items() if now - t > self.ttl]:
+            self._bytes -= len(self._items.pop(k)[1])
+        while self._items and self._bytes + len(body) > self._max_bytes:
+            self._bytes -= len(self._items.pop(next(iter(self._items)))[1])
+        self._items[key] = (taken, body)
+        self._bytes += len(body)

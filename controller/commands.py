@@ -63,11 +63,12 @@ def _limits(args) -> Limits:
 
 
 def _start_api(args, ledger_path: str):
-    """The API in a thread of this process; None when it cannot bind (said once)."""
-    from fleetsync.api.app import make_app
-    from fleetsync.api.server import start_in_thread
+    """The API in a process of its own (a dashboard polling hard shares no GIL with the
+    dispatcher; it ends with this process, also on kill -9); None when it cannot bind
+    (said once)."""
+    from fleetsync.api.server import ServerProcess
     try:
-        return start_in_thread(make_app(ledger_path, token=args.token), args.bind, args.port)
+        return ServerProcess(ledger_path, args.bind, args.port, token=args.token)
     except OSError as e:
         print(f"fleetsync: warning: API not served on {args.bind}:{args.port}: {e.strerror}",
               file=sys.stderr)
