@@ -80,6 +80,9 @@ class ServerThread:
         self._close()
 
     def _close(self) -> None:
+        # Requests still queued when the server stops are dropped (their clients see
+        # the connection close); waitress would say so at the end of every busy run.
+        logging.getLogger("waitress").setLevel(logging.ERROR)
         self._server.task_dispatcher.shutdown(timeout=5)   # let requests in flight finish
         for channel in list(self._server._map.values()):   # listener, trigger, clients
             channel.close()
@@ -110,6 +113,10 @@ def start_in_thread(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
 
 
 _CHILD_MAIN = "import sys; from fleetsync.api.server import main; main(sys.argv[1:])"
+# The API process of `fleetsync run` runs at this nice level: when the CPU is short,
+# the dispatcher, Ansible and rsync (nice 0) go first and the dashboards wait
+# (bench/api_crowd.py: measured with and without it).
+API_NICE = 10
 TOKEN_ENV = "FLEETSYNC_API_TOKEN"   # how ServerProcess hands the token over (not argv: ps shows it)
 
 
@@ -124,7 +131,8 @@ class ServerProcess:
     bound here: OSError at once when host:port cannot be bound; .stop() to end it."""
 
     def __init__(self, ledger_path: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 token: str | None = None, threads: int = DEFAULT_THREADS) -> None:
+                 token: str | None = None, threads: int = DEFAULT_THREADS,
+                 nice: int = API_NICE) -> None:
         sock = listen(host, port)
         self.host, self.port = sock.getsockname()[:2]
         watched, self._lifeline = os.pipe()     # both ends close on exec: no other child gets it
@@ -136,7 +144,8 @@ class ServerProcess:
                 # -c, not -m: fleetsync.api imports this module, and runpy warns about that.
                 [sys.executable, "-c", _CHILD_MAIN, "--ledger", ledger_path,
                  "--socket-fd", str(sock.fileno()), "--parent-fd", str(watched),
-                 "--parent-pid", str(os.getpid()), "--threads", str(threads)],
+                 "--parent-pid", str(os.getpid()), "--threads", str(threads),
+                 "--nice", str(nice)],
                 pass_fds=(sock.fileno(), watched), env=env, stdin=subprocess.DEVNULL)
         except BaseException:
             os.close(self._lifeline)
@@ -188,6 +197,8 @@ def _child(args) -> None:
     from .app import make_app
 
     _die_with_parent(args.parent_pid)
+    if args.nice:
+        os.nice(args.nice)
     stop = threading.Event()
     # Ctrl-C reaches the whole process group; the controller then finishes its batches
     # in hand (the API should show them) and closes the lifeline when it is done.
@@ -221,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--socket-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--nice", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.socket_fd is not None:
         _child(args)
