@@ -1,8 +1,8 @@
 """Benchmark of the status API next to a floor, at a million batches, while a writer
 moves batches through the ledger.
 
-    .venv/bin/python bench/api.py                   # 1,000,000 batches, 1,000 workers, 3 rounds
-    .venv/bin/python bench/api.py --batches 100000 --seconds 2 --rounds 1   # a quick look
+    .venv/bin/python bench/api.py                   # 1,000,000 batches, 1,000 workers, 5 rounds
+    .venv/bin/python bench/api.py --batches 100000 --seconds 1 --rounds 1   # a quick look
 
 The ledger is built once and kept in bench/out/ (rebuilt when --batches or
 --workers change, or with --rebuild). Two servers run side by side, each in
@@ -10,10 +10,11 @@ its own process, on waitress with the same threads and settings: the floor (a
 trivial Bottle route returning a 5-key dict) and `python -m
 fleetsync.api.server`. 16 keep-alive HTTP clients (threads, in one process and
 then spread over two) hammer one URL at a time on 127.0.0.1, the floor and
-every endpoint in turn within each round (interleaved), while a writer process
-claims and reports about 200 batches a second through ledger/batches.py. Each
-endpoint is reported as a ratio to the floor of the same round (median over
-the rounds), with its server CPU per request. Then: how old /status is when a
+every endpoint in turn within each round, interleaved as floor, A, floor, B,
+floor..., while a writer process claims and reports about 200 batches a second
+through ledger/batches.py. Each endpoint's req/s and p99 are reported as a
+ratio to the mean of the floor runs just before and after it (median over the
+rounds), with its server CPU per request. Then: how old /status is when a
 batch has succeeded (freshness), and one bare GET /results (every retained
 result, streamed): time, size and server memory.
 """
@@ -301,6 +302,24 @@ def bare_results(port: int, pid: int) -> dict:
                 rss_after=after["VmRSS"], peak_before=before["VmHWM"], peak_after=after["VmHWM"])
 
 
+def measure(target: tuple, servers: dict, moved, writer_proc, args, procs: int,
+            r: int) -> dict:
+    """One run of the clients on one URL, with the writer's pace and the server's CPU."""
+    name, port, url = target
+    pid = servers["floor" if name == "floor" else "api"].pid
+    before, cpu = moved.value, cpu_seconds(pid)
+    res = one_run(port, url, args.clients, procs, args.seconds)
+    if not writer_proc.is_alive():
+        raise SystemExit("the writer died: the numbers would be for an idle ledger")
+    res["writes"] = (moved.value - before) / args.seconds
+    res["cpu_us"] = (cpu_seconds(pid) - cpu) * 1e6 / max(1.0, res["rps"] * args.seconds)
+    print(f"  {procs} proc round {r + 1} {name:32s} {res['rps']:6.0f} req/s "
+          f"p50 {res['p50']:6.2f} ms p99 {res['p99']:6.2f} ms errors {res['errors']} "
+          f"writer {res['writes']:.0f} batches/s server CPU {res['cpu_us']:.0f} us/req",
+          flush=True)
+    return res
+
+
 ENDPOINTS = ("/status,/progress,/throughput,/workers,/logs,/results?limit=100,"
              "/results?after=600000&limit=100,/batches/1?limit=100")
 
@@ -315,8 +334,8 @@ def main() -> None:
     ap.add_argument("--layouts", default="1,2", help="client processes, one layout each")
     ap.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                     help="waitress threads, of both servers")
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--writer-rate", type=float, default=200.0,
                     help="batches claimed and reported per second (0: as fast as it can)")
     ap.add_argument("--endpoints", default=ENDPOINTS)
@@ -358,37 +377,37 @@ def main() -> None:
               flush=True)
         for procs in (int(x) for x in args.layouts.split(",")):
             runs: dict[str, list[dict]] = {name: [] for name, _, _ in targets}
+            ratios: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in targets}
             for name, port, url in targets:
                 one_run(port, url, args.clients, procs, 0.5)   # warm-up
             for r in range(args.rounds):
-                for name, port, url in targets:
-                    pid = servers["floor" if name == "floor" else "api"].pid
-                    before, cpu = moved.value, cpu_seconds(pid)
-                    res = one_run(port, url, args.clients, procs, args.seconds)
-                    if not writer_proc.is_alive():
-                        raise SystemExit("the writer died: the numbers would be for an idle "
-                                         "ledger")
-                    res["writes"] = (moved.value - before) / args.seconds
-                    res["cpu_us"] = ((cpu_seconds(pid) - cpu) * 1e6
-                                     / max(1.0, res["rps"] * args.seconds))
-                    runs[name].append(res)
-                    print(f"  {procs} proc round {r + 1} {name:32s} {res['rps']:6.0f} req/s "
-                          f"p50 {res['p50']:6.2f} ms p99 {res['p99']:6.2f} ms "
-                          f"errors {res['errors']} writer {res['writes']:.0f} batches/s "
-                          f"server CPU {res['cpu_us']:.0f} us/req", flush=True)
+                # floor, A, floor, B, floor...: each URL is compared with the floor runs
+                # just before and after it (the load of a shared machine moves fast).
+                floor_before = measure(targets[0], servers, moved, writer_proc, args, procs, r)
+                runs["floor"].append(floor_before)
+                for target in targets[1:]:
+                    res = measure(target, servers, moved, writer_proc, args, procs, r)
+                    floor_after = measure(targets[0], servers, moved, writer_proc, args,
+                                          procs, r)
+                    runs[target[0]].append(res)
+                    runs["floor"].append(floor_after)
+                    ratios[target[0]].append((
+                        res["rps"] * 2 / (floor_before["rps"] + floor_after["rps"]),
+                        res["p99"] * 2 / (floor_before["p99"] + floor_after["p99"])))
+                    floor_before = floor_after
             print(f"\n16 clients in {procs} process(es): medians of {args.rounds} rounds; "
-                  f"ratios to the floor of the same round; load average "
-                  f"{open('/proc/loadavg').read().strip()}")
+                  f"each URL against the mean of the floor runs just before and after it; "
+                  f"load average {open('/proc/loadavg').read().strip()}")
             print("| URL | req/s | x floor | p50 ms | p99 ms | p99 x floor | server CPU us/req |")
             print("|---|---|---|---|---|---|---|")
-            floor = runs["floor"]
             for name, _, _ in targets:
                 got = runs[name]
                 med = {k: statistics.median(x[k] for x in got) for k in got[0]}
-                ratio = statistics.median(g["rps"] / f["rps"] for g, f in zip(got, floor))
-                p99r = statistics.median(g["p99"] / f["p99"] for g, f in zip(got, floor))
-                print(f"| {name} | {med['rps']:.0f} | {ratio:.2f} | {med['p50']:.2f} | "
-                      f"{med['p99']:.2f} | {p99r:.2f} | {med['cpu_us']:.0f} |", flush=True)
+                pairs = ratios[name] or [(1.0, 1.0)]          # the floor against itself
+                rps_x = statistics.median(x[0] for x in pairs)
+                p99_x = statistics.median(x[1] for x in pairs)
+                print(f"| {name} | {med['rps']:.0f} | {rps_x:.2f} | {med['p50']:.2f} | "
+                      f"{med['p99']:.2f} | {p99_x:.2f} | {med['cpu_us']:.0f} |", flush=True)
         if args.freshness:
             lags = sorted(freshness(api_port, path, args.freshness))
             print(f"\nfreshness ({len(lags)} samples, writer running): a count read in the "
