@@ -6,7 +6,7 @@ snapshot) of the read-only engine, so the API can serve a live, finished or
 crashed migration and can never change it. The hot routes (/status,
 /progress, /throughput, /healthz) answer with the bytes of a shared snapshot
 at most snapshot.MAX_AGE old (api/snapshot.py); the others read the ledger
-per request, a page at a time.
+a page at a time, and keep each URL's answer up to snapshot.REFRESH (Recent).
 """
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import hmac
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import bottle
@@ -42,7 +41,7 @@ class Route:
     response: str = ""                   # schema name in openapi.SCHEMAS
     media_type: str = errors.JSON_TYPE
     public: bool = False                 # answered without the token
-    ledger: bool = True                  # False: view(**params), no snapshot opened
+    ledger: bool = True                  # False: view(**params), no read transaction
     shared: bool = False                 # True: the body of the shared Snapshot (no view call)
 
 

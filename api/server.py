@@ -167,6 +167,10 @@ class ServerProcess:
     def stop(self, timeout: float = 10.0) -> int:
         """Close the lifeline (the child finishes the requests in flight and exits);
         killed after timeout. Returns the child's exit status."""
+        early = self._proc.poll()
+        if early is not None:   # it ended before being asked: its traceback is on stderr
+            print(f"fleetsync: warning: the API process had exited with status {early}",
+                  file=sys.stderr)
         if self._lifeline >= 0:
             os.close(self._lifeline)
             self._lifeline = -1
