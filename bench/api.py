@@ -306,7 +306,7 @@ def measure(target: tuple, servers: dict, moved, writer_proc, args, procs: int,
             r: int) -> dict:
     """One run of the clients on one URL, with the writer's pace and the server's CPU."""
     name, port, url = target
-    pid = servers["floor" if name == "floor" else "api"].pid
+    pid = servers[name.split()[0] if name.split()[0] in servers else "api"].pid
     before, cpu = moved.value, cpu_seconds(pid)
     res = one_run(port, url, args.clients, procs, args.seconds)
     if not writer_proc.is_alive():
@@ -341,6 +341,9 @@ def main() -> None:
     ap.add_argument("--endpoints", default=ENDPOINTS)
     ap.add_argument("--freshness", type=int, default=50, help="freshness samples (0: none)")
     ap.add_argument("--no-bare", action="store_true", help="skip the bare GET /results")
+    ap.add_argument("--before", metavar="PYTHONPATH",
+                    help="also serve the hot endpoints from the fleetsync package found on "
+                         "this PYTHONPATH (an older version, e.g. from git archive)")
     ap.add_argument("--floor-server", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.floor_server:
@@ -361,14 +364,23 @@ def main() -> None:
                                    "--threads", str(args.threads)], cwd=ROOT,
                                   stdout=server_log, stderr=subprocess.STDOUT),
     }
+    targets = [("floor", floor_port, "/floor")] + [
+        (e, api_port, e) for e in args.endpoints.split(",")]
+    if args.before:
+        before_port = free_port()
+        servers["before"] = subprocess.Popen(
+            [sys.executable, "-m", "fleetsync.api.server", "--ledger", path, "--bind", HOST,
+             "--port", str(before_port), "--threads", str(args.threads)], cwd="/",
+            env=dict(os.environ, PYTHONPATH=args.before), stdout=server_log,
+            stderr=subprocess.STDOUT)
+        targets += [(f"before {e}", before_port, e) for e in ("/status", "/progress",
+                                                               "/throughput")]
     stop = mp.Event()
     moved = mp.Value("l", 0)
     writer_proc = mp.Process(target=writer, args=(path, stop, args.writer_rate, moved))
-    targets = [("floor", floor_port, "/floor")] + [
-        (e, api_port, e) for e in args.endpoints.split(",")]
     try:
-        wait_ready(api_port)
-        wait_ready(floor_port, "/floor")
+        for _, port, _ in targets:
+            wait_ready(port, "/floor" if port == floor_port else "/healthz")
         writer_proc.start()
         print(f"{args.batches} batches, {args.workers} workers, {args.clients} clients, "
               f"{args.threads} waitress threads, writer at {args.writer_rate or 'full'} "

@@ -101,14 +101,15 @@ def _progress(counts: dict) -> dict[str, int]:
                 pending=total - completed - failed)
 
 
-def progress(conn: Connection) -> dict[str, int]:
-    """/progress: pending = total - completed - failed (it includes running batches)."""
-    return _progress(batch_counts(conn))
+def progress(conn: Connection, counts: dict | None = None) -> dict[str, int]:
+    """/progress: pending = total - completed - failed (it includes running batches).
+    counts: batch_counts(conn) when the caller has it already (the same snapshot)."""
+    return _progress(counts or batch_counts(conn))
 
 
-def status(conn: Connection) -> dict[str, int]:
+def status(conn: Connection, counts: dict | None = None) -> dict[str, int]:
     """/status: queue_depth counts waiting batches only, not running ones."""
-    counts = batch_counts(conn)
+    counts = counts or batch_counts(conn)
     p = _progress(counts)
     return dict(total_batches=p["total"], completed_batches=p["completed"],
                 failed_batches=p["failed"],
@@ -126,13 +127,14 @@ def _rate(value: float, seconds: float) -> float:
     return round(value / seconds, 2) if seconds > 0 else 0.0
 
 
-def throughput(conn: Connection, now: float | None = None) -> dict[str, int | float]:
+def throughput(conn: Connection, now: float | None = None,
+               counts: dict | None = None) -> dict[str, int | float]:
     """/throughput, from succeeded batches; bytes are the sizes the walk scanned.
 
     elapsed_sec is rounded to 1 decimal, gb_* and rates to 2 decimals; rates
     divide by the rounded elapsed_sec (0.0 while it is 0).
     """
-    counts = batch_counts(conn)
+    counts = counts or batch_counts(conn)
     done = counts[_SUCCEEDED]
     seconds = round(elapsed_sec(conn, now), 1)
     return dict(
@@ -150,8 +152,11 @@ def throughput(conn: Connection, now: float | None = None) -> dict[str, int | fl
 
 
 def summary(conn: Connection, now: float | None = None) -> dict[str, dict]:
-    """What `fleetsync status` prints: /status, /progress and /throughput of one snapshot."""
-    return dict(status=status(conn), progress=progress(conn), throughput=throughput(conn, now))
+    """What `fleetsync status` prints: /status, /progress and /throughput of one snapshot
+    (batch_counts read once for the three)."""
+    counts = batch_counts(conn)
+    return dict(status=status(conn, counts), progress=progress(conn, counts),
+                throughput=throughput(conn, now, counts))
 
 
 def local_time(ts: float) -> str:
