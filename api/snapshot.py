@@ -12,7 +12,7 @@ MAX_AGE old, and usually POLL plus one build.
 
 Why: with 4 server threads each running its own SQLite reads, the threads
 convoyed on the GIL around every sqlite3 call (issue 12: 160-180 req/s where a
-bare Bottle route gave 2,200). A snapshot costs ~0.2 ms to build and is built
+bare Bottle route gave 2,200). A snapshot costs ~0.1 ms to build and is built
 at most 1/POLL times a second, whatever the number of clients.
 
 The refresher stops after IDLE seconds without a request (a server nobody

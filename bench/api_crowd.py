@@ -12,13 +12,16 @@ to SRC after):
 - flat:  the same 16 clients as fast as they can go.
 The clients run in 2 processes of their own, start before the run and retry
 until the API answers. Prints each run's wall time and the requests the crowd
-got answered, then the medians and their ratios to `none`.
+got answered, the CPU time of the whole run (controller, API process, Ansible,
+rsync) and of its API process alone, then the medians and their ratios to
+`none`. CPU moves much less than wall time on a shared machine.
 """
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -117,17 +120,56 @@ def crowd(port: int, threads: int, period: float, stop: mp.Event, served: mp.Val
         served.value += sum(counts)
 
 
-def run_fleetsync(src: str, dest: str, work: str, port: int) -> None:
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def api_child(parent: int) -> int | None:
+    """The API process of the `fleetsync run` whose pid is parent (see api/server.py)."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"--parent-pid" in args and args[args.index(b"--parent-pid") + 1] == \
+                str(parent).encode():
+            return int(entry)
+    return None
+
+
+def run_fleetsync(src: str, dest: str, work: str, port: int) -> tuple[float, float]:
+    """Runs the copy; (CPU seconds of the whole run, of its API process alone)."""
     ledger = os.path.join(work, "fleetsync.db")
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(ledger + suffix):
             os.unlink(ledger + suffix)
-    subprocess.run([*FLEETSYNC, "run", "--src", src, "--dest", dest, "--ledger", ledger,
-                    "--port", str(port)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = subprocess.Popen([*FLEETSYNC, "run", "--src", src, "--dest", dest, "--ledger", ledger,
+                            "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL)
+    api, api_cpu = None, 0.0
+    while run.poll() is None:          # the API's CPU, read until it ends with the run
+        try:
+            api = api or api_child(run.pid)
+            if api:
+                api_cpu = cpu_seconds(api)
+        except OSError:
+            pass
+        time.sleep(0.2)
+    if run.returncode:
+        raise SystemExit(f"fleetsync run exited {run.returncode}")
+    # Reaped by the controller, the API process and every rsync and Ansible count here
+    # (the crowd's processes are joined only later).
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return total, api_cpu
 
 
-def one(mode: str, src: str, dest: str, work: str, clients: int) -> tuple[float, int]:
-    """(wall seconds of the run, requests the crowd got answered)."""
+def one(mode: str, src: str, dest: str, work: str, clients: int) -> tuple[float, int, float, float]:
+    """(wall seconds of the run, requests the crowd got answered, CPU seconds of the run,
+    of its API process)."""
     port = free_port()
     stop, served = mp.Event(), mp.Value("l", 0)
     procs = []
@@ -140,7 +182,7 @@ def one(mode: str, src: str, dest: str, work: str, clients: int) -> tuple[float,
     shutil.rmtree(dest, ignore_errors=True)
     t = time.perf_counter()
     try:
-        run_fleetsync(src, dest, work, port)
+        cpu, api_cpu = run_fleetsync(src, dest, work, port)
         dt = time.perf_counter() - t
     finally:
         stop.set()
@@ -148,7 +190,7 @@ def one(mode: str, src: str, dest: str, work: str, clients: int) -> tuple[float,
             p.join(30)
     if not same(src, dest):
         raise SystemExit(f"{mode}: DEST differs from SRC")
-    return dt, served.value
+    return dt, served.value, cpu, api_cpu
 
 
 def main() -> None:
@@ -169,14 +211,17 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load {open('/proc/loadavg').read().strip()}", flush=True)
     times: dict[str, list[float]] = {m: [] for m in modes}
     rates: dict[str, list[float]] = {m: [] for m in modes}
+    cpus: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     for i in range(args.runs):
         for mode in modes:
-            dt, served = one(mode, src, dest, work, args.clients)
+            dt, served, cpu, api_cpu = one(mode, src, dest, work, args.clients)
             times[mode].append(dt)
             rates[mode].append(served / dt)
+            cpus[mode].append((cpu, api_cpu))
             print(f"round {i + 1} {mode:6s} {dt:6.2f} s  crowd answered {served} requests "
-                  f"({served / dt:.0f}/s)  load {open('/proc/loadavg').read().split()[0]}",
-                  flush=True)
+                  f"({served / dt:.0f}/s)  CPU of the run {cpu:.2f} s, of its API "
+                  f"{api_cpu:.2f} s ({api_cpu * 1e6 / max(1, served):.0f} us/request)  load "
+                  f"{open('/proc/loadavg').read().split()[0]}", flush=True)
     print(f"\nmedians of {args.runs} rounds (load at the end "
           f"{open('/proc/loadavg').read().strip()}):")
     base = statistics.median(times[modes[0]])
@@ -184,7 +229,9 @@ def main() -> None:
         med = statistics.median(times[mode])
         print(f"  {mode:6s} {med:6.2f} s  x{med / base:.3f} of {modes[0]}  "
               f"(min {min(times[mode]):.2f}, max {max(times[mode]):.2f}; crowd "
-              f"{statistics.median(rates[mode]):.0f} req/s)")
+              f"{statistics.median(rates[mode]):.0f} req/s; CPU of the run "
+              f"{statistics.median(c for c, _ in cpus[mode]):.2f} s, of its API "
+              f"{statistics.median(a for _, a in cpus[mode]):.2f} s)")
 
 
 if __name__ == "__main__":
