@@ -145,6 +145,8 @@ def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
     app.default_error_handler = errors.handle
     local = threading.local()
     snapshots = app.snapshots = Snapshots(ledger_path)
+    # Routes a server may answer on the thread that read the request (api/server.py).
+    app.inline_paths = frozenset(r.path for r in ROUTES if r.shared)
     recent = Recent()
 
     def read(view: Callable, kwargs: dict) -> dict | str:
