@@ -1,16 +1,20 @@
 """The Bottle app: `make_app(ledger_path, token=None)`.
 
 Every route is a row of ROUTES; the same rows register the routes and write
-/openapi.json. A request reads the ledger in one read transaction (one
-consistent snapshot) through the read-only engine, so the API can serve a
-live, finished or crashed migration and can never change it.
+/openapi.json. Every answer comes from one read transaction (one consistent
+snapshot) of the read-only engine, so the API can serve a live, finished or
+crashed migration and can never change it. The hot routes (/status,
+/progress, /throughput, /healthz) answer with the bytes of a shared snapshot
+at most snapshot.MAX_AGE old (api/snapshot.py); the others read the ledger
+a page at a time, and keep each URL's answer up to snapshot.REFRESH (Recent).
 """
 from __future__ import annotations
 
 import hmac
+import json
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import bottle
@@ -21,6 +25,7 @@ from fleetsync.ledger.db import reader
 from fleetsync.ledger.schema import AttemptStatus
 
 from . import dashboard, errors, metrics, openapi
+from .snapshot import Recent, Snapshots
 from .params import INT64_MAX, ChoiceParam, IntParam, Param, TextParam, parse_query
 
 MAX_PAGE = 10_000
@@ -36,7 +41,8 @@ class Route:
     response: str = ""                   # schema name in openapi.SCHEMAS
     media_type: str = errors.JSON_TYPE
     public: bool = False                 # answered without the token
-    ledger: bool = True                  # False: view(**params), no snapshot opened
+    ledger: bool = True                  # False: view(**params), no read transaction
+    shared: bool = False                 # True: the body of the shared Snapshot (no view call)
     any_query: bool = False              # takes no parameters and ignores any given: a
                                          # Prometheus scrape config may add `params:`
 
@@ -44,6 +50,34 @@ class Route:
 def _healthz(conn: Connection) -> dict:
     queries.batch_counts(conn)   # fails (503) when the ledger cannot be read
     return {"status": "ok"}
+
+
+def _results(conn: Connection, limit: int | None, after: int | None, before: int | None,
+             status: str | None, worker: str | None) -> dict | Iterator[bytes]:
+    """A page when the request names one (limit, after or before); else every retained
+    result, streamed (the API document's /results: retained_count == len(results))."""
+    if limit is None and after is None and before is None:
+        return _every_result(conn, status, worker)
+    return queries.results(conn, limit or queries.RESULTS_PAGE, after, before, status, worker)
+
+
+def _every_result(conn: Connection, status: str | None, worker: str | None
+                  ) -> Iterator[bytes]:
+    """The JSON of every retained result, a page of rows at a time, in one transaction.
+
+    Up to 100,000 results are ~40 MB of JSON: built whole, that much memory per
+    request. Streamed, the server holds one page of rows and waitress's output
+    buffer (which spills to a file and blocks this thread when the client
+    reads slowly).
+    """
+    count, pages = queries.retained_results(conn, status=status, worker=worker)
+    yield b'{"results": ['
+    sep = b""
+    for page in pages:
+        yield sep + json.dumps(page)[1:-1].encode()
+        sep = b", "
+    yield (f'], "retained_limit": {queries.RETAINED_LIMIT}, '
+           f'"retained_count": {count}}}').encode()
 
 
 def _batch(conn: Connection, task_id: int, limit: int, offset: int) -> dict:
@@ -55,21 +89,24 @@ def _batch(conn: Connection, task_id: int, limit: int, offset: int) -> dict:
 
 ROUTES: tuple[Route, ...] = (
     Route("/status", "Batch counts, queue depth and finished producers",
-          queries.status, response="Status"),
+          queries.status, response="Status", shared=True),
     Route("/progress", "Completed, failed and pending batches",
-          queries.progress, response="Progress"),
+          queries.progress, response="Progress", shared=True),
     Route("/throughput", "Rates of succeeded batches since the migration started",
-          queries.throughput, response="Throughput"),
+          queries.throughput, response="Throughput", shared=True),
     Route("/workers", "Last heartbeat of every worker (master local time)",
           queries.heartbeats, response="Workers"),
     Route("/logs", "The newest warnings and errors, newest last",
           queries.logs,
           params=(IntParam("limit", "Lines of each level", 1, MAX_PAGE, queries.LOGS_LIMIT),),
           response="Logs"),
-    Route("/results", "A page of the retained attempt results, newest last",
-          queries.results,
+    Route("/results", "Every retained attempt result, oldest first (streamed); with limit, "
+          "after or before, a page of them, newest last",
+          _results,
           params=(
-              IntParam("limit", "Results in the page", 1, MAX_PAGE, queries.RESULTS_PAGE),
+              IntParam("limit", f"Results in the page (default {queries.RESULTS_PAGE} when "
+                                "after or before is given; without limit, after and "
+                                "before: every retained result)", 1, MAX_PAGE),
               IntParam("after", "Only attempts with a greater attempt_id; the page is then "
                                 "the oldest matches (read forward)", 0, INT64_MAX),
               IntParam("before", "Only attempts with a smaller attempt_id", 0, INT64_MAX),
@@ -88,7 +125,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/metrics", "The same numbers in Prometheus text format", metrics.render,
           media_type=metrics.CONTENT_TYPE, any_query=True),
     Route("/healthz", "Liveness: the ledger can be read (no token needed)", _healthz,
-          response="Health", public=True, any_query=True),
+          response="Health", public=True, shared=True, any_query=True),
     Route("/openapi.json", "This description", lambda: OPENAPI, ledger=False),
     Route("/", "Dashboard: an HTML page that polls the routes above (the page needs no token, "
           "its calls do: open it as /#token=T)", dashboard.page,
@@ -102,12 +139,17 @@ def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
     """The API over the ledger at ledger_path (which must exist: LedgerError otherwise).
 
     With a token, every route but /healthz and / (a page without data) wants
-    `Authorization: Bearer <token>`.
+    `Authorization: Bearer <token>`. app.snapshots is the shared Snapshot's refresher
+    (close() it to stop its thread at once; it also stops when nobody asks).
     """
     reader(ledger_path).dispose()   # a missing ledger fails here, not at the first request
     app = bottle.Bottle()
     app.default_error_handler = errors.handle
     local = threading.local()
+    snapshots = app.snapshots = Snapshots(ledger_path)
+    # Routes a server may answer on the thread that read the request (api/server.py).
+    app.inline_paths = frozenset(r.path for r in ROUTES if r.shared)
+    recent = Recent()
 
     def read(view: Callable, kwargs: dict) -> dict | str:
         """view(conn, **kwargs) in one read transaction: one consistent snapshot.
@@ -120,25 +162,56 @@ def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
         conn = getattr(local, "conn", None)
         if conn is None or conn.closed or conn.invalidated:
             conn = local.conn = reader(ledger_path).connect()
+        if conn.in_transaction():   # a stream that was never read to its end
+            conn.rollback()
         try:
-            with conn.begin():
-                return view(conn, **kwargs)
+            conn.begin()
+            body = view(conn, **kwargs)
+            if isinstance(body, Iterator):
+                # A stream: its transaction lasts until the last chunk is sent.
+                return _until_done(conn, body)
+            conn.rollback()   # read-only: nothing to commit
+            return body
         except (exc.DatabaseError, sqlite3.DatabaseError) as e:
             # e.g. a ledger whose tables are not created yet, or a file that is not
             # (or no longer) a ledger: the client may retry.
-            # (queries read through the sqlite3 cursor, whose errors SQLAlchemy never sees.)
-            detail = getattr(e, "orig", e)
-            raise errors.unavailable(f"the ledger cannot be read now: {detail}") from None
+            conn.rollback()
+            raise _unavailable(e) from None
+        except BaseException:
+            conn.rollback()
+            raise
+
+    def shared(path: str) -> bytes:
+        snap = snapshots.current()
+        if snap.error is not None:
+            raise bottle.HTTPError(*snap.error)
+        # Which snapshot answered: two answers with the same number agree with each other.
+        bottle.response.set_header("X-Fleetsync-Snapshot", str(snap.serial))
+        bottle.response.content_type = errors.JSON_TYPE
+        return snap.bodies[path]
 
     def endpoint(route: Route) -> Callable:
-        def handle(**url_args: str) -> dict | str:
+        if route.shared:
+            def handle_shared() -> bytes:
+                if bottle.request.query_string and not route.any_query:
+                    parse_query(route.params)    # a 400 for any parameter
+                return shared(route.path)
+            return handle_shared
+
+        def build(kwargs: dict) -> bytes | Iterator[bytes]:
+            body = read(route.view, kwargs)
+            if isinstance(body, dict):
+                return json.dumps(body).encode()   # as Bottle's JSON plugin would
+            return body.encode() if isinstance(body, str) else body
+
+        def handle(**url_args: str) -> dict | str | bytes | Iterator[bytes]:
             kwargs = {} if route.any_query else parse_query(route.params)
             for p in route.path_params:
                 kwargs[p.name] = p.parse(url_args[p.name])
-            body = read(route.view, kwargs) if route.ledger else route.view(**kwargs)
-            if route.media_type != errors.JSON_TYPE:
-                bottle.response.content_type = route.media_type
-            return body
+            bottle.response.content_type = route.media_type
+            if not route.ledger:
+                return route.view(**kwargs)
+            return recent.get((route.path, *sorted(kwargs.items())), lambda: build(kwargs))
         return handle
 
     for route in ROUTES:
@@ -148,6 +221,28 @@ def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
         app.add_hook("before_request", _bearer_check(token))
     app.add_hook("after_request", _no_store)
     return app
+
+
+def _unavailable(e: Exception) -> bottle.HTTPError:
+    # e.g. a ledger whose tables are not created yet: the client may retry.
+    # (queries read through the sqlite3 cursor, whose errors SQLAlchemy never sees.)
+    detail = getattr(e, "orig", e)
+    return errors.unavailable(f"the ledger cannot be read now: {detail}")
+
+
+def _until_done(conn: Connection, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """chunks, then the end of conn's read transaction (also when the client leaves early).
+
+    An error before the first chunk is still an HTTP error (Bottle reads the first
+    chunk before it sends the headers); a later one cuts the answer short, which
+    the client sees as truncated JSON.
+    """
+    try:
+        yield from chunks
+    except (exc.OperationalError, sqlite3.OperationalError) as e:
+        raise _unavailable(e) from None
+    finally:
+        conn.rollback()
 
 
 def _bearer_check(token: str) -> Callable[[], None]:

@@ -67,9 +67,10 @@ def _limits(args) -> Limits:
 
 
 def _start_api(api, args, ledger_path: str) -> None:
-    """The API, on the socket controller/cli.py bound before anything was created."""
-    from fleetsync.api.app import make_app
-    url = api.start(make_app(ledger_path, token=args.token))
+    """The API in a process of its own (a dashboard polling hard shares no GIL with
+    the dispatcher; it ends with this process, also on kill -9), on the socket
+    controller/cli.py bound before anything was created."""
+    url = api.start_process(ledger_path, args.token)
     print(f"fleetsync: API at {url}", file=sys.stderr, flush=True)
 
 

@@ -21,33 +21,44 @@ def url(host: str, port: int) -> str:
 
 
 class Listener:
-    def __init__(self, host: str, port: int) -> None:
-        from fleetsync.api.server import ServerThread
+    """A bound socket, served later: by a thread of this process (start, for `serve`)
+    or by the API process of a run (start_process, api/server.py ServerProcess)."""
 
-        self.app = None
+    def __init__(self, host: str, port: int) -> None:
+        from fleetsync.api.server import listen
+
         address = _resolve(host, port)
         try:
-            self.server = ServerThread(self._call, address, port)
+            self.sock = listen(address, port)
         except OSError as e:
             raise UsageError(f"cannot serve the API on {url(host, port)}: "
                              f"{e.strerror or e}{_hint(e)}") from None
-        self.url = url(self.server.host, self.server.port)   # the real port, also for --port 0
-        self._stopped = False
-
-    def _call(self, environ, start_response):
-        return self.app(environ, start_response)
+        bound_host, bound_port = self.sock.getsockname()[:2]
+        self.url = url(bound_host, bound_port)   # the real port, also for --port 0
+        self.server = None
 
     def start(self, app) -> str:
         """Serve app from a background thread; returns the URL it answers on."""
-        self.app = app
-        self.server.start()
+        from fleetsync.api.server import ServerThread
+
+        self.server = ServerThread(app, sock=self.sock).start()
+        return self.url
+
+    def start_process(self, ledger_path: str, token: str | None) -> str:
+        """Serve the ledger's API from a process of its own (it shares no GIL with the
+        dispatcher, and dies with this process); returns the URL it answers on."""
+        from fleetsync.api.server import ServerProcess
+
+        self.server = ServerProcess(ledger_path, token=token, sock=self.sock)
         return self.url
 
     def stop(self) -> None:
         """Finish the requests in flight and close the socket (once; safe to repeat)."""
-        if not self._stopped:
-            self._stopped = True
-            self.server.stop()
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
+        elif self.sock.fileno() >= 0:    # bound, never served
+            self.sock.close()
 
 
 def _resolve(host: str, port: int) -> str:

@@ -20,6 +20,7 @@ import json
 import sqlite3
 import time
 from collections import namedtuple
+from collections.abc import Iterator
 
 from sqlalchemy import Connection
 
@@ -30,7 +31,7 @@ from .states import BatchState, ProducerState, WorkerState
 
 GIB = 1024 ** 3
 RETAINED_LIMIT = 100_000   # /results serves the newest this many attempts
-RESULTS_PAGE = 100         # default page size of /results
+RESULTS_PAGE = 100         # default page size of /results when a request names a page
 LOGS_LIMIT = 100           # default number of warnings (and of errors) in /logs
 ENTRIES_PAGE = 1000        # default page of entries in /batches/<task_id>
 HEARTBEAT_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -108,14 +109,15 @@ def _progress(counts: dict) -> dict[str, int]:
                 pending=total - completed - failed)
 
 
-def progress(conn: Connection) -> dict[str, int]:
-    """/progress: pending = total - completed - failed (it includes running batches)."""
-    return _progress(batch_counts(conn))
+def progress(conn: Connection, counts: dict | None = None) -> dict[str, int]:
+    """/progress: pending = total - completed - failed (it includes running batches).
+    counts: batch_counts(conn) when the caller has it already (the same snapshot)."""
+    return _progress(counts or batch_counts(conn))
 
 
-def status(conn: Connection) -> dict[str, int]:
+def status(conn: Connection, counts: dict | None = None) -> dict[str, int]:
     """/status: queue_depth counts waiting batches only, not running ones."""
-    counts = batch_counts(conn)
+    counts = counts or batch_counts(conn)
     p = _progress(counts)
     return dict(total_batches=p["total"], completed_batches=p["completed"],
                 failed_batches=p["failed"],
@@ -147,13 +149,14 @@ def _rate(value: float, seconds: float) -> float:
     return round(value / seconds, 2) if seconds > 0 else 0.0
 
 
-def throughput(conn: Connection, now: float | None = None) -> dict[str, int | float]:
+def throughput(conn: Connection, now: float | None = None,
+               counts: dict | None = None) -> dict[str, int | float]:
     """/throughput, from succeeded batches; bytes are the sizes the walk scanned.
 
     elapsed_sec is rounded to 1 decimal, gb_* and rates to 2 decimals; rates
     divide by the rounded elapsed_sec (0.0 while it is 0).
     """
-    counts = batch_counts(conn)
+    counts = counts or batch_counts(conn)
     done = counts[_SUCCEEDED]
     seconds = round(elapsed_sec(conn, now), 1)
     return dict(
@@ -171,8 +174,11 @@ def throughput(conn: Connection, now: float | None = None) -> dict[str, int | fl
 
 
 def summary(conn: Connection, now: float | None = None) -> dict[str, dict]:
-    """What `fleetsync status` prints: /status, /progress and /throughput of one snapshot."""
-    return dict(status=status(conn), progress=progress(conn), throughput=throughput(conn, now))
+    """What `fleetsync status` prints: /status, /progress and /throughput of one snapshot
+    (batch_counts read once for the three)."""
+    counts = batch_counts(conn)
+    return dict(status=status(conn, counts), progress=progress(conn, counts),
+                throughput=throughput(conn, now, counts))
 
 
 def local_time(ts: float) -> str:
@@ -260,18 +266,11 @@ def retained_window(conn: Connection, limit: int = RETAINED_LIMIT) -> tuple[int,
     return floor, high - floor
 
 
-def results(conn: Connection, limit: int = RESULTS_PAGE, after: int | None = None,
-            before: int | None = None, status: str | None = None,
-            worker: str | None = None, retained_limit: int = RETAINED_LIMIT) -> dict:
-    """/results: a page of the retained attempts, always oldest first (newest last).
-
-    Without `after`, the page is the newest `limit` matches (below `before`
-    if given). With `after`, it is the oldest `limit` matches whose
-    attempt_id is greater than `after`: pass the last attempt_id you got to
-    read forward, or the first one as `before` to read backward. Attempts
-    older than the retained window are never served.
-    """
-    floor, retained = retained_window(conn, retained_limit)
+def _page(conn: Connection, floor: int, limit: int, after: int | None, before: int | None,
+          status: str | None, worker: str | None) -> list[dict]:
+    """Up to `limit` attempts above floor matching the filters, read by the primary key:
+    the oldest ones after `after` when it is given, else the newest (below `before`);
+    in attempt_id order either way."""
     params = {"floor": floor, "limit": limit, "after": after, "before": before,
               "status": status, "worker": worker}
     where = ["a.attempt_id > :floor"] + [
@@ -285,7 +284,49 @@ def results(conn: Connection, limit: int = RESULTS_PAGE, after: int | None = Non
                           f"ORDER BY a.attempt_id {order} LIMIT :limit", params)
     if order == "DESC":
         page.reverse()
+    return page
+
+
+def results(conn: Connection, limit: int = RESULTS_PAGE, after: int | None = None,
+            before: int | None = None, status: str | None = None,
+            worker: str | None = None, retained_limit: int = RETAINED_LIMIT) -> dict:
+    """/results with a page named: a page of the retained attempts, oldest first (newest last).
+
+    Without `after`, the page is the newest `limit` matches (below `before`
+    if given). With `after`, it is the oldest `limit` matches whose
+    attempt_id is greater than `after`: pass the last attempt_id you got to
+    read forward, or the first one as `before` to read backward. Attempts
+    older than the retained window are never served.
+    """
+    floor, retained = retained_window(conn, retained_limit)
+    page = _page(conn, floor, limit, after, before, status, worker)
     return {"results": page, "retained_limit": retained_limit, "retained_count": retained}
+
+
+def retained_results(conn: Connection, status: str | None = None, worker: str | None = None,
+                     retained_limit: int = RETAINED_LIMIT, chunk: int = 1000
+                     ) -> tuple[int, Iterator[list[dict]]]:
+    """Bare /results: (retained_count, pages of every retained attempt matching the filters).
+
+    Oldest first, `chunk` results a page, each page read by the primary key from
+    the last attempt_id of the one before (O(chunk) each, never an OFFSET scan).
+    Iterate the pages inside the caller's transaction: they are then of the
+    same snapshot as retained_count, and without filters their total is
+    exactly retained_count.
+    """
+    floor, retained = retained_window(conn, retained_limit)
+
+    def pages() -> Iterator[list[dict]]:
+        cursor = floor
+        while True:
+            page = _page(conn, floor, chunk, cursor, None, status, worker)
+            if not page:
+                return
+            yield page
+            if len(page) < chunk:
+                return
+            cursor = page[-1]["attempt_id"]
+    return retained, pages()
 
 
 # One path formatter for every message and answer (the log's lines included):

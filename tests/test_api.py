@@ -6,7 +6,11 @@ import http.client
 import io
 import json
 import re
+import os
 import socket
+import subprocess
+import sys
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -18,9 +22,12 @@ from hypothesis import strategies as st
 from sqlalchemy import insert, text
 
 from fleetsync.api import ServerThread, make_app, start_in_thread
+from fleetsync.api.server import ServerProcess
 from fleetsync.api.app import OPENAPI, ROUTES
 from fleetsync.ledger import batches, db, migration, producers, queries, schema
 from fleetsync.ledger.batches import Report
+
+from .support import fleetsync, free_port, popen
 
 # The fields of docs/spec api.ko.md, exactly; the API may add keys, never drop these.
 SPEC = {
@@ -252,12 +259,17 @@ def test_head_has_the_headers_and_no_body(app):
     assert get.headers["Cache-Control"] == "no-store"
 
 
-def test_an_unexpected_failure_is_a_json_500_without_internals(app, monkeypatch):
-    def broken(conn):
+def test_an_unexpected_failure_is_a_json_500_without_internals(ledger_path, monkeypatch):
+    def broken(conn, *args, **kwargs):
         raise RuntimeError("secret internals")
-    monkeypatch.setattr(queries, "batch_counts", broken)
-    message = assert_error(call(app, "/status"), 500)
-    assert "secret" not in message
+    monkeypatch.setattr(queries, "_rows", broken)      # every read of the ledger
+    app = make_app(ledger_path)        # a new app: its shared snapshot is not built yet
+    try:
+        for path in ("/status", "/logs"):   # a shared snapshot, a per-request read
+            message = assert_error(call(app, path), 500)
+            assert "secret" not in message
+    finally:
+        app.snapshots.close()
 
 
 def test_a_ledger_without_tables_is_503_not_500(tmp_path):
@@ -418,15 +430,165 @@ def test_the_server_thread_is_a_context_manager(ledger_path):
         conn.close()
 
 
-def test_each_request_sees_the_latest_commit(tmp_path):
+def eventually(check, timeout: float = 60.0):
+    """check()'s first truthy value, polled; the timeout is generous (a busy machine),
+    the freshness bound itself is measured in bench/api.py, never asserted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.02)
+
+
+def test_a_commit_shows_in_every_route(tmp_path):
     path = str(tmp_path / "ledger.db")
     engine = db.writer(path)
     migration.open_or_create(engine, "/src", "/dest", {})
     app = make_app(path)
-    assert call(app, "/progress").json["total"] == 0
-    populate(engine)                   # the connection kept by this thread must not go stale
-    assert call(app, "/progress").json["total"] == 10
-    assert call(app, "/status").json["completed_batches"] == 3
+    try:
+        for route in ("/progress", "/results", "/workers"):
+            call(app, route)                 # every cache and kept connection in use
+        assert call(app, "/progress").json["total"] == 0
+        populate(engine)
+        assert eventually(lambda: call(app, "/progress").json["total"] == 10)
+        assert eventually(lambda: call(app, "/status").json["completed_batches"] == 3)
+        assert eventually(lambda: call(app, "/throughput").json["batches_completed"] == 3)
+        assert eventually(lambda: len(call(app, "/results").json["results"]) == 5)
+        assert eventually(lambda: len(call(app, "/results", "limit=2").json["results"]) == 2)
+        assert eventually(lambda: len(call(app, "/workers").json["heartbeats"]) == 2)
+    finally:
+        app.snapshots.close()
+
+
+def test_a_succeeded_batch_shows_in_status_of_a_live_server(tmp_path):
+    path = str(tmp_path / "ledger.db")
+    engine = db.writer(path)
+    migration.open_or_create(engine, "/src", "/dest", {})
+    populate(engine)
+    with ServerThread(make_app(path), port=0) as server:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+
+        def completed() -> int:
+            conn.request("GET", "/status")
+            return json.loads(conn.getresponse().read())["completed_batches"]
+        assert completed() == 3
+        with engine.connect() as wconn:
+            (k,) = batches.claim(wconn, "host-a-uuid", limit=1)
+            batches.succeed(wconn, Report(k.task_id, k.claim_no, "host-a-uuid", 0))
+        assert eventually(lambda: completed() == 4)
+        conn.close()
+    engine.dispose()
+
+
+def _agree(status: dict, progress: dict, tp: dict) -> None:
+    assert progress == {"total": status["total_batches"],
+                        "completed": status["completed_batches"],
+                        "failed": status["failed_batches"],
+                        "pending": status["total_batches"] - status["completed_batches"]
+                        - status["failed_batches"]}
+    assert tp["batches_completed"] == status["completed_batches"]
+    assert tp["batches_failed"] == status["failed_batches"]
+    assert status["queue_depth"] <= progress["pending"]
+
+
+def test_answers_of_one_snapshot_agree_under_a_concurrent_writer(tmp_path):
+    """/status, /progress and /throughput name the snapshot they come from; those of
+    one snapshot agree exactly, while a writer moves batches the whole time."""
+    path = str(tmp_path / "ledger.db")
+    engine = db.writer(path)
+    migration.open_or_create(engine, "/src", "/dest", {})
+    with engine.connect() as wconn, wconn.begin():
+        wconn.execute(insert(schema.batches), [
+            dict(file_count=1 + i % 5, directory_count=1, estimated_bytes=1000 + i,
+                 created_ts=time.time()) for i in range(400)])
+    done = threading.Event()
+
+    def write() -> None:
+        with engine.connect() as wconn:
+            migration.start_run(wconn)
+            for i in range(100):
+                for k in batches.claim(wconn, "w", limit=4):
+                    report = Report(k.task_id, k.claim_no, "w", 0)
+                    if i % 7 == 0:
+                        batches.fail(wconn, report, 0)
+                    else:
+                        batches.succeed(wconn, report)
+                with wconn.begin():     # more batches arrive while others finish
+                    wconn.execute(insert(schema.batches), [dict(
+                        file_count=1, directory_count=0, estimated_bytes=1,
+                        created_ts=time.time())])
+        done.set()
+
+    by_serial: dict[str, dict[str, dict]] = {}
+    with ServerThread(make_app(path), port=0, threads=4) as server:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            while not done.is_set() or len(by_serial) < 2:
+                for route in ("/status", "/progress", "/throughput"):
+                    conn.request("GET", route)
+                    resp = conn.getresponse()
+                    body = json.loads(resp.read())
+                    serial = resp.getheader("X-Fleetsync-Snapshot")
+                    seen = by_serial.setdefault(serial, {})
+                    assert seen.setdefault(route, body) == body, (serial, route)
+        finally:
+            writer.join()
+
+        def total() -> int:
+            conn.request("GET", "/status")
+            return json.loads(conn.getresponse().read())["total_batches"]
+        assert eventually(lambda: total() == 500)       # the writer's last commit shows
+        conn.close()
+    engine.dispose()
+    complete = [s for s in by_serial.values() if len(s) == 3]
+    assert len(by_serial) >= 2 and complete
+    for seen in complete:
+        _agree(seen["/status"], seen["/progress"], seen["/throughput"])
+
+
+def test_a_bare_results_request_returns_every_retained_result(tmp_path):
+    path = str(tmp_path / "ledger.db")
+    engine = db.writer(path)
+    migration.open_or_create(engine, "/src", "/dest", {})
+    n = 2_345                         # more than the page of 100 and than a chunk of 1000
+    with engine.connect() as wconn:
+        with wconn.begin():
+            wconn.execute(insert(schema.batches), [
+                dict(file_count=1, directory_count=0, estimated_bytes=i, created_ts=1.0)
+                for i in range(n)])
+        claims = batches.claim(wconn, "w", limit=n)
+        for k in claims:
+            report = Report(k.task_id, k.claim_no, "w", 0 if k.task_id % 10 else 2)
+            (batches.fail(wconn, report, 0) if k.task_id % 10 == 0
+             else batches.succeed(wconn, report))
+    engine.dispose()
+    with ServerThread(make_app(path), port=0) as server:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+        conn.request("GET", "/results")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type") == "application/json"
+        assert resp.getheader("Transfer-Encoding") == "chunked"      # streamed
+        body = json.loads(resp.read())
+        assert body["retained_count"] == len(body["results"]) == n
+        assert body["retained_limit"] == queries.RETAINED_LIMIT
+        assert [r["attempt_id"] for r in body["results"]] == list(range(1, n + 1))
+        assert all(set(RESULT) <= set(r) for r in body["results"])
+        conn.request("GET", "/results?status=failed")                # filters: still all
+        failed = json.loads(conn.getresponse().read())["results"]
+        assert [r["task_id"] for r in failed] == list(range(10, n + 1, 10))
+        conn.request("GET", "/results?limit=5")                      # a page: newest 5
+        page = json.loads(conn.getresponse().read())
+        assert [r["attempt_id"] for r in page["results"]] == list(range(n - 4, n + 1))
+        assert page["retained_count"] == n
+        conn.request("HEAD", "/results")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == b""
+        conn.request("GET", "/status")                               # the connection lives on
+        assert json.loads(conn.getresponse().read())["total_batches"] == n
+        conn.close()
 
 
 def test_a_server_thread_never_started_can_still_be_stopped(ledger_path):
@@ -434,3 +596,132 @@ def test_a_server_thread_never_started_can_still_be_stopped(ledger_path):
     server.stop()
     with pytest.raises(OSError):
         socket.create_connection((server.host, server.port), timeout=1).close()
+
+
+# -- the API in a process of its own (fleetsync run) -----------------------------------
+
+def _alive(pid: int) -> bool:
+    """pid runs (a zombie waiting for its parent to reap it has stopped running)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _api_children(parent_pid: int) -> list[int]:
+    """API processes started by parent_pid (ServerProcess puts its pid on the command line)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"--parent-pid" in args and args[args.index(b"--parent-pid") + 1] == \
+                str(parent_pid).encode() and _alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def _get(port: int, path: str) -> tuple[int, bytes] | None:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def test_the_api_process_serves_and_stops(ledger_path):
+    api = ServerProcess(ledger_path, "127.0.0.1", 0, token=TOKEN)
+    try:
+        assert api.pid != os.getpid() and _alive(api.pid)
+        assert _get(api.port, "/status")[0] == 401                   # the token went along
+        assert _get(api.port, "/healthz") == (200, b'{"status": "ok"}')
+        assert _api_children(os.getpid()) == [api.pid]
+    finally:
+        assert api.stop() == 0                                       # a clean exit
+    assert not _alive(api.pid) and _get(api.port, "/healthz") is None
+
+
+def test_a_busy_port_fails_at_once_in_the_parent(ledger_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(OSError):
+            ServerProcess(ledger_path, "127.0.0.1", s.getsockname()[1])
+
+
+def test_the_api_process_dies_with_a_parent_killed_by_sigkill(ledger_path):
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from fleetsync.api.server import ServerProcess\n"
+         "api = ServerProcess(sys.argv[1], '127.0.0.1', 0)\n"
+         "print(api.pid, api.port, flush=True)\n"
+         "time.sleep(600)\n", ledger_path], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, port = map(int, parent.stdout.readline().split())
+        assert _get(port, "/healthz")[0] == 200
+        assert _api_children(parent.pid) == [pid]
+        parent.kill()
+        parent.wait()
+        assert eventually(lambda: not _alive(pid)), "the API process outlived its parent"
+        assert _get(port, "/healthz") is None
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def _run_with_api(tmp_path, port: int) -> subprocess.Popen:
+    src = tmp_path / "src"
+    for d in range(20):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(30):
+            (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(4096))
+    # A bandwidth cap keeps the copy going for a few seconds: time to look at it.
+    return popen("run", "--src", str(src), "--dest", str(tmp_path / "dest"), "--ledger",
+                 str(tmp_path / "l.db"), "--port", str(port), "--batch-files", "60",
+                 "--bwlimit", "400KiB")
+
+
+def test_run_serves_the_api_from_its_own_process_and_stops_it(tmp_path):
+    port = free_port()
+    run = _run_with_api(tmp_path, port)
+    try:
+        assert eventually(lambda: (_get(port, "/status") or (0,))[0] == 200 or
+                          run.poll() is not None)
+        children = _api_children(run.pid)
+        assert run.poll() is not None or len(children) == 1
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err.decode()
+        assert _api_children(run.pid) == [] and not any(_alive(p) for p in children)
+        assert _get(port, "/status") is None
+    finally:
+        run.kill()
+        run.wait()
+
+
+def test_kill_9_of_run_leaves_no_api_process(tmp_path):
+    port = free_port()
+    run = _run_with_api(tmp_path, port)
+    try:
+        assert eventually(lambda: (_get(port, "/status") or (0,))[0] == 200)
+        (child,) = _api_children(run.pid)
+        assert run.poll() is None           # the copy is still going (the cap)
+        run.kill()
+        run.wait()
+        assert eventually(lambda: not _alive(child)), "the API process outlived fleetsync run"
+        assert _get(port, "/status") is None
+    finally:
+        run.kill()
+        run.wait()
+    # The next run stops what the killed one left (ansible, rsync) and finishes.
+    r = fleetsync("run", "--src", str(tmp_path / "src"), "--dest", str(tmp_path / "dest"),
+                  "--ledger", str(tmp_path / "l.db"), "--no-api", "--batch-files", "60")
+    assert r.returncode == 0, r.stderr.decode()

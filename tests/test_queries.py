@@ -212,6 +212,23 @@ def test_results_serve_only_the_retained_window(ledger):
         assert ids(queries.results(ro, before=5, retained_limit=10)) == [3, 4]
 
 
+def test_retained_results_are_every_retained_attempt_a_chunk_at_a_time(ledger):
+    path, conn = ledger
+    _attempts(conn, 25)
+    with db.reader(path).connect() as ro, ro.begin():
+        count, pages = queries.retained_results(ro, retained_limit=20, chunk=7)
+        pages = list(pages)
+        assert count == 20 and [len(p) for p in pages] == [7, 7, 6]
+        assert [r["attempt_id"] for p in pages for r in p] == list(range(6, 26))
+        count, pages = queries.retained_results(ro, status="retry", retained_limit=20, chunk=3)
+        assert count == 20
+        assert [r["attempt_id"] for p in pages for r in p] == list(range(8, 26, 3))
+        count, pages = queries.retained_results(ro, worker="nobody")
+        assert count == 25 and list(pages) == []
+        count, pages = queries.retained_results(ro, chunk=5)     # a multiple of the chunk
+        assert count == 25 and [len(p) for p in pages] == [5] * 5
+
+
 def test_a_result_is_built_from_its_attempt_and_batch(ledger):
     path, conn = ledger
     _attempts(conn, 3)
@@ -283,6 +300,11 @@ def test_batch_detail_shows_any_path_bytes(ledger):
 
 @pytest.mark.parametrize("sql", [
     queries._RESULTS_FROM + "WHERE a.attempt_id > 5 ORDER BY a.attempt_id DESC LIMIT 100",
+    # a chunk of the bare /results stream
+    queries._RESULTS_FROM + "WHERE a.attempt_id > 5 AND a.attempt_id > 70 "
+                            "ORDER BY a.attempt_id ASC LIMIT 1000",
+    queries._RESULTS_FROM + "WHERE a.attempt_id > 5 AND a.attempt_id > 70 AND a.status = 'failed' "
+                            "ORDER BY a.attempt_id ASC LIMIT 1000",
     queries._RESULTS_FROM + "WHERE a.attempt_id > 5 AND a.worker_id = 'w' "
                             "ORDER BY a.attempt_id DESC LIMIT 100",
     queries._RESULTS_FROM + "WHERE a.task_id = 7 ORDER BY a.attempt_id",
