@@ -110,9 +110,6 @@ def _counters(lines: list[str], conn: Connection) -> None:
             [("", sum(sent for _, (_, sent, _) in attempts))], "counter")
     _metric(lines, "bytes_received_total", "Bytes rsync reported received, over every attempt.",
             [("", sum(received for _, (_, _, received) in attempts))], "counter")
-    # TODO(issue 10): fleetsync_entries_not_arrived_total, from the per-file outcomes
-    # table once it is in the ledger; until then monitoring/alerts.yml watches the
-    # entries of failed batches (fleetsync_state_files / _directories{state="failed"}).
 
 
 def _workers(lines: list[str], conn: Connection, now: float) -> None:

@@ -272,8 +272,7 @@ def test_each_alert_fires_when_it_should_and_not_before(tmp_path):
     trouble = {"interval": "1m", "input_series": [
         _series("fleetsync_workers", "0x10 1x50", state="lost"),
         _series("fleetsync_failed_batches", "0x20 2x40"),
-        _series("fleetsync_state_files", "0x20 20x40", state="failed"),
-        _series("fleetsync_state_directories", "0x20 1x40", state="failed"),
+        _series("fleetsync_entries_not_arrived", "0x20 21x40"),
         # work left until minute 45, then none
         _series("fleetsync_pending_batches", "3x45 0x15"),
         # every try retried from minute 10 on
@@ -285,7 +284,7 @@ def test_each_alert_fires_when_it_should_and_not_before(tmp_path):
         _expect("FleetsyncBatchesFailed", "19m", None),
         _expect("FleetsyncBatchesFailed", "21m", "2"),
         _expect("FleetsyncEntriesNotArrived", "40m", None),
-        _expect("FleetsyncEntriesNotArrived", "50m", "21", severity="critical", state="failed"),
+        _expect("FleetsyncEntriesNotArrived", "50m", "21", severity="critical"),
         _expect("FleetsyncRetriesHigh", "9m", None),
         _expect("FleetsyncRetriesHigh", "45m", "0.5", severity="info"),
         _expect("FleetsyncMigrationStalled", "50m", None),
