@@ -369,7 +369,7 @@ def test_unreadable_batch_output_releases_the_hosts_batches(tmp_path):
     import queue
     from fleetsync.controller import inventory
     from fleetsync.controller.dispatch import Dispatcher, Settings
-    from fleetsync.controller.hostrun import Event, HostRun
+    from fleetsync.controller.hostrun import BATCHES_TASK, Event, HostRun
     from fleetsync.ledger import batches as B
     src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
     src.mkdir()
@@ -377,13 +377,15 @@ def test_unreadable_batch_output_releases_the_hosts_batches(tmp_path):
     walk_only(src, dest, ledger)
     d = Dispatcher(Settings(str(ledger), LOCAL), None,
                    {"h": inventory.Host("h", {}, 1)})
-    run = HostRun(inventory.Host("h", {}, 1), {}, queue.Queue(), 1)
+    run = HostRun(inventory.Host("h", {}, 1))
     run.worker_id = "w"
     [claim] = B.claim(d.conn, "w", 1)
     for quiet in ("@@fleetsync idle\r\n", "@@fleetsync stop\r\nShared connection closed.\r\n"):
-        d._handle(Event(run, "runner_item_on_ok", "batches", {"stdout": quiet}, time.time()))
+        d._handle(Event(run, "runner_item_on_ok", BATCHES_TASK, {"stdout": quiet},
+                        time.time()))
     assert counts(ledger)["running"] == 1                     # idle and stop are not batches
-    d._handle(Event(run, "runner_item_on_ok", "batches", {"stdout": "garbage\n"}, time.time()))
+    d._handle(Event(run, "runner_item_on_ok", BATCHES_TASK, {"stdout": "garbage\n"},
+                    time.time()))
     assert counts(ledger)["running"] == 0 and counts(ledger)["pending"] == 1
     [(msg,)] = query(ledger, "SELECT message FROM log WHERE level = 'error'")
     assert "unreadable batch output" in msg and "garbage" in msg
