@@ -413,3 +413,13 @@ def test_rescan_queues_only_what_changed_since_the_last_walk(tmp_path):
                                   before)}
     # The two files and the directories whose entries changed (c got a new one).
     assert queued == {b"b/f3", b"c/new", b"c"}, queued
+
+
+def test_the_dispatch_playbook_names_its_tasks_as_the_dispatcher_matches_them():
+    import yaml
+    from fleetsync.controller.hostrun import BATCHES_TASK, PREFLIGHT_TASK
+    from fleetsync.controller.resources import DISPATCH_PLAYBOOK
+    with open(DISPATCH_PLAYBOOK) as f:
+        [play] = yaml.safe_load(f)
+    assert [t["name"] for t in play["tasks"]] == [PREFLIGHT_TASK, BATCHES_TASK]
+    assert all("ansible.builtin.raw" in t for t in play["tasks"])
