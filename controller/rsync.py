@@ -160,13 +160,17 @@ def verify_command(task_id: int, claim: int, paths: list[bytes], src: str, dest:
 
 
 OUTPUT_CAP = 4000      # characters of one batch's rsync lines (beyond its --stats totals)
-# Keep what rsync printed for one batch: its --stats totals, then other lines up to
-# OUTPUT_CAP characters, then a line saying how many were cut. LC_ALL=C: names
-# need not be UTF-8.
-_CAP = ("LC_ALL=C awk -v max=%d '/^Total bytes (sent|received): / {print; next} "
+# Keep what rsync printed for one batch: its --stats byte totals, then other lines up
+# to OUTPUT_CAP characters, then a line saying how many were cut. The other --stats
+# lines (a dozen per batch, read by nobody) are dropped: every byte of an item's
+# output is carried, copied and parsed several times on the controller. LC_ALL=C:
+# names need not be UTF-8.
+_STATS_NOISE = ("^(Number of |Total file size|Total transferred file size|Literal data|"
+                "Matched data|File list |sent [0-9,.]+ bytes|total size is |$)")
+_CAP = (f"LC_ALL=C awk -v max={OUTPUT_CAP} '/^Total bytes (sent|received): / {{print; next}} "
+        f"/{_STATS_NOISE}/ {{next}} "
         "n + length($0) < max {print; n += length($0) + 1; next} {cut++} "
-        "END {if (cut) print \"fleetsync: \" cut \" more lines of rsync output not shown\"}'"
-        % OUTPUT_CAP)
+        "END {if (cut) print \"fleetsync: \" cut \" more lines of rsync output not shown\"}'")
 
 
 @dataclass
