@@ -223,6 +223,8 @@ class Dispatcher:
         for run in list(self.runs.values()):
             if run.lost or not run.worker_id:
                 continue
+            if now - run.last_event <= self.settings.heartbeat_timeout:
+                continue       # not silent long enough to matter, whatever it holds
             held = batches.held_bytes(self.conn, run.worker_id)
             if held is None:
                 continue

@@ -5,6 +5,9 @@ once per item, on the controller, and hands the host whatever batches wait
 now (several, for its slots side by side). The logic lives in
 fleetsync.controller.slot; this is the shim.
 """
+import os
+import signal
+
 from ansible.errors import AnsibleError
 from ansible.plugins.lookup import LookupBase
 
@@ -27,6 +30,11 @@ class LookupModule(LookupBase):
         v = variables or {}
         try:
             worker_id = slot.parse_worker(str(terms[0]))
+            if not slot.controller_alive(v.get("fleetsync_controller")):
+                # Nobody records what this run does: end it (ansible-playbook, our
+                # parent, passes SIGTERM on to its workers) and claim nothing.
+                os.kill(os.getppid(), signal.SIGTERM)
+                return [slot.STOP]
             return [slot.next_command(v["fleetsync_ledger"], worker_id,
                                       v["fleetsync_stop_file"], v["fleetsync_run_token"],
                                       list(v["fleetsync_rsync_options"]),
