@@ -1,6 +1,7 @@
 """bench/copy: an end-to-end migration next to its peers, on the same tree, in the same run.
 
-    .venv/bin/python bench/copy.py [--runs 3] [--files 20000] [--out bench/out]
+    flock /tmp/fleetsync-bench.lock .venv/bin/python bench/copy.py [--runs 3] [--files 20000] \
+        [--old /work/wt/fleet-old] [--out bench/out]
 
 Generates (once, cached) a tree of ~20,000 files, mostly 1-64 KiB with a few of
 several MiB (~0.85 GiB), then times, interleaved and --runs times each:
@@ -8,7 +9,10 @@ plain `rsync -a`, `fpsync -n 2` (Debian's fpart), `xargs -P 4` running rsync
 over 500-entry file lists, and `fleetsync run` with the local inventory (API
 served on a free port, as in real use). DEST is removed before each run and
 every copy is checked against SRC. Prints the median wall time of each tool,
-the ratios, and fleetsync's Ansible overhead per batch from its ledger.
+the ratios, fleetsync's Ansible overhead per batch from its ledger, and how soon
+its first rsync started (the first attempt's start_ts, taken on the worker, minus
+the launch of `fleetsync run`). --old adds `fleetsync-old`: the same command run
+from another checkout (e.g. a worktree of an earlier commit), interleaved.
 """
 from __future__ import annotations
 
@@ -73,17 +77,37 @@ def run_xargs(src, dest, work):
                    f"{src}/ {dest}/", shell=True, check=True)
 
 
-def run_fleetsync(src, dest, work):
+FIRST: dict[str, list[float]] = {}
+OLD: list[str] = []
+
+
+def run_fleetsync(src, dest, work, name="fleetsync", env=None):
     ledger = os.path.join(work, "fleetsync.db")
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(ledger + suffix):
             os.unlink(ledger + suffix)
+    launched = time.time()
     subprocess.run([*FLEETSYNC, "run", "--src", src, "--dest", dest, "--ledger", ledger,
-                    "--port", "0"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+                    "--port", "0"], check=True, cwd=REPO, stdout=subprocess.DEVNULL, env=env)
+    db = sqlite3.connect(ledger)
+    first = db.execute("SELECT min(start_ts) FROM attempts").fetchone()[0]
+    db.close()
+    FIRST.setdefault(name, []).append(first - launched)
+
+
+def run_fleetsync_old(src, dest, work):
+    """The checkout at --old, as a `fleetsync` package first on PYTHONPATH."""
+    base = os.path.join("/tmp", f"fleetsync-bench-pkg-{abs(hash(OLD[0])) % 10**8}")
+    pkg = os.path.join(base, "fleetsync")
+    os.makedirs(pkg, exist_ok=True)
+    for d in ("controller", "ledger", "api", "playbooks", "inventory"):
+        if not os.path.islink(os.path.join(pkg, d)):
+            os.symlink(os.path.join(OLD[0], d), os.path.join(pkg, d))
+    run_fleetsync(src, dest, work, "fleetsync-old", dict(os.environ, PYTHONPATH=base))
 
 
 PEERS = {"rsync -a": run_rsync, "fpsync -n 2": run_fpsync, "xargs -P 4": run_xargs,
-         "fleetsync": run_fleetsync}
+         "fleetsync": run_fleetsync, "fleetsync-old": run_fleetsync_old}
 
 
 def overhead(ledger: str) -> dict[str, float]:
@@ -107,14 +131,18 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=20_000)
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     ap.add_argument("--only", action="append", help="run only these tools")
+    ap.add_argument("--old", help="another checkout to run as fleetsync-old")
     args = ap.parse_args()
+    if args.old:
+        OLD.append(os.path.abspath(args.old))
     src = os.path.join(args.out, f"copy-src-{args.files}")
     dest = os.path.join(args.out, "copy-dest")
     work = os.path.join(args.out, "copy-work")
     os.makedirs(work, exist_ok=True)
     make_tree(src, args.files)
     print(f"tree: {args.files} files, {tree_bytes(src) / 2**30:.2f} GiB in {src}")
-    times: dict[str, list[float]] = {name: [] for name in PEERS if not args.only or name in args.only}
+    times: dict[str, list[float]] = {name: [] for name in PEERS if (not args.only or name in args.only)
+                                     and (args.old or name != "fleetsync-old")}
     for i in range(args.runs):
         for name in times:
             shutil.rmtree(dest, ignore_errors=True)
@@ -123,13 +151,17 @@ def main() -> None:
             dt = time.perf_counter() - t
             ok = same(src, dest)
             times[name].append(dt)
-            print(f"run {i + 1} {name:12s} {dt:6.2f} s {'ok' if ok else 'DIFFERS'}", flush=True)
+            first = f"  first rsync {FIRST[name][-1]:.2f} s" if name in FIRST else ""
+            print(f"run {i + 1} {name:13s} {dt:6.2f} s {'ok' if ok else 'DIFFERS'}{first}  load "
+                  f"{open('/proc/loadavg').read().split()[0]}", flush=True)
     print("\nmedians of", args.runs, "runs:")
     med = {name: statistics.median(v) for name, v in times.items()}
     for name, m in med.items():
-        print(f"  {name:12s} {m:6.2f} s")
+        first = (f"  (first rsync {statistics.median(FIRST[name]):.2f} s after launch)"
+                 if name in FIRST else "")
+        print(f"  {name:13s} {m:6.2f} s{first}")
     if "fleetsync" in med:
-        for peer in ("fpsync -n 2", "xargs -P 4", "rsync -a"):
+        for peer in ("fpsync -n 2", "xargs -P 4", "rsync -a", "fleetsync-old"):
             if peer in med:
                 print(f"  fleetsync / {peer}: {med['fleetsync'] / med[peer]:.2f}")
         o = overhead(os.path.join(work, "fleetsync.db"))

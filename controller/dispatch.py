@@ -1,13 +1,18 @@
 """The dispatcher: keeps every host of the inventory busy and records what happens.
 
 One thread owns the ledger connection of the controller. It starts one
-HostRun per usable host, turns runner events into heartbeats and batch
-transitions, notices lost hosts (unreachable, or silent while holding a
-batch), re-reads the inventory when it changes, and ends when the walk is done
-and nothing waits or runs.
+FleetRun (one ansible-playbook run, one fork per host) for the hosts that are
+ready, the whole fleet at the start, and one more for hosts that join or come
+back later; turns runner events into heartbeats and batch transitions, notices
+lost hosts (unreachable, or silent while holding a batch), re-reads the
+inventory when it changes, and ends when the walk is done and nothing waits or
+runs. It is a child subreaper: the ssh masters that its runs daemonize stay its
+children, and it ends them when it ends.
 """
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import queue
 import time
@@ -19,10 +24,13 @@ from fleetsync.ledger.batches import Report
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
 from . import defaults, inventory, outcome, rsync, slot
-from .hostrun import Event, HostRun
+from .hostrun import (BATCHES_TASK, PREFLIGHT_TASK, Event, FleetRun, HostRun, close_masters,
+                      stop_now)
 from .outcome import Outcome
 from .policy import Policy, Verdict
 from .walk import Walk
+
+log = logging.getLogger(__name__)
 
 BACKOFF_FIRST, BACKOFF_MAX = 15.0, 600.0
 INVENTORY_EVERY = 2.0
@@ -67,6 +75,13 @@ class Dispatcher:
         self.worker_of_host: dict[str, str] = {}
         self.losses: dict[str, int] = {}
         self.stopping = False
+        # The lookups of this dispatch stop claiming when this process is gone
+        # (kill -9): nothing would record what they ran.
+        self.controller = f"{os.getpid()}:{slot.process_start(os.getpid())}"
+        _become_subreaper()
+        # Hosts of earlier runs are not up until they pass this run's preflight
+        # (they would shrink every rsync's share of --bwlimit).
+        workers.forget_all(self.conn)
         self._inventory_mtime = _mtime(settings.inventory_path) if hosts else None
         self._next_inventory = self._next_beat = 0.0
 
@@ -75,6 +90,20 @@ class Dispatcher:
         """Dispatch until every batch is done and the directory pass has run (copy), or
         until every succeeded batch is checked (verify)."""
         self.mode = mode
+        try:
+            self._loop()
+        except BaseException:     # stopped now (a second Ctrl-C) or broken: nothing stays
+            self._stop_now()
+            raise
+        finally:
+            close_masters(self.mig.migration_id)
+
+    def _stop_now(self) -> None:
+        for fleet in {id(r.fleet): r.fleet for r in self.runs.values() if r.fleet}.values():
+            fleet.cancel()
+        stop_now(self.mig.migration_id, self.settings.run_token)
+
+    def _loop(self) -> None:
         while True:
             now = time.time()
             if now >= self._next_inventory:
@@ -142,22 +171,25 @@ class Dispatcher:
         self.hosts = hosts
 
     def _start_runs(self) -> None:
+        """One run for every host that is ready now (not running, not resting)."""
         now = time.time()
-        for name, host in self.hosts.items():
-            if name in self.runs or self.backoff.get(name, 0) > now:
-                continue
-            # Enough loop items for a full share of batches, or for the whole
-            # directory pass (commands of >= 100 directories) on one slot.
-            items = max(self.settings.items_per_run, batches.directory_total(self.conn) // 100 + 10)
-            run = HostRun(host, self._extravars(), self.events, items)
-            run.start()
-            self.runs[name] = run
+        ready = [host for name, host in self.hosts.items()
+                 if name not in self.runs and self.backoff.get(name, 0) <= now]
+        if not ready:
+            return
+        # Enough loop items for a full share of batches, or for the whole
+        # directory pass (commands of >= 100 directories) on one host.
+        items = max(self.settings.items_per_run, batches.directory_total(self.conn) // 100 + 10)
+        fleet = FleetRun(ready, self._extravars(), self.events, items)
+        fleet.start()
+        self.runs.update(fleet.members)
 
     def _extravars(self) -> dict:
         return {"fleetsync_ledger": os.path.abspath(self.settings.ledger_path),
                 "fleetsync_src": self.mig.src, "fleetsync_dest": self.mig.dest,
                 "fleetsync_migration_id": self.mig.migration_id,
                 "fleetsync_run_token": self.settings.run_token,
+                "fleetsync_controller": self.controller,
                 "fleetsync_rsync_options": self.settings.rsync_options,
                 "fleetsync_mode": self.mode.value, "fleetsync_delete": self.settings.delete.value}
 
@@ -193,6 +225,8 @@ class Dispatcher:
         for run in list(self.runs.values()):
             if run.lost or not run.worker_id:
                 continue
+            if now - run.last_event <= self.settings.heartbeat_timeout:
+                continue       # not silent long enough to matter, whatever it holds
             held = batches.held_bytes(self.conn, run.worker_id)
             if held is None:
                 continue
@@ -222,14 +256,22 @@ class Dispatcher:
         if ev.kind == "finished":
             self._finished(run, ev.status)
             return
+        if run.ended:       # a late event of a host whose play is over
+            return
         run.last_event = ev.ts
         if run.worker_id:
             self.beats[run.worker_id] = ev.ts
         if ev.kind == "runner_on_unreachable" or ev.res.get("unreachable"):
             self._lose(run, _one_line(ev.res.get("msg") or "unreachable"))
-        elif ev.task == "preflight":
+            if ev.kind == "runner_on_unreachable":   # the host is out of the play
+                self._finished(run, "unreachable")
+        elif ev.task == PREFLIGHT_TASK:
             self._preflight(run, ev)
-        elif ev.task == "batches" and ev.kind == "runner_item_on_ok":
+            if ev.kind == "runner_on_failed":        # the host is out of the play
+                self._finished(run, "preflight failed")
+        elif ev.task == BATCHES_TASK and ev.kind in ("runner_on_ok", "runner_on_failed"):
+            self._finished(run, ev.kind)             # its loop is over
+        elif ev.task == BATCHES_TASK and ev.kind == "runner_item_on_ok":
             stdout = ev.res.get("stdout", "")
             outcomes = outcome.parse_all(stdout)
             for out in outcomes:
@@ -238,7 +280,7 @@ class Dispatcher:
             if not outcomes and not any(f"{rsync.MARK} {word}" in stdout
                                         for word in ("idle", "stop")):
                 self._unreadable(run, stdout)
-        elif ev.task == "batches" and ev.kind in ("runner_on_failed", "runner_item_on_failed"):
+        elif ev.task == BATCHES_TASK and ev.kind == "runner_item_on_failed":
             logbook.add(self.conn, "error", f"host {run.host.name}: "
                         + _one_line(ev.res.get("msg") or "dispatch failed"),
                         worker_id=run.worker_id)
@@ -303,8 +345,16 @@ class Dispatcher:
                         worker_id=worker_id)
 
     def _finished(self, run: HostRun, status: str | None) -> None:
-        self.runs.pop(run.host.name, None)
+        """The host's play is over (its loop ended, it failed its preflight, it was
+        unreachable, or the whole run ended)."""
+        if run.ended:
+            return
+        run.ended = True
         name = run.host.name
+        if self.runs.get(name) is run:
+            self.runs.pop(name)
+        if run.fleet is not None:
+            run.fleet.stop_if_idle()
         wid = run.worker_id
         if wid:
             # A run that ended leaves nothing running on its host (a lookup of a
@@ -336,6 +386,18 @@ def _pass_level(out: Outcome) -> str:
     /logs: rsync's exit 24 (vanished; outcome.py maps a listed entry that no longer
     exists to it)."""
     return "info" if out.rsync_exit_code == outcome.VANISHED_EXIT else "error"
+
+
+def _become_subreaper() -> None:
+    """Orphaned descendants (the ssh masters, daemonized by ssh itself) become this
+    process's children: close_masters reaps them, and their CPU counts as the
+    controller's."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(36, 1, 0, 0, 0) != 0:      # PR_SET_CHILD_SUBREAPER
+            log.info("not a subreaper: errno %d", ctypes.get_errno())
+    except (OSError, AttributeError) as e:      # not Linux: masters end by ControlPersist
+        log.info("not a subreaper: %s", e)
 
 
 def _mtime(path: str) -> int | None:

@@ -3,19 +3,28 @@ ansible-playbook through ansible-runner).
 
 Noticing a dead or frozen host: ssh keepalives every 5 s, three missed = gone
 (~15 s); a connection attempt gives up after 10 s. ControlPersist keeps the
-master connection across batches and runs. Ansible refuses to start under a
-non-UTF-8 locale (LC_ALL=POSIX), hence C.UTF-8.
+master connection across batches and runs; the masters live in a control
+directory of the migration's own (0700), which the end of a run, or the next
+run after a crash, empties (hostrun.close_masters). Ansible refuses to start
+under a non-UTF-8 locale (LC_ALL=POSIX), hence C.UTF-8.
 """
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 SSH_ARGS = ("-o ControlMaster=auto -o ControlPersist=900s -o ServerAliveInterval=5 "
             "-o ServerAliveCountMax=3 -o ConnectTimeout=10")
 
 
-def ansible_env() -> dict[str, str]:
+def control_dir(migration_id: str) -> str:
+    """Where the ssh masters of a migration keep their sockets (short: a socket path
+    may take 107 bytes, and ssh adds 17 while it creates one)."""
+    return os.path.join(tempfile.gettempdir(), f"fleetsync-cp.{migration_id}")
+
+
+def ansible_env(migration_id: str | None = None) -> dict[str, str]:
     """What fleetsync sets on top of its own environment."""
     env = {
         # The venv may not be activated: ansible-playbook is found beside our python.
@@ -28,6 +37,8 @@ def ansible_env() -> dict[str, str]:
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
         "ANSIBLE_LOCALHOST_WARNING": "False",
     }
+    if migration_id:
+        env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = control_dir(migration_id)
     if "ANSIBLE_HOST_KEY_CHECKING" in os.environ:
         env["ANSIBLE_HOST_KEY_CHECKING"] = os.environ["ANSIBLE_HOST_KEY_CHECKING"]
     return env

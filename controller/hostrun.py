@@ -1,12 +1,22 @@
-"""One ansible-runner run of playbooks/dispatch.yml on one host (all of its slots).
+"""Dispatch runs: one ansible-runner run of playbooks/dispatch.yml for several hosts.
+
+A FleetRun drives every host that is ready when it starts (the whole fleet at
+the start of `fleetsync run`), one fork per host (forks = its hosts); a host
+that joins the inventory or comes back after its back-off gets a run of its
+own. Each host of a run is seen by the dispatcher as a HostRun: its events,
+its worker id, whether it was lost, its own stop file (a host leaving or lost
+stops claiming while the other hosts of the run go on). An unreachable host
+drops out of the play by itself; a run whose hosts are all done or lost is
+stopped.
 
 The event handler only puts events on a queue and returns False: an exception
 inside ansible-runner's event handler kills its thread (the run then never
 finishes), a slow one makes the run time out, and True would write a
 job_events/*.json file per event. The dispatcher thread does all the ledger
-work. Each run has its own fresh private_data_dir, removed when the run ends,
-so artifacts stay bounded (ansible-runner's rotate_artifacts is not safe with
-concurrent runs: it deletes by mtime in the shared parent).
+work. Each run has its own fresh private_data_dir (0700), removed when the run
+ends and, after a crash, by the next run (kill_leftovers), so artifacts stay
+bounded (ansible-runner's rotate_artifacts is not safe with concurrent runs: it
+deletes by mtime in the shared parent).
 """
 from __future__ import annotations
 
@@ -23,30 +33,91 @@ import uuid
 from dataclasses import dataclass, field
 
 from . import inventory, rsync
-from .environment import ansible_env
+from .environment import ansible_env, control_dir
 from .resources import DISPATCH_PLAYBOOK
 
 log = logging.getLogger(__name__)
 
+# The task names of playbooks/dispatch.yml (events are matched by them).
+PREFLIGHT_TASK = "Preflight"
+BATCHES_TASK = "Batches"
 
-def kill_leftovers(migration_id: str) -> int:
-    """Kill what a dead controller of this migration left on this machine: its
-    ansible-playbook runs (still claiming batches) and their rsyncs."""
-    mark = rsync.marker(migration_id, "").encode()
-    killed = 0
+
+def _matching(marks: list[bytes]) -> list[int]:
+    """Processes of this machine (but this one) whose command line holds one of marks."""
+    found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if mark not in f.read():
-                    continue
-            os.kill(int(pid), signal.SIGKILL)
-            killed += 1
+                cmd = f.read()
+        except OSError:     # it ended meanwhile
+            continue
+        if any(m in cmd for m in marks):
+            found.append(int(pid))
+    return found
+
+
+def _signal(pids: list[int], sig: int) -> int:
+    done = 0
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+            done += 1
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ESRCH):   # it ended meanwhile: fine
-                log.warning("cannot stop leftover process %s: %s", pid, e.strerror)
+                log.warning("cannot signal process %s: %s", pid, e.strerror)
+    return done
+
+
+def kill_leftovers(migration_id: str) -> int:
+    """Kill what a dead controller of this migration left on this machine (its
+    ansible-playbook runs, their workers, rsyncs and ssh clients; the ssh
+    ControlPersist masters of its control directory) and remove its run
+    directories. Returns how many processes were killed."""
+    mark = rsync.marker(migration_id, "").encode()
+    killed = _signal(_matching([mark]), signal.SIGKILL)
+    close_masters(migration_id)
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        if name.startswith(rsync.marker(migration_id, "")):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
     return killed
+
+
+def stop_now(migration_id: str, run_token: str, grace: float = 2.0) -> None:
+    """Everything this run started on this machine ends: SIGTERM first (an rsync
+    told so removes its temporary file), SIGKILL after `grace` seconds."""
+    mark = rsync.marker(migration_id, run_token).encode()
+    if _signal(_matching([mark]), signal.SIGTERM):
+        deadline = time.time() + grace
+        while time.time() < deadline and _matching([mark]):
+            time.sleep(0.1)
+        _signal(_matching([mark]), signal.SIGKILL)
+
+
+def close_masters(migration_id: str) -> None:
+    """End the ssh ControlPersist masters of this migration (they would linger for
+    ControlPersist's 900 s) and remove their sockets; a master that is a child of
+    this process (it is a subreaper) is reaped, so its CPU counts as ours."""
+    cp = control_dir(migration_id)
+    pids = set(_matching([cp.encode()]))
+    _signal(list(pids), signal.SIGTERM)
+    deadline = time.time() + 2.0
+    while pids:
+        for pid in list(pids):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            except ChildProcessError:    # not ours to reap: it ends by itself
+                pass
+            pids.discard(pid)
+        if pids and time.time() > deadline:
+            _signal(list(pids), signal.SIGKILL)
+            deadline = float("inf")
+        time.sleep(0.02)
+    shutil.rmtree(cp, ignore_errors=True)
 
 
 @dataclass
@@ -61,14 +132,40 @@ class Event:
 
 @dataclass
 class HostRun:
+    """One host in a FleetRun, as the dispatcher follows it."""
     host: inventory.Host
-    extravars: dict
-    events: queue.Queue
-    items: int
-    token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    fleet: "FleetRun | None" = None
     worker_id: str | None = None
     last_event: float = field(default_factory=time.time)
     lost: str | None = None          # why the host was declared lost
+    ended: bool = False              # its play is over (the dispatcher was told)
+    stop_file: str = ""
+
+    def drain(self) -> None:
+        """Finish the batches in hand, claim no more."""
+        try:
+            open(self.stop_file, "a").close()
+        except OSError as e:   # its run dir is gone: the run has ended already
+            log.info("stop file of host %s: %s", self.host.name, e.strerror)
+
+    def cancel(self) -> None:
+        """Stop now: no more claims; the run stops when none of its hosts works."""
+        self.drain()
+        if self.fleet is not None:
+            self.fleet.stop_if_idle()
+
+
+class FleetRun:
+    def __init__(self, hosts: list[inventory.Host], extravars: dict, events: queue.Queue,
+                 items: int):
+        self.extravars = extravars
+        self.events = events
+        self.items = items
+        self.token = uuid.uuid4().hex[:12]
+        self.members = {h.name: HostRun(h, self) for h in hosts}
+        self._cancel = False
+        self._pid: int | None = None
+        self.ended = False
 
     def start(self) -> None:
         # The marker in the directory name puts it in ansible-playbook's command line,
@@ -76,13 +173,13 @@ class HostRun:
         self.dir = tempfile.mkdtemp(prefix=rsync.marker(
             self.extravars["fleetsync_migration_id"], self.extravars["fleetsync_run_token"])
             + "-" + self.token + "-")
-        self.stop_file = os.path.join(self.dir, "stop")
+        os.mkdir(os.path.join(self.dir, "stop"), 0o700)
+        for i, m in enumerate(self.members.values()):
+            m.stop_file = os.path.join(self.dir, "stop", str(i))
         self.inventory = os.path.join(self.dir, "inventory.json")
-        inventory.write_runtime(self.inventory, self.host)
-        self._cancel = False
-        self._pid: int | None = None
-        self.thread = threading.Thread(target=self._run, name=f"run-{self.host.name}",
-                                       daemon=True)
+        inventory.write_fleet(self.inventory, [m.host for m in self.members.values()],
+                              {n: m.stop_file for n, m in self.members.items()})
+        self.thread = threading.Thread(target=self._run, name=f"run-{self.token}", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
@@ -92,9 +189,9 @@ class HostRun:
         try:
             r = ansible_runner.run(
                 private_data_dir=self.dir, playbook=DISPATCH_PLAYBOOK, inventory=self.inventory,
-                extravars=dict(self.extravars, fleetsync_stop_file=self.stop_file,
-                               fleetsync_items=self.items),
-                envvars=ansible_env(), forks=self.host.slots, quiet=True,
+                extravars=dict(self.extravars, fleetsync_items=self.items),
+                envvars=ansible_env(self.extravars["fleetsync_migration_id"]),
+                forks=len(self.members), quiet=True,
                 event_handler=self._on_event, cancel_callback=lambda: self._cancel,
                 settings={"pexpect_timeout": 1, "suppress_ansible_output": True})
             status = f"{r.status} rc={r.rc}"
@@ -102,26 +199,28 @@ class HostRun:
             status = f"error: {type(e).__name__}: {e}"
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
-            self.events.put(Event(self, "finished", None, {}, time.time(), status))
+            self.ended = True
+            for m in self.members.values():
+                self.events.put(Event(m, "finished", None, {}, time.time(), status))
 
     def _on_event(self, ev: dict) -> bool:
         try:
             if self._pid is None and ev.get("pid"):
                 self._pid = ev["pid"]
             data = ev.get("event_data") or {}
-            if data.get("host"):
-                self.events.put_nowait(Event(self, ev.get("event", ""), data.get("task"),
+            member = self.members.get(data.get("host"))
+            if member is not None:
+                self.events.put_nowait(Event(member, ev.get("event", ""), data.get("task"),
                                              data.get("res") or {}, time.time()))
         except Exception:   # raising here would kill ansible-runner's thread
-            log.exception("runner event of host %s dropped", self.host.name)
+            log.exception("runner event dropped")
         return False   # no job_events/*.json files
 
-    def drain(self) -> None:
-        """Finish the batches in hand, claim no more."""
-        try:
-            open(self.stop_file, "a").close()
-        except OSError as e:   # its run dir is gone: the run has ended already
-            log.info("stop file of host %s: %s", self.host.name, e.strerror)
+    def stop_if_idle(self) -> None:
+        """Stop the run when none of its hosts works any more (each ended or was lost):
+        a lost host's fork may hang until ssh gives up, and nothing else needs the run."""
+        if all(m.ended or m.lost for m in self.members.values()):
+            self.cancel()
 
     def cancel(self) -> None:
         """Stop now: ansible-playbook forwards SIGTERM to its workers."""

@@ -2,9 +2,10 @@
 
 `ansible-inventory --list` resolves groups, group_vars and host_vars exactly as
 ansible-playbook would. Each host runs as many batches at once as its
-`fleetsync_slots` variable says (default 2); a slot is an alias of the host in
-the runtime inventory handed to ansible-runner, so one playbook run drives all
-of a host's slots side by side.
+`fleetsync_slots` variable says (default 2). The runtime inventory handed to
+ansible-runner lists each host once (one fork per host; the host runs its
+slots side by side), with the variables the dispatch needs per host.
+(`aliases`, one entry per slot, is the layout of earlier versions.)
 """
 from __future__ import annotations
 
@@ -134,3 +135,16 @@ def write_runtime(path: str, host: Host) -> None:
     """The inventory one dispatch runs with: the host's slots as separate entries."""
     with open(path, "w") as f:
         json.dump({"all": {"hosts": host.aliases()}}, f)
+
+
+def write_fleet(path: str, hosts: list[Host], stop_files: dict[str, str]) -> None:
+    """The inventory of one dispatch run: each host once, with its lanes (slots run
+    side by side by its items) and the file that tells its lookups to stop."""
+    entries = {}
+    for h in hosts:
+        v = dict(h.vars)
+        v.setdefault("ansible_host", h.name)
+        entries[h.name] = dict(v, fleetsync_host=h.name, fleetsync_lanes=h.slots,
+                               fleetsync_stop_file=stop_files[h.name])
+    with open(path, "w") as f:
+        json.dump({"all": {"hosts": entries}}, f)

@@ -8,6 +8,14 @@ worker and handed to `rsync --from0 --files-from`. Only SRC and DEST appear in
 the command as words, quoted. The list's length is checked before rsync runs,
 so a damaged list can never pass for a short batch.
 
+One loop item carries several batches (item_command): the host runs them in
+`lanes` shell jobs side by side (its slots), each lane taking the next batch not
+taken yet (an atomic mkdir), and prints every batch's framed output in order
+when all are done. What one batch prints is capped on the host (the --stats
+totals are kept, then the first OUTPUT_CAP characters of other lines, then how
+many lines were cut), so that an item's result stays far below ansible-runner's
+MAX_EVENT_RES (a larger result is replaced by {} and its exit code is lost).
+
 rsync options (the defaults, changed with --rsync-option):
   --archive        permissions, times, owner, group, symlinks, devices, specials
   --numeric-ids    uid/gid as numbers: the data movers' name maps need not match
@@ -24,6 +32,7 @@ from __future__ import annotations
 import base64
 import shlex
 import zlib
+from dataclasses import dataclass
 
 from fleetsync.ledger.states import DeleteMode, OutcomeKind
 
@@ -148,3 +157,75 @@ def verify_command(task_id: int, claim: int, paths: list[bytes], src: str, dest:
     return batch_command(task_id, claim, paths, src, dest,
                          [*options, "--checksum", "--dry-run", f"--out-format={ITEM}%i %n"],
                          mark, estimated_bytes * 2, OutcomeKind.VERIFY)
+
+
+OUTPUT_CAP = 4000      # characters of one batch's rsync lines (beyond its --stats totals)
+# Keep what rsync printed for one batch: its --stats byte totals, then other lines up
+# to OUTPUT_CAP characters, then a line saying how many were cut. The other --stats
+# lines (a dozen per batch, read by nobody) are dropped: every byte of an item's
+# output is carried, copied and parsed several times on the controller. LC_ALL=C:
+# names need not be UTF-8.
+_STATS_NOISE = ("^(Number of |Total file size|Total transferred file size|Literal data|"
+                "Matched data|File list |sent [0-9,.]+ bytes|total size is |$)")
+_CAP = (f"LC_ALL=C awk -v max={OUTPUT_CAP} '/^Total bytes (sent|received): / {{print; next}} "
+        f"/{_STATS_NOISE}/ {{next}} "
+        "n + length($0) < max {print; n += length($0) + 1; next} {cut++} "
+        "END {if (cut) print \"fleetsync: \" cut \" more lines of rsync output not shown\"}'")
+
+
+@dataclass
+class Job:
+    """One batch (or check) of an item: what its rsync needs."""
+    task_id: int
+    claim: int
+    paths: list[bytes]
+    options: list[str]        # this batch's rsync options (bwlimit, checksum, sparse...)
+    estimated_bytes: int
+    kind: OutcomeKind = OutcomeKind.COPY
+
+    def listed(self) -> tuple[str, int]:
+        """The encoded list and its length (computed once: it also sizes the item)."""
+        if not hasattr(self, "_listed"):
+            # SRC itself (".") cannot ride in a --files-from list (see batch_command).
+            self._listed = encode_list([p for p in self.paths if p != b"."])
+        return self._listed
+
+
+def _job_case(n: int, job: Job, src: str, dest: str, mark: str) -> str:
+    """Branch n of the item's `j` function: one batch, its output framed."""
+    b64, length = job.listed()
+    lst, out = f'"$d/l{n}"', f'"$d/r{n}"'
+    rsync = _rsync([*job.options, "--stats"], src, dest, mark,
+                   ["--from0", f"--files-from={lst}"])
+    return (f"{n}) echo {MARK} begin task={job.task_id} claim={job.claim} kind={job.kind.value} "
+            "start=$(date +%s.%N); "
+            f"echo {b64} | base64 -d | gzip -dc > {lst}; "
+            f'if ! [ "$(wc -c < {lst})" -eq {length} ]; then '
+            f"echo 'fleetsync: the file list arrived damaged'; rc={LIST_DAMAGED}; "
+            f"else timeout -k 30 {batch_seconds(job.estimated_bytes)} {rsync} > {out} 2>&1; "
+            f"rc=$?; cap {out}; fi; rm -f {lst} {out}; "
+            f"echo {MARK} end task={job.task_id} claim={job.claim} rc=$rc end=$(date +%s.%N);;")
+
+
+def item_command(jobs: list[Job], src: str, dest: str, mark: str, lanes: int,
+                 tmp_prefix: str = "fleetsync.") -> str:
+    """One loop item: these batches, `lanes` at a time on the host, in order of their
+    index; one framed outcome per batch, printed in that order when all are done.
+    Everything it writes lives in one mktemp -d directory (0700), removed on exit,
+    on a signal, and by the next run's preflight when the host died meanwhile."""
+    n = len(jobs)
+    lanes = max(1, min(lanes, n))
+    cases = " ".join(_job_case(i + 1, j, src, dest, mark) for i, j in enumerate(jobs))
+    lane = (f"lane() {{ n=1; while [ $n -le {n} ]; do "
+            'if mkdir "$d/c$n" 2>/dev/null; then j $n > "$d/o$n" 2>&1; fi; n=$((n+1)); done; }')
+    run = "lane" if lanes == 1 else " ".join(["lane &"] * lanes) + " wait"
+    return "; ".join([
+        f'd=$(mktemp -d "${{TMPDIR:-/tmp}}/{tmp_prefix}XXXXXX") || exit 1',
+        "trap 'rm -rf \"$d\"' EXIT",
+        "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM",
+        f"cap() {{ {_CAP} \"$1\"; }}",
+        f"j() {{ case $1 in {cases} esac; }}",
+        lane,
+        run,
+        f'n=1; while [ $n -le {n} ]; do cat "$d/o$n"; n=$((n+1)); done',
+    ])

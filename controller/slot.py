@@ -1,16 +1,21 @@
-"""What a worker slot runs next: called by the `fleetsync_claim` lookup plugin.
+"""What a worker host runs next: called by the `fleetsync_claim` lookup plugin.
 
-Each slot of a host is one Ansible loop whose items are templated one at a
-time, on the controller, just before they run. Templating an item calls this
-module, which claims the next waiting batch in the ledger and returns its
-command. So one ansible-playbook run feeds a slot batch after batch with true
-dynamic balancing, and Ansible's cost is a `raw` item (~15 ms) per batch
-instead of a playbook run (~0.9 s).
+Each host is one Ansible loop (one fork of the fleet's ansible-playbook run)
+whose items are templated one at a time, on the controller, just before they
+run. Templating an item calls this module, which claims waiting batches in the
+ledger and returns one command that runs them on the host, its slots side by
+side (rsync.item_command). How many: what the host finishes in about
+ITEM_SECONDS at the pace of its previous items, at least one per slot, never
+more than its share of what waits. So batch results reach the ledger at most a
+few seconds after their rsync ends, a fast host takes more, and Ansible's cost
+per item (~20-50 ms of controller CPU) is shared by all the item's batches.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
+from dataclasses import dataclass
 
 from fleetsync.ledger import batches, db, dirpass, migration, verify, workers
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
@@ -19,6 +24,12 @@ from . import rsync
 
 IDLE_WAIT = 5.0     # seconds a slot waits for work before it reports idle (one raw item)
 POLL = 0.1          # a waiting slot looks at the counters this often (a read, no lock)
+# An item carries about this many seconds of the host's work: its results wait in
+# the item until it ends, so this bounds how late they reach the ledger; a host
+# leaving the inventory starts its last claimed batches within it.
+ITEM_SECONDS = 1.5
+MAX_ITEM_BATCHES = 64          # batches in one item at most
+ITEM_LIST_BYTES = 48 * 1024    # encoded file lists in one item (the whole command: one argument, < 128 KiB)
 STOP = f"echo {rsync.MARK} stop"
 IDLE = f"echo {rsync.MARK} idle"
 
@@ -72,57 +83,134 @@ def _batch_files(conn, task_id: int) -> tuple[list[bytes], int]:
     return [p for p, _, _ in files], sum(s for _, d, s in files if not d)
 
 
-def next_verify_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,
-                        rsync_options: list[str]) -> str:
-    """Claim the next succeeded batch to check and return its command (or idle/stop)."""
-    with _conn(ledger_path) as conn, _conn(ledger_path, readonly=True) as look:
-        mig = migration.load(conn)
-        conn.rollback()
-        deadline = time.monotonic() + IDLE_WAIT
-        while not os.path.exists(stop_file):
-            claimed = verify.claim(conn, worker_id)
-            if claimed:
-                paths, size = _batch_files(conn, claimed[0])
-                return rsync.verify_command(*claimed, paths, mig.src, mig.dest, rsync_options,
-                                               rsync.marker(mig.migration_id, run_token), size)
-            with look.begin():       # a waiting slot reads without the write lock
-                running = verify.counts(look)[VerifyState.RUNNING]
-            if running == 0:
-                return STOP
-            if time.monotonic() > deadline:
-                return IDLE
-            time.sleep(POLL)
-        return STOP
+@dataclass
+class _Pace:
+    """A host's recent pace, as its lookups see it (one lookup process per host)."""
+    since: float | None = None     # when the previous item was handed out
+    batches: int = 0               # how many batches it carried
+    list_bytes: int = 2048         # encoded list bytes per batch, lately (bounds a claim)
+    carry: list = None             # claimed batches that did not fit the previous item
+
+
+_paces: dict[str, _Pace] = {}
+
+
+def _how_many(pace: _Pace, lanes: int, pending: int, own_slots: int, fleet_slots: int) -> int:
+    """Batches for the next item: ITEM_SECONDS of work at the pace of the previous
+    item (its batches over the time from its hand-out to now), at least one per
+    lane, at most the host's share of what waits (the tail of a run stays spread)."""
+    now = time.monotonic()
+    want = lanes
+    if pace.since is not None and pace.batches:
+        want = int(ITEM_SECONDS * pace.batches / max(now - pace.since, 0.01))
+    want = min(max(want, lanes), MAX_ITEM_BATCHES, max(1, ITEM_LIST_BYTES // pace.list_bytes))
+    share = math.ceil(pending * own_slots / max(fleet_slots, own_slots, 1))
+    return max(1, min(want, max(share, 1)))
+
+
+def controller_alive(controller: str | None) -> bool:
+    """Whether the `fleetsync run` that started this dispatch still runs ("PID:START",
+    START its start time in clock ticks: a reused pid is another process). A slot of
+    a dead controller stops claiming: nothing would record what it ran."""
+    if not controller:
+        return True
+    pid, _, start = controller.partition(":")
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19] == start
+    except (OSError, IndexError):
+        return False
+
+
+def process_start(pid: int) -> str:
+    """A process's start time in clock ticks, the second half of controller_alive's key."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[19]
+
+
+def _copy_jobs(conn, mig, worker_id: str, n: int) -> list[rsync.Job]:
+    claimed = batches.claim(conn, worker_id, n)
+    if not claimed:
+        return []
+    share = _bwlimit(conn, mig.bwlimit)
+    jobs = []
+    for c in claimed:
+        paths, size = _batch_files(conn, c.task_id)
+        jobs.append(rsync.Job(c.task_id, c.claim_no, paths,
+                              share + (["--checksum"] if c.checksum else [])
+                              + (["--sparse"] if c.sparse else []), size))
+    return jobs
+
+
+def _verify_jobs(conn, worker_id: str, n: int) -> list[rsync.Job]:
+    jobs = []
+    while len(jobs) < n:
+        claimed = verify.claim(conn, worker_id)
+        if not claimed:
+            break
+        paths, size = _batch_files(conn, claimed[0])
+        jobs.append(rsync.Job(claimed[0], claimed[1], paths,
+                              ["--checksum", "--dry-run", f"--out-format={rsync.ITEM}%i %n"],
+                              size * 2, OutcomeKind.VERIFY))
+    return jobs
+
+
+def _fit(jobs: list[rsync.Job]) -> tuple[list[rsync.Job], list[rsync.Job] | None]:
+    """The first jobs whose lists fit one item (at least one); the rest stay claimed
+    and ride in the next item."""
+    total = 0
+    for i, job in enumerate(jobs):
+        total += len(job.listed()[0])
+        if total > ITEM_LIST_BYTES and i > 0:
+            return jobs[:i], jobs[i:]
+    return jobs, None
 
 
 def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,
                  rsync_options: list[str], mode: OutcomeKind = OutcomeKind.COPY,
-                 delete: DeleteMode = DeleteMode.OFF) -> str:
-    """Claim the next batch for this worker and return its command; when every batch
-    is done, the slots share the directory pass; then STOP."""
-    if mode is OutcomeKind.VERIFY:
-        return next_verify_command(ledger_path, worker_id, stop_file, run_token, rsync_options)
+                 delete: DeleteMode = DeleteMode.OFF, lanes: int = 1,
+                 controller: str | None = None) -> str:
+    """Claim the next batches for this host and return the command that runs them
+    (lanes: its slots); when every batch is done, the hosts share the directory
+    pass; then STOP. Verify mode checks succeeded batches the same way."""
+    pace = _paces.setdefault(worker_id, _Pace())
     with _conn(ledger_path) as conn, _conn(ledger_path, readonly=True) as look:
         mig = migration.load(conn)
         conn.rollback()
         mark = rsync.marker(mig.migration_id, run_token)
         deadline = time.monotonic() + IDLE_WAIT
         while True:
-            if os.path.exists(stop_file):
+            if os.path.exists(stop_file) or not controller_alive(controller):
+                pace.since = None
                 return STOP
             # A waiting slot reads the counters; only a batch in sight is worth the
             # write lock of a claim.
-            left = batches.work_left(look)
-            claimed = batches.claim(conn, worker_id, 1) if left.pending else []
-            if claimed:
-                c = claimed[0]
-                paths, size = _batch_files(conn, c.task_id)
-                options = (rsync_options + _bwlimit(conn, mig.bwlimit)
-                           + (["--checksum"] if c.checksum else [])
-                           + (["--sparse"] if c.sparse else []))
-                return rsync.batch_command(c.task_id, c.claim_no, paths, mig.src, mig.dest,
-                                              options, mark, size)
-            if left.finished:
+            if mode is OutcomeKind.VERIFY:
+                with look.begin():
+                    counts = verify.counts(look)
+                pending, running = counts[VerifyState.PENDING], counts[VerifyState.RUNNING]
+                finished = pending == running == 0
+            else:
+                left = batches.work_left(look)
+                pending, finished = left.pending, left.finished
+            fleet_slots = workers.total_slots(look) if pending else 0
+            jobs, pace.carry = pace.carry or [], None
+            if pending and not jobs:
+                n = _how_many(pace, lanes, pending, lanes, fleet_slots)
+                jobs = (_verify_jobs(conn, worker_id, n) if mode is OutcomeKind.VERIFY
+                        else _copy_jobs(conn, mig, worker_id, n))
+                for job in jobs:
+                    job.options = rsync_options + job.options
+            if jobs:
+                jobs, pace.carry = _fit(jobs)
+                pace.list_bytes = max(256, sum(len(j.listed()[0]) for j in jobs) // len(jobs))
+                pace.since, pace.batches = time.monotonic(), len(jobs)
+                return rsync.item_command(jobs, mig.src, mig.dest, mark, lanes,
+                                          f"fleetsync.{mig.migration_id}.{run_token}.")
+            pace.since = None
+            if finished:
+                if mode is OutcomeKind.VERIFY:
+                    return STOP
                 return _dirs_command(conn, mig, run_token, rsync_options, delete)
             if time.monotonic() > deadline:
                 return IDLE

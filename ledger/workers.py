@@ -52,3 +52,11 @@ def total_slots(conn: Connection) -> int:
     with conn.begin():
         return conn.execute(select(func.sum(workers.c.slots))
                             .where(workers.c.state == WorkerState.UP.value)).scalar() or 0
+
+
+def forget_all(conn: Connection) -> None:
+    """At the start of a dispatch: workers of earlier runs are no longer up; each is
+    up again once it passes this run's preflight (seen)."""
+    with conn.begin():
+        conn.execute(update(workers).where(workers.c.state == WorkerState.UP.value)
+                     .values(state=WorkerState.GONE.value))

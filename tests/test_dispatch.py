@@ -378,7 +378,7 @@ def test_unreadable_batch_output_releases_the_hosts_batches(tmp_path):
     import queue
     from fleetsync.controller import inventory
     from fleetsync.controller.dispatch import Dispatcher, Settings
-    from fleetsync.controller.hostrun import Event, HostRun
+    from fleetsync.controller.hostrun import BATCHES_TASK, Event, HostRun
     from fleetsync.ledger import batches as B
     src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
     src.mkdir()
@@ -386,13 +386,15 @@ def test_unreadable_batch_output_releases_the_hosts_batches(tmp_path):
     walk_only(src, dest, ledger)
     d = Dispatcher(Settings(str(ledger), LOCAL), None,
                    {"h": inventory.Host("h", {}, 1)})
-    run = HostRun(inventory.Host("h", {}, 1), {}, queue.Queue(), 1)
+    run = HostRun(inventory.Host("h", {}, 1))
     run.worker_id = "w"
     [claim] = B.claim(d.conn, "w", 1)
     for quiet in ("@@fleetsync idle\r\n", "@@fleetsync stop\r\nShared connection closed.\r\n"):
-        d._handle(Event(run, "runner_item_on_ok", "batches", {"stdout": quiet}, time.time()))
+        d._handle(Event(run, "runner_item_on_ok", BATCHES_TASK, {"stdout": quiet},
+                        time.time()))
     assert counts(ledger)["running"] == 1                     # idle and stop are not batches
-    d._handle(Event(run, "runner_item_on_ok", "batches", {"stdout": "garbage\n"}, time.time()))
+    d._handle(Event(run, "runner_item_on_ok", BATCHES_TASK, {"stdout": "garbage\n"},
+                    time.time()))
     assert counts(ledger)["running"] == 0 and counts(ledger)["pending"] == 1
     [(msg,)] = query(ledger, "SELECT message FROM log WHERE level = 'error'")
     assert "unreadable batch output" in msg and "garbage" in msg
@@ -420,3 +422,98 @@ def test_rescan_queues_only_what_changed_since_the_last_walk(tmp_path):
                                   before)}
     # The two files and the directories whose entries changed (c got a new one).
     assert queued == {b"b/f3", b"c/new", b"c"}, queued
+
+
+def test_the_dispatch_playbook_names_its_tasks_as_the_dispatcher_matches_them():
+    import yaml
+    from fleetsync.controller.hostrun import BATCHES_TASK, PREFLIGHT_TASK
+    from fleetsync.controller.resources import DISPATCH_PLAYBOOK
+    with open(DISPATCH_PLAYBOOK) as f:
+        [play] = yaml.safe_load(f)
+    assert [t["name"] for t in play["tasks"]] == [PREFLIGHT_TASK, BATCHES_TASK]
+    assert all("ansible.builtin.raw" in t for t in play["tasks"])
+
+
+def _marked(mid: str) -> list[str]:
+    return [p for p in os.listdir("/proc") if p.isdigit() and _mentions(p, f"fleetsync:{mid}:")]
+
+
+def _slow_tree(src):
+    for d in range(20):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(40):
+            (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(8192))
+
+
+def _wait(what, cond, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _running(ledger) -> int:
+    try:
+        return counts(ledger).get("running", 0)
+    except sqlite3.Error:      # not created yet
+        return 0
+
+
+def test_kill_9_of_the_controller_stops_its_slots_claiming_and_its_processes(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    _slow_tree(src)
+    p = popen("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+              "--no-api", "--batch-files", "10", "--rsync-option=--bwlimit=200")
+    _wait("batches running", lambda: _running(ledger) > 0)
+    p.kill()
+    p.wait()
+    killed = time.time()
+    [(mid,)] = query(ledger, "SELECT migration_id FROM migration")
+    # Its hosts finish the item in hand and claim nothing more; every process ends.
+    _wait("the run's processes ending", lambda: not _marked(mid))
+    late = query(ledger, "SELECT count(*) FROM batches WHERE claimed_ts > ?", killed + 5)
+    assert late == [(0,)], late
+    assert counts(ledger).get("pending", 0) > 0
+
+
+def test_two_ctrl_c_leave_no_process_and_no_temporary_file(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    _slow_tree(src)
+    p = popen("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+              "--no-api", "--batch-files", "10", "--rsync-option=--bwlimit=50")
+    _wait("batches running", lambda: _running(ledger) > 0)
+    time.sleep(1)        # the rsyncs are inside files now
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err.decode()[-2000:]
+    [(mid,)] = query(ledger, "SELECT migration_id FROM migration")
+    _wait("the run's processes ending", lambda: not _marked(mid), 30)
+    temps = [f for d, _, fs in os.walk(dest) for f in fs if f.startswith(".")]
+    assert temps == []
+    assert not [f for f in os.listdir("/tmp") if f.startswith(f"fleetsync:{mid}:")
+                or f.startswith(f"fleetsync.{mid}.")]
+
+
+def test_hosts_of_an_earlier_run_do_not_count_as_up(tmp_path):
+    """They would shrink every rsync's share of --bwlimit until seen again."""
+    from fleetsync.controller import inventory
+    from fleetsync.controller.dispatch import Dispatcher, Settings
+    from fleetsync.ledger import workers
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    (src / "f").write_text("x")
+    walk_only(src, dest, ledger)
+    with db.connect(str(ledger)) as conn:
+        workers.seen(conn, "old-1", "old", 4)
+        workers.seen(conn, "old-2", "other", 4)
+        assert workers.total_slots(conn) == 8
+    d = Dispatcher(Settings(str(ledger), LOCAL), None, {"h": inventory.Host("h", {}, 1)})
+    with db.connect(str(ledger)) as conn:
+        assert workers.total_slots(conn) == 0
+        workers.seen(conn, "old-1", "old", 4)         # back: its preflight passed
+        assert workers.total_slots(conn) == 4
+    d.close()

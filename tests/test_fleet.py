@@ -414,3 +414,57 @@ def test_a_host_killed_mid_file_leaves_no_rsync_temp_file(tmp_path, make_lab):
     left = [os.path.join(d, f) for d, _, fs in os.walk(run.dest) for f in fs
             if RSYNC_TEMP.search(os.fsencode(os.path.join(d, f)))]
     assert left == [], f"rsync temporary files left in DEST ({temp} was open): {left}"
+
+
+# -- 6. a fleet of 16 in one run ----------------------------------------------------------
+def _playbook_runs(pid: int) -> int:
+    """ansible-playbook processes that the controller started (its direct children)."""
+    n = 0
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != pid:
+                continue
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                n += b"ansible-playbook" in f.read()
+        except (OSError, ValueError):
+            continue
+    return n
+
+
+def test_sixteen_hosts_share_one_run_and_a_killed_one_loses_nothing(tmp_path, make_lab):
+    lab = make_lab(16)
+    victim = lab.hosts[6]
+    run = Run(tmp_path, lab, dirs=40, files=100)
+    lab.inventory(run.inv, lab.hosts)
+    proc = run.start(SLOW, "--heartbeat-timeout", "20")
+    runs = []
+    wait_for("every host working", lambda: runs.append(_playbook_runs(proc.pid)) or all(
+        successes(run.ledger, h.name) >= 1 for h in lab.hosts), 180, proc, every=0.2)
+    broken = False
+    try:
+        t_fault, held = _inject(run, proc, victim, "killed")
+        broken = True
+        wait_for(f"host {victim.name} lost", lambda: _lost_warnings(run, victim.name), 60, proc)
+    finally:
+        if broken:
+            FAULTS["killed"][1](lab, victim)
+    rc, out, err = finish(proc, 600)
+    run.assert_complete(rc, out, err)
+    # One ansible-playbook run served the whole fleet (until the victim's rejoin).
+    assert max(runs) == 1, runs
+    per_host = run.per_host()
+    assert sorted(per_host) == sorted(h.name for h in lab.hosts), per_host
+    lost = run.q("SELECT task_id FROM attempts WHERE status='lost' AND worker_id LIKE ?",
+                 f"{victim.name}-%")
+    assert lost and held >= 1, (held, lost)
+    for (task_id,) in lost:     # each lost batch was copied again, once
+        assert run.q("SELECT count(*) FROM attempts WHERE task_id=? AND status='success'",
+                     task_id) == [(1,)]
+    for h in lab.hosts:         # ControlPersist: a connection or two per host, not per item
+        if h is victim:
+            continue
+        assert h.accepted() <= 4, (h.name, h.accepted())

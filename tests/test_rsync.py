@@ -106,3 +106,40 @@ def test_the_directory_pass_removes_a_dead_rsyncs_temporary_files_only(tmp_path)
     # rsync may also itemize d/ itself (its time differs): only deletions count.
     assert [i for i in outs[0].itemized if i.startswith("*deleting")] == [
         "*deleting   d/.f.Xy12Zq"]
+
+
+def test_an_item_runs_its_batches_side_by_side_and_caps_what_each_prints(tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    (src / "a").mkdir(parents=True)
+    for i in range(12):
+        (src / "a" / f"f{i}").write_text(str(i))
+    jobs = [rsync.Job(i + 1, 1, [b"a", *[b"a/f%d" % k for k in range(i * 3, i * 3 + 3)]],
+                      ["-a"], 100) for i in range(4)]
+    # A batch whose files all vanished prints a line per file: capped on the host.
+    jobs.append(rsync.Job(5, 2, [b"a/gone%04d" % i for i in range(400)], ["-a"], 0))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = subprocess.run(["/bin/sh", "-c", rsync.item_command(jobs, str(src), str(dest), "m", 3)],
+                         capture_output=True, text=True, env=dict(os.environ, TMPDIR=str(tmp))).stdout
+    outs = outcome.parse_all(out)
+    assert [o.task_id for o in outs] == [1, 2, 3, 4, 5]
+    assert [o.rsync_exit_code for o in outs[:4]] == [0, 0, 0, 0]
+    assert all(o.bytes_sent > 0 and o.bytes_received > 0 for o in outs)
+    assert outs[4].rsync_exit_code in (23, 24)
+    assert len(out) < 400 * 60 and len(outs[4].errors) < 100
+    assert outs[4].errors[-1].startswith("fleetsync: ") and "not shown" in outs[4].errors[-1]
+    assert "Number of files" not in out           # --stats lines nobody reads
+    assert sorted(os.listdir(dest / "a")) == sorted(os.listdir(src / "a"))
+    assert os.listdir(tmp) == []                  # the item's directory is gone
+
+
+def test_a_damaged_list_inside_an_item_fails_that_batch_only(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    (src / "b").write_text("b")
+    jobs = [rsync.Job(1, 1, [b"a"], ["-a"], 0), rsync.Job(2, 1, [b"b"], ["-a"], 0)]
+    cmd = rsync.item_command(jobs, str(src), str(tmp_path / "dest"), "m", 2)
+    damaged = cmd.replace(jobs[0].listed()[0], rsync.encode_list([b"a", b"x"])[0])
+    outs = outcome.parse_all(run_command(damaged))
+    assert [(o.task_id, o.rsync_exit_code) for o in outs] == [(1, rsync.LIST_DAMAGED), (2, 0)]

@@ -1,7 +1,10 @@
-"""What a slot is handed: claims, idle, stop, the directory pass, the bandwidth share."""
+"""What a host is handed: claims, idle, stop, the directory pass, the bandwidth share,
+several batches per item at the host's pace."""
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 
 from fleetsync.controller import rsync, slot
 from fleetsync.controller.walk import Walk
@@ -23,8 +26,14 @@ def ledger_with_batches(tmp_path, files=6, per_batch=2):
     return path, engine
 
 
-def nxt(path, tmp_path, worker="w1"):
-    return slot.next_command(path, worker, str(tmp_path / "stop"), "tok", ["-a"])
+def nxt(path, tmp_path, worker="w1", **kw):
+    """A first item (no pace known yet): one batch per lane."""
+    slot._paces.clear()
+    return slot.next_command(path, worker, str(tmp_path / "stop"), "tok", ["-a"], **kw)
+
+
+def tasks_of(cmd: str) -> list[int]:
+    return [int(t) for t in re.findall(r"begin task=(\d+)", cmd)]
 
 
 def test_claims_in_order_then_directory_pass_then_stop(tmp_path):
@@ -33,8 +42,7 @@ def test_claims_in_order_then_directory_pass_then_stop(tmp_path):
         total = len(conn.exec_driver_sql("SELECT task_id FROM batches").all())
     seen = []
     for _ in range(total):
-        cmd = nxt(path, tmp_path)
-        seen.append(int(cmd.split("task=")[1].split()[0]))
+        seen += tasks_of(nxt(path, tmp_path))
     assert seen == list(range(1, total + 1))
     with engine.connect() as conn:
         for c in batches.running_claims(conn):
@@ -78,3 +86,67 @@ def test_the_command_carries_the_run_marker(tmp_path):
         mig = migration.load(conn)
     assert rsync.marker(mig.migration_id, "tok") in nxt(path, tmp_path)
     assert os.path.exists(path)
+
+
+def test_an_item_carries_what_the_host_does_in_a_bounded_time(tmp_path, monkeypatch):
+    path, engine = ledger_with_batches(tmp_path, files=200, per_batch=2)
+    with engine.connect() as conn:
+        workers.seen(conn, "w1", "h1", 2)
+    first = nxt(path, tmp_path, lanes=2)
+    assert tasks_of(first) == [1, 2]           # no pace yet: one batch per lane
+    # The host ran those two in 0.1 s: the next item carries ITEM_SECONDS of that.
+    now = slot.time.monotonic()
+    monkeypatch.setattr(slot.time, "monotonic", lambda: now)
+    slot._paces["w1"].since = now - 0.1
+    second = slot.next_command(path, "w1", str(tmp_path / "stop"), "tok", ["-a"], lanes=2)
+    monkeypatch.undo()
+    want = min(slot.ITEM_SECONDS * 2 / 0.1, slot.MAX_ITEM_BATCHES)
+    got = tasks_of(second)
+    assert got == list(range(3, 3 + len(got))) and abs(len(got) - want) <= 1, (got, want)
+    # It runs on the host, two lanes side by side, and reports every batch in order.
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    out = subprocess.run(["/bin/sh", "-c", second], capture_output=True, text=True).stdout
+    from fleetsync.controller import outcome
+    outs = outcome.parse_all(out)
+    assert [o.task_id for o in outs] == tasks_of(second)
+    assert all(o.rsync_exit_code == 0 and o.end_ts >= o.start_ts for o in outs)
+    assert len(os.listdir(dest / "d")) >= 2 * len(outs) - 1
+    assert not [f for f in os.listdir("/tmp") if ".tok." in f]   # its directory is gone
+
+
+def test_a_host_takes_no_more_than_its_share_of_the_tail(tmp_path):
+    path, engine = ledger_with_batches(tmp_path, files=16, per_batch=2)
+    with engine.connect() as conn:
+        workers.seen(conn, "w1", "h1", 2)
+        workers.seen(conn, "w2", "h2", 6)
+        waiting = batches.work_left(conn).pending
+    slot._paces.clear()
+    slot._paces["w1"] = slot._Pace(since=slot.time.monotonic() - 0.01, batches=50)
+    cmd = slot.next_command(path, "w1", str(tmp_path / "stop"), "tok", ["-a"], lanes=2)
+    # A fast pace would take them all; 2 of the fleet's 8 slots take a quarter.
+    assert waiting >= 8 and tasks_of(cmd) == list(range(1, 1 + -(-waiting * 2 // 8)))
+
+
+def test_a_dead_controller_stops_its_hosts_claiming(tmp_path):
+    path, engine = ledger_with_batches(tmp_path)
+    me = f"{os.getpid()}:{slot.process_start(os.getpid())}"
+    assert slot.controller_alive(me)
+    assert tasks_of(nxt(path, tmp_path, controller=me)) == [1]
+    dead = subprocess.Popen(["true"])
+    key = f"{dead.pid}:{slot.process_start(dead.pid)}"
+    dead.wait()
+    assert not slot.controller_alive(key)
+    assert not slot.controller_alive(f"{os.getpid()}:1")       # a reused pid
+    assert nxt(path, tmp_path, controller=key) == slot.STOP
+
+
+def test_batches_that_do_not_fit_one_item_ride_in_the_next(tmp_path, monkeypatch):
+    path, engine = ledger_with_batches(tmp_path, files=12, per_batch=2)
+    monkeypatch.setattr(slot, "ITEM_LIST_BYTES", 1)     # every list is "too long"
+    slot._paces.clear()
+    slot._paces["w1"] = slot._Pace(since=slot.time.monotonic() - 0.01, batches=50)
+    got = []
+    for _ in range(6):
+        got.append(tasks_of(slot.next_command(path, "w1", str(tmp_path / "stop"), "tok",
+                                              ["-a"], lanes=2)))
+    assert got == [[1], [2], [3], [4], [5], [6]]

@@ -1,16 +1,20 @@
-"""Ansible lookup: the command of the next batch for this worker slot.
+"""Ansible lookup: the command of the next batches for this worker host.
 
 Ansible templates a loop item just before running it, so this lookup runs
-once per item, on the controller, and hands the slot whatever batch is
-waiting now. The logic lives in fleetsync.controller.slot; this is the shim.
+once per item, on the controller, and hands the host whatever batches wait
+now (several, for its slots side by side). The logic lives in
+fleetsync.controller.slot; this is the shim.
 """
+import os
+import signal
+
 from ansible.errors import AnsibleError
 from ansible.plugins.lookup import LookupBase
 
 DOCUMENTATION = """
 name: fleetsync_claim
-short_description: claim the next fleetsync batch and return its shell command
-description: Claims the oldest waiting batch in the fleetsync ledger for this worker.
+short_description: claim the next fleetsync batches and return their shell command
+description: Claims the oldest waiting batches in the fleetsync ledger for this worker host.
 options:
   _terms:
     description: the preflight output that names the worker
@@ -26,10 +30,17 @@ class LookupModule(LookupBase):
         v = variables or {}
         try:
             worker_id = slot.parse_worker(str(terms[0]))
+            if not slot.controller_alive(v.get("fleetsync_controller")):
+                # Nobody records what this run does: end it (ansible-playbook, our
+                # parent, passes SIGTERM on to its workers) and claim nothing.
+                os.kill(os.getppid(), signal.SIGTERM)
+                return [slot.STOP]
             return [slot.next_command(v["fleetsync_ledger"], worker_id,
                                       v["fleetsync_stop_file"], v["fleetsync_run_token"],
                                       list(v["fleetsync_rsync_options"]),
                                       OutcomeKind(v.get("fleetsync_mode", "copy")),
-                                      DeleteMode(v.get("fleetsync_delete", "off")))]
+                                      DeleteMode(v.get("fleetsync_delete", "off")),
+                                      lanes=int(v.get("fleetsync_lanes", 1)),
+                                      controller=v.get("fleetsync_controller"))]
         except Exception as e:  # an exception here would fail the host; say why instead
             raise AnsibleError(f"fleetsync_claim: {type(e).__name__}: {e}") from e
