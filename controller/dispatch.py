@@ -20,14 +20,13 @@ import uuid
 from dataclasses import dataclass, field
 
 from fleetsync.ledger import batches, db, deletions, dirpass, logbook, migration, verify, workers
-from fleetsync.ledger.batches import Report
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import defaults, inventory, outcome, rsync, slot
+from . import defaults, file_outcomes, inventory, outcome, rsync, slot
 from .hostrun import (BATCHES_TASK, PREFLIGHT_TASK, Event, FleetRun, HostRun, close_masters,
                       stop_now)
 from .outcome import Outcome
-from .policy import Policy, Verdict
+from .policy import Policy
 from .walk import Walk
 
 log = logging.getLogger(__name__)
@@ -326,9 +325,8 @@ class Dispatcher:
             self._record_batch(out, worker_id)
 
     def _record_batch(self, out: Outcome, worker_id: str) -> None:
-        # The verdict and the per-file rows: controller/file_outcomes.py.
-        from .file_outcomes import record_batch
-        record_batch(self.conn, out, worker_id, self.settings.policy, self.mig.src,
+        """The verdict and the per-file rows (controller/file_outcomes.py)."""
+        file_outcomes.record_batch(self.conn, out, worker_id, self.settings.policy, self.mig.src,
                      self.mig.dest)
 
     def _record_pass(self, out: Outcome, worker_id: str) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from fleetsync.controller import cli
 
-from .support import fleetsync, free_port, popen
+from .support import fleetsync, popen
 
 COMMANDS = ["run", "verify", "retry", "bwlimit", "backup", "serve", "status"]
 

@@ -375,7 +375,6 @@ def test_hard_links_across_directories_stay_linked(tmp_path):
 def test_unreadable_batch_output_releases_the_hosts_batches(tmp_path):
     """A batch item that prints no batch markers (a broken worker shell, say) must
     not leave the batch running for ever while the host keeps sending heartbeats."""
-    import queue
     from fleetsync.controller import inventory
     from fleetsync.controller.dispatch import Dispatcher, Settings
     from fleetsync.controller.hostrun import BATCHES_TASK, Event, HostRun

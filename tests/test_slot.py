@@ -104,7 +104,7 @@ def test_an_item_carries_what_the_host_does_in_a_bounded_time(tmp_path, monkeypa
     got = tasks_of(second)
     assert got == list(range(3, 3 + len(got))) and abs(len(got) - want) <= 1, (got, want)
     # It runs on the host, two lanes side by side, and reports every batch in order.
-    src, dest = tmp_path / "src", tmp_path / "dest"
+    _src, dest = tmp_path / "src", tmp_path / "dest"
     out = subprocess.run(["/bin/sh", "-c", second], capture_output=True, text=True).stdout
     from fleetsync.controller import outcome
     outs = outcome.parse_all(out)
