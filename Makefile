@@ -8,9 +8,11 @@ PY     := $(VENV)/bin/python
 # renders the page in headless Chromium and reads the screenshot with tesseract).
 DEBS      := rsync openssh-server openssh-client sqlite3 fpart iproute2 procps python3-venv
 TEST_DEBS := chromium tesseract-ocr fonts-dejavu-core
+# Only the benchmarks' slow mount (bench/slowfs.py) needs FUSE: not make demo/test.
+BENCH_DEBS := fuse3 python3-fusepy
 DEMO   := demo
 
-.PHONY: demo test deps test-deps debs venv clean bench
+.PHONY: demo test deps test-deps bench-deps debs venv clean bench
 
 deps: debs venv
 
@@ -47,10 +49,15 @@ test: test-deps
 demo: deps
 	$(PY) -m fleetsync.controller.demo --dir $(DEMO)
 
-bench: deps
-	$(PY) bench/walk.py
-	$(PY) bench/copy.py
-	$(PY) bench/api.py
+bench-deps: deps
+	@$(MAKE) --no-print-directory debs DEBS="$(BENCH_DEBS)"
+
+# One benchmark at a time on a shared machine: every one runs under the same lock.
+bench: bench-deps
+	flock /tmp/fleetsync-bench.lock $(PY) bench/walk.py
+	flock /tmp/fleetsync-bench.lock $(PY) bench/slowmount.py
+	flock /tmp/fleetsync-bench.lock $(PY) bench/copy.py
+	flock /tmp/fleetsync-bench.lock $(PY) bench/api.py
 
 clean:
 	rm -rf $(DEMO) bench/out .pytest_cache

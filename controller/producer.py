@@ -40,6 +40,7 @@ import queue
 import stat as stat_mod
 import sys
 import time
+import zlib
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -89,28 +90,24 @@ class Listing:
     changed: int = 0                # entries not found so (new or changed)
     queued: bool = False            # a file of it is in a batch (a rescan)
     broke: OSError | None = None    # the listing broke off after it began
-    gen: object = None              # entries(), shared by whichever thread reads on
+    dot: bool = False               # SRC's own entry is still to come
 
     def open(self) -> None:
+        """Open the directory and skip what the ledger says is enqueued: `pos` is then
+        the position of the last entry skipped, `it` goes on from the next one."""
         # O_NOFOLLOW: a directory replaced by a symlink since it was seen is not followed
         self.fd = os.open(self.full, _DIR_FLAGS | (os.O_NOFOLLOW if self.d.path else 0))
         self.it = os.scandir(self.fd)
-        self.gen = self._entries()
-
-    def _entries(self):
-        """(pos, DirEntry or None for SRC's own entry) from the offset on."""
-        pos, skip = self.d.offset, self.d.offset
+        offset = self.d.offset
+        skip = offset
         if not self.d.path:   # SRC itself, so its mode and times arrive too
-            skip = max(0, self.d.offset - 1)
-            if self.d.offset == 0:
-                pos = 1
-                yield pos, None
-        self.pos = pos
+            self.dot = offset == 0
+            skip = max(0, offset - 1)
+        self.pos = offset
         try:
-            for entry in itertools.islice(self.it, skip, None):
-                self.pos += 1
-                yield self.pos, entry
-        except OSError as e:               # the listing itself broke off
+            for _ in itertools.islice(self.it, skip):
+                pass
+        except OSError as e:
             self.broke = e
 
     def close(self) -> None:
@@ -165,8 +162,17 @@ class Threads:
                 except OSError as e:
                     q.put((_OPEN_FAILED, e, None))
                     return
-            for pos, entry in listing.gen:
-                q.put((_ENTRY, (pos, entry), self.pool.submit(examine, listing, entry)))
+            if listing.dot:
+                listing.dot, listing.pos = False, 1
+                q.put((_ENTRY, (1, None), self.pool.submit(examine, listing, None)))
+            if listing.broke is None:
+                try:
+                    for entry in listing.it:
+                        listing.pos += 1
+                        q.put((_ENTRY, (listing.pos, entry),
+                               self.pool.submit(examine, listing, entry)))
+                except OSError as e:
+                    listing.broke = e
             q.put((_END, None, None))
         except BaseException as e:       # a bug: the main thread raises it
             q.put((_END, e, None))
@@ -203,7 +209,7 @@ class Producer:
         self.errors: list[str] = []
         self.sparse = False
         self.links: list[tuple[int, int, bytes, int]] = []
-        self.prints: list[list] = []     # [path, first position, array of fingerprints]
+        self.prints: list[list] = []     # [listing, first position, array of fingerprints]
         self.batch_dirs: set[bytes] = set()  # directories in this batch (a rescan)
 
     def run(self) -> None:
@@ -261,17 +267,48 @@ class Producer:
             self.done_dirs.append(listing.d.dir_id)
             return False
         self._load_old(listing)
-        timer = time.perf_counter
-        check = self.max_threads > 0
-        for pos, entry in listing.gen:
-            t0 = timer()
-            st, err = examine(listing, entry)
-            if check:
-                self._time_call(timer() - t0)
-            self.take(listing, pos, entry, st, err)
-            if self.threads is not None:
-                return True
+        if listing.dot:
+            listing.dot, listing.pos = False, 1
+            st, err = examine(listing, None)
+            self.take(listing, 1, None, st, err)
+        if listing.broke is None and self._list_here(listing):
+            return True
         self._listed(listing)
+        return False
+
+    def _list_here(self, listing: Listing) -> bool:
+        """The hot loop of a local walk (about 5 us an entry): a plain file of a full
+        walk is stat-ed, fingerprinted and added here; anything else goes to take().
+        Every 8th stat is timed, to see a slow mount. True: handed to the threads."""
+        stat, timer, crc32, isdir = os.stat, time.perf_counter, zlib.crc32, stat_mod.S_ISDIR
+        fd, prefix, dir_id, full = listing.fd, listing.prefix, listing.d.dir_id, listing.old is None
+        sample = self.max_threads > 0
+        try:
+            for entry in listing.it:
+                listing.pos = pos = listing.pos + 1
+                try:
+                    if sample and not pos & 7:
+                        t0 = timer()
+                        st = stat(entry.name, dir_fd=fd, follow_symlinks=False)
+                        self._time_call(timer() - t0)
+                    else:
+                        st = stat(entry.name, dir_fd=fd, follow_symlinks=False)
+                except OSError as e:
+                    self.take(listing, pos, entry, None, e)
+                    continue
+                if full and st.st_nlink == 1 and not isdir(st.st_mode):
+                    name = entry.name.encode(_FS_ENCODING, "surrogateescape")
+                    size = st.st_size
+                    self.add(prefix + name, 0, size, dir_id, pos, st.st_blocks * 512 < size,
+                             listing, hash((crc32(name), len(name), st.st_mode, st.st_ino,
+                                            size, st.st_mtime_ns, st.st_ctime_ns, st.st_uid,
+                                            st.st_gid, 1)))
+                else:
+                    self.take(listing, pos, entry, st, None)
+                if self.threads is not None:
+                    return True
+        except OSError as e:               # the listing itself broke off
+            listing.broke = e
         return False
 
     def _time_call(self, seconds: float) -> None:
@@ -334,7 +371,7 @@ class Producer:
             if entry is not None:
                 self.push.append(rel)            # walked again whether or not it changed
             if changed:
-                self.add(rel, 1, 0, dir_id, pos, fp=(listing, fp))
+                self.add(rel, 1, 0, dir_id, pos, False, listing, fp)
             else:
                 self._note(listing, pos, fp)
         elif not changed:
@@ -345,7 +382,7 @@ class Producer:
             listing.queued = True
         else:
             self.add(rel, 0, st.st_size, dir_id, pos, st.st_blocks * 512 < st.st_size,
-                     fp=(listing, fp))
+                     listing, fp)
         if self.rescan:
             self.since_cut += 1
             if self.since_cut >= PROGRESS_EVERY:   # record the position, even of a batch
@@ -353,10 +390,11 @@ class Producer:
 
     def _note(self, listing: Listing, pos: int, fp: int) -> None:
         """The fingerprint of the entry at `pos`, enqueued with the next cut."""
-        if self.prints and self.prints[-1][0] == listing.d.path:
-            self.prints[-1][2].append(fp)
+        prints = self.prints
+        if prints and prints[-1][0] is listing:
+            prints[-1][2].append(fp)
         else:
-            self.prints.append([listing.d.path, pos, array("q", [fp])])
+            prints.append([listing, pos, array("q", [fp])])
 
     def _listed(self, listing: Listing) -> None:
         """A directory listed to the end. A rescan also sends the directory itself
@@ -379,24 +417,29 @@ class Producer:
             self.hand_in(wait=False)
 
     def add(self, rel: bytes, is_dir: int, size: int, dir_id: int, pos: int,
-            holes: bool = False, fp: tuple[Listing, int] | None = None,
+            holes: bool = False, listing: Listing | None = None, fp: int = 0,
             force: bool = False) -> None:
         """Add the entry at position `pos` of directory `dir_id`, cutting the batch
         before it when it would go over a limit, and after it when it is full.
         holes: a sparse file; only batches with one pay for rsync --sparse (2x CPU).
-        fp: (its listing, its fingerprint), noted after a cut before it, so that a
-        cut's fingerprints are those of the positions it completes.
+        listing, fp: its listing and fingerprint, noted after a cut before it, so that
+        a cut's fingerprints are those of the positions it completes.
         force: no cut before (a rescan's directory entry after its last position)."""
         lim, name_bytes = self.limits, len(rel) + 1   # +1: NUL, rsync --from0
         if self.entries and not force and (self.bytes + size > lim.bytes
                                            or self.name_bytes + name_bytes > lim.name_bytes):
             self.close_batch((dir_id, pos - 1))
         self.entries.append((rel, is_dir, size))
-        if fp is not None:
-            self._note(fp[0], pos, fp[1])
-            # rsync writes a file through a temporary name in its directory, which
-            # changes the directory's time at DEST (a subdirectory's mode does not)
-            fp[0].queued = fp[0].queued or not is_dir
+        if listing is not None:
+            prints = self.prints          # _note, inline: this runs once per entry
+            if prints and prints[-1][0] is listing:
+                prints[-1][2].append(fp)
+            else:
+                prints.append([listing, pos, array("q", (fp,))])
+            if not is_dir:
+                # rsync writes a file through a temporary name in its directory, which
+                # changes the directory's time at DEST (a subdirectory's mode does not)
+                listing.queued = True
         self.sparse = self.sparse or holes
         self.name_bytes += name_bytes
         if is_dir:
@@ -412,7 +455,7 @@ class Producer:
     def _cut(self, partial: tuple[int, int] | None) -> Cut:
         cut = Cut(self.entries, self.files, self.dirs, self.bytes, self.done_dirs, partial,
                   self.errors, self.sparse, self.links,
-                  [(p, seq, a.tobytes()) for p, seq, a in self.prints])
+                  [(lst.d.path, seq, a.tobytes()) for lst, seq, a in self.prints])
         self._new_batch()
         self.since_cut = 0
         return cut
