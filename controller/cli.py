@@ -56,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("--delete-dry-run", action="store_true",
                         help="list what --delete would remove (table `deletions`), remove nothing")
     run.add_argument("--rescan", action="store_true",
-                     help="a delta pass: walk SRC again and queue only what changed (ctime) "
-                          "since the last walk started")
+                     help="the cutover pass: walk SRC again and queue only what differs "
+                          "from the last walk (name, type, inode, size, mtime, ctime, mode, "
+                          "owner, links); with --delete, deletions reach DEST too")
     run.add_argument("--verify", action="store_true",
                      help="after the copy, check every batch with rsync --checksum --dry-run")
 

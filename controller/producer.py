@@ -196,7 +196,7 @@ class Producer:
         self.rescan = rescan
         self.max_threads = defaults.WALK_THREADS if threads is None else threads
         self.threads: Threads | None = None
-        self.slow_calls = self.calls = 0
+        self.slow_calls = self.calls = self.timed = 0
         self.push: list[bytes] = []   # subdirectories seen, not yet in the queue
         self.cuts: list[Cut] = []     # closed batches, not yet in the ledger
         self.since_cut = 0            # entries looked at since the last cut (a rescan)
@@ -279,7 +279,8 @@ class Producer:
     def _list_here(self, listing: Listing) -> bool:
         """The hot loop of a local walk (about 5 us an entry): a plain file of a full
         walk is stat-ed, fingerprinted and added here; anything else goes to take().
-        Every 8th stat is timed, to see a slow mount. True: handed to the threads."""
+        The first SLOW_SAMPLE stats are timed, then every 8th, to see a slow mount.
+        True: handed to the threads."""
         stat, timer, crc32, isdir = os.stat, time.perf_counter, zlib.crc32, stat_mod.S_ISDIR
         fd, prefix, dir_id, full = listing.fd, listing.prefix, listing.d.dir_id, listing.old is None
         sample = self.max_threads > 0
@@ -287,7 +288,7 @@ class Producer:
             for entry in listing.it:
                 listing.pos = pos = listing.pos + 1
                 try:
-                    if sample and not pos & 7:
+                    if sample and (not pos & 7 or self.timed < SLOW_SAMPLE):
                         t0 = timer()
                         st = stat(entry.name, dir_fd=fd, follow_symlinks=False)
                         self._time_call(timer() - t0)
@@ -314,6 +315,7 @@ class Producer:
     def _time_call(self, seconds: float) -> None:
         """Start the threads when most of the last SLOW_SAMPLE stats were round trips."""
         self.calls += 1
+        self.timed += 1
         self.slow_calls += seconds > SLOW_CALL
         if self.calls >= SLOW_SAMPLE:
             if self.slow_calls * 2 > self.calls:
