@@ -86,6 +86,9 @@ class Listing:
     it: object = None
     pos: int = 0
     old: array | None = None        # a rescan: the last walk's fingerprints, sorted
+    fps: array = field(default_factory=lambda: array("q"))  # fingerprints since the last cut
+    fps_pos: int = 0                # position of the first of them
+    finished: bool = False          # listed to the end
     matched: int = 0                # entries found unchanged (a rescan)
     changed: int = 0                # entries not found so (new or changed)
     queued: bool = False            # a file of it is in a batch (a rescan)
@@ -191,7 +194,7 @@ class Producer:
 
     def __init__(self, conn: Connection, src: bytes, producer_id: int, limits: Limits,
                  producers: int = 1, rescan: bool = False, threads: int | None = None):
-        self.queue = WalkQueue(conn, producer_id, producers)
+        self.queue = WalkQueue(conn, producer_id, producers, rescan)
         self.src, self.limits = src, limits
         self.rescan = rescan
         self.max_threads = defaults.WALK_THREADS if threads is None else threads
@@ -209,7 +212,8 @@ class Producer:
         self.errors: list[str] = []
         self.sparse = False
         self.links: list[tuple[int, int, bytes, int]] = []
-        self.prints: list[list] = []     # [listing, first position, array of fingerprints]
+        # listings with fingerprints to enqueue with the next cut
+        self.touched: list[Listing] = [x for x in getattr(self, "touched", ()) if not x.finished]
         self.batch_dirs: set[bytes] = set()  # directories in this batch (a rescan)
 
     def run(self) -> None:
@@ -219,7 +223,8 @@ class Producer:
                 self.push, self.cuts = [], []
                 if claimed:
                     self.list_dirs(claimed)
-                elif self.entries or self.done_dirs or self.errors or self.prints:
+                elif (self.entries or self.done_dirs or self.errors
+                      or any(x.fps for x in self.touched)):
                     self.cuts.append(self._cut(None))   # nothing left to add: enqueue it now
                 elif not self.wait_for_work():
                     return
@@ -256,6 +261,12 @@ class Producer:
         return Listing(d, self.src + b"/" + d.path if d.path else self.src,
                        d.path + b"/" if d.path else b"")
 
+    def _begin(self, listing: Listing) -> None:
+        """A listing starts being taken here: its fingerprints go with the next cuts."""
+        self.touched.append(listing)
+        if self.rescan:
+            listing.old = self.queue.old_prints(listing.d.path)
+
     def list_dir(self, listing: Listing) -> bool:
         """List one directory from its offset in this thread. Returns True when
         it stopped in the middle because the mount turned out slow (threads now
@@ -266,7 +277,7 @@ class Producer:
             self.errors.append(f"cannot list {show_path(listing.full)}: {e.strerror}")
             self.done_dirs.append(listing.d.dir_id)
             return False
-        self._load_old(listing)
+        self._begin(listing)
         if listing.dot:
             listing.dot, listing.pos = False, 1
             st, err = examine(listing, None)
@@ -282,32 +293,37 @@ class Producer:
         The first SLOW_SAMPLE stats are timed, then every 8th, to see a slow mount.
         True: handed to the threads."""
         stat, timer, crc32, isdir = os.stat, time.perf_counter, zlib.crc32, stat_mod.S_ISDIR
-        fd, prefix, dir_id, full = listing.fd, listing.prefix, listing.d.dir_id, listing.old is None
-        sample = self.max_threads > 0
+        fd, dir_id, full = listing.fd, listing.d.dir_id, listing.old is None
+        prefix = bytearray(listing.prefix)   # the path as bytearray: sqlite3 binds it as is
+        sample, handover, pos = self.max_threads > 0, False, listing.pos
         try:
             for entry in listing.it:
-                listing.pos = pos = listing.pos + 1
+                pos += 1
                 try:
                     if sample and (not pos & 7 or self.timed < SLOW_SAMPLE):
                         t0 = timer()
                         st = stat(entry.name, dir_fd=fd, follow_symlinks=False)
                         self._time_call(timer() - t0)
+                        handover = self.threads is not None
                     else:
                         st = stat(entry.name, dir_fd=fd, follow_symlinks=False)
                 except OSError as e:
+                    listing.pos = pos
                     self.take(listing, pos, entry, None, e)
                     continue
                 if full and st.st_nlink == 1 and not isdir(st.st_mode):
                     name = entry.name.encode(_FS_ENCODING, "surrogateescape")
                     size = st.st_size
                     self.add(prefix + name, 0, size, dir_id, pos, st.st_blocks * 512 < size,
-                             listing, hash((crc32(name), len(name), st.st_mode, st.st_ino,
-                                            size, st.st_mtime_ns, st.st_ctime_ns, st.st_uid,
-                                            st.st_gid, 1)))
+                             listing, hash((crc32(name), st.st_mode, st.st_ino, size,
+                                            st.st_mtime_ns, st.st_ctime_ns)))
                 else:
+                    listing.pos = pos
                     self.take(listing, pos, entry, st, None)
-                if self.threads is not None:
+                if handover:
+                    listing.pos = pos
                     return True
+            listing.pos = pos
         except OSError as e:               # the listing itself broke off
             listing.broke = e
         return False
@@ -327,7 +343,7 @@ class Producer:
         feeds = [self.threads.feed(lst, opened and i == 0) for i, lst in enumerate(listings)]
         for listing, feed in zip(listings, feeds):
             if not (opened and listing is listings[0]):
-                self._load_old(listing)
+                self._begin(listing)
             while True:
                 kind, item, fut = feed.get()
                 if kind == _ENTRY:
@@ -335,6 +351,7 @@ class Producer:
                     self.take(listing, item[0], item[1], st, err)
                     continue
                 if kind == _OPEN_FAILED:
+                    listing.finished = True
                     self.errors.append(f"cannot list {show_path(listing.full)}: "
                                        f"{item.strerror}")
                     self.done_dirs.append(listing.d.dir_id)
@@ -343,10 +360,6 @@ class Producer:
                     raise item
                 self._listed(listing)
                 break
-
-    def _load_old(self, listing: Listing) -> None:
-        if self.rescan:
-            listing.old = self.queue.old_prints(listing.d.path)
 
     def take(self, listing: Listing, pos: int, entry, st: os.stat_result | None,
              err: OSError | None) -> None:
@@ -385,6 +398,9 @@ class Producer:
         else:
             self.add(rel, 0, st.st_size, dir_id, pos, st.st_blocks * 512 < st.st_size,
                      listing, fp)
+            # rsync writes a file through a temporary name in its directory, which
+            # changes the directory's time at DEST (a subdirectory's mode does not)
+            listing.queued = True
         if self.rescan:
             self.since_cut += 1
             if self.since_cut >= PROGRESS_EVERY:   # record the position, even of a batch
@@ -392,17 +408,16 @@ class Producer:
 
     def _note(self, listing: Listing, pos: int, fp: int) -> None:
         """The fingerprint of the entry at `pos`, enqueued with the next cut."""
-        prints = self.prints
-        if prints and prints[-1][0] is listing:
-            prints[-1][2].append(fp)
-        else:
-            prints.append([listing, pos, array("q", [fp])])
+        if not listing.fps:
+            listing.fps_pos = pos
+        listing.fps.append(fp)
 
     def _listed(self, listing: Listing) -> None:
         """A directory listed to the end. A rescan also sends the directory itself
         (its time, mode, and with --delete what it no longer holds) when a file of
         it was queued or one of the last walk's entries is no longer there as it was."""
         listing.close()
+        listing.finished = True
         if listing.broke is not None:
             self.errors.append(f"cannot list all of {show_path(listing.full)}: "
                                f"{listing.broke.strerror}")
@@ -433,15 +448,10 @@ class Producer:
             self.close_batch((dir_id, pos - 1))
         self.entries.append((rel, is_dir, size))
         if listing is not None:
-            prints = self.prints          # _note, inline: this runs once per entry
-            if prints and prints[-1][0] is listing:
-                prints[-1][2].append(fp)
-            else:
-                prints.append([listing, pos, array("q", (fp,))])
-            if not is_dir:
-                # rsync writes a file through a temporary name in its directory, which
-                # changes the directory's time at DEST (a subdirectory's mode does not)
-                listing.queued = True
+            fps = listing.fps             # _note, inline: this runs once per entry
+            if not fps:
+                listing.fps_pos = pos
+            fps.append(fp)
         self.sparse = self.sparse or holes
         self.name_bytes += name_bytes
         if is_dir:
@@ -457,7 +467,9 @@ class Producer:
     def _cut(self, partial: tuple[int, int] | None) -> Cut:
         cut = Cut(self.entries, self.files, self.dirs, self.bytes, self.done_dirs, partial,
                   self.errors, self.sparse, self.links,
-                  [(lst.d.path, seq, a.tobytes()) for lst, seq, a in self.prints])
+                  [(x.d.path, x.fps_pos, x.fps.tobytes()) for x in self.touched if x.fps])
+        for x in self.touched:
+            x.fps = array("q")
         self._new_batch()
         self.since_cut = 0
         return cut

@@ -21,13 +21,13 @@ parameters from WalkDirState.
 **Fingerprints and the cutover pass (`run --rescan`).** Every walk records, per
 directory and in the same transaction as the batch that completes those
 positions, an 8-byte fingerprint of each entry it looked at (table walk_prints):
-a hash of its name, type, inode, size, mtime and ctime (nanoseconds), mode,
-owner, group and link count. A rescan lists every directory again, compares each
+a hash of its name, type and mode, inode, size, mtime and ctime (nanoseconds).
+A rescan lists every directory again, compares each
 entry's fingerprint with the last walk's prints of that directory, and queues
 the entries whose fingerprint is not there. So it catches, without trusting any
 clock: new entries; changed contents (size, mtime or ctime); an mtime set back
-(mtime, and ctime); a file replaced by rename (inode); chmod, chown (mode,
-owner); a new hard link (link count); new directories, empty ones too; and a
+(mtime, and ctime); a file replaced by rename (inode); chmod (mode, ctime),
+chown, a new hard link, xattrs and ACLs (ctime); new directories, empty ones too; and a
 directory whose listing lost an entry (deleted or renamed away) or gained one is
 sent itself, so its mode and times are set and `--delete` removes from DEST what
 it no longer holds. It cannot see a change that leaves all of these equal
@@ -87,10 +87,12 @@ class Cut:
 
 def fingerprint(name: bytes, st: os.stat_result) -> int:
     """A 64-bit signed fingerprint of an entry as lstat sees it (see the module doc).
+    Owner, group and link count are not hashed: chown and link set the ctime, which
+    is (compared for equality, not against a clock).
     hash() of a tuple of ints is the same in every process (ints are not salted); a
     Python whose tuple hash differs only makes a rescan queue everything once."""
-    return hash((zlib.crc32(name), len(name), st.st_mode, st.st_ino, st.st_size,
-                 st.st_mtime_ns, st.st_ctime_ns, st.st_uid, st.st_gid, st.st_nlink))
+    return hash((zlib.crc32(name), st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns,
+                 st.st_ctime_ns))
 
 
 def seed(conn: Connection) -> None:
@@ -147,10 +149,12 @@ class WalkQueue:
     inside a SQLAlchemy transaction while this is used.
     """
 
-    def __init__(self, conn: Connection, producer_id: int, producers: int):
+    def __init__(self, conn: Connection, producer_id: int, producers: int,
+                 rescan: bool = False):
         self.raw: sqlite3.Connection = conn.connection.driver_connection
         self.cur = self.raw.cursor()
         self.producer_id, self.producers = producer_id, producers
+        self.rescan = rescan    # the last walk's prints are there to drop
 
     def state(self) -> tuple[bool, bool]:
         """(some directory waits, some directory is being listed), without the write lock."""
@@ -237,9 +241,10 @@ class WalkQueue:
         if cut.done_dirs:
             cur.executemany("UPDATE walk_dirs SET state = ? WHERE dir_id = ?",
                             [(_DONE, d) for d in cut.done_dirs])
-            cur.executemany("DELETE FROM walk_prints WHERE old = 1 AND path = "
-                            "(SELECT path FROM walk_dirs WHERE dir_id = ?)",
-                            [(d,) for d in cut.done_dirs])
+            if self.rescan:
+                cur.executemany("DELETE FROM walk_prints WHERE old = 1 AND path = "
+                                "(SELECT path FROM walk_dirs WHERE dir_id = ?)",
+                                [(d,) for d in cut.done_dirs])
         if cut.partial:
             cur.execute("UPDATE walk_dirs SET offset = ? WHERE dir_id = ?",
                         (cut.partial[1], cut.partial[0]))
@@ -257,9 +262,11 @@ class WalkQueue:
 
         Sent ROWS_PER_INSERT at a time in one multi-row INSERT, they cost
         a third of executemany's one statement per row; a bytearray is bound as
-        is where bytes goes through sqlite3's adapter lookup first.
+        is where bytes goes through sqlite3's adapter lookup first, so the walk
+        builds the paths of plain files as bytearray (directories' stay bytes:
+        a few, and sets hold them).
         """
-        rows = [(bytearray(p), d, s) for p, d, s in entries]
+        rows = entries     # paths of files come as bytearray already (producer.py)
         full = len(rows) - len(rows) % ROWS_PER_INSERT
         for i in range(0, full, ROWS_PER_INSERT):
             self.cur.execute(_INSERT_ROWS, (task_id, *itertools.chain.from_iterable(

@@ -325,8 +325,15 @@ def test_kill_9_at_random_instants_then_resume(tmp_path, make_ledger, mode):
     for i in range(6):
         child = start_child_walk(ledger, src, producers=rnd.choice([1, 2, 3]), entries=50,
                                  mode=mode)
-        # The first kill comes at once (a quiet machine walks this tree in ~0.1 s).
-        time.sleep(rnd.uniform(0, 0.12) if i else 0.005)
+        # Every other kill waits for the walk to have enqueued more than before, so
+        # that kills land mid-walk on a quiet machine (which walks this tree in
+        # ~0.1 s) and on a busy one alike; the others land at a random instant.
+        if i % 2:
+            before = progress[-1] if progress else 0
+            while child.poll() is None and query(
+                    ledger, "SELECT count(*) FROM batch_files")[0][0] <= before:
+                time.sleep(0.001)
+        time.sleep(rnd.uniform(0, 0.05))
         kill_controller(child)
         progress.append(query(ledger, "SELECT count(*) FROM batch_files")[0][0])
         listed(ledger)       # never a duplicate, even between kills
