@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="list what --delete would remove (table `deletions`), remove nothing")
     run.add_argument("--rescan", action="store_true",
                      help="the cutover pass: walk SRC again and queue only what differs "
-                          "from the last walk (name, type, inode, size, mtime, ctime, mode, "
-                          "owner, links); with --delete, deletions reach DEST too")
+                          "from the last walk (name, type, mode, inode, size, mtime, ctime); "
+                          "with --delete, deletions reach DEST too")
     run.add_argument("--verify", action="store_true",
                      help="after the copy, check every batch with rsync --checksum --dry-run")
 

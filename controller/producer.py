@@ -26,8 +26,7 @@ Entries are stat-ed relative to an open directory fd (fstatat): on a network
 mount a full path costs one lookup per component.
 
 **Cutover (rescan).** Every walk records, per directory, a fingerprint of each
-entry (walkqueue.fingerprint: name, type, inode, size, mtime, ctime, mode,
-owner, links). A rescan compares each entry with the fingerprints of the last
+entry (walkqueue.fingerprint: name, type and mode, inode, size, mtime, ctime). A rescan compares each entry with the fingerprints of the last
 walk and queues what differs; see walkqueue.py for what that catches.
 """
 from __future__ import annotations
