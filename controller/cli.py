@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-bytes", default=defaults.BATCH_BYTES_TEXT, metavar="SIZE",
                      help="bytes per batch at most, e.g. 100MiB, 1G (default: %(default)s)")
     run.add_argument("--producers", type=int, default=defaults.PRODUCERS, metavar="P",
-                     help="walker processes (default: the number of cores, %(default)s)")
+                     help="walker processes (default: the cores, at most 6: %(default)s)")
     run.add_argument("--max-retries", type=int, default=defaults.MAX_RETRIES, metavar="R",
                      help="retries of a batch after a retryable rsync exit (default: %(default)s)")
     _worker_args(run)
