@@ -11,9 +11,11 @@ DEBS      := rsync openssh-server openssh-client sqlite3 fpart iproute2 procps p
 TEST_DEBS := chromium tesseract-ocr fonts-dejavu-core prometheus
 # ansible-lint in a venv of its own (requirements-lint.txt says why).
 LINT_VENV := .venv-lint
+# Only the benchmarks' slow mount (bench/slowfs.py) needs FUSE: not make demo/test.
+BENCH_DEBS := fuse3 python3-fusepy
 DEMO   := demo
 
-.PHONY: demo test deps test-deps debs venv lint-venv lint clean bench
+.PHONY: demo test deps test-deps bench-deps debs venv lint-venv lint clean bench
 
 deps: debs venv
 
@@ -62,10 +64,15 @@ test: test-deps
 demo: deps
 	$(PY) -m fleetsync.controller.demo --dir $(DEMO)
 
-bench: deps
-	$(PY) bench/walk.py
-	$(PY) bench/copy.py
-	$(PY) bench/api.py
+bench-deps: deps
+	@$(MAKE) --no-print-directory debs DEBS="$(BENCH_DEBS)"
+
+# One benchmark at a time on a shared machine: every one runs under the same lock.
+bench: bench-deps
+	flock /tmp/fleetsync-bench.lock $(PY) bench/walk.py
+	flock /tmp/fleetsync-bench.lock $(PY) bench/slowmount.py
+	flock /tmp/fleetsync-bench.lock $(PY) bench/copy.py
+	flock /tmp/fleetsync-bench.lock $(PY) bench/api.py
 
 clean:
 	rm -rf $(DEMO) bench/out .pytest_cache

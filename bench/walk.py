@@ -1,6 +1,7 @@
 """Walk + enqueue speed next to `find` and `fpart`, on one tree, warm cache.
 
     .venv/bin/python bench/walk.py [--tree DIR] [--runs 5] [--producers 1,2]
+    .venv/bin/python bench/walk.py --flat 1000000       # one flat directory instead
 
 Makes (or reuses) a tree of 1000 directories x 100 empty files (101,111
 entries with the directories and the top) under bench/out/, then times, median
@@ -9,6 +10,9 @@ of --runs each: `find TREE`, `fpart -L -f 500 -o /dev/null TREE`, and the walk
 whole `python -c` process (interpreter start and imports included). Then one
 more untimed walk per P for the peak RSS (parent + producers, summed, from
 /proc) and the ledger's bytes per entry after a checkpoint.
+
+--flat N: one directory of N empty files (bench/out/flat-N) instead of the tree:
+fpart and the walk (P = --producers), the batches it cut, the peak PSS.
 """
 from __future__ import annotations
 
@@ -57,6 +61,17 @@ def make_tree(root: str, fanout: int = 10, levels: int = 3, files: int = 100) ->
                 open(os.path.join(d, f"f{j}"), "wb").close()
         os.rename(tmp, root)
     return 1 + sum(len(ds) + len(fs) for _, ds, fs in os.walk(root))
+
+
+def make_flat(root: str, n: int) -> int:
+    if not os.path.isdir(root):
+        tmp = root + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for j in range(n):
+            open(os.path.join(tmp, f"f{j:07d}"), "wb").close()
+        os.rename(tmp, root)
+    return n + 1
 
 
 def fresh_ledger(path: str, tree: str) -> None:
@@ -151,10 +166,15 @@ def main() -> None:
     ap.add_argument("--tree", default=os.path.join(OUT, "tree100k"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--producers", default="1,2")
+    ap.add_argument("--flat", type=int, default=0, metavar="N")
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
-    tree = os.path.abspath(args.tree)
-    entries = make_tree(tree)
+    if args.flat:
+        tree = os.path.join(OUT, f"flat-{args.flat}")
+        entries = make_flat(tree, args.flat)
+    else:
+        tree = os.path.abspath(args.tree)
+        entries = make_tree(tree)
     ledger = os.path.join(OUT, "walk-bench.db")
     counts = [int(p) for p in args.producers.split(",")]
     load = os.getloadavg()[0]
@@ -183,8 +203,10 @@ def main() -> None:
         rss, pss = peak_memory_kib(ledger, tree, p)
         listed, per_entry = bytes_per_entry(ledger)
         assert listed == entries, (listed, entries)
+        batches = sqlite3.connect(ledger).execute("SELECT count(*) FROM batches").fetchone()[0]
         print(f"P={p}: peak RSS {rss / 1024:.1f} MiB, PSS {pss / 1024:.1f} MiB "
-              f"(parent + producers); ledger {per_entry:.1f} bytes/entry after a checkpoint")
+              f"(parent + producers); ledger {per_entry:.1f} bytes/entry after a checkpoint; "
+              f"{batches} batches")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-bytes", default=defaults.BATCH_BYTES_TEXT, metavar="SIZE",
                      help="bytes per batch at most, e.g. 100MiB, 1G (default: %(default)s)")
     run.add_argument("--producers", type=int, default=defaults.PRODUCERS, metavar="P",
-                     help="walker processes (default: the number of cores, %(default)s)")
+                     help="walker processes (default: the cores, at most 6: %(default)s)")
     run.add_argument("--max-retries", type=int, default=defaults.MAX_RETRIES, metavar="R",
                      help="retries of a batch after a retryable rsync exit (default: %(default)s)")
     _worker_args(run)
@@ -94,8 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="a top-level entry of SRC that --delete may remove from DEST "
                           "although the ledger copied it before (repeatable)")
     run.add_argument("--rescan", action="store_true",
-                     help="a delta pass: walk SRC again and queue only what changed (ctime) "
-                          "since the last walk started")
+                     help="the cutover pass: walk SRC again and queue only what differs "
+                          "from the last walk (name, type, mode, inode, size, mtime, ctime); "
+                          "with --delete, deletions reach DEST too")
     run.add_argument("--verify", action="store_true",
                      help="after the copy, check every batch with rsync --checksum --dry-run")
 

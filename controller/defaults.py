@@ -23,7 +23,14 @@ BATCH_BYTES = 100 * MiB        # bytes per batch at most
 BATCH_BYTES_TEXT = "100MiB"    # the same, as --batch-bytes shows it
 BATCH_NAME_BYTES = 64 * KiB    # bytes of names per batch at most
 
-PRODUCERS = os.cpu_count() or 2  # walker processes
+# Walker processes: the cores (a walk on a local disk is CPU-bound), at most 6:
+# each producer with its threads costs ~18 MiB PSS (bench/README.md), so the
+# whole walk stays under 150 MB; on a slow mount the threads, not P, do the work.
+PRODUCERS = min(os.cpu_count() or 2, 6)
+# Stat threads per producer, started only when SRC answers like a network mount
+# (most stats slower than 0.2 ms): enough to keep a 1 ms mount busy, see
+# bench/README.md (walk on a slow mount); a thread costs ~100 KiB.
+WALK_THREADS = 16
 MAX_RETRIES = 3                # retries of a batch after a retryable rsync exit
 HEARTBEAT_TIMEOUT = 120.0      # seconds of silence that lose a host holding a batch
 STALL_RATE = 10 * MiB          # ...plus its held batch's bytes at this rate

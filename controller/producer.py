@@ -9,20 +9,46 @@ Listing is where the time goes (one lstat per entry for its size), so the
 ledger is written between listings: a closed batch is handed in at once when
 the write lock is free, and kept for a moment (with at most MAX_HELD_CUTS-1
 others) while another producer writes.
+
+**Slow mounts.** On a local disk an lstat costs a few microseconds of CPU and
+the producer does everything in its one thread, as fast as Python goes. On NFS,
+Lustre, SMB or sshfs a stat is a round trip (a millisecond or more) and one
+thread waits nearly all of the time. So the producer times its stat calls and,
+when most of them are slow (SLOW_CALL), starts threads (os.scandir and os.stat
+release the GIL): reader threads that open directories and read their listings
+ahead, and stat threads that stat the entries; the main thread still takes the
+results one by one *in listing order*, so positions, offsets and batches are
+exactly those of the one-thread walk, and the ledger stays on one thread.
+A directory of a million entries is read in one streaming pass (at most
+`window` entries are in flight) whichever thread reads it.
+
+Entries are stat-ed relative to an open directory fd (fstatat): on a network
+mount a full path costs one lookup per component.
+
+**Cutover (rescan).** Every walk records, per directory, a fingerprint of each
+entry (walkqueue.fingerprint: name, type and mode, inode, size, mtime, ctime). A rescan compares each entry with the fingerprints of the last
+walk and queues what differs; see walkqueue.py for what that catches.
 """
 from __future__ import annotations
 
+import bisect
 import errno
 import itertools
 import os
+import queue
+import stat as stat_mod
+import sys
 import time
-from dataclasses import dataclass
+import zlib
+from array import array
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
 from fleetsync.ledger.entry_outcomes import EntryOutcome
 from fleetsync.ledger.logbook import show_path
-from fleetsync.ledger.walkqueue import CLAIM_MAX, Cut, Dir, WalkQueue
+from fleetsync.ledger.walkqueue import CLAIM_MAX, Cut, Dir, WalkQueue, fingerprint
 
 from . import defaults
 from .file_outcomes import walk_error
@@ -30,6 +56,14 @@ from .file_outcomes import walk_error
 MAX_HELD_CUTS = 4     # closed batches kept in memory while the ledger is busy
 PUSH_EVERY = 64       # share newly seen subdirectories at least this often
 IDLE_SLEEP_MAX = 0.01  # an idle producer looks for new directories this often
+# A stat slower than this is a round trip, not a cache hit: a local warm disk
+# answers in 2-10 us, a cold one in ~100 us+, NFS/FUSE in ~1 ms.
+SLOW_CALL = 0.0002
+SLOW_SAMPLE = 32      # stat calls per look at how slow they are
+PROGRESS_EVERY = 4096  # a rescan records its position at least every this many entries
+
+_FS_ENCODING = sys.getfilesystemencoding()  # names from scandir(fd) are str
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -42,17 +76,134 @@ class Limits:
     name_bytes: int = defaults.BATCH_NAME_BYTES
 
 
+@dataclass
+class Listing:
+    """One directory being read, from its ledger offset, in listing order.
+    Positions count entries in listing order (SRC's own entry b"." first)."""
+    d: Dir
+    full: bytes
+    prefix: bytes
+    fd: int = -1
+    it: object = None
+    pos: int = 0
+    old: array | None = None        # a rescan: the last walk's fingerprints, sorted
+    fps: array = field(default_factory=lambda: array("q"))  # fingerprints since the last cut
+    fps_pos: int = 0                # position of the first of them
+    finished: bool = False          # listed to the end
+    matched: int = 0                # entries found unchanged (a rescan)
+    changed: int = 0                # entries not found so (new or changed)
+    queued: bool = False            # a file of it is in a batch (a rescan)
+    broke: OSError | None = None    # the listing broke off after it began
+    dot: bool = False               # SRC's own entry is still to come
+
+    def open(self) -> None:
+        """Open the directory and skip what the ledger says is enqueued: `pos` is then
+        the position of the last entry skipped, `it` goes on from the next one."""
+        # O_NOFOLLOW: a directory replaced by a symlink since it was seen is not followed
+        self.fd = os.open(self.full, _DIR_FLAGS | (os.O_NOFOLLOW if self.d.path else 0))
+        self.it = os.scandir(self.fd)
+        offset = self.d.offset
+        skip = offset
+        if not self.d.path:   # SRC itself, so its mode and times arrive too
+            self.dot = offset == 0
+            skip = max(0, offset - 1)
+        self.pos = offset
+        try:
+            for _ in itertools.islice(self.it, skip):
+                pass
+        except OSError as e:
+            self.broke = e
+
+    def close(self) -> None:
+        if self.it is not None:
+            self.it.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def examine(listing: Listing, entry) -> tuple[os.stat_result | None, OSError | None]:
+    """lstat of one entry relative to its directory's fd (any thread)."""
+    try:
+        if entry is None:
+            return os.fstat(listing.fd), None
+        return os.stat(entry.name, dir_fd=listing.fd, follow_symlinks=False), None
+    except OSError as e:
+        return None, e
+
+
+_ENTRY, _END, _OPEN_FAILED = 0, 1, 2
+
+
+@dataclass
+class Threads:
+    """A producer's threads for slow mounts: readers read listings ahead, stat
+    threads stat entries; the main thread takes results in order from `feed`s."""
+    stats: int
+    window: int = 0
+    readers: int = 0
+    pool: ThreadPoolExecutor = field(init=False)
+    reader_pool: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self):
+        self.window = self.window or 4 * self.stats
+        self.readers = self.readers or max(2, self.stats // 4)
+        self.pool = ThreadPoolExecutor(self.stats, thread_name_prefix="fleetsync-stat")
+        self.reader_pool = ThreadPoolExecutor(self.readers, thread_name_prefix="fleetsync-read")
+
+    def feed(self, listing: Listing, opened: bool) -> queue.Queue:
+        """Start reading `listing` (FIFO among readers, so the directory the main
+        thread takes next is always being read: no deadlock on a full feed)."""
+        q: queue.Queue = queue.Queue(self.window)
+        self.reader_pool.submit(self._read, listing, opened, q)
+        return q
+
+    def _read(self, listing: Listing, opened: bool, q: queue.Queue) -> None:
+        try:
+            if not opened:
+                try:
+                    listing.open()
+                except OSError as e:
+                    q.put((_OPEN_FAILED, e, None))
+                    return
+            if listing.dot:
+                listing.dot, listing.pos = False, 1
+                q.put((_ENTRY, (1, None), self.pool.submit(examine, listing, None)))
+            if listing.broke is None:
+                try:
+                    for entry in listing.it:
+                        listing.pos += 1
+                        q.put((_ENTRY, (listing.pos, entry),
+                               self.pool.submit(examine, listing, entry)))
+                except OSError as e:
+                    listing.broke = e
+            q.put((_END, None, None))
+        except BaseException as e:       # a bug: the main thread raises it
+            q.put((_END, e, None))
+
+    def shutdown(self) -> None:
+        self.reader_pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 class Producer:
     """One producer process's loop: claim directories, list them into the open
-    batch, hand closed batches in; `producers` (P) sizes its share of a claim."""
+    batch, hand closed batches in; `producers` (P) sizes its share of a claim.
+
+    threads: stat threads when the mount turns out slow (None: defaults.WALK_THREADS;
+    0: never, the one-thread walk); rescan: compare with the last walk's fingerprints."""
 
     def __init__(self, conn: Connection, src: bytes, producer_id: int, limits: Limits,
-                 producers: int = 1, newer_than: float | None = None):
-        self.queue = WalkQueue(conn, producer_id, producers)
+                 producers: int = 1, rescan: bool = False, threads: int | None = None):
+        self.queue = WalkQueue(conn, producer_id, producers, rescan)
         self.src, self.limits = src, limits
-        self.newer_than = newer_than  # a delta pass: only entries whose ctime is newer
+        self.rescan = rescan
+        self.max_threads = defaults.WALK_THREADS if threads is None else threads
+        self.threads: Threads | None = None
+        self.slow_calls = self.calls = self.timed = 0
         self.push: list[bytes] = []   # subdirectories seen, not yet in the queue
         self.cuts: list[Cut] = []     # closed batches, not yet in the ledger
+        self.since_cut = 0            # entries looked at since the last cut (a rescan)
         self._new_batch()
 
     def _new_batch(self) -> None:
@@ -62,18 +213,25 @@ class Producer:
         self.errors: list[EntryOutcome] = []   # per-file rows (ledger/entry_outcomes.py)
         self.sparse = False
         self.links: list[tuple[int, int, bytes, int]] = []
+        # listings with fingerprints to enqueue with the next cut
+        self.touched: list[Listing] = [x for x in getattr(self, "touched", ()) if not x.finished]
+        self.batch_dirs: set[bytes] = set()  # directories in this batch (a rescan)
 
     def run(self) -> None:
-        while True:
-            claimed = self.queue.sync(self.push, self.cuts, CLAIM_MAX)
-            self.push, self.cuts = [], []
-            if claimed:
-                for d in claimed:
-                    self.list_dir(d)
-            elif self.entries or self.done_dirs or self.errors:
-                self.cuts.append(self._cut(None))   # nothing left to add: enqueue it now
-            elif not self.wait_for_work():
-                return
+        try:
+            while True:
+                claimed = self.queue.sync(self.push, self.cuts, CLAIM_MAX)
+                self.push, self.cuts = [], []
+                if claimed:
+                    self.list_dirs(claimed)
+                elif (self.entries or self.done_dirs or self.errors
+                      or any(x.fps for x in self.touched)):
+                    self.cuts.append(self._cut(None))   # nothing left to add: enqueue it now
+                elif not self.wait_for_work():
+                    return
+        finally:
+            if self.threads is not None:
+                self.threads.shutdown()
 
     def wait_for_work(self) -> bool:
         """Sleep until a directory waits (True) or the walk is over (False).
@@ -86,84 +244,229 @@ class Producer:
                 return False
             time.sleep(min(IDLE_SLEEP_MAX, 0.0002 * 2 ** idle))
 
-    def list_dir(self, d: Dir) -> None:
-        """List one directory from its offset. Positions count entries in listing
-        order (SRC's own entry b"." first); `offset` positions are in the ledger."""
-        full = self.src + b"/" + d.path if d.path else self.src
-        prefix = d.path + b"/" if d.path else b""
+    def list_dirs(self, claimed: list[Dir]) -> None:
+        """The claimed directories, in order: in this thread while stats are fast,
+        through the threads once they are slow (from the entry where that is seen)."""
+        for i, d in enumerate(claimed):
+            if self.threads is not None:
+                self._list_threaded([self._listing(x) for x in claimed[i:]], opened=False)
+                return
+            listing = self._listing(d)
+            if self.list_dir(listing) and self.threads is not None:
+                # turned slow mid-directory: the readers go on from where it is
+                rest = [self._listing(x) for x in claimed[i + 1:]]
+                self._list_threaded([listing, *rest], opened=True)
+                return
+
+    def _listing(self, d: Dir) -> Listing:
+        return Listing(d, self.src + b"/" + d.path if d.path else self.src,
+                       d.path + b"/" if d.path else b"")
+
+    def _begin(self, listing: Listing) -> None:
+        """A listing starts being taken here: its fingerprints go with the next cuts."""
+        self.touched.append(listing)
+        if self.rescan:
+            listing.old = self.queue.old_prints(listing.d.path)
+
+    def list_dir(self, listing: Listing) -> bool:
+        """List one directory from its offset in this thread. Returns True when
+        it stopped in the middle because the mount turned out slow (threads now
+        exist and take the rest)."""
         try:
-            it = os.scandir(full)
+            listing.open()
         except OSError as e:
             # ENOENT below SRC: removed since it was queued (a --rescan queues every
             # directory seen before): nothing to copy, not an error.
-            if not (e.errno == errno.ENOENT and d.path):
-                self.errors.append(walk_error(d.path, e, f"cannot list {show_path(full)}", True))
-            self.done_dirs.append(d.dir_id)
+            if not (e.errno == errno.ENOENT and listing.d.path):
+                self.errors.append(walk_error(listing.d.path, e,
+                                              f"cannot list {show_path(listing.full)}", True))
+            self.done_dirs.append(listing.d.dir_id)
+            return False
+        self._begin(listing)
+        if listing.dot:
+            listing.dot, listing.pos = False, 1
+            st, err = examine(listing, None)
+            self.take(listing, 1, None, st, err)
+        if listing.broke is None and self._list_here(listing):
+            return True
+        self._listed(listing)
+        return False
+
+    def _list_here(self, listing: Listing) -> bool:
+        """The hot loop of a local walk (about 5 us an entry): a plain file of a full
+        walk is stat-ed, fingerprinted and added here; anything else goes to take().
+        The first SLOW_SAMPLE stats are timed, then every 8th, to see a slow mount.
+        True: handed to the threads."""
+        stat, timer, crc32, isdir = os.stat, time.perf_counter, zlib.crc32, stat_mod.S_ISDIR
+        fd, dir_id, full = listing.fd, listing.d.dir_id, listing.old is None
+        prefix = bytearray(listing.prefix)   # the path as bytearray: sqlite3 binds it as is
+        sample, handover, pos = self.max_threads > 0, False, listing.pos
+        try:
+            for entry in listing.it:
+                pos += 1
+                try:
+                    if sample and (not pos & 7 or self.timed < SLOW_SAMPLE):
+                        t0 = timer()
+                        st = stat(entry.name, dir_fd=fd, follow_symlinks=False)
+                        self._time_call(timer() - t0)
+                        handover = self.threads is not None
+                    else:
+                        st = stat(entry.name, dir_fd=fd, follow_symlinks=False)
+                except OSError as e:
+                    listing.pos = pos
+                    self.take(listing, pos, entry, None, e)
+                    continue
+                if full and st.st_nlink == 1 and not isdir(st.st_mode):
+                    name = entry.name.encode(_FS_ENCODING, "surrogateescape")
+                    size = st.st_size
+                    self.add(prefix + name, 0, size, dir_id, pos, st.st_blocks * 512 < size,
+                             listing, hash((crc32(name), st.st_mode, st.st_ino, size,
+                                            st.st_mtime_ns, st.st_ctime_ns)))
+                else:
+                    listing.pos = pos
+                    self.take(listing, pos, entry, st, None)
+                if handover:
+                    listing.pos = pos
+                    return True
+            listing.pos = pos
+        except OSError as e:               # the listing itself broke off
+            listing.broke = e
+        return False
+
+    def _time_call(self, seconds: float) -> None:
+        """Start the threads when most of the last SLOW_SAMPLE stats were round trips."""
+        self.calls += 1
+        self.timed += 1
+        self.slow_calls += seconds > SLOW_CALL
+        if self.calls >= SLOW_SAMPLE:
+            if self.slow_calls * 2 > self.calls:
+                self.threads = Threads(self.max_threads)
+            self.calls = self.slow_calls = 0
+
+    def _list_threaded(self, listings: list[Listing], opened: bool) -> None:
+        """The listings, read and stat-ed ahead by the threads, taken in order here."""
+        feeds = [self.threads.feed(lst, opened and i == 0) for i, lst in enumerate(listings)]
+        for listing, feed in zip(listings, feeds):
+            if not (opened and listing is listings[0]):
+                self._begin(listing)
+            while True:
+                kind, item, fut = feed.get()
+                if kind == _ENTRY:
+                    st, err = fut.result()
+                    self.take(listing, item[0], item[1], st, err)
+                    continue
+                if kind == _OPEN_FAILED:
+                    listing.finished = True
+                    if not (item.errno == errno.ENOENT and listing.d.path):   # as list_dir
+                        self.errors.append(walk_error(
+                            listing.d.path, item, f"cannot list {show_path(listing.full)}",
+                            True))
+                    self.done_dirs.append(listing.d.dir_id)
+                    break
+                if item is not None:
+                    raise item
+                self._listed(listing)
+                break
+
+    def take(self, listing: Listing, pos: int, entry, st: os.stat_result | None,
+             err: OSError | None) -> None:
+        """One entry, in listing order: queued, staged as a hard link, or (a rescan,
+        unchanged) only fingerprinted."""
+        name = b"." if entry is None else entry.name.encode(_FS_ENCODING, "surrogateescape")
+        if err is not None:
+            # Only ENOENT means it vanished since it was listed; any other
+            # error (EACCES in a 0444 directory, EIO, ESTALE) is recorded.
+            if err.errno != errno.ENOENT:
+                self.errors.append(walk_error(
+                    listing.prefix + name if entry is not None else b".", err,
+                    f"cannot stat {show_path(listing.full + b'/' + name)}", False))
             return
-        with it:
-            pos, skip = d.offset, d.offset
-            if not d.path:   # SRC itself, so its mode and times arrive too
-                skip = max(0, d.offset - 1)
-                if d.offset == 0:
-                    pos = 1
-                    if self._changed(os.lstat(full)):
-                        self.add(b".", 1, 0, d.dir_id, pos)
-            try:
-                for entry in itertools.islice(it, skip, None):
-                    pos += 1
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            is_dir, size, holes = 1, 0, False
-                            if self.newer_than is not None and not self._changed(
-                                    entry.stat(follow_symlinks=False)):
-                                self.push.append(prefix + entry.name)   # still walked
-                                continue
-                        else:
-                            st = entry.stat(follow_symlinks=False)
-                            if not self._changed(st):
-                                continue
-                            is_dir, size = 0, st.st_size
-                            holes = st.st_blocks * 512 < size
-                            if st.st_nlink > 1:    # batched by inode when the walk ends
-                                self.links.append((st.st_dev, st.st_ino, prefix + entry.name,
-                                                   size))
-                                continue
-                    except OSError as e:
-                        # Only ENOENT means it vanished since it was listed; any other
-                        # error (EACCES in a 0444 directory, EIO, ESTALE) is recorded.
-                        if e.errno != errno.ENOENT:
-                            self.errors.append(walk_error(
-                                prefix + entry.name, e,
-                                f"cannot stat {show_path(full + b'/' + entry.name)}", False))
-                        continue
-                    rel = prefix + entry.name
-                    if is_dir:
-                        self.push.append(rel)
-                    self.add(rel, is_dir, size, d.dir_id, pos, holes)
-            except OSError as e:               # the listing itself broke off
-                self.errors.append(walk_error(d.path, e, f"cannot list all of {show_path(full)}",
-                                              True))
-        self.done_dirs.append(d.dir_id)
+        rel = listing.prefix + name if entry is not None else b"."
+        fp = fingerprint(name, st)
+        changed = True
+        if listing.old is not None:
+            i = bisect.bisect_left(listing.old, fp)
+            changed = i == len(listing.old) or listing.old[i] != fp
+            listing.matched += not changed
+            listing.changed += changed
+        dir_id = listing.d.dir_id
+        if stat_mod.S_ISDIR(st.st_mode):
+            if entry is not None:
+                self.push.append(rel)            # walked again whether or not it changed
+            if changed:
+                self.add(rel, 1, 0, dir_id, pos, False, listing, fp)
+            else:
+                self._note(listing, pos, fp)
+        elif not changed:
+            self._note(listing, pos, fp)
+        elif st.st_nlink > 1:                    # batched by inode when the walk ends
+            self.links.append((st.st_dev, st.st_ino, rel, st.st_size))
+            self._note(listing, pos, fp)
+            listing.queued = True
+        else:
+            self.add(rel, 0, st.st_size, dir_id, pos, st.st_blocks * 512 < st.st_size,
+                     listing, fp)
+            # rsync writes a file through a temporary name in its directory, which
+            # changes the directory's time at DEST (a subdirectory's mode does not)
+            listing.queued = True
+        if self.rescan:
+            self.since_cut += 1
+            if self.since_cut >= PROGRESS_EVERY:   # record the position, even of a batch
+                self.close_batch((dir_id, pos))    # that is small or empty
+
+    def _note(self, listing: Listing, pos: int, fp: int) -> None:
+        """The fingerprint of the entry at `pos`, enqueued with the next cut."""
+        if not listing.fps:
+            listing.fps_pos = pos
+        listing.fps.append(fp)
+
+    def _listed(self, listing: Listing) -> None:
+        """A directory listed to the end. A rescan also sends the directory itself
+        (its time, mode, and with --delete what it no longer holds) when a file of
+        it was queued or one of the last walk's entries is no longer there as it was."""
+        listing.close()
+        listing.finished = True
+        if listing.broke is not None:
+            self.errors.append(walk_error(listing.d.path, listing.broke,
+                                          f"cannot list all of {show_path(listing.full)}",
+                                          True))
+        if listing.old is not None:
+            rel = listing.d.path or b"."
+            # more of the last walk's entries missing than entries new or changed:
+            # some were deleted (its own fingerprint in its parent says so as well,
+            # unless its times were forged and the clock set back)
+            gone = len(listing.old) - listing.matched > listing.changed
+            if (listing.queued or gone) and rel not in self.batch_dirs:
+                self.add(rel, 1, 0, listing.d.dir_id, listing.pos, force=True)
+        self.done_dirs.append(listing.d.dir_id)
         if len(self.push) >= PUSH_EVERY:
             self.hand_in(wait=False)
 
-    def _changed(self, st: os.stat_result) -> bool:
-        return self.newer_than is None or st.st_ctime >= self.newer_than
-
     def add(self, rel: bytes, is_dir: int, size: int, dir_id: int, pos: int,
-            holes: bool = False) -> None:
+            holes: bool = False, listing: Listing | None = None, fp: int = 0,
+            force: bool = False) -> None:
         """Add the entry at position `pos` of directory `dir_id`, cutting the batch
         before it when it would go over a limit, and after it when it is full.
-        holes: a sparse file; only batches with one pay for rsync --sparse (2x CPU)."""
+        holes: a sparse file; only batches with one pay for rsync --sparse (2x CPU).
+        listing, fp: its listing and fingerprint, noted after a cut before it, so that
+        a cut's fingerprints are those of the positions it completes.
+        force: no cut before (a rescan's directory entry after its last position)."""
         lim, name_bytes = self.limits, len(rel) + 1   # +1: NUL, rsync --from0
-        if self.entries and (self.bytes + size > lim.bytes
-                             or self.name_bytes + name_bytes > lim.name_bytes):
+        if self.entries and not force and (self.bytes + size > lim.bytes
+                                           or self.name_bytes + name_bytes > lim.name_bytes):
             self.close_batch((dir_id, pos - 1))
         self.entries.append((rel, is_dir, size))
+        if listing is not None:
+            fps = listing.fps             # _note, inline: this runs once per entry
+            if not fps:
+                listing.fps_pos = pos
+            fps.append(fp)
         self.sparse = self.sparse or holes
         self.name_bytes += name_bytes
         if is_dir:
             self.dirs += 1
+            if self.rescan:
+                self.batch_dirs.add(rel)
         else:
             self.files += 1
             self.bytes += size
@@ -172,8 +475,12 @@ class Producer:
 
     def _cut(self, partial: tuple[int, int] | None) -> Cut:
         cut = Cut(self.entries, self.files, self.dirs, self.bytes, self.done_dirs, partial,
-                  self.errors, self.sparse, self.links)
+                  self.errors, self.sparse, self.links,
+                  [(x.d.path, x.fps_pos, x.fps.tobytes()) for x in self.touched if x.fps])
+        for x in self.touched:
+            x.fps = array("q")
         self._new_batch()
+        self.since_cut = 0
         return cut
 
     def close_batch(self, partial: tuple[int, int] | None) -> None:

@@ -29,12 +29,11 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits: Limits,
-             newer_than: float | None,
-             parent_pid: int) -> None:
+             rescan: bool, threads: int | None, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     with db.connect(ledger_path) as conn:
         try:
-            Producer(conn, src, producer_id, limits, count, newer_than).run()
+            Producer(conn, src, producer_id, limits, count, rescan, threads).run()
             producers.finish(conn, producer_id)
         except Exception:
             traceback.print_exc(file=sys.stderr)
@@ -47,19 +46,22 @@ def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits:
 
 
 class Walk:
-    """P producer processes walking SRC into the ledger."""
+    """P producer processes walking SRC into the ledger; each starts up to `threads`
+    stat threads when SRC turns out to be a slow mount (None: defaults.WALK_THREADS,
+    0: never)."""
 
     def __init__(self, ledger_path: str, src: str, count: int, limits: Limits,
-                 rescan: bool = False):
+                 rescan: bool = False, threads: int | None = None):
         self.ledger_path, self.src, self.count, self.limits = ledger_path, src, count, limits
-        self.rescan = rescan
-        self.newer_than: float | None = None
+        self.rescan, self.threads = rescan, threads
+        self.compare = False        # this walk compares with the last one (a cutover pass)
         self.procs: list[multiprocessing.Process] = []
         self.restarts = 0
 
     def start(self) -> None:
         with db.connect(self.ledger_path) as conn:
-            self.newer_than = migration.begin_walk(conn, self.rescan)
+            # a rescan, begun now or resumed: compare with the last walk's fingerprints
+            self.compare = migration.begin_walk(conn, self.rescan) is not None
             walkqueue.reset_claimed(conn)
             walkqueue.seed(conn)
             producers.start(conn, self.count)
@@ -69,7 +71,7 @@ class Walk:
         p = multiprocessing.get_context("fork").Process(
             target=_produce, name=f"fleetsync-producer-{producer_id}", daemon=True,
             args=(self.ledger_path, os.fsencode(self.src), producer_id, self.count, self.limits,
-                  self.newer_than, os.getpid()))
+                  self.compare, self.threads, os.getpid()))
         p.start()
         return p
 
@@ -100,6 +102,7 @@ class Walk:
             with db.connect(self.ledger_path) as conn:
                 ok = walkqueue.walk_finished(conn)
                 if ok:
+                    walkqueue.drop_old_prints(conn)
                     hardlinks.cut_batches(conn, self.limits)
                     migration.set_walk_done(conn)
         return ok

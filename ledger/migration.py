@@ -13,11 +13,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, exists, insert, select, update
+from sqlalchemy import Connection, Engine, exists, insert, select, text, update
 
 from . import schema, walkqueue
 from .db import LedgerError
 from .schema import attempts, deletions, migration, verifications
+from .states import BatchState
 
 # The API calls a run live while its heartbeat is younger than this.
 LIVE_AFTER_HEARTBEAT = 15.0
@@ -168,6 +169,13 @@ def begin_walk(conn: Connection, rescan: bool) -> float | None:
             newer = (row.scan_started_ts or 0.0) - RESCAN_MARGIN
             conn.execute(update(migration).values(walk_done=0, scan_started_ts=now,
                                                   scan_newer_than=newer))
+            # The directory pass of a cutover starts after the batches already copied:
+            # the rescan queues every directory it must set again (the directory of a
+            # queued file, a directory that changed or lost an entry).
+            conn.execute(text(
+                "UPDATE migration SET dirs_pass_cursor = (SELECT min(coalesce(max(task_id), 0), "
+                "coalesce(min(CASE WHEN state != :ok THEN task_id END) - 1, max(task_id), 0)) "
+                "FROM batches)"), {"ok": BatchState.SUCCEEDED.value})
             walkqueue.restart(conn)
             return newer
         if row.scan_started_ts is None:

@@ -74,6 +74,18 @@ walk_dirs = Table(
     Column("offset", Integer, nullable=False, server_default="0"),  # entries already enqueued
 )
 
+# What each walk saw of each entry, for the cutover pass (`run --rescan`, see
+# ledger/walkqueue.py): per directory, chunks of 8-byte fingerprints (a hash of
+# name, type, inode, size, mtime, ctime, mode, owner, links) in listing order.
+walk_prints = Table(
+    "walk_prints", metadata,
+    Column("path", LargeBinary, primary_key=True),    # the directory, relative to SRC
+    Column("old", Integer, primary_key=True),         # 0: this walk; 1: the walk before
+    Column("seq", Integer, primary_key=True),         # position of its first entry
+    Column("prints", LargeBinary, nullable=False),    # signed 64-bit ints, native order
+    sqlite_with_rowid=False,
+)
+
 # Entries with more than one link wait here during the walk; when it ends they
 # are cut into batches by inode, so all links of a file travel in one rsync -H.
 hardlinks = Table(

@@ -17,12 +17,33 @@ SQL style: plain SQL in the sqlite3 dialect (`?` parameters) throughout. The
 hot path runs it on the raw cursor; the few calls outside it run it through
 `conn.exec_driver_sql` inside a SQLAlchemy transaction. States are bound as
 parameters from WalkDirState.
+
+**Fingerprints and the cutover pass (`run --rescan`).** Every walk records, per
+directory and in the same transaction as the batch that completes those
+positions, an 8-byte fingerprint of each entry it looked at (table walk_prints):
+a hash of its name, type and mode, inode, size, mtime and ctime (nanoseconds).
+A rescan lists every directory again, compares each
+entry's fingerprint with the last walk's prints of that directory, and queues
+the entries whose fingerprint is not there. So it catches, without trusting any
+clock: new entries; changed contents (size, mtime or ctime); an mtime set back
+(mtime, and ctime); a file replaced by rename (inode); chmod (mode, ctime),
+chown, a new hard link, xattrs and ACLs (ctime); new directories, empty ones too; and a
+directory whose listing lost an entry (deleted or renamed away) or gained one is
+sent itself, so its mode and times are set and `--delete` removes from DEST what
+it no longer holds. It cannot see a change that leaves all of these equal
+(contents rewritten in place with the same size and mtime restored, the ctime
+being equal only if the clock was set back): `fleetsync verify` compares
+contents. Once a directory is listed to its end, the prints of the last walk for
+it are dropped.
 """
 from __future__ import annotations
 
 import itertools
+import os
 import sqlite3
 import time
+import zlib
+from array import array
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
@@ -61,6 +82,18 @@ class Cut:
     errors: list = field(default_factory=list)  # walk errors (entry_outcomes.EntryOutcome)
     sparse: bool = False                    # holds a file with holes
     links: list[tuple[int, int, bytes, int]] = field(default_factory=list)  # (dev, ino, path, size)
+    prints: list[tuple[bytes, int, bytes]] = field(default_factory=list)  # (dir path, first
+    # position, fingerprints of the entries from there, as array('q') bytes)
+
+
+def fingerprint(name: bytes, st: os.stat_result) -> int:
+    """A 64-bit signed fingerprint of an entry as lstat sees it (see the module doc).
+    Owner, group and link count are not hashed: chown and link set the ctime, which
+    is (compared for equality, not against a clock).
+    hash() of a tuple of ints is the same in every process (ints are not salted); a
+    Python whose tuple hash differs only makes a rescan queue everything once."""
+    return hash((zlib.crc32(name), st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns,
+                 st.st_ctime_ns))
 
 
 def seed(conn: Connection) -> None:
@@ -86,10 +119,19 @@ def release_claims(conn: Connection, producer_id: int) -> int:
 
 
 def restart(conn: Connection) -> None:
-    """A new walk of the whole tree (a --rescan): every directory is listed again.
-    Runs inside the caller's transaction."""
-    conn.exec_driver_sql("UPDATE walk_dirs SET state = ?, offset = 0, producer_id = NULL",
-                         (_PENDING,))
+    """A new walk of the whole tree (a --rescan): the queue starts again from SRC alone
+    (directories deleted since are not listed), and the prints of the walk that ended
+    become the ones to compare with. Runs inside the caller's transaction."""
+    conn.exec_driver_sql("DELETE FROM walk_dirs")
+    conn.exec_driver_sql("DELETE FROM walk_prints WHERE old = 1")  # directories gone since
+    conn.exec_driver_sql("UPDATE walk_prints SET old = 1")
+
+
+def drop_old_prints(conn: Connection) -> None:
+    """After a complete walk: the prints left of the walk before are of directories
+    that no longer exist (each directory listed to its end dropped its own)."""
+    with conn.begin():
+        conn.exec_driver_sql("DELETE FROM walk_prints WHERE old = 1")
 
 
 def walk_finished(conn: Connection) -> bool:
@@ -108,10 +150,12 @@ class WalkQueue:
     inside a SQLAlchemy transaction while this is used.
     """
 
-    def __init__(self, conn: Connection, producer_id: int, producers: int):
+    def __init__(self, conn: Connection, producer_id: int, producers: int,
+                 rescan: bool = False):
         self.raw: sqlite3.Connection = conn.connection.driver_connection
         self.cur = self.raw.cursor()
         self.producer_id, self.producers = producer_id, producers
+        self.rescan = rescan    # the last walk's prints are there to drop
 
     def state(self) -> tuple[bool, bool]:
         """(some directory waits, some directory is being listed), without the write lock."""
@@ -148,6 +192,17 @@ class WalkQueue:
             raise
         return claimed
 
+    def old_prints(self, path: bytes) -> array:
+        """The last walk's fingerprints of a directory, sorted (for bisect): 8 bytes
+        an entry, so a directory of a million entries costs 8 MB while it is listed."""
+        out = array("q")
+        for (blob,) in self.cur.execute("SELECT prints FROM walk_prints WHERE path = ? "
+                                        "AND old = 1", (path,)):
+            out.frombytes(blob)
+        if len(out) > 1:
+            out = array("q", sorted(out))
+        return out
+
     def _begin(self, wait: bool) -> bool:
         """BEGIN IMMEDIATE. When another writer holds the lock: give up at once
         (wait false), or try again after 0.2, 0.4, 0.8... ms, never more than
@@ -181,9 +236,16 @@ class WalkQueue:
                 (cut.file_count, cut.directory_count, cut.estimated_bytes, int(cut.sparse),
                  self.producer_id, now)).fetchone()[0]
             self._insert_entries(task_id, cut.entries)
+        if cut.prints:
+            cur.executemany("INSERT OR REPLACE INTO walk_prints(path, old, seq, prints) "
+                            "VALUES (?, 0, ?, ?)", cut.prints)
         if cut.done_dirs:
             cur.executemany("UPDATE walk_dirs SET state = ? WHERE dir_id = ?",
                             [(_DONE, d) for d in cut.done_dirs])
+            if self.rescan:
+                cur.executemany("DELETE FROM walk_prints WHERE old = 1 AND path = "
+                                "(SELECT path FROM walk_dirs WHERE dir_id = ?)",
+                                [(d,) for d in cut.done_dirs])
         if cut.partial:
             cur.execute("UPDATE walk_dirs SET offset = ? WHERE dir_id = ?",
                         (cut.partial[1], cut.partial[0]))
@@ -200,9 +262,11 @@ class WalkQueue:
 
         Sent ROWS_PER_INSERT at a time in one multi-row INSERT, they cost
         a third of executemany's one statement per row; a bytearray is bound as
-        is where bytes goes through sqlite3's adapter lookup first.
+        is where bytes goes through sqlite3's adapter lookup first, so the walk
+        builds the paths of plain files as bytearray (directories' stay bytes:
+        a few, and sets hold them).
         """
-        rows = [(bytearray(p), d, s) for p, d, s in entries]
+        rows = entries     # paths of files come as bytearray already (producer.py)
         full = len(rows) - len(rows) % ROWS_PER_INSERT
         for i in range(0, full, ROWS_PER_INSERT):
             self.cur.execute(_INSERT_ROWS, (task_id, *itertools.chain.from_iterable(

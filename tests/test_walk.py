@@ -25,7 +25,9 @@ import fleetsync.controller.producer as producer_module
 from fleetsync.controller.walk import Walk
 from fleetsync.controller.producer import Limits
 ledger, src, count, entries = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-walk = Walk(ledger, src, count, Limits(entries=entries))
+if sys.argv[5] == "threads":      # every stat counts as slow: the threaded walk
+    producer_module.SLOW_CALL = -1.0
+walk = Walk(ledger, src, count, Limits(entries=entries), rescan=sys.argv[6] == "rescan")
 walk.start()
 print("started", flush=True)
 sys.exit(0 if walk.join() else 1)
@@ -149,7 +151,20 @@ def assert_walk_complete(ledger: str, src: bytes) -> None:
 
 # ---------------------------------------------------------------- tests
 
-def test_every_entry_is_listed_once_and_symlinks_are_not_followed(tmp_path, make_ledger):
+@pytest.fixture(params=["one thread", "threads"])
+def mode(request, monkeypatch):
+    """Each walk test runs twice: as on a local disk (one thread per producer), and
+    as on a slow mount, where every stat counts as a round trip so the producers
+    start their reader and stat threads after the first SLOW_SAMPLE entries
+    (a walk on FUSE is not needed for that: the threads are the same)."""
+    if request.param == "threads":
+        monkeypatch.setattr(producer_module, "SLOW_CALL", -1.0)
+        monkeypatch.setattr(producer_module, "SLOW_SAMPLE", 4)
+    return request.param
+
+
+def test_every_entry_is_listed_once_and_symlinks_are_not_followed(tmp_path, make_ledger,
+                                                                   mode):
     src = os.fsencode(tmp_path / "src")
     make_odd_tree(src, os.fsencode(tmp_path / "outside"))
     ledger = make_ledger(src)
@@ -164,7 +179,7 @@ def test_every_entry_is_listed_once_and_symlinks_are_not_followed(tmp_path, make
     assert_walk_complete(ledger, src)
 
 
-def test_batch_limits_are_kept_and_a_huge_file_rides_alone(tmp_path, make_ledger):
+def test_batch_limits_are_kept_and_a_huge_file_rides_alone(tmp_path, make_ledger, mode):
     src = os.fsencode(tmp_path / "src")
     make_wide_tree(src, dirs=30, files=25)
     for i in range(20):
@@ -189,7 +204,8 @@ def test_batch_limits_are_kept_and_a_huge_file_rides_alone(tmp_path, make_ledger
 
 
 @pytest.mark.parametrize("producers", [1, 2, 4])
-def test_any_number_of_producers_lists_the_same_entries(tmp_path, make_ledger, producers):
+def test_any_number_of_producers_lists_the_same_entries(tmp_path, make_ledger, producers,
+                                                         mode):
     src = os.fsencode(tmp_path / "src")
     make_wide_tree(src, dirs=120, files=15, fanout=5)
     make_odd_tree(os.path.join(src, b"odd"), os.fsencode(tmp_path / "outside"))
@@ -240,7 +256,7 @@ def open_to_nobody(tmp_path):
 
 
 def test_an_unreadable_directory_is_logged_and_the_walk_goes_on(tmp_path, make_ledger,
-                                                                 open_to_nobody):
+                                                                 open_to_nobody, mode):
     # Root reads any directory: the walk runs as nobody (uid 65534) in a child instead.
     src = os.fsencode(tmp_path / "src")
     make_wide_tree(src, dirs=12, files=5, fanout=4)
@@ -265,10 +281,12 @@ def test_an_unreadable_directory_is_logged_and_the_walk_goes_on(tmp_path, make_l
 
 # ---------------------------------------------------------------- kill -9
 
-def start_child_walk(ledger: str, src: bytes, producers: int, entries: int) -> subprocess.Popen:
+def start_child_walk(ledger: str, src: bytes, producers: int, entries: int,
+                     mode: str = "one thread", rescan: bool = False) -> subprocess.Popen:
     child = subprocess.Popen(
         [sys.executable, "-c", WALK_CHILD, ledger, os.fsdecode(src), str(producers),
-         str(entries)], cwd=REPO, stdout=subprocess.PIPE, start_new_session=True)
+         str(entries), mode, "rescan" if rescan else "full"], cwd=REPO,
+        stdout=subprocess.PIPE, start_new_session=True)
     assert child.stdout.readline() == b"started\n"
     return child
 
@@ -295,7 +313,7 @@ def kill_controller(child: subprocess.Popen) -> None:
         time.sleep(0.005)
 
 
-def test_kill_9_at_random_instants_then_resume(tmp_path, make_ledger):
+def test_kill_9_at_random_instants_then_resume(tmp_path, make_ledger, mode):
     seed = random.randrange(1 << 30)
     rnd = random.Random(seed)
     print(f"random seed {seed}")
@@ -305,9 +323,17 @@ def test_kill_9_at_random_instants_then_resume(tmp_path, make_ledger):
     ledger = make_ledger(src)
     progress = []
     for i in range(6):
-        child = start_child_walk(ledger, src, producers=rnd.choice([1, 2, 3]), entries=50)
-        # The first kill comes at once (a quiet machine walks this tree in ~0.1 s).
-        time.sleep(rnd.uniform(0, 0.12) if i else 0.005)
+        child = start_child_walk(ledger, src, producers=rnd.choice([1, 2, 3]), entries=50,
+                                 mode=mode)
+        # Every other kill waits for the walk to have enqueued more than before, so
+        # that kills land mid-walk on a quiet machine (which walks this tree in
+        # ~0.1 s) and on a busy one alike; the others land at a random instant.
+        if i % 2:
+            before = progress[-1] if progress else 0
+            while child.poll() is None and query(
+                    ledger, "SELECT count(*) FROM batch_files")[0][0] <= before:
+                time.sleep(0.001)
+        time.sleep(rnd.uniform(0, 0.05))
         kill_controller(child)
         progress.append(query(ledger, "SELECT count(*) FROM batch_files")[0][0])
         listed(ledger)       # never a duplicate, even between kills
@@ -317,14 +343,14 @@ def test_kill_9_at_random_instants_then_resume(tmp_path, make_ledger):
     assert_walk_complete(ledger, src)
 
 
-def test_a_flat_directory_cut_mid_way_resumes_after_kill_9(tmp_path, make_ledger):
+def test_a_flat_directory_cut_mid_way_resumes_after_kill_9(tmp_path, make_ledger, mode):
     src = os.fsencode(tmp_path / "src")
     os.makedirs(src)
     for i in range(5000):
         touch(os.path.join(src, b"file-%05d" % i))
     for attempt in range(10):
         ledger = make_ledger(src, f"ledger{attempt}.db")
-        child = start_child_walk(ledger, src, producers=1, entries=100)
+        child = start_child_walk(ledger, src, producers=1, entries=100, mode=mode)
         while True:     # kill as soon as the root directory is partly enqueued
             rows = query(ledger, "SELECT state, offset FROM walk_dirs WHERE path = x''")
             if rows and rows[0][1] > 0 or child.poll() is not None:
@@ -413,3 +439,129 @@ def test_only_batches_with_a_sparse_file_are_marked_sparse(tmp_path, make_ledger
                    "USING (task_id) WHERE b.sparse = 1 AND f.is_dir = 0")
     assert (b"b/holes",) in marked
     assert not any(p.startswith(b"a/plain") for (p,) in marked)
+
+
+# ---------------------------------------------------------------- the cutover pass (--rescan)
+
+def queued_since(ledger: str, task_id: int) -> list[bytes]:
+    return sorted(bytes(p) for (p,) in query(
+        ledger, "SELECT path FROM batch_files WHERE task_id > ?", task_id)) + sorted(
+        bytes(p) for (p,) in query(ledger, "SELECT path FROM hardlinks WHERE task_id IS NULL"))
+
+
+def last_task(ledger: str) -> int:
+    return query(ledger, "SELECT coalesce(max(task_id), 0) FROM batches")[0][0]
+
+
+def rescan(ledger: str, src: bytes, producers: int = 2, limits: Limits = Limits()) -> None:
+    walk = Walk(ledger, os.fsdecode(src), producers, limits, rescan=True)
+    walk.start()
+    assert walk.join(timeout=120), "the rescan did not complete"
+
+
+def make_changes(src: bytes) -> set[bytes]:
+    """The changes a cutover must carry, none of them visible to size alone; returns
+    the paths that must be queued (the entries and the directories that hold them)."""
+    st = os.lstat(os.path.join(src, b"d1/f2"))
+    # mtime set back, same size
+    os.utime(os.path.join(src, b"d1/f2"), ns=(st.st_atime_ns, st.st_mtime_ns - 3600 * 10**9))
+    # replaced by rename: same size, same mtime, another inode
+    old = os.path.join(src, b"d2/f3")
+    st = os.lstat(old)
+    tmp = os.path.join(src, b"d2/.f3.tmp")
+    touch(tmp, st.st_size)
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.rename(tmp, old)
+    os.mkdir(os.path.join(src, b"d3/new-empty"))                     # a new empty directory
+    os.unlink(os.path.join(src, b"d4/f1"))                           # a deleted file
+    os.chmod(os.path.join(src, b"d5/f4"), 0o600)                     # a mode change
+    os.chmod(os.path.join(src, b"d6"), 0o700)                        # ...of a directory
+    os.chmod(os.path.join(src, b"odd", b"new\nline"), 0o640)         # a hostile name
+    return {b"d1/f2", b"d1", b"d2/f3", b"d2", b"d3/new-empty", b"d3", b"d4", b"d5/f4",
+            b"d5", b"d6", b"odd/new\nline", b"odd"}
+
+
+def test_a_rescan_queues_exactly_what_changed_without_trusting_the_clock(
+        tmp_path, make_ledger, mode):
+    # No sleep between the walks: a ctime check with its 1 s margin would queue every
+    # entry; the fingerprints queue the changed ones and their directories only.
+    src = os.fsencode(tmp_path / "src")
+    make_wide_tree(src, dirs=12, files=6, fanout=100)
+    make_odd_tree(os.path.join(src, b"odd"), os.fsencode(tmp_path / "outside"))
+    ledger = make_ledger(src)
+    run_walk(ledger, src)
+    before = last_task(ledger)
+    want = make_changes(src)
+    rescan(ledger, src)
+    got = queued_since(ledger, before)
+    assert sorted(set(got)) == sorted(want)
+    files = [p for p in got if not query(ledger, "SELECT 1 FROM batch_files WHERE path = ? "
+                                         "AND is_dir = 1", p)]
+    assert len(files) == len(set(files)), "a file queued twice"
+    assert query(ledger, "SELECT walk_done FROM migration") == [(1,)]
+    assert query(ledger, "SELECT count(*) FROM walk_prints WHERE old = 1") == [(0,)]
+    assert_counts_match(ledger)
+    # and a second rescan of an unchanged tree queues nothing
+    before = last_task(ledger)
+    rescan(ledger, src)
+    assert queued_since(ledger, before) == []
+
+
+def test_a_rescan_of_a_deleted_directory_lists_nothing_of_it(tmp_path, make_ledger):
+    src = os.fsencode(tmp_path / "src")
+    make_wide_tree(src, dirs=6, files=3, fanout=3)
+    ledger = make_ledger(src)
+    run_walk(ledger, src)
+    before = last_task(ledger)
+    for name in os.listdir(os.path.join(src, b"d0", b"d3")):
+        os.unlink(os.path.join(src, b"d0", b"d3", name))
+    os.rmdir(os.path.join(src, b"d0", b"d3"))
+    rescan(ledger, src)
+    assert queued_since(ledger, before) == [b"d0"]                 # its parent, once
+    assert query(ledger, "SELECT count(*) FROM log") == [(0,)]      # no "cannot list"
+    assert query(ledger, "SELECT count(*) FROM walk_prints WHERE path = ?",
+                 b"d0/d3") == [(0,)]
+
+
+def test_a_rescan_killed_9_resumes_without_losing_a_change(tmp_path, make_ledger, mode):
+    src = os.fsencode(tmp_path / "src")
+    os.makedirs(os.path.join(src, b"flat"))
+    for i in range(6000):
+        touch(os.path.join(src, b"flat", b"f%05d" % i), 3)
+    make_wide_tree(os.path.join(src, b"tree"), dirs=40, files=20, fanout=4)
+    ledger = make_ledger(src)
+    run_walk(ledger, src, limits=Limits(entries=50))
+    before = last_task(ledger)
+    changed = {b"flat/f%05d" % i for i in range(0, 6000, 250)}
+    for p in changed:
+        touch(os.path.join(src, p), 4)
+    changed |= {b"flat"}
+    for attempt in range(5):
+        child = start_child_walk(ledger, src, producers=2, entries=50, mode=mode, rescan=True)
+        time.sleep(0.02 * attempt)
+        kill_controller(child)
+    rescan(ledger, src, limits=Limits(entries=50))
+    got = queued_since(ledger, before)
+    assert set(got) == changed
+    assert len([p for p in got if p != b"flat"]) == len(changed) - 1, "a file queued twice"
+
+
+def test_a_cutover_with_delete_makes_dest_equal_to_src(tmp_path):
+    """End to end: a first copy, the changes, `run --rescan --delete`: DEST is SRC."""
+    from .support import fleetsync, snapshot
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    make_wide_tree(os.fsencode(src), dirs=12, files=6, fanout=100)
+    make_odd_tree(os.fsencode(src / "odd"), os.fsencode(tmp_path / "outside"))
+    os.unlink(src / "odd" / "link-outside")     # not to compare a tree outside SRC
+    args = ["run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+            "--no-api", "--batch-files", "20"]
+    r = fleetsync(*args)
+    assert r.returncode == 0, r.stderr.decode()
+    assert snapshot(os.fsencode(src)) == snapshot(os.fsencode(dest))
+    make_changes(os.fsencode(src))
+    for name in os.listdir(src / "d7"):          # a deleted directory, too
+        os.unlink(src / "d7" / name)
+    os.rmdir(src / "d7")
+    r = fleetsync(*args, "--rescan", "--delete")
+    assert r.returncode == 0, r.stderr.decode() + r.stdout.decode()
+    assert snapshot(os.fsencode(src)) == snapshot(os.fsencode(dest))
