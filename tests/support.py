@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -20,6 +21,15 @@ def fleetsync(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedPro
 def popen(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fleetsync.controller.cli", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def query(ledger, sql: str, *args) -> list[tuple]:
+    """The rows of one query on a ledger file, as an auditor's sqlite3 would read them."""
+    con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=10)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
 
 
 def free_port() -> int:

@@ -6,15 +6,8 @@ import os
 import shutil
 import sqlite3
 
-from .support import fleetsync
+from .support import fleetsync, query
 
-
-def query(ledger, sql, *args):
-    con = sqlite3.connect(ledger)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
 
 
 def run(src, dest, ledger, *more):

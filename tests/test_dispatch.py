@@ -14,7 +14,7 @@ from fleetsync.controller.walk import Walk
 from fleetsync.controller.producer import Limits
 from fleetsync.ledger import db, migration
 
-from .support import fleetsync, make_odd_tree, popen, snapshot, REPO
+from .support import fleetsync, make_odd_tree, popen, query, REPO, snapshot
 
 LOCAL = os.path.join(REPO, "inventory", "local.ini")
 
@@ -26,13 +26,6 @@ def counts(ledger) -> dict[str, int]:
     finally:
         con.close()
 
-
-def query(ledger, sql, *args):
-    con = sqlite3.connect(ledger)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
 
 
 def test_odd_tree_arrives_exactly(tmp_path):

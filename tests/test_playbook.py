@@ -4,24 +4,16 @@ what the operator reads when the inventory is broken."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 
 import pytest
 
-from .support import REPO, fleetsync
+from .support import fleetsync, query, REPO
 
 PLAYBOOK = os.path.join(REPO, "playbooks", "migrate.yml")
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 
-
-def query(ledger, sql, *args):
-    con = sqlite3.connect(ledger)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
 
 
 # -- 13. a broken inventory says what ansible-inventory said first ------------------------

@@ -11,15 +11,8 @@ import time
 
 import pytest
 
-from .support import fleetsync, popen
+from .support import fleetsync, popen, query
 
-
-def query(ledger, sql, *args):
-    con = sqlite3.connect(ledger)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
 
 
 def tree(root, names=("a/f1", "a/f2", "b/g", "top")):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import fleetsync.controller.producer as producer_module
 from fleetsync.controller.walk import Walk
 from fleetsync.controller.producer import Limits
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .support import REPO, query
 
 # A walk in its own process, so that a test can kill it with -9 at any instant.
 WALK_CHILD = """
@@ -105,13 +104,6 @@ def run_walk(ledger: str, src: bytes, producers: int = 2, limits: Limits = Limit
     walk.start()
     assert walk.join(timeout=120), "the walk did not complete"
 
-
-def query(ledger: str, sql: str, *args) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 def listed(ledger: str) -> dict[bytes, tuple[int, int]]:
