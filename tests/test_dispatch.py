@@ -20,12 +20,9 @@ LOCAL = os.path.join(REPO, "inventory", "local.ini")
 
 
 def counts(ledger) -> dict[str, int]:
-    con = sqlite3.connect(ledger)
-    try:
-        return dict(con.execute("SELECT state, batches FROM batch_counts").fetchall())
-    finally:
-        con.close()
-
+    # Read-only: a read-write connect would create an empty file where the ledger is
+    # to be, which fleetsync then refuses as "not a fleetsync ledger".
+    return dict(query(ledger, "SELECT state, batches FROM batch_counts"))
 
 
 def test_odd_tree_arrives_exactly(tmp_path):
