@@ -160,10 +160,10 @@ class Dispatcher:
             logbook.add(self.conn, "warning", f"{e}; keeping the hosts known before")
             return
         for name in set(self.hosts) - set(hosts):
+            if name in self.runs:     # first: it claims nothing after the line below
+                self.runs[name].drain()
             logbook.add(self.conn, "info", f"host {name} left the inventory: no new batches")
             workers.gone(self.conn, name)
-            if name in self.runs:
-                self.runs[name].drain()
         for name in set(hosts) - set(self.hosts):
             if self.hosts:
                 logbook.add(self.conn, "info", f"host {name} joined the inventory")

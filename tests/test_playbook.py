@@ -162,7 +162,11 @@ def test_outcome_1_entries_did_not_arrive(tmp_path):
     walk = Walk(str(ledger), str(src), 1, Limits(entries=5))
     walk.start()
     assert walk.join()
-    (src / "d" / "f4").unlink()                       # vanished after the walk: that batch fails
+    # A non-empty directory at DEST where SRC has the file d/f4: rsync cannot make way
+    # for it (a permanent per-file error), so that entry does not arrive. (A file that
+    # vanished from SRC is no longer a failure: it is recorded as vanished.)
+    (dest / "d" / "f4").mkdir(parents=True)
+    (dest / "d" / "f4" / "in-the-way").write_text("x")
     r = playbook(local_inventory(tmp_path), "-e", f"src={src}", "-e", f"dest={dest}",
                  "-e", f"fleetsync_ledger={ledger}", "-e", "fleetsync_max_retries=0",
                  "-e", "fleetsync_no_api=true")
