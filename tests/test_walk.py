@@ -554,6 +554,7 @@ def test_a_cutover_with_delete_makes_dest_equal_to_src(tmp_path):
     for name in os.listdir(src / "d7"):          # a deleted directory, too
         os.unlink(src / "d7" / name)
     os.rmdir(src / "d7")
-    r = fleetsync(*args, "--rescan", "--delete")
+    # d7 is a top-level entry: the --delete guard wants its removal named.
+    r = fleetsync(*args, "--rescan", "--delete", "--allow-delete", "d7", "--max-delete", "100%")
     assert r.returncode == 0, r.stderr.decode() + r.stdout.decode()
     assert snapshot(os.fsencode(src)) == snapshot(os.fsencode(dest))
