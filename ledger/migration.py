@@ -104,28 +104,28 @@ def heartbeat(conn: Connection) -> None:
         conn.execute(update(migration).values(run_heartbeat_ts=time.time()))
 
 
-def end_run(conn: Connection) -> None:
-    """Fold this run's span into elapsed_before; the run is over."""
+def _close_run(conn: Connection, finished: bool) -> None:
+    """Fold this run's span into elapsed_before; no run goes on (finished: nothing
+    was left to do)."""
     now = time.time()
     with conn.begin():
         row = conn.execute(select(migration.c.run_started_ts)).one()
         span = max(0.0, now - row.run_started_ts) if row.run_started_ts else 0.0
         conn.execute(update(migration).values(
             elapsed_before=migration.c.elapsed_before + span,
-            run_started_ts=None, run_heartbeat_ts=now, finished_ts=now))
+            run_started_ts=None, run_heartbeat_ts=now,
+            **({"finished_ts": now} if finished else {})))
+
+
+def end_run(conn: Connection) -> None:
+    """The run is over with nothing left to do."""
+    _close_run(conn, finished=True)
 
 
 def stop_run(conn: Connection) -> None:
-    """The run stopped (a signal) with work left: fold its span into elapsed_before
-    and say no run goes on, so `fleetsync status` and the API do not wait for its
-    heartbeat to age; finished_ts stays unset."""
-    now = time.time()
-    with conn.begin():
-        row = conn.execute(select(migration.c.run_started_ts)).one()
-        span = max(0.0, now - row.run_started_ts) if row.run_started_ts else 0.0
-        conn.execute(update(migration).values(
-            elapsed_before=migration.c.elapsed_before + span,
-            run_started_ts=None, run_heartbeat_ts=now))
+    """The run stopped (a signal) with work left: no run goes on, so `fleetsync status`
+    and the API do not wait for its heartbeat to age; finished_ts stays unset."""
+    _close_run(conn, finished=False)
 
 
 def elapsed(row, now: float | None = None) -> float:
