@@ -109,7 +109,7 @@ def test_an_item_carries_what_the_host_does_in_a_bounded_time(tmp_path, monkeypa
     from fleetsync.controller import outcome
     outs = outcome.parse_all(out)
     assert [o.task_id for o in outs] == tasks_of(second)
-    assert all(o.rsync_exit_code == 0 and o.end_ts >= o.start_ts for o in outs)
+    assert all(o.rsync_exit_code == 0 and o.end_ts >= o.start_ts for o in outs), out[-3000:]
     assert len(os.listdir(dest / "d")) >= 2 * len(outs) - 1
     assert not [f for f in os.listdir("/tmp") if ".tok." in f]   # its directory is gone
 
