@@ -105,6 +105,9 @@ def test_an_item_carries_what_the_host_does_in_a_bounded_time(tmp_path, monkeypa
     assert got == list(range(3, 3 + len(got))) and abs(len(got) - want) <= 1, (got, want)
     # It runs on the host, two lanes side by side, and reports every batch in order.
     _src, dest = tmp_path / "src", tmp_path / "dest"
+    # DEST exists before any batch runs, as the host's preflight makes it, so the two
+    # lanes' first rsyncs never both create it.
+    dest.mkdir()
     out = subprocess.run(["/bin/sh", "-c", second], capture_output=True, text=True).stdout
     from fleetsync.controller import outcome
     outs = outcome.parse_all(out)
