@@ -15,7 +15,6 @@ asks the kernel for SIGTERM when its parent dies (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ import waitress
 from waitress import wasyncore
 from waitress.task import ThreadedTaskDispatcher
 
+from fleetsync.controller import processes
 from fleetsync.controller.defaults import API_HOST, API_PORT, API_THREADS
 
 # Threads share one GIL: in bench/api.py (16 clients, 2 cores) 4 threads served
@@ -247,14 +247,13 @@ class ServerProcess:
 
 def _die_with_parent(parent_pid: int) -> None:
     """SIGTERM from the kernel when the parent dies; exit now if it is gone already."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            logging.getLogger("fleetsync.api").warning(
-                "fleetsync: PR_SET_PDEATHSIG failed (errno %d); the lifeline pipe remains",
-                ctypes.get_errno())
-    if os.getppid() != parent_pid:   # died before prctl: nobody would send the signal
+    try:
+        alive = processes.die_with(parent_pid, signal.SIGTERM)
+    except OSError as e:
+        logging.getLogger("fleetsync.api").warning(
+            "fleetsync: %s (errno %d); the lifeline pipe remains", e.strerror, e.errno)
+        alive = os.getppid() == parent_pid
+    if not alive:    # died before prctl: nobody would send the signal
         sys.exit(0)
 
 

@@ -39,6 +39,7 @@ sys.path.insert(0, ROOT)
 from sqlalchemy import text  # noqa: E402
 
 from fleetsync.api.server import DEFAULT_THREADS  # noqa: E402
+from fleetsync.controller.processes import cpu_seconds  # noqa: E402
 from fleetsync.ledger import batches, db, migration, schema  # noqa: E402
 
 OUT = os.path.join(ROOT, "bench", "out")
@@ -217,13 +218,6 @@ def wait_ready(port: int, path: str = "/healthz", timeout: float = 30.0) -> None
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"the server on port {port} did not start")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_kib(pid: int) -> dict[str, int]:

@@ -25,6 +25,7 @@ import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import threading
 import time
 
@@ -41,17 +42,14 @@ def _bench_copy():
 
 
 _copy = _bench_copy()
+sys.path.insert(0, _copy.REPO)
+from fleetsync.controller import processes  # noqa: E402
+from tests.support import api_processes, free_port  # noqa: E402
+
 FLEETSYNC, REPO, make_tree, same = _copy.FLEETSYNC, _copy.REPO, _copy.make_tree, _copy.same
 
 HOST = "127.0.0.1"
 ROUTES = ("/status", "/progress", "/throughput")
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _get(sock, request: bytes, buf: bytearray) -> None:
@@ -120,26 +118,6 @@ def crowd(port: int, threads: int, period: float, stop: mp.Event, served: mp.Val
         served.value += sum(counts)
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def api_child(parent: int) -> int | None:
-    """The API process of the `fleetsync run` whose pid is parent (see api/server.py)."""
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"--parent-pid" in args and args[args.index(b"--parent-pid") + 1] == \
-                str(parent).encode():
-            return int(entry)
-    return None
-
-
 def run_fleetsync(src: str, dest: str, work: str, port: int) -> tuple[float, float]:
     """Runs the copy; (CPU seconds of the whole run, of its API process alone)."""
     ledger = os.path.join(work, "fleetsync.db")
@@ -151,12 +129,9 @@ def run_fleetsync(src: str, dest: str, work: str, port: int) -> tuple[float, flo
                             "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL)
     api, api_cpu = None, 0.0
     while run.poll() is None:          # the API's CPU, read until it ends with the run
-        try:
-            api = api or api_child(run.pid)
-            if api:
-                api_cpu = cpu_seconds(api)
-        except OSError:
-            pass
+        api = api or next(iter(api_processes(run.pid)), None)
+        if api:
+            api_cpu = processes.cpu_seconds(api) or api_cpu
         time.sleep(0.2)
     if run.returncode:
         raise SystemExit(f"fleetsync run exited {run.returncode}")

@@ -50,9 +50,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
+from fleetsync.controller import processes  # noqa: E402
 from tests.lab import Lab, lab_or_skip  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def make_tree(root: str, files: int, size: int) -> None:
@@ -77,31 +77,8 @@ def same(src: str, dest: str) -> bool:
                                       if not ln.startswith(".d..t")]
 
 
-def proc_cpu(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-    except OSError:
-        return 0.0
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        kids.setdefault(ppid, []).append(int(p))
-    return kids
-
-
 def tree(root: int) -> list[int]:
-    kids, out, todo = _children(), [], [root]
+    kids, out, todo = processes.children(), [], [root]
     while todo:
         pid = todo.pop()
         out.append(pid)
@@ -123,18 +100,8 @@ def pss_kib(pid: int) -> int:
 def masters(cp_dir: str) -> list[int]:
     """ssh ControlMaster processes of the lab's control directory (code that leaves its
     masters there; fleetsync's own masters are in its process tree)."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if cmd.startswith(b"ssh: ") and b"[mux]" in cmd and cp_dir.encode() in cmd:
-            out.append(int(pid))
-    return out
+    return [pid for pid in processes.matching(cp_dir.encode())
+            if (cmd := processes.command_line(pid) or b"").startswith(b"ssh: ") and b"[mux]" in cmd]
 
 
 class Sampler(threading.Thread):
@@ -181,7 +148,7 @@ def one_run(lab: Lab, n: int, src: str, work: str, code: str, batch_files: int,
     sampler.join()
     p.returncode = os.waitstatus_to_exitcode(status)
     left = masters(lab.cp_dir)
-    ssh = sum(proc_cpu(pid) for pid in left)     # masters the run left running
+    ssh = sum(processes.cpu_seconds(pid) or 0.0 for pid in left)    # masters the run left
     for pid in left:           # the next run starts without masters, as a new run would
         try:
             os.kill(pid, 9)

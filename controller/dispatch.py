@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from fleetsync.ledger import batches, db, deletions, dirpass, logbook, migration, verify, workers
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import defaults, file_outcomes, inventory, outcome, rsync, slot
+from . import defaults, file_outcomes, inventory, outcome, processes, rsync, slot
 from .hostrun import (BATCHES_TASK, PREFLIGHT_TASK, Event, FleetRun, HostRun, close_masters,
                       stop_now)
 from .outcome import Outcome
@@ -76,7 +76,7 @@ class Dispatcher:
         self.stopping = False
         # The lookups of this dispatch stop claiming when this process is gone
         # (kill -9): nothing would record what they ran.
-        self.controller = f"{os.getpid()}:{slot.process_start(os.getpid())}"
+        self.controller = f"{os.getpid()}:{processes.start_time(os.getpid())}"
         _become_subreaper()
         # Hosts of earlier runs are not up until they pass this run's preflight
         # (they would shrink every rsync's share of --bwlimit).

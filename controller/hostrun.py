@@ -32,7 +32,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from . import inventory, rsync
+from . import inventory, processes, rsync
 from .environment import ansible_env, control_dir
 from .resources import DISPATCH_PLAYBOOK
 
@@ -41,22 +41,6 @@ log = logging.getLogger(__name__)
 # The task names of playbooks/dispatch.yml (events are matched by them).
 PREFLIGHT_TASK = "Preflight"
 BATCHES_TASK = "Batches"
-
-
-def _matching(marks: list[bytes]) -> list[int]:
-    """Processes of this machine (but this one) whose command line holds one of marks."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:     # it ended meanwhile
-            continue
-        if any(m in cmd for m in marks):
-            found.append(int(pid))
-    return found
 
 
 def _signal(pids: list[int], sig: int) -> int:
@@ -77,7 +61,7 @@ def kill_leftovers(migration_id: str) -> int:
     ControlPersist masters of its control directory) and remove its run
     directories. Returns how many processes were killed."""
     mark = rsync.marker(migration_id, "").encode()
-    killed = _signal(_matching([mark]), signal.SIGKILL)
+    killed = _signal(processes.matching(mark), signal.SIGKILL)
     close_masters(migration_id)
     tmp = tempfile.gettempdir()
     for name in os.listdir(tmp):
@@ -90,11 +74,11 @@ def stop_now(migration_id: str, run_token: str, grace: float = 2.0) -> None:
     """Everything this run started on this machine ends: SIGTERM first (an rsync
     told so removes its temporary file), SIGKILL after `grace` seconds."""
     mark = rsync.marker(migration_id, run_token).encode()
-    if _signal(_matching([mark]), signal.SIGTERM):
+    if _signal(processes.matching(mark), signal.SIGTERM):
         deadline = time.time() + grace
-        while time.time() < deadline and _matching([mark]):
+        while time.time() < deadline and processes.matching(mark):
             time.sleep(0.1)
-        _signal(_matching([mark]), signal.SIGKILL)
+        _signal(processes.matching(mark), signal.SIGKILL)
 
 
 def close_masters(migration_id: str) -> None:
@@ -102,7 +86,7 @@ def close_masters(migration_id: str) -> None:
     ControlPersist's 900 s) and remove their sockets; a master that is a child of
     this process (it is a subreaper) is reaped, so its CPU counts as ours."""
     cp = control_dir(migration_id)
-    pids = set(_matching([cp.encode()]))
+    pids = set(processes.matching(cp.encode()))
     _signal(list(pids), signal.SIGTERM)
     deadline = time.time() + 2.0
     while pids:

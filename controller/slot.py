@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fleetsync.ledger import batches, db, dirpass, migration, verify, workers
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import rsync
+from . import processes, rsync
 
 IDLE_WAIT = 5.0     # seconds a slot waits for work before it reports idle (one raw item)
 POLL = 0.1          # a waiting slot looks at the counters this often (a read, no lock)
@@ -115,17 +115,7 @@ def controller_alive(controller: str | None) -> bool:
     if not controller:
         return True
     pid, _, start = controller.partition(":")
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19] == start
-    except (OSError, IndexError):
-        return False
-
-
-def process_start(pid: int) -> str:
-    """A process's start time in clock ticks, the second half of controller_alive's key."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[19]
+    return pid.isdigit() and processes.start_time(int(pid)) == start
 
 
 def _copy_jobs(conn, mig, worker_id: str, n: int) -> list[rsync.Job]:

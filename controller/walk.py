@@ -6,7 +6,6 @@ next run lists the same directories again.
 """
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import signal
@@ -15,22 +14,16 @@ import traceback
 
 from fleetsync.ledger import db, hardlinks, logbook, migration, producers, walkqueue
 
+from . import processes
 from .producer import Limits, Producer
 
-PR_SET_PDEATHSIG = 1
 MAX_RESTARTS = 3      # producers replaced in one run before the walk is given up
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:   # the parent died before prctl took effect
-        os._exit(1)
 
 
 def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits: Limits,
              rescan: bool, threads: int | None, parent_pid: int) -> None:
-    _die_with_parent(parent_pid)
+    if not processes.die_with(parent_pid, signal.SIGKILL):
+        os._exit(1)
     with db.connect(ledger_path) as conn:
         try:
             Producer(conn, src, producer_id, limits, count, rescan, threads).run()

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from fleetsync.controller import processes
+
 SSHD = "/usr/sbin/sshd"
 SUBNET_BASE = "10.231"          # the lab's /24 is 10.231.N.0/24, N picked free
 FIRST_HOST = 11                 # hosts are .11, .12, ...; the controller is .1
@@ -321,18 +323,8 @@ class Lab:
     # -- teardown -------------------------------------------------------------------
     def ssh_masters(self) -> list[int]:
         """ssh ControlMaster processes of the lab (controller side)."""
-        out = []
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read()
-            except OSError:
-                continue
-            if cmd.startswith(b"ssh") and self.cp_dir.encode() in cmd:
-                out.append(int(pid))
-        return out
+        return [pid for pid in processes.matching(self.cp_dir.encode())
+                if (processes.command_line(pid) or b"").startswith(b"ssh")]
 
     def _ns_inodes(self) -> set[int]:
         inodes = set()
@@ -345,13 +337,11 @@ class Lab:
 
     def _pids_by_inode(self, inodes: set[int]) -> list[int]:
         out = []
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
+        for pid in processes.pids():
             try:
                 if os.stat(f"/proc/{pid}/ns/net").st_ino in inodes:
-                    out.append(int(pid))
-            except OSError:
+                    out.append(pid)
+            except OSError:     # it ended meanwhile
                 pass
         return out
 

@@ -9,6 +9,8 @@ import stat
 import subprocess
 import sys
 
+from fleetsync.controller import processes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -30,6 +32,25 @@ def query(ledger, sql: str, *args) -> list[tuple]:
         return con.execute(sql, args).fetchall()
     finally:
         con.close()
+
+
+def api_processes(parent_pid: int) -> list[int]:
+    """The API processes (alive, not zombies) of the `fleetsync run` whose pid is
+    parent_pid: api/server.py's ServerProcess puts that pid on their command line."""
+    found = []
+    for pid in processes.pids():
+        args = processes.argv(pid) or []
+        if (b"--parent-pid" in args[:-1]
+                and args[args.index(b"--parent-pid") + 1] == str(parent_pid).encode()
+                and running(pid)):
+            found.append(pid)
+    return found
+
+
+def running(pid: int) -> bool:
+    """pid runs (a zombie waiting for its parent to reap it has stopped running)."""
+    fields = processes.stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ from fleetsync.api.app import OPENAPI, ROUTES
 from fleetsync.ledger import batches, db, migration, producers, queries, schema
 from fleetsync.ledger.batches import Report
 
-from .support import fleetsync, free_port, popen
+from .support import api_processes, fleetsync, free_port, popen, running
 
 # The fields of docs/spec api.ko.md, exactly; the API may add keys, never drop these.
 SPEC = {
@@ -600,32 +600,6 @@ def test_a_server_thread_never_started_can_still_be_stopped(ledger_path):
 
 # -- the API in a process of its own (fleetsync run) -----------------------------------
 
-def _alive(pid: int) -> bool:
-    """pid runs (a zombie waiting for its parent to reap it has stopped running)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _api_children(parent_pid: int) -> list[int]:
-    """API processes started by parent_pid (ServerProcess puts its pid on the command line)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"--parent-pid" in args and args[args.index(b"--parent-pid") + 1] == \
-                str(parent_pid).encode() and _alive(int(entry)):
-            found.append(int(entry))
-    return found
-
-
 def _get(port: int, path: str) -> tuple[int, bytes] | None:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -641,13 +615,13 @@ def _get(port: int, path: str) -> tuple[int, bytes] | None:
 def test_the_api_process_serves_and_stops(ledger_path):
     api = ServerProcess(ledger_path, "127.0.0.1", 0, token=TOKEN)
     try:
-        assert api.pid != os.getpid() and _alive(api.pid)
+        assert api.pid != os.getpid() and running(api.pid)
         assert _get(api.port, "/status")[0] == 401                   # the token went along
         assert _get(api.port, "/healthz") == (200, b'{"status": "ok"}')
-        assert _api_children(os.getpid()) == [api.pid]
+        assert api_processes(os.getpid()) == [api.pid]
     finally:
         assert api.stop() == 0                                       # a clean exit
-    assert not _alive(api.pid) and _get(api.port, "/healthz") is None
+    assert not running(api.pid) and _get(api.port, "/healthz") is None
 
 
 def test_a_busy_port_fails_at_once_in_the_parent(ledger_path):
@@ -668,10 +642,10 @@ def test_the_api_process_dies_with_a_parent_killed_by_sigkill(ledger_path):
     try:
         pid, port = map(int, parent.stdout.readline().split())
         assert _get(port, "/healthz")[0] == 200
-        assert _api_children(parent.pid) == [pid]
+        assert api_processes(parent.pid) == [pid]
         parent.kill()
         parent.wait()
-        assert eventually(lambda: not _alive(pid)), "the API process outlived its parent"
+        assert eventually(lambda: not running(pid)), "the API process outlived its parent"
         assert _get(port, "/healthz") is None
     finally:
         parent.kill()
@@ -696,11 +670,11 @@ def test_run_serves_the_api_from_its_own_process_and_stops_it(tmp_path):
     try:
         assert eventually(lambda: (_get(port, "/status") or (0,))[0] == 200 or
                           run.poll() is not None)
-        children = _api_children(run.pid)
+        children = api_processes(run.pid)
         assert run.poll() is not None or len(children) == 1
         out, err = run.communicate(timeout=300)
         assert run.returncode == 0, err.decode()
-        assert _api_children(run.pid) == [] and not any(_alive(p) for p in children)
+        assert api_processes(run.pid) == [] and not any(running(p) for p in children)
         assert _get(port, "/status") is None
     finally:
         run.kill()
@@ -712,11 +686,11 @@ def test_kill_9_of_run_leaves_no_api_process(tmp_path):
     run = _run_with_api(tmp_path, port)
     try:
         assert eventually(lambda: (_get(port, "/status") or (0,))[0] == 200)
-        (child,) = _api_children(run.pid)
+        (child,) = api_processes(run.pid)
         assert run.poll() is None           # the copy is still going (the cap)
         run.kill()
         run.wait()
-        assert eventually(lambda: not _alive(child)), "the API process outlived fleetsync run"
+        assert eventually(lambda: not running(child)), "the API process outlived fleetsync run"
         assert _get(port, "/status") is None
     finally:
         run.kill()

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from fleetsync.controller import processes
 from fleetsync.controller.walk import Walk
 from fleetsync.controller.producer import Limits
 from fleetsync.ledger import db, migration
@@ -154,16 +155,8 @@ def test_kill_9_at_random_instants_then_resume(tmp_path):
     assert query(ledger, "SELECT count(*) FROM attempts WHERE status='success'")[0][0] == total
     # Nothing of the killed runs is left running.
     [(mid,)] = query(ledger, "SELECT migration_id FROM migration")
-    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _mentions(p, f"fleetsync:{mid}:")]
+    leftovers = processes.matching(f"fleetsync:{mid}:".encode())
     assert leftovers == []
-
-
-def _mentions(pid: str, text: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return text.encode() in f.read()
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("args, words", [
@@ -425,7 +418,7 @@ def test_the_dispatch_playbook_names_its_tasks_as_the_dispatcher_matches_them():
 
 
 def _marked(mid: str) -> list[str]:
-    return [p for p in os.listdir("/proc") if p.isdigit() and _mentions(p, f"fleetsync:{mid}:")]
+    return processes.matching(f"fleetsync:{mid}:".encode())
 
 
 def _slow_tree(src):
@@ -462,9 +455,13 @@ def test_kill_9_of_the_controller_stops_its_slots_claiming_and_its_processes(tmp
     killed = time.time()
     [(mid,)] = query(ledger, "SELECT migration_id FROM migration")
     # Its hosts finish the item in hand and claim nothing more; every process ends.
+    # The one host's lookups run one after another and each checks the controller
+    # before it claims, so at most the claim in flight when it died comes after
+    # (one claim, one claimed_ts) however slow the machine is.
     _wait("the run's processes ending", lambda: not _marked(mid))
-    late = query(ledger, "SELECT count(*) FROM batches WHERE claimed_ts > ?", killed + 5)
-    assert late == [(0,)], late
+    late = query(ledger, "SELECT count(DISTINCT claimed_ts) FROM batches WHERE claimed_ts > ?",
+                 killed)
+    assert late[0][0] <= 1, late
     assert counts(ledger).get("pending", 0) > 0
 
 
@@ -473,10 +470,11 @@ def test_two_ctrl_c_leave_no_process_and_no_temporary_file(tmp_path):
     _slow_tree(src)
     p = popen("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
               "--no-api", "--batch-files", "10", "--rsync-option=--bwlimit=50")
-    _wait("batches running", lambda: _running(ledger) > 0)
-    time.sleep(1)        # the rsyncs are inside files now
+    # An rsync inside a file: its temporary file is in DEST (at 50 KB/s, most of the time).
+    _wait("an rsync inside a file",
+          lambda: any(f.startswith(".") for _, _, fs in os.walk(dest) for f in fs))
     p.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    time.sleep(0.5)      # the second one comes while the first one's stop runs, or after it
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err.decode()[-2000:]

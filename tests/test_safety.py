@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from fleetsync.controller import processes
+
 from .support import fleetsync, popen, query
 
 
@@ -517,20 +519,9 @@ def test_rsync_lines_map_back_to_their_entry_or_say_they_cannot():
 
 def _rsyncs_of_a_batch() -> list[int]:
     """Pids of the rsyncs (sender and receiver) a local slot runs for a batch now."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if (argv and os.path.basename(argv[0]) == b"rsync"
-                and any(a.startswith(b"--log-file-format=fleetsync:") for a in argv)
-                and any(a.startswith(b"--files-from") for a in argv)):
-            pids.append(int(d))
-    return pids
+    return [pid for pid in processes.matching(b"--log-file-format=fleetsync:")
+            if (argv := processes.argv(pid) or [b""]) and os.path.basename(argv[0]) == b"rsync"
+            and any(a.startswith(b"--files-from") for a in argv)]
 
 
 def test_files_and_a_directory_deleted_while_their_batch_runs_end_0_named_vanished(tmp_path):

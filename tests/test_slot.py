@@ -6,7 +6,7 @@ import os
 import re
 import subprocess
 
-from fleetsync.controller import rsync, slot
+from fleetsync.controller import processes, rsync, slot
 from fleetsync.controller.walk import Walk
 from fleetsync.controller.producer import Limits
 from fleetsync.ledger import batches, db, dirpass, migration, workers
@@ -132,11 +132,11 @@ def test_a_host_takes_no_more_than_its_share_of_the_tail(tmp_path):
 
 def test_a_dead_controller_stops_its_hosts_claiming(tmp_path):
     path, engine = ledger_with_batches(tmp_path)
-    me = f"{os.getpid()}:{slot.process_start(os.getpid())}"
+    me = f"{os.getpid()}:{processes.start_time(os.getpid())}"
     assert slot.controller_alive(me)
     assert tasks_of(nxt(path, tmp_path, controller=me)) == [1]
     dead = subprocess.Popen(["true"])
-    key = f"{dead.pid}:{slot.process_start(dead.pid)}"
+    key = f"{dead.pid}:{processes.start_time(dead.pid)}"
     dead.wait()
     assert not slot.controller_alive(key)
     assert not slot.controller_alive(f"{os.getpid()}:1")       # a reused pid
