@@ -3,8 +3,8 @@
 The arguments are parsed here; controller/commands.py does what each command says.
 
 Exit status: 0 every batch succeeded, 1 some batch failed for good, 2 a usage
-or configuration error, said in one line on stderr; `run` and `serve`: 130 when
-interrupted by SIGINT (Ctrl-C), 143 by SIGTERM.
+or configuration error, said in one line on stderr; `run`, `verify` and `serve`: 130
+when interrupted by SIGINT (Ctrl-C), 143 by SIGTERM.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         "Migrate a huge file tree with rsync across the hosts of an Ansible inventory, "
         "with a SQLite ledger of every batch and a live JSON API."), epilog=(
         "Exit status: 0 done, 1 some batch failed for good, 2 a usage or configuration "
-        "error (one line on stderr); run and serve: 130 when interrupted by SIGINT "
+        "error (one line on stderr); run, verify and serve: 130 when interrupted by SIGINT "
         "(Ctrl-C), 143 by SIGTERM."))
     p.add_argument("--version", action="version", version=f"fleetsync {version()}",
                    help="print the installed version and exit")

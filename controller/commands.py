@@ -138,7 +138,8 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
     started = time.time()
     dispatcher = Dispatcher(settings, walk, hosts)
     live = progress.Live(ledger_path).start()
-    stopped = _stop_on_signals(dispatcher)
+    stopped = _stop_on_signals()
+    stopped.dispatcher = dispatcher
     refused = None
     try:
         dispatcher.run()
@@ -185,7 +186,7 @@ def _guard_top_level(args, engine, src: str) -> None:
 
 
 def _delete_within_bound(args, settings: Settings, hosts, since: float,
-                         stopped: threading.Event) -> UsageError | None:
+                         stopped: Stopped) -> UsageError | None:
     """After the dry-run pass: the real one when its count is within --max-delete
     (said in one line), else the refusal (nothing deleted)."""
     with db.connect(settings.ledger_path, readonly=True) as conn, conn.begin():
@@ -203,12 +204,7 @@ def _delete_within_bound(args, settings: Settings, hosts, since: float,
     settings.delete = DeleteMode.ON
     with db.connect(settings.ledger_path) as conn:
         dirpass.restart(conn)
-    dispatcher = Dispatcher(settings, None, hosts)
-    try:
-        if not stopped.is_set():
-            dispatcher.run()
-    finally:
-        dispatcher.close()
+    stopped.dispatch(Dispatcher(settings, None, hosts))
     return None
 
 
@@ -221,11 +217,23 @@ def _settings(args, ledger_path: str) -> Settings:
 
 
 class Stopped(threading.Event):
-    """Set by the first SIGINT or SIGTERM; signum says which (exit status 128 + signum)."""
+    """Set by the first SIGINT or SIGTERM; signum says which (exit status 128 + signum).
+    The signal stops the dispatcher that runs then: the copy, the delete pass or the
+    checks, each a dispatcher of its own, one after another."""
     signum = 0
+    dispatcher: Dispatcher | None = None
+
+    def dispatch(self, dispatcher: Dispatcher, mode: OutcomeKind = OutcomeKind.COPY) -> None:
+        """Run this dispatcher, unless a signal came before, and close it."""
+        self.dispatcher = dispatcher
+        try:
+            if not self.is_set():
+                dispatcher.run(mode)
+        finally:
+            dispatcher.close()
 
 
-def _stop_on_signals(dispatcher: Dispatcher) -> Stopped:
+def _stop_on_signals() -> Stopped:
     """SIGINT/SIGTERM: finish the batches in hand; a second one: stop now."""
     stopped = Stopped()
 
@@ -236,29 +244,25 @@ def _stop_on_signals(dispatcher: Dispatcher) -> Stopped:
         stopped.set()
         print("fleetsync: stopping: finishing the batches in hand (again to stop now)",
               file=sys.stderr)
-        dispatcher.stop()
+        if stopped.dispatcher is not None:
+            stopped.dispatcher.stop()
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     return stopped
 
 
-def _verify(settings: Settings, hosts, again: bool, stopped: threading.Event | None = None
-            ) -> dict[VerifyState, int]:
-    """Check succeeded batches on the workers; returns the counts per state."""
+def _verify(settings: Settings, hosts, again: bool, stopped: Stopped | None = None
+            ) -> tuple[dict[VerifyState, int], int]:
+    """Check succeeded batches on the workers; returns the counts per state and the
+    signal that stopped the checks (0: none)."""
     with db.connect(settings.ledger_path) as conn:
         verifications.release_worker(conn, None)     # checks a dead run had in hand
         verifications.enqueue(conn, again)
-    dispatcher = Dispatcher(settings, None, hosts)
-    if stopped is None:
-        stopped = _stop_on_signals(dispatcher)
-    try:
-        if not stopped.is_set():
-            dispatcher.run(OutcomeKind.VERIFY)
-    finally:
-        dispatcher.close()
+    stopped = stopped or _stop_on_signals()
+    stopped.dispatch(Dispatcher(settings, None, hosts), OutcomeKind.VERIFY)
     with db.connect(settings.ledger_path, readonly=True) as conn, conn.begin():
-        return verifications.counts(conn)
+        return verifications.counts(conn), stopped.signum if stopped.is_set() else 0
 
 
 def verify(args) -> int:
@@ -273,18 +277,20 @@ def verify(args) -> int:
     hosts = inventory.with_slots(inventory.load(args.inventory), args.slots)
     with _locked(ledger_path):     # it kills leftovers of the migration: never a live run's
         kill_leftovers(mig.migration_id)
-        counts = _verify(_settings(args, ledger_path), hosts, args.again)
+        counts, stopped = _verify(_settings(args, ledger_path), hosts, args.again)
     print(f"fleetsync: {counts[VerifyState.VERIFIED]} batches verified, "
           f"{counts[VerifyState.DIFFERS]} differ, {counts[VerifyState.ERROR]} could not be "
           f"checked, {counts[VerifyState.PENDING]} not checked"
           + (f", {counts[VerifyState.STALE]} wait for a new copy (`fleetsync run`)"
-             if counts[VerifyState.STALE] else ""))
+             if counts[VerifyState.STALE] else "") + (" (stopped)" if stopped else ""))
     if args.requeue and counts[VerifyState.DIFFERS]:
         with db.connect(ledger_path) as conn:
             ids = verifications.requeue_differences(conn)
         print(f"fleetsync: {len(ids)} batches that differ are back in the queue; "
               "`fleetsync run` copies them")
     _fold_wal(ledger_path)
+    if stopped:
+        return 128 + stopped
     unsettled = (VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.PENDING, VerifyState.STALE)
     return 1 if any(counts[s] for s in unsettled) else 0
 

@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from fleetsync.controller import cli
+from fleetsync.controller import cli, processes
 
 from .support import fleetsync, popen
 
@@ -210,6 +210,60 @@ def test_run_prints_the_api_url_and_exits_130_on_sigint(tmp_path):
         p.wait()
     line = fleetsync("status", "--ledger", ledger).stdout.decode()
     assert "stopped" in line and "ETA" not in line and "/s" not in line, line
+
+
+def _checked(ledger: str) -> dict[str, int]:
+    if not os.path.exists(ledger):
+        return {}
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=60) as c:
+        try:
+            return dict(c.execute("SELECT state, batches FROM verify_counts").fetchall())
+        except sqlite3.OperationalError:   # tables not created yet
+            return {}
+
+
+def _freeze_children(pid: int, sig: int) -> None:
+    """SIGSTOP or SIGCONT every process below pid (its ansible-playbook runs and rsyncs)."""
+    kids, todo = processes.children(), list(processes.children().get(pid, []))
+    while todo:
+        p = todo.pop()
+        todo += kids.get(p, [])
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("command", ["run --verify", "verify"])
+def test_ctrl_c_stops_the_checks_and_exits_130(tmp_path, command):
+    """The first Ctrl-C stops the dispatcher that runs then, the checks too (they are
+    a dispatcher of their own, after the copy's). The checks are frozen (SIGSTOP) once
+    the first is done, so the signal surely comes while most still wait."""
+    src = small_tree(tmp_path, files=200)
+    ledger = str(tmp_path / "l.db")
+    args = ["--src", src, "--dest", str(tmp_path / "dest"), "--ledger", ledger, "--no-api",
+            "--batch-files", "1"]
+    if command == "verify":
+        assert fleetsync("run", *args).returncode == 0
+        p = popen("verify", "--ledger", ledger)
+    else:
+        p = popen("run", *args, "--verify")
+    try:
+        deadline = time.monotonic() + 240
+        while _checked(ledger).get("verified", 0) == 0:
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.05)
+        _freeze_children(p.pid, signal.SIGSTOP)
+        p.send_signal(signal.SIGINT)
+        _freeze_children(p.pid, signal.SIGCONT)
+        out, err = p.communicate(timeout=240)
+    finally:
+        _freeze_children(p.pid, signal.SIGCONT)
+        p.kill()
+        p.wait()
+    assert p.returncode == 130, err.decode()[-2000:]
+    assert "(stopped)" in out.decode(), out
+    assert _checked(ledger).get("pending", 0) > 0, _checked(ledger)
 
 
 def _succeeded(ledger: str) -> int:
