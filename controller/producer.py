@@ -210,6 +210,7 @@ class Producer:
         self.entries: list[tuple[bytes, int, int]] = []
         self.files = self.dirs = self.bytes = self.name_bytes = 0
         self.done_dirs: list[int] = []   # listed to the end into this or earlier batches
+        self.listed: list[bytes] = []    # of those, the ones listed without an error
         self.errors: list[EntryOutcome] = []   # per-file rows (ledger/entry_outcomes.py)
         self.sparse = False
         self.links: list[tuple[int, int, bytes, int]] = []
@@ -430,6 +431,8 @@ class Producer:
             self.errors.append(walk_error(listing.d.path, listing.broke,
                                           f"cannot list all of {show_path(listing.full)}",
                                           True))
+        else:
+            self.listed.append(listing.d.path or b".")
         if listing.old is not None:
             rel = listing.d.path or b"."
             # more of the last walk's entries missing than entries new or changed:
@@ -476,7 +479,8 @@ class Producer:
     def _cut(self, partial: tuple[int, int] | None) -> Cut:
         cut = Cut(self.entries, self.files, self.dirs, self.bytes, self.done_dirs, partial,
                   self.errors, self.sparse, self.links,
-                  [(x.d.path, x.fps_pos, x.fps.tobytes()) for x in self.touched if x.fps])
+                  [(x.d.path, x.fps_pos, x.fps.tobytes()) for x in self.touched if x.fps],
+                  self.listed)
         for x in self.touched:
             x.fps = array("q")
         self._new_batch()

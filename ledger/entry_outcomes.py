@@ -62,6 +62,21 @@ def record_walk(cur, task_id: int | None, outcomes: list[EntryOutcome], now: flo
                      for o in outcomes])
 
 
+def any_unlisted(cur) -> bool:
+    """Some directory that a walk could not list is still open (raw cursor)."""
+    return bool(cur.execute("SELECT EXISTS (SELECT 1 FROM entry_outcomes WHERE settled_ts "
+                            "IS NULL AND source = ?)", (_WALK_LIST,)).fetchone()[0])
+
+
+def settle_listed(cur, dirs: list[bytes], now: float) -> None:
+    """Directories an earlier walk could not list, listed in full now (a --rescan
+    once their owner fixed them): their contents are known and queued, each entry
+    now settled by its own copy, so the directory's row settles (raw cursor, inside
+    the walk's transaction; its arrival alone never settles it, see _settle_paths)."""
+    cur.executemany("UPDATE entry_outcomes SET settled_ts = ? WHERE settled_ts IS NULL "
+                    "AND source = ? AND path = ?", [(now, _WALK_LIST, d) for d in dirs])
+
+
 def record_attempt(conn: Connection, task_id: int, attempt_id: int, copied: list[bytes] | None,
                    outcomes: list[EntryOutcome], rest_arrived: bool, known: bool,
                    now: float) -> None:

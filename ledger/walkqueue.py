@@ -84,6 +84,7 @@ class Cut:
     links: list[tuple[int, int, bytes, int]] = field(default_factory=list)  # (dev, ino, path, size)
     prints: list[tuple[bytes, int, bytes]] = field(default_factory=list)  # (dir path, first
     # position, fingerprints of the entries from there, as array('q') bytes)
+    listed: list[bytes] = field(default_factory=list)  # directories listed in full, no error
 
 
 def fingerprint(name: bytes, st: os.stat_result) -> int:
@@ -156,6 +157,9 @@ class WalkQueue:
         self.cur = self.raw.cursor()
         self.producer_id, self.producers = producer_id, producers
         self.rescan = rescan    # the last walk's prints are there to drop
+        # An earlier walk could not list some directory: one listed in full now
+        # settles that row (a first walk has none, and pays nothing).
+        self.unlisted_before = entry_outcomes.any_unlisted(self.cur)
 
     def state(self) -> tuple[bool, bool]:
         """(some directory waits, some directory is being listed), without the write lock."""
@@ -254,6 +258,8 @@ class WalkQueue:
             cur.executemany("INSERT INTO hardlinks(dev, ino, path, size) VALUES (?, ?, ?, ?) "
                             "ON CONFLICT DO UPDATE SET size = excluded.size, task_id = NULL",
                             cut.links)
+        if cut.listed and self.unlisted_before:
+            entry_outcomes.settle_listed(cur, cut.listed, now)
         if cut.errors:      # per-file rows and their log lines (ledger/entry_outcomes.py)
             entry_outcomes.record_walk(cur, task_id if cut.entries else None, cut.errors, now)
 

@@ -409,6 +409,19 @@ def test_unreadable_entries_as_an_unprivileged_user_are_named_and_fail_at_once(n
         assert {f["path"] for f in failed if f["open"]} <= {"noenter/t", "locked"}
         assert all(f["source"] != "rsync" for f in failed if f["open"])
         assert call(app, "/status").json["entries_not_arrived"] == 2
+        # The owner opens the two directories: --rescan lists them now, their old
+        # entries (older than the first walk) included, and nothing is missing.
+        os.chmod(src + b"/locked", 0o755)
+        os.chmod(src + b"/noenter", 0o755)
+        r = nobody.fleetsync("run", "--no-api", "--rescan", "--src", os.fsdecode(src), "--dest",
+                             os.fsdecode(dest), "--ledger", ledger)
+        assert r.returncode == 0, (r.stdout, query(ledger, "SELECT * FROM missing_entries"),
+                                   os.listdir(dest + b"/locked"), os.listdir(dest + b"/noenter"))
+        for rel in (b"locked/inside", b"noenter/t"):
+            with open(dest + b"/" + rel, "rb") as f:
+                assert f.read() == rel * 1000
+        assert query(ledger, "SELECT path FROM missing_entries") == []
+        assert call(app, "/status").json["entries_not_arrived"] == 0
     finally:
         for d, dirs, _ in os.walk(case):
             for n in dirs:
