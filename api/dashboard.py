@@ -59,6 +59,8 @@ canvas { width: 100%; height: 200px; display: block; }
 table { border-collapse: collapse; width: 100%; }
 td { padding: 3px 10px 3px 0; border-top: 1px solid #eef1f4; overflow-wrap: anywhere; }
 td.t { color: #5a6772; white-space: nowrap; }
+td.s { white-space: nowrap; }
+#workers td:first-child { overflow-wrap: normal; word-break: break-all; min-width: 8em; }
 #logs div { padding: 2px 0; border-top: 1px solid #eef1f4; overflow-wrap: anywhere; }
 .lvl { display: inline-block; width: 64px; font-size: 12px; font-weight: bold; }
 .error .lvl { color: #b3261e; } .warning .lvl { color: #9a6700; }
@@ -85,7 +87,7 @@ td.t { color: #5a6772; white-space: nowrap; }
  (dashed: run average)</h2>
  <canvas id="chart"></canvas></div>
 <div class="cols">
- <div class="box"><h2>Workers, last heartbeat</h2><table id="workers"></table></div>
+ <div class="box"><h2>Workers, last heartbeat, state</h2><table id="workers"></table></div>
  <div class="box"><h2>Recent errors and warnings</h2><div id="logs"></div></div>
 </div>
 <script>
@@ -143,10 +145,17 @@ function show(p, t, w, l) {
   const names = Object.keys(w.heartbeats);
   const seconds = n => Date.parse(w.heartbeats[n].replace(" ", "T")) / 1000;
   const newest = Math.max(...names.map(seconds));
+  const states = w.workers || {};
   names.forEach(n => {
+    // up, lost (its batches went back to waiting; tried again at next_try) or gone
+    // (left the inventory). Only an up worker that stays silent is worth a flag.
+    const s = states[n] || {}, up = s.state === "up";
+    const state = s.state === "lost" && s.next_try ? "lost, next try " + s.next_try.slice(11)
+      : s.state || "";
     const behind = newest - seconds(n);
-    const note = behind > 60 ? duration(behind) + " behind" : "";
-    row(workers, [[n], [w.heartbeats[n], "t"], [note, "late"]]);
+    const note = up && behind > 60 ? duration(behind) + " behind" : "";
+    row(workers, [[n], [w.heartbeats[n], "t"], [state, "s " + (up ? "" : s.state === "lost"
+      ? "late" : "none")], [note, "late"]]);
   });
   if (!names.length) row(workers, [["no worker heard from yet", "none"]]);
   const logs = $("logs"); logs.textContent = "";

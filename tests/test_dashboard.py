@@ -18,6 +18,7 @@ from fleetsync.api import make_app, start_in_thread
 from fleetsync.api.app import OPENAPI
 from fleetsync.ledger import batches, db, logbook, migration, schema, workers
 from fleetsync.ledger.batches import Report
+from fleetsync.ledger.queries import local_time
 
 from .test_api import TOKEN, assert_error, call
 
@@ -29,7 +30,9 @@ needs_browser = pytest.mark.skipif(
 
 # 60 batches of 250 files and 256 MiB: 42 succeed, 3 fail, 5 run, 10 wait; one hour.
 FILES, MIB = 250, 1024 * 1024
-WORKERS = ("node-alpha", "node-bravo", "node-charlie")   # the last one lags behind
+# node-bravo is lost (tried again 10 minutes after BEAT), node-charlie lags behind,
+# node-delta left the inventory.
+WORKERS = ("node-alpha", "node-bravo", "node-charlie", "node-delta")
 BEAT = 1_790_000_000
 WARNING = "slow worker node-bravo"
 ERROR = "disk full on node-alpha"
@@ -51,6 +54,8 @@ def fill(path: str) -> None:
             conn.execute(text("UPDATE workers SET heartbeat_ts = :t"), {"t": BEAT})
             conn.execute(text("UPDATE workers SET heartbeat_ts = :t WHERE worker_id = :w"),
                          {"t": BEAT - 754, "w": WORKERS[2]})
+        workers.lost(conn, WORKERS[1], BEAT + 600)
+        workers.gone(conn, WORKERS[3])
         claims = batches.claim(conn, WORKERS[0], limit=50)
         for k in claims[:42]:
             batches.succeed(conn, Report(k.task_id, k.claim_no, WORKERS[0], 0))
@@ -187,6 +192,11 @@ def test_chromium_shows_the_numbers(ledger_path, tmp_path):
     for name in WORKERS:
         assert name in shown["workers"]
     assert shown["workers"].count("behind") == 1 and "12m 34s behind" in shown["workers"]
+    beat, late = local_time(BEAT), local_time(BEAT - 754)
+    next_try = local_time(BEAT + 600)[11:]
+    assert shown["workers"] == (
+        f"node-alpha {beat} up node-bravo {beat} lost, next try {next_try} "
+        f"node-charlie {late} up 12m 34s behind node-delta {beat} gone")
     logs = shown["logs"]
     assert ERROR in logs and WARNING in logs and logs.index(ERROR) < logs.index(WARNING)
 
@@ -196,7 +206,8 @@ def test_chromium_shows_the_numbers(ledger_path, tmp_path):
     assert len(set(pixels)) > 64 and pixels.count(0) < 0.99 * len(pixels)   # not blank
     seen = ocr(shot)
     assert re.search(r"42\s+of\s+60\s+batches done,\s+3\s+failed", seen), seen
-    for words in ["10,500", "10.50", "1h 00m", "21m 26s", *WORKERS, ERROR, WARNING]:
+    for words in ["10,500", "10.50", "1h 00m", "21m 26s", *WORKERS, ERROR, WARNING,
+                  f"lost, next try {next_try}", "gone", "12m 34s behind"]:
         assert words in seen, (words, seen)
 
 
