@@ -249,7 +249,8 @@ NOBODY = 65534
 class Nobody:
     """Runs `fleetsync` as uid/gid 65534 without capabilities (what root becomes on
     an NFS export with root_squash), with a Python that user can run: a venv of a
-    system python3.11 that reads this worktree's installed packages."""
+    system python3.11 that reads a copy of this worktree's installed packages and of
+    fleetsync itself (the worktree may be where that user cannot read, under /root)."""
 
     def __init__(self, base: str, venv: str):
         self.base, self.venv = base, venv
@@ -267,6 +268,15 @@ class Nobody:
                                "--clear-groups", os.path.join(self.venv, "bin", "python"),
                                "-m", "fleetsync.controller.cli", *args],
                               cwd=REPO, env=self.env(), capture_output=True, timeout=timeout)
+
+
+def _package_dirs(repo: str) -> dict[str, str]:
+    """setup.cfg's package_dir: each package of fleetsync and its folder in repo."""
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(repo, "setup.cfg"))
+    lines = cfg["options"]["package_dir"].strip().splitlines()
+    return dict((part.strip() for part in line.split("=", 1)) for line in lines)
 
 
 def _runs_as_nobody(cmd: str) -> bool:
@@ -302,8 +312,15 @@ def nobody():
         site = subprocess.run([os.path.join(venv, "bin", "python"), "-c",
                                "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                               capture_output=True, text=True, check=True).stdout.strip()
+        copied = os.path.join(base, "site")
+        shutil.copytree(purelib, copied, symlinks=True,
+                        ignore=shutil.ignore_patterns("__editable__*"))
+        from .support import REPO
+        for package, folder in _package_dirs(REPO).items():
+            shutil.copytree(os.path.join(REPO, folder),
+                            os.path.join(copied, *package.split(".")), symlinks=True)
         with open(os.path.join(site, "worktree.pth"), "w") as f:
-            f.write(f"import site; site.addsitedir({purelib!r})\n")
+            f.write(f"import site; site.addsitedir({copied!r})\n")
         bindir = os.path.dirname(sys.executable)
         for name in os.listdir(bindir):          # ansible-* scripts, for the new python
             if name.startswith("ansible"):
