@@ -39,6 +39,7 @@ sys.path.insert(0, ROOT)
 from sqlalchemy import text  # noqa: E402
 
 from fleetsync.api.server import DEFAULT_THREADS  # noqa: E402
+from fleetsync.controller import processes  # noqa: E402
 from fleetsync.controller.processes import cpu_seconds  # noqa: E402
 from fleetsync.ledger import batches, db, migration, schema  # noqa: E402
 
@@ -222,9 +223,7 @@ def wait_ready(port: int, path: str = "/healthz", timeout: float = 30.0) -> None
 
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of a process, KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f)
-                if k in ("VmRSS", "VmHWM")}
+    return {k: processes.memory_kib(pid, k) for k in ("VmRSS", "VmHWM")}
 
 
 def one_run(port: int, path: str, clients: int, procs: int, seconds: float) -> dict:

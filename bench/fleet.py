@@ -86,17 +86,6 @@ def tree(root: int) -> list[int]:
     return out
 
 
-def pss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def masters(cp_dir: str) -> list[int]:
     """ssh ControlMaster processes of the lab's control directory (code that leaves its
     masters there; fleetsync's own masters are in its process tree)."""
@@ -115,7 +104,7 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(self.every):
             pids = set(tree(self.root)) | set(masters(self.cp_dir))
-            self.peak = max(self.peak, sum(pss_kib(p) for p in pids))
+            self.peak = max(self.peak, sum(processes.memory_kib(p, "Pss") for p in pids))
 
 
 def one_run(lab: Lab, n: int, src: str, work: str, code: str, batch_files: int,

@@ -39,7 +39,7 @@ sys.path.insert(0, REPO)
 OUT = os.path.join(REPO, "bench", "out")
 SLOWFS = os.path.join(REPO, "bench", "slowfs.py")
 
-from fleetsync.controller import defaults  # noqa: E402
+from fleetsync.controller import defaults, processes  # noqa: E402
 
 WALK_PROCESS = """
 import sys
@@ -119,17 +119,6 @@ def walk_once(ledger: str, mnt: str, producers: int) -> float:
     return t
 
 
-def _kib(path: str, field: str) -> int:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def peak_pss_mib(ledger: str, mnt: str, producers: int) -> tuple[float, float]:
     """Peak summed PSS of the walk process and its producers (threads share their
     process's memory), polled every 5 ms; and the walk's time meanwhile."""
@@ -139,12 +128,8 @@ def peak_pss_mib(ledger: str, mnt: str, producers: int) -> tuple[float, float]:
                              cwd=REPO)
     pss = 0
     while child.poll() is None:
-        try:
-            with open(f"/proc/{child.pid}/task/{child.pid}/children") as f:
-                pids = [child.pid, *(int(p) for p in f.read().split())]
-        except OSError:
-            pids = [child.pid]
-        pss = max(pss, sum(_kib(f"/proc/{p}/smaps_rollup", "Pss") for p in pids))
+        pss = max(pss, sum(processes.memory_kib(p, "Pss")
+                           for p in processes.with_children(child.pid)))
         time.sleep(0.005)
     return pss / 1024, time.perf_counter() - t0
 

@@ -29,6 +29,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from fleetsync.controller import processes  # noqa: E402
 from fleetsync.controller.walk import Walk  # noqa: E402
 from fleetsync.controller.producer import Limits  # noqa: E402
 from fleetsync.ledger import db, migration  # noqa: E402
@@ -121,17 +122,6 @@ def walk_as_process(ledger: str, tree: str, producers: int) -> float:
     return run_command([sys.executable, "-c", WALK_PROCESS, ledger, tree, str(producers)])
 
 
-def _kib(path: str, field: str) -> int:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def peak_memory_kib(ledger: str, tree: str, producers: int) -> tuple[int, int]:
     """Peaks of the summed RSS and PSS of the parent and every producer, polled
     from /proc every 2 ms, with the walk in a `python -c` child so that the
@@ -142,13 +132,9 @@ def peak_memory_kib(ledger: str, tree: str, producers: int) -> tuple[int, int]:
                               str(producers)])
     rss = pss = 0
     while child.poll() is None:
-        try:
-            with open(f"/proc/{child.pid}/task/{child.pid}/children") as f:
-                pids = [child.pid, *(int(p) for p in f.read().split())]
-        except OSError:
-            pids = [child.pid]
-        rss = max(rss, sum(_kib(f"/proc/{p}/status", "VmRSS") for p in pids))
-        pss = max(pss, sum(_kib(f"/proc/{p}/smaps_rollup", "Pss") for p in pids))
+        pids = processes.with_children(child.pid)
+        rss = max(rss, sum(processes.memory_kib(p, "VmRSS") for p in pids))
+        pss = max(pss, sum(processes.memory_kib(p, "Pss") for p in pids))
         time.sleep(0.002)
     return rss, pss
 

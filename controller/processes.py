@@ -64,6 +64,30 @@ def children() -> dict[int, list[int]]:
     return kids
 
 
+def with_children(pid: int) -> list[int]:
+    """pid and its direct children: one small file (of its main thread), where
+    children() reads all of /proc; children of other threads are not in it."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [pid, *(int(p) for p in f.read().split())]
+    except OSError:
+        return [pid]
+
+
+def memory_kib(pid: int, field: str) -> int:
+    """One memory figure of a process, in KiB: Pss from smaps_rollup, or a line of
+    status (VmRSS, VmHWM...); 0 when it has ended."""
+    name = "smaps_rollup" if field == "Pss" else "status"
+    try:
+        with open(f"/proc/{pid}/{name}") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def start_time(pid: int) -> str | None:
     """When it started, in clock ticks since boot: with its pid, a key that a reused
     pid does not match. None when it has ended."""
