@@ -250,7 +250,8 @@ def test_a_faulty_host_loses_its_batches_to_the_others(tmp_path, make_lab, fault
 def test_cut_off_and_frozen_hosts_rejoin_after_the_back_off(tmp_path, make_lab):
     lab = make_lab(3)
     h1, h2, h3 = lab.hosts
-    run = Run(tmp_path, lab, dirs=30, files=100)
+    # Work left for h1 alone past the detection and the back-off, so both rejoin before the end.
+    run = Run(tmp_path, lab, dirs=50, files=100)
     lab.inventory(run.inv, lab.hosts)
     proc = run.start(SLOW, "--heartbeat-timeout", "20")
     try:
@@ -284,7 +285,9 @@ def test_hosts_join_and_leave_with_the_inventory_file(tmp_path, make_lab):
     h1, h2, h3 = lab.hosts
     slots = {"h1": {"fleetsync_slots": 1}, "h2": {"fleetsync_slots": 2},
              "h3": {"fleetsync_slots": 3}}
-    run = Run(tmp_path, lab, dirs=25, files=100)
+    # Work left after h3 joins and h1 leaves, however slow ansible-playbook starts
+    # (bwlimit paces the copies, not the CPU).
+    run = Run(tmp_path, lab, dirs=40, files=100)
     lab.inventory(run.inv, [h1, h2], per_host=slots)
     proc = run.start(SLOW)
     wait_for("h1 and h2 working", lambda: successes(run.ledger, "h1") >= 1
@@ -432,7 +435,9 @@ def _playbook_runs(pid: int) -> int:
 def test_sixteen_hosts_share_one_run_and_a_killed_one_loses_nothing(tmp_path, make_lab):
     lab = make_lab(16)
     victim = lab.hosts[6]
-    run = Run(tmp_path, lab, dirs=40, files=100)
+    # Work for every host well past the fault, however slow the controller (bwlimit
+    # paces the copies, not the CPU).
+    run = Run(tmp_path, lab, dirs=60, files=100)
     lab.inventory(run.inv, lab.hosts)
     proc = run.start(SLOW, "--heartbeat-timeout", "20")
     runs = []
