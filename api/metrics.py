@@ -2,8 +2,9 @@
 
 Gauges repeat /status, /progress and /throughput (the same integers; times are
 unrounded seconds). Counters (`_total`) only ever go up, so Prometheus'
-rate() and increase() work on them: attempts by status, retries, rsync's bytes.
-They come from the `attempt_counts` table kept by a trigger (ledger/schema.py),
+rate() and increase() work on them: attempts by status, retries, rsync's bytes,
+entries recorded as not arrived by class. They come from the `attempt_counts` and
+`outcome_counts` tables kept by triggers (ledger/schema.py),
 so a scrape reads a handful of rows at any number of attempts. Workers are one
 row per host. monitoring/alerts.yml and monitoring/grafana-dashboard.json use
 these names: a renamed metric breaks them (tests/test_metrics.py checks).
@@ -16,7 +17,7 @@ import time
 from sqlalchemy import Connection
 
 from fleetsync.ledger import queries
-from fleetsync.ledger.states import AttemptStatus, WorkerState
+from fleetsync.ledger.states import AttemptStatus, EntryClass, WorkerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -32,6 +33,10 @@ _HAS_ATTEMPT_COUNTS = ("SELECT 1 FROM sqlite_master WHERE type = 'table' "
 # so it cannot be added here): the same numbers by a scan, until `run` adds the table.
 _ATTEMPT_SCAN = ("SELECT status, count(*), coalesce(sum(bytes_sent), 0), "
                  "coalesce(sum(bytes_received), 0) FROM attempts GROUP BY status")
+_OUTCOME_COUNTS = "SELECT class, entries FROM outcome_counts"
+_HAS_OUTCOME_COUNTS = _HAS_ATTEMPT_COUNTS.replace("attempt_counts", "outcome_counts")
+_HAS_ENTRY_OUTCOMES = _HAS_ATTEMPT_COUNTS.replace("attempt_counts", "entry_outcomes")
+_OUTCOME_SCAN = "SELECT class, count(*) FROM entry_outcomes GROUP BY class"
 _WORKERS = "SELECT worker_id, host, state, heartbeat_ts FROM workers ORDER BY worker_id"
 
 
@@ -61,6 +66,17 @@ def _attempt_counts(conn: Connection) -> dict[str, tuple[int, int, int]]:
     counts = {s.value: (0, 0, 0) for s in AttemptStatus}
     for status, n, sent, received in _rows(conn, sql):
         counts[status] = (n, sent, received)
+    return counts
+
+
+def _outcome_counts(conn: Connection) -> dict[str, int]:
+    """{class: entries recorded as not arrived} for every EntryClass (a ledger older
+    than outcome_counts: a scan; older than entry_outcomes: none)."""
+    counts = {c.value: 0 for c in EntryClass}
+    if _rows(conn, _HAS_OUTCOME_COUNTS):
+        counts.update(_rows(conn, _OUTCOME_COUNTS))
+    elif _rows(conn, _HAS_ENTRY_OUTCOMES):
+        counts.update(_rows(conn, _OUTCOME_SCAN))
     return counts
 
 
@@ -110,6 +126,12 @@ def _counters(lines: list[str], conn: Connection) -> None:
             [("", sum(sent for _, (_, sent, _) in attempts))], "counter")
     _metric(lines, "bytes_received_total", "Bytes rsync reported received, over every attempt.",
             [("", sum(received for _, (_, _, received) in attempts))], "counter")
+    _metric(lines, "entry_errors_total", "Entries recorded as not arrived, by class, each "
+            "time one was (a per-file rsync error, a walk error; a batch that failed as a "
+            "whole is in attempts_total): rate() shows new ones, entries_not_arrived how many "
+            "are still missing. vanished: deleted from SRC, an outcome, not a failure.",
+            [(_labels(**{"class": c}), n) for c, n in sorted(_outcome_counts(conn).items())],
+            "counter")
 
 
 def _workers(lines: list[str], conn: Connection, now: float) -> None:

@@ -234,20 +234,28 @@ _ATTEMPT_COUNTS_TRIGGER = """CREATE TRIGGER attempt_counts_insert AFTER INSERT O
    END"""
 
 
-def _create_attempt_counts(conn) -> None:
-    """The trigger, and on a ledger written before it existed, the counts of the
-    attempts already there: both in one write transaction, so that no attempt is
-    counted twice or missed."""
+def _create_counts(conn, table: str, key: str, keys: list[str], trigger: str,
+                   create_trigger: str, backfill: str) -> None:
+    """A counter table's trigger and, on a ledger written before it existed, the
+    counts of the rows already there (backfill): both in create()'s one write
+    transaction, so that no row is counted twice or missed; then a zero row for
+    every key, so that every counter is there from the start."""
     exists = conn.execute(text("SELECT 1 FROM sqlite_master WHERE type = 'trigger' "
-                               "AND name = 'attempt_counts_insert'")).first()
+                               "AND name = :name"), {"name": trigger}).first()
     if exists is None:
-        conn.execute(text(
-            "INSERT OR REPLACE INTO attempt_counts(status, attempts, bytes_sent, bytes_received) "
-            "SELECT status, count(*), coalesce(sum(bytes_sent), 0), "
-            "coalesce(sum(bytes_received), 0) FROM attempts GROUP BY status"))
-        conn.execute(text(_ATTEMPT_COUNTS_TRIGGER))
-    conn.execute(text("INSERT OR IGNORE INTO attempt_counts(status) VALUES "
-                      + ", ".join(f"('{s.value}')" for s in AttemptStatus)))
+        conn.execute(text(backfill))
+        conn.execute(text(create_trigger))
+    conn.execute(text(f"INSERT OR IGNORE INTO {table}({key}) VALUES "
+                      + ", ".join(f"('{k}')" for k in keys)))
+
+
+def _create_attempt_counts(conn) -> None:
+    _create_counts(
+        conn, "attempt_counts", "status", [s.value for s in AttemptStatus],
+        "attempt_counts_insert", _ATTEMPT_COUNTS_TRIGGER,
+        "INSERT OR REPLACE INTO attempt_counts(status, attempts, bytes_sent, bytes_received) "
+        "SELECT status, count(*), coalesce(sum(bytes_sent), 0), "
+        "coalesce(sum(bytes_received), 0) FROM attempts GROUP BY status")
 # --- end of attempt_counts -----------------------------------------------------------------
 
 
@@ -277,6 +285,30 @@ entry_outcomes = Table(
                                          # attempt's row speaks for it); NULL: open
     Column("settled_by", Integer),       # the attempt that settled it (NULL: none)
 )
+
+# Entries recorded as not arrived, by class, each time one was (a counter of
+# /metrics: rows of entry_outcomes are only added, never deleted; settling one
+# leaves it counted). One row per EntryClass, kept by a trigger.
+outcome_counts = Table(
+    "outcome_counts", metadata,
+    Column("class", Text, primary_key=True),                        # EntryClass
+    Column("entries", Integer, nullable=False, server_default="0"),
+)
+
+_OUTCOME_COUNTS_TRIGGER = """CREATE TRIGGER outcome_counts_insert AFTER INSERT ON entry_outcomes
+   BEGIN
+     INSERT OR IGNORE INTO outcome_counts(class) VALUES (NEW.class);
+     UPDATE outcome_counts SET entries = entries + 1 WHERE class = NEW.class;
+   END"""
+
+
+def _create_outcome_counts(conn) -> None:
+    _create_counts(
+        conn, "outcome_counts", "class", [c.value for c in EntryClass],
+        "outcome_counts_insert", _OUTCOME_COUNTS_TRIGGER,
+        "INSERT OR REPLACE INTO outcome_counts(class, entries) "
+        "SELECT class, count(*) FROM entry_outcomes GROUP BY class")
+
 
 # Which entries did not arrive, and why: the open per-file rows, and every entry
 # of a failed batch that failed as a whole (no per-file rows said what arrived).
@@ -417,6 +449,7 @@ def create(engine: Engine) -> None:
         for ddl in _EXTRA_DDL:
             conn.execute(text(ddl))
         _create_attempt_counts(conn)
+        _create_outcome_counts(conn)
         conn.execute(text(
             "INSERT OR IGNORE INTO batch_counts(state) VALUES "
             + ", ".join(f"('{s.value}')" for s in BatchState)

@@ -24,6 +24,8 @@ import yaml
 from fleetsync.api import make_app, metrics, start_in_thread
 from fleetsync.ledger import batches, db, migration, schema, workers
 from fleetsync.ledger.batches import Report
+from fleetsync.ledger.entry_outcomes import EntryOutcome
+from fleetsync.ledger.states import EntryClass
 
 from .support import REPO
 
@@ -52,6 +54,11 @@ def render(path: str, now: float | None = None) -> str:
         return metrics.render(conn, now)
 
 
+def outcome_scan(path: str) -> dict[str, int]:
+    with sqlite3.connect(path) as c:
+        return dict(c.execute("SELECT class, count(*) FROM entry_outcomes GROUP BY class"))
+
+
 def attempt_scan(path: str) -> dict[str, tuple[int, int, int]]:
     """The truth the counters must match, counted the slow way."""
     with sqlite3.connect(path) as c:
@@ -78,8 +85,12 @@ def moved_ledger(path: str) -> None:
             batches.succeed(conn, Report(k.task_id, k.claim_no, "a-1", 0, bytes_sent=100,
                                          bytes_received=7, start_ts=1.0, end_ts=2.0))
         batches.retry(conn, Report(c[3].task_id, c[3].claim_no, "a-1", 23, bytes_sent=5,
-                                   bytes_received=1), 1)
-        batches.fail(conn, Report(c[4].task_id, c[4].claim_no, "a-1", 2), 0)
+                                   bytes_received=1, file_outcomes=[
+                                       EntryOutcome(b"d/x", EntryClass.MAY_HEAL, "EIO"),
+                                       EntryOutcome(b"d/y", EntryClass.VANISHED, "gone")],
+                                   rest_arrived=True), 1)
+        batches.fail(conn, Report(c[4].task_id, c[4].claim_no, "a-1", 23, file_outcomes=[
+            EntryOutcome(b"d/z", EntryClass.PERMANENT, "EACCES")], rest_arrived=True), 0)
         lost = batches.claim(conn, "b-2", limit=1)
         assert batches.release_worker(conn, "b-2", "host b lost: test") == [lost[0].task_id]
         workers.lost(conn, "b-2", time.time() + 60)
@@ -104,10 +115,13 @@ def test_counters_match_the_attempts(ledger):
     assert got["fleetsync_retries_total"] == truth["retry"][0] == 1
     assert got["fleetsync_bytes_sent_total"] == sum(v[1] for v in truth.values()) == 305
     assert got["fleetsync_bytes_received_total"] == sum(v[2] for v in truth.values()) == 22
+    assert outcome_scan(ledger) == {"may_heal": 1, "vanished": 1, "permanent": 1}
+    for cls, n in outcome_scan(ledger).items():
+        assert got[f'fleetsync_entry_errors_total{{class="{cls}"}}'] == n
     kinds = types(text)
     assert {n for n, k in kinds.items() if k == "counter"} == {
         "fleetsync_attempts_total", "fleetsync_retries_total", "fleetsync_bytes_sent_total",
-        "fleetsync_bytes_received_total"}
+        "fleetsync_bytes_received_total", "fleetsync_entry_errors_total"}
     assert all(n.endswith("_total") == (k == "counter") for n, k in kinds.items())
 
 
@@ -133,18 +147,21 @@ def test_a_scrape_never_scans_the_attempts(ledger):
     with db.connect(ledger, readonly=True) as conn, conn.begin():
         conn.connection.driver_connection.set_trace_callback(seen.append)
         metrics.render(conn)
-    assert seen and not [s for s in seen if re.search(r"\bFROM attempts\b", s)], seen
+    assert seen and not [s for s in seen if re.search(r"\bFROM attempts\b", s)
+                         or re.search(r"\bFROM entry_outcomes GROUP BY\b", s)], seen
 
 
 def test_an_older_ledger_gets_its_counts_once(tmp_path, ledger):
     """A ledger written before attempt_counts: served read-only, the counts come from a
     scan; the next writer counts what is there, exactly once, then the trigger goes on."""
     with sqlite3.connect(ledger) as c:
-        c.execute("DROP TRIGGER attempt_counts_insert")
-        c.execute("DROP TABLE attempt_counts")
-    truth = attempt_scan(ledger)
+        for counts in ("attempt_counts", "outcome_counts"):
+            c.execute(f"DROP TRIGGER {counts}_insert")
+            c.execute(f"DROP TABLE {counts}")
+    truth, outcomes = attempt_scan(ledger), outcome_scan(ledger)
     got = samples(render(ledger))
     assert got['fleetsync_attempts_total{status="success"}'] == truth["success"][0]
+    assert got['fleetsync_entry_errors_total{class="permanent"}'] == outcomes["permanent"] == 1
     for _ in range(2):                      # two openings must not count twice
         engine = db.writer(ledger)
         schema.create(engine)
@@ -153,6 +170,8 @@ def test_an_older_ledger_gets_its_counts_once(tmp_path, ledger):
     for status, (n, _, _) in truth.items():
         assert got[f'fleetsync_attempts_total{{status="{status}"}}'] == n
     assert got["fleetsync_bytes_sent_total"] == sum(v[1] for v in truth.values())
+    for cls, n in outcomes.items():
+        assert got[f'fleetsync_entry_errors_total{{class="{cls}"}}'] == n
 
 
 def test_workers_by_state_and_heartbeat_age(ledger):
