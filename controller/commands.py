@@ -390,6 +390,9 @@ def status(args) -> int:
 def backup(args) -> int:
     """`fleetsync backup`: a consistent, self-contained copy of the ledger, also during a run."""
     ledger_path = _existing(args.ledger)
+    with db.connect(ledger_path, readonly=True) as conn:
+        if not migration.created(conn):      # a run that is creating it, or none
+            raise UsageError(f"{args.ledger} holds no migration yet: nothing to copy")
     if os.path.lexists(args.out):
         raise UsageError(f"{args.out} exists: give a new file for the copy")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):

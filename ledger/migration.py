@@ -40,6 +40,16 @@ def _row_to_migration(row) -> Migration:
                      bool(row.walk_done), row.bwlimit)
 
 
+def created(conn: Connection) -> bool:
+    """The ledger holds its migration (an empty SQLite file has no tables yet: one
+    being created by a `fleetsync run` that has not committed them)."""
+    has_table = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                     "AND name = 'migration'").first()
+    ok = has_table is not None and load(conn) is not None
+    conn.rollback()
+    return ok
+
+
 def load(conn: Connection) -> Migration | None:
     row = conn.execute(select(migration)).first()
     return _row_to_migration(row) if row else None
@@ -51,10 +61,10 @@ def open_or_create(engine: Engine, src: str, dest: str, options: dict) -> Migrat
     A ledger to which nothing was ever copied (no attempt at all: every host
     refused it at its preflight, e.g. a mistyped DEST) may be pointed at another
     DEST: it is not bound to a DEST no host accepted."""
-    schema.create(engine)
     repointed = None
     with engine.connect() as conn:
-        with conn.begin():
+        with conn.begin():       # the tables and the migration in one: a reader sees both
+            schema.create(conn)
             row = conn.execute(select(migration)).first()
             if row is None:
                 conn.execute(insert(migration).values(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     Column,
+    Connection,
     Engine,
     Float,
     Integer,
@@ -440,17 +441,23 @@ _EXTRA_DDL = [
 ]
 
 
-def create(engine: Engine) -> None:
-    """Create every table, index and trigger; safe to run on an existing ledger."""
-    metadata.create_all(engine)
-    with engine.begin() as conn:
-        # Marks the file as a fleetsync ledger (ledger/db.py: check refuses others).
-        conn.execute(text(f"PRAGMA application_id = {APPLICATION_ID}"))
-        for ddl in _EXTRA_DDL:
-            conn.execute(text(ddl))
-        _create_attempt_counts(conn)
-        _create_outcome_counts(conn)
-        conn.execute(text(
-            "INSERT OR IGNORE INTO batch_counts(state) VALUES "
-            + ", ".join(f"('{s.value}')" for s in BatchState)
-        ))
+def create(target: Engine | Connection) -> None:
+    """Create every table, index and trigger; safe to run on an existing ledger. One
+    transaction (the caller's, given a connection inside one): a reader, `fleetsync
+    backup` say, sees no ledger or a whole one, never tables without their counts."""
+    if isinstance(target, Engine):
+        with target.begin() as conn:
+            create(conn)
+        return
+    conn = target
+    metadata.create_all(conn)
+    # Marks the file as a fleetsync ledger (ledger/db.py: check refuses others).
+    conn.execute(text(f"PRAGMA application_id = {APPLICATION_ID}"))
+    for ddl in _EXTRA_DDL:
+        conn.execute(text(ddl))
+    _create_attempt_counts(conn)
+    _create_outcome_counts(conn)
+    conn.execute(text(
+        "INSERT OR IGNORE INTO batch_counts(state) VALUES "
+        + ", ".join(f"('{s.value}')" for s in BatchState)
+    ))

@@ -207,3 +207,56 @@ def test_the_command_line_of_a_remote_dest_and_a_list_of_rsync_options():
     assert (run.src, run.dest, run.warnings) == ("/home/op/old", "nas:/export/new", [])
     with pytest.raises(pb.PlaybookError, match="dest is not set"):
         pb.command({"src": "/s"}, "/py", "inv.ini", "/")
+
+
+# -- the preflight: leftovers of dead runs, and nothing else --------------------------------
+def _preflight(tmp_path, migration_id: str, run_token: str) -> str:
+    """playbooks/preflight.sh.j2 as Ansible's own templating renders it for a host."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+    (tmp_path / "src").mkdir()
+    templar = Templar(loader=DataLoader(), variables=dict(
+        fleetsync_src=str(tmp_path / "src"), fleetsync_dest=str(tmp_path / "dest"),
+        fleetsync_migration_id=migration_id, fleetsync_run_token=run_token))
+    with open(os.path.join(REPO, "playbooks", "preflight.sh.j2")) as f:
+        return templar.template(trust_as_template(f.read()))
+
+
+def test_a_preflight_kills_a_dead_runs_leftovers_not_another_hosts_preflight(tmp_path):
+    """Hosts that share the controller's processes (localhost in a fleet) see each
+    other's preflights: one host's leftover search must not find, and kill, the
+    search another host runs at the same moment (seen under load)."""
+    import re
+    import time
+    import uuid
+
+    from fleetsync.controller import processes
+    mid = str(uuid.uuid4())
+    script = _preflight(tmp_path, mid, "live-token")
+    [pattern] = re.findall(r'pgrep -f "([^"]+)"', script)
+    sleeper = ["sh", "-c", "sleep 600; :"]
+    others = {   # what each would look like in /proc, and whether it must survive
+        "another host's search": (subprocess.Popen([*sleeper, "pgrep", "-f", pattern]), True),
+        "this run's rsync": (subprocess.Popen(
+            [*sleeper, f"--log-file-format=fleetsync:{mid}:live-token"]), True),
+        "a dead run's rsync": (subprocess.Popen(
+            [*sleeper, f"--log-file-format=fleetsync:{mid}:dead-token"]), False),
+    }
+    try:
+        for p, _ in others.values():          # their exec may be under way: a guard
+            deadline = time.monotonic() + 120
+            while b"600" not in (processes.command_line(p.pid) or b""):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                             env={**os.environ, "HOME": str(tmp_path)}, timeout=60).stdout
+        for what, (p, survives) in others.items():
+            p.poll() if survives else p.wait(60)
+            assert (p.returncode is None) == survives, (what, out)
+        killed = re.findall(r"@@fleetsync killed leftover (\d+)", out)
+        assert killed == [str(others["a dead run's rsync"][0].pid)], out
+        assert "@@fleetsync worker " in out
+    finally:
+        for p, _ in others.values():
+            p.kill()
+            p.wait()
