@@ -15,7 +15,7 @@ LINT_VENV := .venv-lint
 BENCH_DEBS := fuse3 python3-fusepy
 DEMO   := demo
 
-.PHONY: demo test deps test-deps bench-deps debs venv lint-venv lint clean bench
+.PHONY: demo test test-loaded deps test-deps bench-deps debs venv lint-venv lint clean bench
 
 deps: debs venv
 
@@ -60,6 +60,12 @@ lint: lint-venv
 
 test: test-deps
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The whole suite with every core kept busy by a busy loop, as on a loaded machine:
+# no test may depend on timing (the loops end with the suite).
+test-loaded: test-deps
+	bash -c 'loops=; for i in $$(seq $$(nproc)); do (while :; do :; done) & loops="$$loops $$!"; \
+	  done; trap "kill $$loops" EXIT; $(PY) -m pytest -q -p no:cacheprovider tests; exit $$?'
 
 demo: deps
 	$(PY) -m fleetsync.controller.demo --dir $(DEMO)
