@@ -400,7 +400,7 @@ def test_a_real_waitress_server(ledger_path):
     server = start_in_thread(make_app(ledger_path), "127.0.0.1", 0, threads=2)
     try:
         assert server.host == "127.0.0.1" and server.port > 0
-        conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
         for path in ["/status", "/progress", "/status"]:        # one keep-alive connection
             conn.request("GET", path)
             resp = conn.getresponse()
@@ -424,7 +424,7 @@ def test_a_real_waitress_server(ledger_path):
 def test_the_server_thread_is_a_context_manager(ledger_path):
     with ServerThread(make_app(ledger_path, token=TOKEN), port=0) as server:
         assert server.url.startswith("http://127.0.0.1:")
-        conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
         conn.request("GET", "/status")
         assert conn.getresponse().status == 401
         conn.close()
@@ -602,7 +602,7 @@ def test_a_server_thread_never_started_can_still_be_stopped(ledger_path):
 
 def _get(port: int, path: str) -> tuple[int, bytes] | None:
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", path)
         resp = conn.getresponse()
         return resp.status, resp.read()

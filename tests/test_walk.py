@@ -409,7 +409,7 @@ def test_a_producer_killed_from_outside_is_replaced(tmp_path, make_ledger, monke
         if not walk.running():
             break
         time.sleep(0.05)
-    assert walk.join(timeout=5)
+    assert walk.join(timeout=60)
     assert walk.restarts == 1
     assert listed(ledger) == expected(src)
     assert query(ledger, "SELECT message FROM log") == [
