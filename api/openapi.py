@@ -95,8 +95,9 @@ def describe(routes) -> dict:
         else:
             ok = {"application/json": {"schema": {"type": "object"}}}
         responses = {"200": {"description": "OK", "content": ok},
-                     "405": _error("Only GET and HEAD are allowed"),
-                     "503": _error("The ledger cannot be read now")}
+                     "405": _error("Only GET and HEAD are allowed")}
+        if r.ledger:        # the dashboard page and this document never read it
+            responses["503"] = _error("The ledger cannot be read now")
         if r.params or r.path_params:
             responses["400"] = _error("A query or path parameter is invalid")
         if r.path_params:

@@ -278,6 +278,14 @@ def test_a_ledger_without_tables_is_503_not_500(tmp_path):
     app = make_app(str(path))
     assert "no such table" in assert_error(call(app, "/status"), 503)
     assert_error(call(app, "/healthz"), 503)
+    # The document says which routes can answer 503: those that read the ledger.
+    doc = call(app, "/openapi.json").json
+    for route in ROUTES:
+        says_503 = "503" in doc["paths"][re.sub(r"<(\w+)>", r"{\1}", route.path)]["get"][
+            "responses"]
+        assert says_503 == route.ledger, route.path
+        if not route.ledger:
+            assert call(app, route.path).status == 200, route.path
 
 
 def test_a_just_created_ledger_answers_zeros(tmp_path):
