@@ -269,8 +269,20 @@ class Lab:
         return n
 
     def kill(self, h: Host) -> None:
-        """Every process of the host dies at once (a crash or power loss)."""
-        self._signal_all(h, signal.SIGCONT)
+        """Every process of the host dies at once (a crash or power loss). All are
+        stopped first, then killed: killed one by one, a process that saw another
+        die could still clean up (an rsync receiver whose sender is gone removes its
+        temporary file; seen under load), which a crash never lets it do. A stopped
+        process forks nothing, so the stop passes end with one that finds no process
+        it had not stopped; SIGKILL ends a stopped process without running it."""
+        stopped: set[int] = set()
+        while new := [p for p in self.pids(h) if p not in stopped]:
+            for pid in new:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    pass
+            stopped.update(new)
         for _ in range(50):
             if not self._signal_all(h, signal.SIGKILL):
                 break
