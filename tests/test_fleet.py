@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -95,6 +96,24 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.fixture(autouse=True)
+def _no_run_outlives_its_test():
+    """A test that fails mid-run would leave its `fleetsync run` waiting for lost hosts
+    to come back (as a run does), its lab gone: the run ends with the test, stopped at
+    once (a second signal), as an operator would stop it."""
+    yield
+    for proc in Run.started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+    Run.started.clear()
+
+
 class Run:
     """One migration of a fresh tree in tmp_path through the lab."""
 
@@ -109,8 +128,12 @@ class Run:
                 "--inventory", self.inv, "--bind", "0.0.0.0", "--port", str(free_port()),
                 "--batch-files", "20", *extra]
 
+    started: list[subprocess.Popen] = []     # ended by _no_run_outlives_its_test
+
     def start(self, *extra: str, dest: str | None = None) -> subprocess.Popen:
-        return popen(*self.args(*extra, dest=dest), env=self.lab.env())
+        proc = popen(*self.args(*extra, dest=dest), env=self.lab.env())
+        Run.started.append(proc)
+        return proc
 
     def q(self, sql, *args):
         return ledger_query(self.ledger, sql, *args)

@@ -234,7 +234,9 @@ def test_a_preflight_kills_a_dead_runs_leftovers_not_another_hosts_preflight(tmp
     mid = str(uuid.uuid4())
     script = _preflight(tmp_path, mid, "live-token")
     [pattern] = re.findall(r'pgrep -f "([^"]+)"', script)
-    sleeper = ["sh", "-c", "sleep 600; :"]
+    # Processes with no child: a shell's child, between fork and exec, would look like
+    # the shell and be killed with it.
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
     others = {   # what each would look like in /proc, and whether it must survive
         "another host's search": (subprocess.Popen([*sleeper, "pgrep", "-f", pattern]), True),
         "this run's rsync": (subprocess.Popen(
@@ -245,7 +247,7 @@ def test_a_preflight_kills_a_dead_runs_leftovers_not_another_hosts_preflight(tmp
     try:
         for p, _ in others.values():          # their exec may be under way: a guard
             deadline = time.monotonic() + 120
-            while b"600" not in (processes.command_line(p.pid) or b""):
+            while b"time.sleep(600)" not in (processes.command_line(p.pid) or b""):
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
         out = subprocess.run(["sh", "-c", script], capture_output=True, text=True,

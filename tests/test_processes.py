@@ -11,17 +11,22 @@ import uuid
 
 from fleetsync.controller import processes
 
+SLEEP = "import time; time.sleep(600)"
+
 
 def test_a_marked_process_is_found_read_and_gone_once_reaped():
     mark = f"fleetsync-test:{uuid.uuid4().hex}"
-    child = subprocess.Popen(["sh", "-c", "sleep 600; :", mark])
+    # A process with no child: a shell's child, between fork and exec, would look
+    # like the shell (and match as well).
+    child = subprocess.Popen([sys.executable, "-c", SLEEP, mark])
     try:
         deadline = time.monotonic() + 120   # its exec may still be under way: a guard
         while mark.encode() not in (processes.command_line(child.pid) or b""):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert processes.matching(mark.encode()) == [child.pid]
-        assert processes.argv(child.pid) == [b"sh", b"-c", b"sleep 600; :", mark.encode()]
+        assert processes.argv(child.pid) == [sys.executable.encode(), b"-c", SLEEP.encode(),
+                                             mark.encode()]
         assert child.pid in processes.children()[os.getpid()]
         assert child.pid in processes.with_children(os.getpid())
         assert int(processes.stat(child.pid)[1]) == os.getpid()      # its parent
