@@ -426,6 +426,7 @@ def test_unreadable_entries_as_an_unprivileged_user_are_named_and_fail_at_once(n
         assert {f["path"] for f in failed if f["open"]} <= {"noenter/t", "locked"}
         assert all(f["source"] != "rsync" for f in failed if f["open"])
         assert call(app, "/status").json["entries_not_arrived"] == 2
+        app.snapshots.close()   # a reader as root would make -wal/-shm the owner cannot write
         # The owner opens the two directories: --rescan lists them now, their old
         # entries (older than the first walk) included, and nothing is missing.
         os.chmod(src + b"/locked", 0o755)
@@ -438,7 +439,7 @@ def test_unreadable_entries_as_an_unprivileged_user_are_named_and_fail_at_once(n
             with open(dest + b"/" + rel, "rb") as f:
                 assert f.read() == rel * 1000
         assert query(ledger, "SELECT path FROM missing_entries") == []
-        assert call(app, "/status").json["entries_not_arrived"] == 0
+        assert query(ledger, "SELECT count(*) FROM missing_entries") == [(0,)]
     finally:
         for d, dirs, _ in os.walk(case):
             for n in dirs:
@@ -463,6 +464,21 @@ def test_a_ledger_the_user_cannot_write_is_refused_in_one_line(nobody):
     assert open(ledger, "rb").read() == before
     r = nobody.fleetsync("status", "--ledger", ledger)      # a reader may
     assert r.returncode == 0, r.stderr.decode()
+    # The user's own ledger, but a reader as root left a -shm only root can write.
+    mine = os.path.join(nobody.base, "case3")
+    os.makedirs(os.path.join(mine, "src"))
+    with open(os.path.join(mine, "src", "f"), "w") as f:
+        f.write("x")
+    chown_tree(mine.encode())
+    args = run_args(os.path.join(mine, "src"), os.path.join(mine, "dest"),
+                    os.path.join(mine, "l.db"))
+    assert nobody.fleetsync(*args).returncode == 0
+    with open(os.path.join(mine, "l.db-shm"), "wb"):
+        pass                                        # root's, 0644
+    r = nobody.fleetsync(*args)
+    err = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1, err
+    assert "cannot write" in err[0] and "l.db-shm (owned by uid 0" in err[0], err
 
 
 def test_files_and_a_directory_deleted_while_their_batch_waits_end_0_named_vanished(tmp_path):
