@@ -16,7 +16,7 @@ import time
 
 from sqlalchemy import Connection
 
-from fleetsync.ledger import queries
+from fleetsync.ledger import queries, schema
 from fleetsync.ledger.states import AttemptStatus, EntryClass, WorkerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -27,15 +27,11 @@ except importlib.metadata.PackageNotFoundError:   # a source tree never installe
     VERSION = "unknown"
 
 _ATTEMPT_COUNTS = "SELECT status, attempts, bytes_sent, bytes_received FROM attempt_counts"
-_HAS_ATTEMPT_COUNTS = ("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                       "AND name = 'attempt_counts'")
 # A ledger last opened by a fleetsync older than attempt_counts (served read-only,
 # so it cannot be added here): the same numbers by a scan, until `run` adds the table.
 _ATTEMPT_SCAN = ("SELECT status, count(*), coalesce(sum(bytes_sent), 0), "
                  "coalesce(sum(bytes_received), 0) FROM attempts GROUP BY status")
 _OUTCOME_COUNTS = "SELECT class, entries FROM outcome_counts"
-_HAS_OUTCOME_COUNTS = _HAS_ATTEMPT_COUNTS.replace("attempt_counts", "outcome_counts")
-_HAS_ENTRY_OUTCOMES = _HAS_ATTEMPT_COUNTS.replace("attempt_counts", "entry_outcomes")
 _OUTCOME_SCAN = "SELECT class, count(*) FROM entry_outcomes GROUP BY class"
 _WORKERS = "SELECT worker_id, host, state, heartbeat_ts FROM workers ORDER BY worker_id"
 
@@ -62,7 +58,7 @@ def _rows(conn: Connection, sql: str) -> list[tuple]:
 
 def _attempt_counts(conn: Connection) -> dict[str, tuple[int, int, int]]:
     """{status: (attempts, bytes_sent, bytes_received)} for every AttemptStatus."""
-    sql = _ATTEMPT_COUNTS if _rows(conn, _HAS_ATTEMPT_COUNTS) else _ATTEMPT_SCAN
+    sql = _ATTEMPT_COUNTS if schema.has_table(conn, "attempt_counts") else _ATTEMPT_SCAN
     counts = {s.value: (0, 0, 0) for s in AttemptStatus}
     for status, n, sent, received in _rows(conn, sql):
         counts[status] = (n, sent, received)
@@ -73,9 +69,9 @@ def _outcome_counts(conn: Connection) -> dict[str, int]:
     """{class: entries recorded as not arrived} for every EntryClass (a ledger older
     than outcome_counts: a scan; older than entry_outcomes: none)."""
     counts = {c.value: 0 for c in EntryClass}
-    if _rows(conn, _HAS_OUTCOME_COUNTS):
+    if schema.has_table(conn, "outcome_counts"):
         counts.update(_rows(conn, _OUTCOME_COUNTS))
-    elif _rows(conn, _HAS_ENTRY_OUTCOMES):
+    elif schema.has_table(conn, "entry_outcomes"):
         counts.update(_rows(conn, _OUTCOME_SCAN))
     return counts
 

@@ -43,9 +43,7 @@ def _row_to_migration(row) -> Migration:
 def created(conn: Connection) -> bool:
     """The ledger holds its migration (an empty SQLite file has no tables yet: one
     being created by a `fleetsync run` that has not committed them)."""
-    has_table = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                                     "AND name = 'migration'").first()
-    ok = has_table is not None and load(conn) is not None
+    ok = schema.has_table(conn, "migration") and load(conn) is not None
     conn.rollback()
     return ok
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, insert, select
 
-from .schema import runs
+from .schema import has_table, runs
 
 
 def record(conn: Connection, inventory: str) -> None:
@@ -22,9 +22,7 @@ def last_inventory(conn: Connection) -> str | None:
     """The inventory of the newest run; None before the first (or in a ledger made
     before runs were recorded: its next `fleetsync run` adds the table)."""
     with conn.begin():
-        known = conn.execute(text("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                                  "AND name = :t"), {"t": runs.name}).first()
-        if known is None:
+        if not has_table(conn, runs.name):
             return None
         return conn.execute(select(runs.c.inventory)
                             .order_by(runs.c.run_id.desc()).limit(1)).scalar()

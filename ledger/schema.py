@@ -441,6 +441,13 @@ _EXTRA_DDL = [
 ]
 
 
+def has_table(conn: Connection, name: str) -> bool:
+    """The ledger has this table (one written by an older fleetsync, or still being
+    created, may not)."""
+    return conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                "AND name = ?", (name,)).first() is not None
+
+
 def create(target: Engine | Connection) -> None:
     """Create every table, index and trigger; safe to run on an existing ledger. One
     transaction (the caller's, given a connection inside one): a reader, `fleetsync
