@@ -219,6 +219,11 @@ def _job_case(n: int, job: Job, src: str, dest: str, mark: str) -> str:
             f"echo {MARK} end task={job.task_id} claim={job.claim} rc=$rc end=$(date +%s.%N);;")
 
 
+def item_dir_prefix(migration_id: str, run_token: str) -> str:
+    """The name of an item's directory (under the host's TMPDIR) up to mktemp's XXXXXX."""
+    return f"fleetsync.{migration_id}.{run_token}."
+
+
 def item_command(jobs: list[Job], src: str, dest: str, mark: str, lanes: int,
                  tmp_prefix: str = "fleetsync.") -> str:
     """One loop item: these batches, `lanes` at a time on the host, in order of their

@@ -196,7 +196,7 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
                 pace.list_bytes = max(256, sum(len(j.listed()[0]) for j in jobs) // len(jobs))
                 pace.since, pace.batches = time.monotonic(), len(jobs)
                 return rsync.item_command(jobs, mig.src, mig.dest, mark, lanes,
-                                          f"fleetsync.{mig.migration_id}.{run_token}.")
+                                          rsync.item_dir_prefix(mig.migration_id, run_token))
             pace.since = None
             if finished:
                 if mode is OutcomeKind.VERIFY:

@@ -228,3 +228,19 @@ def test_seeded_rounds_of_user_changes_each_end_with_dest_equal_to_src(tmp_path,
             assert_same(tmp_path)
         except AssertionError as e:
             raise AssertionError(f"round {round_no} after {done}: {e}") from e
+
+
+def test_a_directory_gone_from_src_is_not_sent_by_later_directory_passes(tmp_path):
+    """Issue 20, item 11: every run logged `directory pass (dirs) exit=24: link_stat
+    .../d11 failed` for a directory deleted from SRC long ago."""
+    src = tmp_path / "src"
+    for d in ("d1", "d11"):
+        (src / d).mkdir(parents=True)
+        write(src / d / "f", b"f")
+    ok(run(tmp_path))
+    shutil.rmtree(src / "d11")
+    ok(run(tmp_path, "--rescan"))
+    ok(run(tmp_path))
+    ok(run(tmp_path, "--rescan"))
+    assert query(tmp_path / "l.db", "SELECT message FROM log WHERE message LIKE "
+                 "'directory pass%'") == []
