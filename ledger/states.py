@@ -81,11 +81,6 @@ class DeleteMode(str, enum.Enum):
     DRY_RUN = "dry-run"  # --delete-dry-run: the pass lists it in `deletions`, removes nothing
 
 
-def sql_list(*states: enum.Enum) -> str:
-    """States as an SQL list literal, for DDL only (it cannot bind parameters)."""
-    return "(" + ", ".join(f"'{s.value}'" for s in states) + ")"
-
-
 class EntryClass(str, enum.Enum):
     """Why one entry did not arrive (table entry_outcomes; controller/policy.py
     classifies, and says why each errno is where it is)."""
