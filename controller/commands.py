@@ -15,7 +15,7 @@ from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
 from . import delete_guard, inventory, progress, sizes
-from .dispatch import Dispatcher, Settings
+from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError
 from .hostrun import kill_leftovers
 from .policy import Policy
@@ -86,10 +86,21 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
                                  args.slots)
     ledger_path = os.path.abspath(args.ledger)
     db.check(ledger_path, write=True)
+    # Whether the run goes on is decided by reading alone: a refusal leaves the
+    # ledger byte for byte, its journal mode too, with no -wal, -shm or lock file.
+    if migration.opening(ledger_path, src, dest) is not None and delete is DeleteMode.ON:
+        _guard_top_level(args, ledger_path, src)
     # One run per ledger, held until this process ends: a second run would kill
     # this one's rsyncs as leftovers and fight over its batches.
     with _locked(ledger_path):
-        return _run(args, src, dest, limits, bwlimit, delete, hosts, ledger_path, api)
+        try:
+            return _run(args, src, dest, limits, bwlimit, delete, hosts, ledger_path, api)
+        except (DispatchError, inventory.InventoryError):
+            # Refused once it had begun (no host passed its preflight, say): the
+            # ledger is left as a finished run leaves it, in rollback-journal mode,
+            # so that a reader who may not write beside it can still open it.
+            _fold_wal(ledger_path)
+            raise
 
 
 def _locked(ledger_path: str) -> LedgerLock:
@@ -110,8 +121,6 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
     if mig.repointed_from:
         print(f"fleetsync: this ledger now copies to {dest}, not {mig.repointed_from} "
               "(nothing was ever copied there)", file=sys.stderr)
-    if delete is DeleteMode.ON:
-        _guard_top_level(args, engine, src)
     killed = kill_leftovers(mig.migration_id)
     if killed:
         print(f"fleetsync: stopped {killed} processes left by an earlier run", file=sys.stderr)
@@ -176,10 +185,10 @@ def _fold_wal(ledger_path: str) -> None:
               "with `fleetsync backup`, not cp", file=sys.stderr)
 
 
-def _guard_top_level(args, engine, src: str) -> None:
+def _guard_top_level(args, ledger_path: str, src: str) -> None:
     """--delete with top-level entries the ledger copied before missing from SRC:
-    refused before anything runs, unless named or a bound is given."""
-    with engine.connect() as conn:
+    refused before anything runs (or is written), unless named or a bound is given."""
+    with db.connect(ledger_path, readonly=True) as conn:
         missing = delete_guard.missing_top_level(conn, src, args.allow_delete)
     if missing and args.max_delete is None:
         raise delete_guard.refuse_missing(missing, src)
@@ -268,9 +277,7 @@ def _verify(settings: Settings, hosts, again: bool, stopped: Stopped | None = No
 def verify(args) -> int:
     """`fleetsync verify`: check succeeded batches with rsync's checksums (a dry run)."""
     ledger_path = _existing(args.ledger, write=True)
-    with db.connect(ledger_path) as conn:
-        mig = migration.load(conn)
-        conn.rollback()
+    mig = migration.opening(ledger_path)      # read only: a refusal changes nothing
     if mig is None:
         raise UsageError(f"{args.ledger} holds no migration")
     args.inventory = _verify_inventory(ledger_path, args.inventory)
@@ -403,15 +410,22 @@ def backup(args) -> int:
 
 
 def retry(args) -> int:
-    """`fleetsync retry`: failed (or named) batches back in the queue."""
-    with db.connect(_existing(args.ledger, write=True)) as conn:
-        if migration.load(conn) is None:
-            raise UsageError(f"{args.ledger} holds no migration")
-        conn.rollback()
+    """`fleetsync retry`: failed (or named) batches back in the queue. A batch the
+    ledger does not have is refused (one line, exit 2) before anything is written."""
+    ledger_path = _existing(args.ledger, write=True)
+    if migration.opening(ledger_path) is None:
+        raise UsageError(f"{args.ledger} holds no migration")
+    if args.task:
+        with db.connect(ledger_path, readonly=True) as conn:
+            unknown = batches.unknown(conn, args.task)
+        if unknown:
+            raise UsageError(f"no batch {', '.join(map(str, unknown))} in {args.ledger} "
+                             "(`fleetsync status` counts its batches): nothing was requeued")
+    with db.connect(ledger_path) as conn:
         done = batches.requeue(conn, None if args.failed else args.task, "requeued by an operator")
-    missing = sorted(set(args.task or []) - set(done))
+    left = sorted(set(args.task or []) - set(done))
     print(f"fleetsync: {len(done)} batches back in the queue; `fleetsync run` copies them"
-          + (f" (not failed or succeeded, or unknown: {missing})" if missing else ""))
+          + (f" (waiting or running already: {left})" if left else ""))
     return 0
 
 
