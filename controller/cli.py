@@ -106,7 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--inventory", metavar="INV",
                      help="Ansible inventory of the workers that check (default: the one the "
                           "migration last ran with)")
-    ver.add_argument("--again", action="store_true", help="check batches verified before, too")
+    which = ver.add_mutually_exclusive_group()
+    which.add_argument("--resume", action="store_true",
+                       help="go on with a verify that was stopped (Ctrl-C, a crash): keep its "
+                            "verdicts, check only what it left and batches copied since "
+                            "(without it, verify checks every succeeded batch afresh)")
+    which.add_argument("--again", action="store_true",
+                       help="check every succeeded batch afresh: what verify does without "
+                            "--resume (kept for scripts written when it did not)")
     ver.add_argument("--requeue", action="store_true",
                      help="put batches that differ back in the queue for `fleetsync run`")
     _worker_args(ver)

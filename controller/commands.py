@@ -155,7 +155,7 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
         if delete is DeleteMode.ON and not stopped.is_set():
             refused = _delete_within_bound(args, settings, dispatcher.hosts, started, stopped)
         if args.verify and not stopped.is_set() and refused is None:
-            _verify(settings, dispatcher.hosts, again=False, stopped=stopped)
+            _verify(settings, dispatcher.hosts, resume=False, stopped=stopped)
     finally:
         live.stop()
         if walk is not None:
@@ -261,21 +261,28 @@ def _stop_on_signals() -> Stopped:
     return stopped
 
 
-def _verify(settings: Settings, hosts, again: bool, stopped: Stopped | None = None
-            ) -> tuple[dict[VerifyState, int], int]:
-    """Check succeeded batches on the workers; returns the counts per state and the
-    signal that stopped the checks (0: none)."""
+def _verify(settings: Settings, hosts, resume: bool, stopped: Stopped | None = None
+            ) -> tuple[dict[VerifyState, int], int, int]:
+    """Check succeeded batches on the workers: all of them, or (resume) what a stopped
+    verify left. Returns the counts per state, the signal that stopped the checks
+    (0: none) and how many batches this verify checked itself."""
+    since = time.time()
     with db.connect(settings.ledger_path) as conn:
         verifications.release_worker(conn, None)     # checks a dead run had in hand
-        verifications.enqueue(conn, again)
+        verifications.enqueue(conn, resume)
     stopped = stopped or _stop_on_signals()
     stopped.dispatch(Dispatcher(settings, None, hosts), OutcomeKind.VERIFY)
     with db.connect(settings.ledger_path, readonly=True) as conn, conn.begin():
-        return verifications.counts(conn), stopped.signum if stopped.is_set() else 0
+        counts, checked = verifications.counts(conn), verifications.checked_since(conn, since)
+    if stopped.is_set() and counts[VerifyState.PENDING]:
+        print(f"fleetsync: `fleetsync verify --resume` checks the {counts[VerifyState.PENDING]} "
+              "left; `fleetsync verify` checks every batch again", file=sys.stderr)
+    return counts, stopped.signum if stopped.is_set() else 0, checked
 
 
 def verify(args) -> int:
-    """`fleetsync verify`: check succeeded batches with rsync's checksums (a dry run)."""
+    """`fleetsync verify`: check succeeded batches with rsync's checksums (a dry run):
+    every one, as DEST is now, or with --resume what a stopped verify left."""
     ledger_path = _existing(args.ledger, write=True)
     mig = migration.opening(ledger_path)      # read only: a refusal changes nothing
     if mig is None:
@@ -284,12 +291,18 @@ def verify(args) -> int:
     hosts = inventory.with_slots(inventory.load(args.inventory), args.slots)
     with _locked(ledger_path):     # it kills leftovers of the migration: never a live run's
         kill_leftovers(mig.migration_id)
-        counts, stopped = _verify(_settings(args, ledger_path), hosts, args.again)
+        counts, stopped, checked = _verify(_settings(args, ledger_path), hosts, args.resume)
+    verdicts = sum(counts[s] for s in (VerifyState.VERIFIED, VerifyState.DIFFERS,
+                                        VerifyState.ERROR))
     print(f"fleetsync: {counts[VerifyState.VERIFIED]} batches verified, "
           f"{counts[VerifyState.DIFFERS]} differ, {counts[VerifyState.ERROR]} could not be "
           f"checked, {counts[VerifyState.PENDING]} not checked"
           + (f", {counts[VerifyState.STALE]} wait for a new copy (`fleetsync run`)"
-             if counts[VerifyState.STALE] else "") + (" (stopped)" if stopped else ""))
+             if counts[VerifyState.STALE] else "")
+          + f"; this verify checked {checked}"
+          + (f", {verdicts - checked} verdicts kept from the verify it resumed"
+             if args.resume else "")
+          + (" (stopped)" if stopped else ""))
     if args.requeue and counts[VerifyState.DIFFERS]:
         with db.connect(ledger_path) as conn:
             ids = verifications.requeue_differences(conn)

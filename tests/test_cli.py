@@ -263,7 +263,26 @@ def test_ctrl_c_stops_the_checks_and_exits_130(tmp_path, command):
         p.wait()
     assert p.returncode == 130, err.decode()[-2000:]
     assert "(stopped)" in out.decode(), out
-    assert _checked(ledger).get("pending", 0) > 0, _checked(ledger)
+    left = _checked(ledger)
+    assert left.get("pending", 0) > 0, left
+    assert f"verify --resume` checks the {left['pending']} left".encode() in err, err
+    # Issue 20, item 6: --resume checks only what the stopped verify left, and keeps
+    # the verdicts it had (their times too).
+    before = _verdict_times(ledger)
+    r = fleetsync("verify", "--ledger", ledger, "--resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (f"this verify checked {left['pending']}, {left.get('verified', 0)} verdicts kept"
+            .encode()) in r.stdout, (left, r.stdout)
+    after = _verdict_times(ledger)
+    assert {t: after[t] for t in before} == before
+    assert {k: n for k, n in _checked(ledger).items() if n} == {"verified": sum(left.values())}
+
+
+def _verdict_times(ledger: str) -> dict[int, float]:
+    """When each batch got its verdict."""
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=60) as c:
+        return dict(c.execute("SELECT task_id, checked_ts FROM verifications "
+                              "WHERE checked_ts IS NOT NULL").fetchall())
 
 
 def _succeeded(ledger: str) -> int:
