@@ -46,9 +46,11 @@ def _check_paths(src: str, dest: str) -> tuple[str, str]:
 def _check_delete(args, src: str) -> DeleteMode:
     """--delete is refused when SRC looks empty or unmounted, since it would then
     empty DEST."""
+    # A bad bound is refused even without --delete: set for every run (group_vars,
+    # say), it would otherwise wait unseen until the cutover.
+    delete_guard.check_bound_syntax(args.max_delete)
     if not (args.delete or args.delete_dry_run):
         return DeleteMode.OFF
-    delete_guard.check_bound_syntax(args.max_delete)
     with os.scandir(src) as it:
         if next(it, None) is None:
             raise UsageError(f"SRC {src} is empty (not mounted?): refusing to delete "
@@ -63,7 +65,15 @@ def _limits(args) -> Limits:
         raise UsageError("--producers must be at least 1")
     if args.max_retries < 0:
         raise UsageError("--max-retries must be 0 or more")
-    return Limits(entries=args.batch_files, bytes=sizes.parse(args.batch_bytes))
+    return Limits(entries=args.batch_files, bytes=_size("--batch-bytes", args.batch_bytes))
+
+
+def _size(option: str, text: str) -> int:
+    """A size option, or one line that names it."""
+    try:
+        return sizes.parse(text)
+    except sizes.SizeError as e:
+        raise UsageError(f"{option} {text}: {e}") from None
 
 
 def _start_api(api, args, ledger_path: str) -> None:
@@ -80,7 +90,7 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     API's bound socket (controller/listener.py), None for --no-api."""
     src, dest = _check_paths(args.src, args.dest)
     limits = _limits(args)
-    bwlimit = sizes.parse(args.bwlimit) if args.bwlimit else None
+    bwlimit = _size("--bwlimit", args.bwlimit) if args.bwlimit else None
     delete = _check_delete(args, src)
     hosts = inventory.with_slots((loading or inventory.Loading(args.inventory)).result(),
                                  args.slots)
@@ -432,7 +442,8 @@ def retry(args) -> int:
         with db.connect(ledger_path, readonly=True) as conn:
             unknown = batches.unknown(conn, args.task)
         if unknown:
-            raise UsageError(f"no batch {', '.join(map(str, unknown))} in {args.ledger} "
+            raise UsageError(f"no batch{'es' if len(unknown) > 1 else ''} "
+                             f"{', '.join(map(str, unknown))} in {args.ledger} "
                              "(`fleetsync status` counts its batches): nothing was requeued")
     with db.connect(ledger_path) as conn:
         done = batches.requeue(conn, None if args.failed else args.task, "requeued by an operator")
