@@ -227,6 +227,15 @@ def requeue(conn: Connection, task_ids: list[int] | None, why: str,
     return done
 
 
+def unknown(conn: Connection, task_ids: list[int]) -> list[int]:
+    """The task_ids the ledger has no batch for, sorted: `fleetsync retry` refuses
+    them before it writes anything (a read)."""
+    with conn.begin():
+        known = {r[0] for r in conn.execute(
+            select(batches.c.task_id).where(batches.c.task_id.in_(task_ids))).all()}
+    return sorted(set(task_ids) - known)
+
+
 def entries(conn: Connection, task_id: int) -> list[tuple[bytes, bool, int]]:
     """The entries one copy of the batch sends: (path relative to SRC, is a directory,
     size). After an attempt that failed entry by entry, only its failed entries (the
