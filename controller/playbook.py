@@ -7,7 +7,9 @@ input is one line (PlaybookError), said by the task that computes it, before
 anything runs.
 
 Names: `src` and `dest` as documented; every other option has the `fleetsync_`
-prefix, because Ansible reserves some plain names (`port` warns on every run).
+prefix, because Ansible reserves some plain names (`port` warns on every run),
+but for `ansible_limit`: ansible-playbook's own `--limit`, which becomes
+`fleetsync run --limit` so that the run copies on the hosts the play checked.
 The plain names of the first release are still read, with a warning, for one
 more release (OLD_NAMES).
 """
@@ -29,6 +31,9 @@ VALUED = {
     "fleetsync_bind": "--bind",
     "fleetsync_port": "--port",
     "fleetsync_slots": "--slots",
+    "fleetsync_items_per_run": "--items-per-run",
+    # ansible-playbook's own --limit: the hosts of the play are the hosts of the copy.
+    "ansible_limit": "--limit",
 }
 # Variable -> `fleetsync run` flag, on when the variable is true.
 FLAGS = {
@@ -115,6 +120,9 @@ def command(given: dict, python: str, inventory: str, cwd: str) -> Run:
                                 f"(or host:/path); {name} is not set")
     src, dest = _absolute(str(v["src"]), cwd), _absolute(str(v["dest"]), cwd)
     v["fleetsync_ledger"] = _absolute(str(v.get("fleetsync_ledger", "fleetsync.db")), cwd)
+    if str(v.get("ansible_limit", "")).startswith("@"):
+        # --limit @FILE (a retry file): read by `fleetsync run` from another directory.
+        v["ansible_limit"] = "@" + _absolute(str(v["ansible_limit"])[1:], cwd)
     argv = [python, "-m", "fleetsync.controller.cli", "run", "--src", src, "--dest", dest,
             "--inventory", _absolute(inventory, cwd)]
     for name, option in VALUED.items():
