@@ -1,11 +1,12 @@
 import json
 import os
+import shutil
 
 import pytest
 
 from fleetsync.controller import defaults, inventory
 
-from .support import fleetsync, query
+from .support import REPO, fleetsync, query
 
 
 def test_hosts_slots_and_aliases(tmp_path):
@@ -95,3 +96,19 @@ def test_a_host_added_mid_run_joins_only_within_the_limit(tmp_path, make_ledger)
         assert joined == ["host mover2 joined the inventory"]
     finally:
         d.close()
+
+
+# -- issue 20, 11. the README's group_vars/movers.yml is the fleet's, not local.ini's -------
+def test_the_example_group_vars_reach_the_example_fleet_not_local_ini(tmp_path):
+    inv = tmp_path / "inventory"
+    shutil.copytree(os.path.join(REPO, "inventory"), inv)
+    shutil.copy(inv / "group_vars" / "all.yml.example", inv / "group_vars" / "movers.yml")
+    local = inventory.load(str(inv / "local.ini"))
+    assert sorted(local) == ["localhost"]
+    assert "ansible_user" not in local["localhost"].vars
+    assert "ansible_ssh_private_key_file" not in local["localhost"].vars
+    assert local["localhost"].vars["ansible_connection"] == "local"
+    fleet = inventory.load(str(inv / "example.ini"))
+    assert fleet["mover01.example.org"].vars["ansible_user"] == "fleetsync"
+    assert fleet["mover01.example.org"].vars["ansible_ssh_private_key_file"] == \
+        "~/.ssh/fleetsync_ed25519"
