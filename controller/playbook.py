@@ -18,6 +18,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from . import defaults
+from .listener import url, url_file
+
 # Variable -> `fleetsync run` option taking a value.
 VALUED = {
     "fleetsync_ledger": "--ledger",
@@ -67,6 +70,7 @@ class Run:
     src: str
     dest: str
     warnings: list[str] = field(default_factory=list)
+    api: str = ""          # where to watch the run, said before it starts
 
 
 def _absolute(path: str, cwd: str) -> str:
@@ -132,4 +136,18 @@ def command(given: dict, python: str, inventory: str, cwd: str) -> Run:
     argv += [f"--rsync-option={o}" for o in rsync_options(v.get("fleetsync_rsync_options"))]
     # The token is not in the command line (ps shows it): the task passes it in
     # FLEETSYNC_TOKEN.
-    return Run(argv, src, dest, warnings)
+    return Run(argv, src, dest, warnings, _api(v))
+
+
+def _api(v: dict) -> str:
+    """Where the run's API will answer, said before the run: a task's output shows only
+    when the task ends (fleetsync's own `API at` line, hours later)."""
+    if _flag("fleetsync_no_api", v.get("fleetsync_no_api", False)):
+        return "fleetsync's API is off (fleetsync_no_api)"
+    bind = str(v.get("fleetsync_bind") or defaults.API_HOST)
+    port = str(v.get("fleetsync_port") or defaults.API_PORT).strip()
+    if port == "0":
+        return (f"fleetsync's API takes a free port: once it listens, its URL is in "
+                f"{url_file(v['fleetsync_ledger'])} (the file goes when the run ends)")
+    return f"fleetsync's API: {url(bind, port)} (the dashboard at /; also in " \
+           f"{url_file(v['fleetsync_ledger'])} while the run goes on)"

@@ -291,3 +291,37 @@ def test_limit_reaches_fleetsync_run_and_a_retry_file_is_absolute(tmp_path):
     run = pb.command({"src": "/s", "dest": "/d", "ansible_limit": "@retry.txt"},
                      "/py", "inv.ini", "/home/op")
     assert run.argv[-2:] == ["--limit", "@/home/op/retry.txt"]
+
+
+# -- issue 20, 11. with port 0 the operator finds the API while the run goes on ------------
+def test_with_port_0_the_api_url_is_in_a_file_while_the_run_goes_on(tmp_path):
+    import json
+    import time
+    import urllib.request
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(1 << 20))      # ~16 s at the cap below
+    url_file = tmp_path / "l.db.api"
+    p = subprocess.Popen([ANSIBLE_PLAYBOOK, "-i", str(local_inventory(tmp_path)), PLAYBOOK,
+                          "-e", f"src={src}", "-e", f"dest={dest}", "-e", f"fleetsync_ledger={ledger}",
+                          "-e", "fleetsync_port=0", "-e", "fleetsync_bwlimit=64KiB"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while not url_file.exists():
+            assert p.poll() is None, p.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no URL file"
+            time.sleep(0.05)
+        url = url_file.read_text().strip()
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0"), url
+        with urllib.request.urlopen(url + "/status", timeout=30) as r:
+            assert json.load(r)["total_batches"] >= 1
+        out, _ = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out[-3000:]
+    # Said before the run task, and the file goes with the run.
+    assert out.index(f"its URL is in {url_file}") < out.index("TASK [Run fleetsync")
+    assert not url_file.exists()
