@@ -280,6 +280,11 @@ def test_the_playbook_limit_is_the_hosts_of_the_copy(tmp_path):
                          "(SELECT worker_id FROM workers WHERE host = 'localhost')") == [(0,)]
     assert query(ledger, "SELECT message FROM log WHERE message LIKE '%ghost%'") == []
     assert "ghost" not in r.stdout + r.stderr
+    # verify takes the same --limit.
+    v = fleetsync("verify", "--ledger", str(ledger), "--inventory", str(inv), "--limit", "localhost")
+    assert v.returncode == 0 and b"0 differ" in v.stdout, v.stdout + v.stderr
+    assert query(ledger, "SELECT DISTINCT host FROM workers") == [("localhost",)]
+    assert query(ledger, "SELECT message FROM log WHERE message LIKE '%ghost%'") == []
 
 
 def test_limit_reaches_fleetsync_run_and_a_retry_file_is_absolute(tmp_path):
