@@ -9,7 +9,8 @@ import threading
 import time
 
 from fleetsync.ledger import backup as backups
-from fleetsync.ledger import batches, db, deletions, dirpass, migration, queries, runs
+from fleetsync.ledger import (batches, db, deletions, dirpass, entry_outcomes, migration, queries,
+                              runs, walkqueue)
 from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
@@ -130,6 +131,11 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
             "entries": mig.options.get("batch_files", limits.entries),
             "bytes": mig.options.get("batch_bytes", limits.bytes)}), rescan=args.rescan)
         walk.start()
+    if delete is not DeleteMode.OFF:
+        # The pass the bound is checked on covers every directory of SRC, not only
+        # those a rescan touched (dirpass.next_part says why).
+        with db.connect(ledger_path) as conn:
+            dirpass.restart(conn)
     if api is not None:
         _start_api(api, args, ledger_path)
     settings = _settings(args, ledger_path)
@@ -191,8 +197,9 @@ def _delete_within_bound(args, settings: Settings, hosts, since: float,
     (said in one line), else the refusal (nothing deleted)."""
     with db.connect(settings.ledger_path, readonly=True) as conn, conn.begin():
         would = deletions.count(conn, True, since)
-        dest_entries = sum(c["files"] + c["directories"]
-                           for c in queries.batch_counts(conn).values())
+        # DEST's entries: SRC's as the walk found them, and those the pass would delete
+        # (a batch count would count an entry once per rescan that queued it again).
+        dest_entries = walkqueue.entries_seen(conn) + would
     limit = delete_guard.bound(args.max_delete, dest_entries)
     if would > limit:
         with db.connect(settings.ledger_path, readonly=True) as conn:
@@ -205,7 +212,24 @@ def _delete_within_bound(args, settings: Settings, hosts, since: float,
     with db.connect(settings.ledger_path) as conn:
         dirpass.restart(conn)
     stopped.dispatch(Dispatcher(settings, None, hosts))
+    _copy_what_was_in_the_way(settings, hosts, stopped)
     return None
+
+
+def _copy_what_was_in_the_way(settings: Settings, hosts, stopped: Stopped) -> None:
+    """Batches that failed on a DEST entry of another type (a directory that became a
+    file or a symlink in SRC) copy again: the real pass replaced that entry, its
+    subtree counted within --max-delete, so their entries can arrive now."""
+    if stopped.is_set():
+        return
+    with db.connect(settings.ledger_path) as conn:
+        blocked = entry_outcomes.in_the_way(conn)
+        if not blocked:
+            return
+        batches.requeue(conn, blocked, "--delete replaced a DEST entry of another type")
+        dirpass.restart(conn, after=blocked[0] - 1)
+    settings.delete = DeleteMode.OFF
+    stopped.dispatch(Dispatcher(settings, None, hosts))
 
 
 def _settings(args, ledger_path: str) -> Settings:
@@ -330,6 +354,14 @@ def _summary(ledger_path: str, stopped: int, delete: DeleteMode = DeleteMode.OFF
           + (f"; {deleted} entries {'would be ' if dry_run else ''}deleted "
              "from DEST (table deletions)" if delete is not DeleteMode.OFF else "")
           + (" (stopped)" if stopped else ""))
+    if delete is DeleteMode.OFF:
+        with db.connect(ledger_path, readonly=True) as conn:
+            blocked = entry_outcomes.in_the_way(conn)
+        if blocked:
+            print(f"fleetsync: {len(blocked)} batches hold entries whose name DEST holds as "
+                  "another type (a directory that became a file or a symlink in SRC): "
+                  "`run --delete` replaces them, the replaced subtrees counted within "
+                  "--max-delete")
     if stopped:
         return 128 + stopped
     # 0 only when every entry arrived or vanished from SRC (issue 10): a batch's

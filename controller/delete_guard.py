@@ -13,7 +13,9 @@ Two checks, both against what the ledger knows of SRC from the walks before:
    `--max-delete` does the real pass run.
 
 `--max-delete` is a count (`500`) or a percentage (`10%`) of DEST's entries,
-taken as the entries the ledger copied there (the walk's count, every batch).
+taken as SRC's entries as the last walk found them plus those the pass would
+delete. The dry run and the real pass cover the same directories, every one of
+SRC's (ledger/dirpass.py), so the count checked is the count deleted.
 
 Why 10% by default: a delta pass on a live tree deletes what its users deleted
 since the last pass, well under a tenth of the tree; more than that is far more

@@ -67,7 +67,7 @@ _dirty: dict[str, set[bytes]] = {}
 def _dirs_command(conn, mig, run_token: str, rsync_options: list[str],
                   delete: DeleteMode) -> str:
     """The next part of the directory pass, or STOP when it is all handed out."""
-    part = dirpass.next_part(conn)
+    part = dirpass.next_part(conn, DeleteMode(delete) is not DeleteMode.OFF)
     if part is None:
         return STOP
     if run_token not in _dirty:     # every batch is done: the set no longer changes
@@ -127,7 +127,7 @@ def _copy_jobs(conn, mig, worker_id: str, n: int) -> list[rsync.Job]:
     for c in claimed:
         paths, size = _batch_files(conn, c.task_id)
         jobs.append(rsync.Job(c.task_id, c.claim_no, paths,
-                              share + (["--checksum"] if c.checksum else [])
+                              share + rsync.COMPARE_OPTIONS[c.compare]
                               + (["--sparse"] if c.sparse else []), size))
     return jobs
 

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, text
 
 from . import logbook
 from .batches import errors_json, requeue
-from .states import BatchState, VerifyState
+from .states import BatchState, Compare, VerifyState
 
 _SUCCEEDED = BatchState.SUCCEEDED.value
 _PENDING, _RUNNING = VerifyState.PENDING.value, VerifyState.RUNNING.value
@@ -93,7 +93,7 @@ def requeue_differences(conn: Connection) -> list[int]:
             "SELECT task_id FROM verifications WHERE state = :d ORDER BY task_id"),
             {"d": VerifyState.DIFFERS.value})]
     # Same size and time, other bytes: only --checksum makes the copy see them.
-    return requeue(conn, ids, "verify found differences", checksum=True)
+    return requeue(conn, ids, "verify found differences", Compare.CHECKSUM)
 
 
 def differences(conn: Connection, task_id: int) -> list[str]:
