@@ -153,7 +153,8 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
                    metavar="SEC", help="a host silent this long while holding a batch is lost "
                    "(plus the batch's bytes at 10 MiB/s; default: %(default)s)")
     p.add_argument("--items-per-run", type=int, default=defaults.ITEMS_PER_RUN, metavar="N",
-                   help="batches per slot per ansible-playbook run (default: %(default)s)")
+                   help="loop items a host's ansible-playbook run does before the next run "
+                        "starts, each about 1.5 s of its batches (default: %(default)s)")
     p.add_argument("--limit", metavar="PATTERN",
                    help="only the inventory's hosts that match this Ansible host pattern, as "
                         "ansible-playbook --limit (e.g. 'movers:!mover03'), hosts added "
