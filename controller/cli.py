@@ -181,7 +181,12 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
                    metavar="SEC", help="a host silent this long while holding a batch is lost "
                    "(plus the batch's bytes at 10 MiB/s; default: %(default)s)")
     p.add_argument("--items-per-run", type=_count, default=defaults.ITEMS_PER_RUN, metavar="N",
-                   help="batches per slot per ansible-playbook run (default: %(default)s)")
+                   help="loop items a host's ansible-playbook run does before the next run "
+                        "starts, each about 1.5 s of its batches (default: %(default)s)")
+    p.add_argument("--limit", metavar="PATTERN",
+                   help="only the inventory's hosts that match this Ansible host pattern, as "
+                        "ansible-playbook --limit (e.g. 'movers:!mover03'), hosts added "
+                        "during the run included (the playbook passes its own --limit)")
     p.add_argument("--slots", type=_count, metavar="N",
                    help="batches every host runs at once, whatever the inventory's "
                         "fleetsync_slots says (as -e fleetsync_slots=N does in Ansible)")
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from . import inventory
             # The slowest check next, in the background, while the imports go on.
-            loading = inventory.Loading(args.inventory)
+            loading = inventory.Loading(args.inventory, limit=args.limit)
             from . import commands
             return commands.run(args, loading, api)
         from . import commands

@@ -93,8 +93,8 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     limits = _limits(args)
     bwlimit = _size("--bwlimit", args.bwlimit) if args.bwlimit else None
     delete = _check_delete(args, src)
-    hosts = inventory.with_slots((loading or inventory.Loading(args.inventory)).result(),
-                                 args.slots)
+    hosts = inventory.with_slots(
+        (loading or inventory.Loading(args.inventory, limit=args.limit)).result(), args.slots)
     ledger_path = os.path.abspath(args.ledger)
     db.check(ledger_path, write=True)
     # Whether the run goes on is decided by reading alone: a refusal leaves the
@@ -256,7 +256,8 @@ def _settings(args, ledger_path: str) -> Settings:
                     Policy(max_retries=getattr(args, "max_retries", Policy.max_retries)),
                     [*DEFAULT_RSYNC_OPTIONS, *args.rsync_option],
                     items_per_run=args.items_per_run,
-                    heartbeat_timeout=args.heartbeat_timeout, slots=args.slots)
+                    heartbeat_timeout=args.heartbeat_timeout, slots=args.slots,
+                    limit=args.limit)
 
 
 class Stopped(threading.Event):
@@ -322,7 +323,7 @@ def verify(args) -> int:
     if mig is None:
         raise UsageError(f"{args.ledger} holds no migration")
     args.inventory = _verify_inventory(ledger_path, args.inventory)
-    hosts = inventory.with_slots(inventory.load(args.inventory), args.slots)
+    hosts = inventory.with_slots(inventory.load(args.inventory, limit=args.limit), args.slots)
     with _locked(ledger_path):     # it kills leftovers of the migration: never a live run's
         kill_leftovers(mig.migration_id)
         counts, stopped, checked = _verify(_settings(args, ledger_path), hosts, args.resume)

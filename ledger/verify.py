@@ -14,6 +14,7 @@ import time
 
 from sqlalchemy import Connection, text
 
+from . import logbook
 from .batches import errors_json, requeue
 from .states import BatchState, Compare, VerifyState
 
@@ -68,12 +69,15 @@ def record(conn: Connection, task_id: int, claim_no: int, exit_code: int | None,
     differences: rsync's itemized lines, one per entry a copy would change."""
     state = (VerifyState.ERROR if exit_code != 0
              else VerifyState.DIFFERS if differences else VerifyState.VERIFIED)
+    # Names as every other answer shows them (logbook.show_path: \xNN), not as rsync
+    # printed them (\#ooo).
+    shown = [logbook.show_rsync_line(line) for line in differences + errors]
     with conn.begin():
         return conn.execute(text(
             "UPDATE verifications SET state = :s, checked_ts = :t, exit_code = :e, "
             "differences = :d WHERE task_id = :id AND claim = :c AND state = :r"),
             {"s": state.value, "t": time.time(), "e": exit_code,
-             "d": errors_json(differences + errors), "id": task_id, "c": claim_no,
+             "d": errors_json(shown), "id": task_id, "c": claim_no,
              "r": _RUNNING}).rowcount == 1
 
 

@@ -2,6 +2,7 @@
 (real `fleetsync run`, real rsync, real SQLite files)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -287,3 +288,26 @@ def test_verify_checks_dest_as_it_is_now_not_an_earlier_verdict(tmp_path):
     assert f"this verify checked 0, {total} verdicts kept".encode() in r.stdout, r.stdout
     r = fleetsync("verify", "--ledger", str(ledger), "--resume", "--again")
     assert r.returncode == 2 and b"not allowed with argument" in r.stderr, r.stderr
+
+
+# -- issue 20, 11. verifications.differences shows names as every answer does: \xNN ------
+def test_verify_differences_show_odd_names_as_backslash_x(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    name = b"caf\xc3\xa9-\xff-new\nline"
+    with open(os.path.join(os.fsencode(src), name), "wb") as f:
+        f.write(b"content")
+    run(src, dest, ledger)
+    at = os.path.join(os.fsencode(dest), name)
+    st, top = os.stat(at), os.stat(dest)                # same size and time, other bytes
+    with open(at, "wb") as f:
+        f.write(b"CONTENT")
+    os.utime(at, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(dest, ns=(top.st_atime_ns, top.st_mtime_ns))
+    r = fleetsync("verify", "--ledger", str(ledger))
+    assert r.returncode == 1 and b"1 differ" in r.stdout, r.stdout + r.stderr
+    [(differences,)] = query(ledger, "SELECT differences FROM verifications "
+                                     "WHERE state = 'differs'")
+    [line] = json.loads(differences)
+    assert line.endswith("café-\\xff-new\\x0aline"), line
+    assert "\\#" not in line

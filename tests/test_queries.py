@@ -342,10 +342,14 @@ def test_a_requeue_is_a_result_too(ledger):
     path, conn = ledger
     enqueue(conn, 1)
     (c,) = batches.claim(conn, "w1")
-    batches.fail(conn, Report(c.task_id, c.claim_no, "w1", 2), 0)
+    batches.fail(conn, Report(c.task_id, c.claim_no, "w1", 23), 0)
     assert batches.requeue(conn, None, "operator says so") == [1]
     with db.reader(path).connect() as ro:
         page = queries.results(ro, status="requeued")
         assert [(r["task_id"], r["errors"]) for r in page["results"]] == \
             [(1, ["operator says so"])]
+        # No rsync ran: null, as the README says, not the failed try's 23.
+        [requeued] = page["results"]
+        assert requeued["rsync_exit_code"] is None
+        assert queries.results(ro, status="failed")["results"][0]["rsync_exit_code"] == 23
         assert queries.status(ro)["queue_depth"] == 1
