@@ -1,4 +1,4 @@
-"""The hot answers (/status, /progress, /throughput, /healthz) of one read
+"""The hot answers (/status, /progress, /throughput, /run, /healthz) of one read
 transaction, encoded once and served as bytes by every request until the next.
 
 One thread (the refresher) keeps the snapshot fresh: every POLL seconds it asks
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import exc
 
-from fleetsync.ledger import queries
+from fleetsync.ledger import estimate, lock, queries
 from fleetsync.ledger.db import reader
 
 MAX_AGE = 0.25     # seconds: the documented bound on how old an answer may be
@@ -169,12 +169,13 @@ class Snapshots:
             self._current = snap
             return snap
 
-    @staticmethod
-    def _bodies(conn) -> dict[str, bytes]:
+    def _bodies(self, conn) -> dict[str, bytes]:
+        held = lock.held(self._path)   # before the snapshot: a run that died is seen at once
         with conn.begin():       # one read transaction: one consistent snapshot
             both = queries.summary(conn)
+            run = estimate.estimate(conn, held=held)
         return {"/status": _encode(both["status"]), "/progress": _encode(both["progress"]),
-                "/throughput": _encode(both["throughput"]),
+                "/throughput": _encode(both["throughput"]), "/run": _encode(run),
                 "/healthz": _encode({"status": "ok"})}
 
 

@@ -46,7 +46,7 @@ def test_an_empty_ledger_answers_zeros(tmp_path):
         assert tp["elapsed_sec"] == 0.0 and tp["batches_completed"] == 0
         assert all(tp[k] == 0 for k in tp)
         assert queries.heartbeats(conn) == {"heartbeats": {}, "workers": {}}
-        assert queries.logs(conn) == {"warnings": [], "errors": []}
+        assert queries.logs(conn) == {"warnings": [], "errors": [], "lines": []}
         assert queries.results(conn) == {"results": [], "retained_limit": 100_000,
                                          "retained_count": 0}
 
@@ -159,7 +159,12 @@ def test_logs_are_bounded_and_newest_last(ledger):
         for i in range(2):
             conn.execute(insert(schema.log).values(ts=i, level="error", message=f"e{i}"))
     with db.reader(path).connect() as ro:
-        assert queries.logs(ro, limit=3) == {"warnings": ["w2", "w3", "w4"], "errors": ["e0", "e1"]}
+        logs = queries.logs(ro, limit=3)
+        assert {k: logs[k] for k in ("warnings", "errors")} == {
+            "warnings": ["w2", "w3", "w4"], "errors": ["e0", "e1"]}
+        # the timed lines: the newest 3 of both levels (by log_id), newest last
+        assert [(x["level"], x["message"], x["ts"]) for x in logs["lines"]] == [
+            ("warning", "w4", 4.0), ("error", "e0", 0.0), ("error", "e1", 1.0)]
         assert queries.logs(ro)["warnings"] == [f"w{i}" for i in range(5)]
 
 
