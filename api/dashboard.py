@@ -173,7 +173,7 @@ function show(p, t, r, w, l) {
   $("batch-rate").textContent = num(t.batches_per_sec, 2);
   $("mib-now-rate").textContent = r.bytes_per_sec === null ? "-" : num(r.bytes_per_sec / MIB, 2);
   $("eta").textContent = r.state === "finished" ? "done" : !running ? "not running"
-    : r.eta_sec === null ? "?" : r.eta_sec < 1 && r.batches_running ? "finishing"
+    : r.eta_sec === null ? "?" : r.eta_sec < 1 ? "finishing"
     : duration(r.eta_sec);
   const workers = $("workers"); workers.textContent = "";
   const names = Object.keys(w.heartbeats), now = seconds(r.now);

@@ -69,8 +69,8 @@ def line(conn, held: bool | None = None, now: float | None = None) -> str:
                 f"`fleetsync run` copies them)")
     rate = "?" if est["bytes_per_sec"] is None else _size(est["bytes_per_sec"])
     eta = est["eta_sec"]
-    left = ("?" if eta is None else "finishing" if eta < 1 and est["batches_running"]
-            else _duration(eta))
+    # Under a second left by the estimate: the last results (or the directory pass) land.
+    left = "?" if eta is None else "finishing" if eta < 1 else _duration(eta)
     return f"{head}  {rate}/s  ETA {left}"
 
 

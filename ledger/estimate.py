@@ -38,7 +38,7 @@ from .states import AttemptStatus, BatchState, RunState, WorkerState
 
 SAMPLE = 32   # the newest succeeded attempts the per-rsync rate is measured on
 
-_MIGRATION = ("SELECT run_started_ts, run_heartbeat_ts, finished_ts, bwlimit "
+_MIGRATION = ("SELECT run_started_ts, run_heartbeat_ts, finished_ts, bwlimit, walk_done "
               "FROM migration")
 # The attempts_status index (status, attempt_id) walks the newest successes first.
 _RECENT = ("SELECT a.end_ts - a.start_ts, b.estimated_bytes FROM attempts a "
@@ -76,7 +76,7 @@ def estimate(conn: Connection, now: float | None = None, held: bool | None = Non
     counts = batch_counts(conn)
     rows = _rows(conn, _MIGRATION)
     row = migration.RunRow(*rows[0][:3]) if rows else None
-    bwlimit = rows[0][3] if rows else None
+    bwlimit, walk_done = rows[0][3:5] if rows else (None, False)
     waiting = counts[BatchState.PENDING.value]
     state = migration.run_state(row, waiting["batches"], now, held)
     done, failed = counts[BatchState.SUCCEEDED.value], counts[BatchState.FAILED.value]
@@ -107,7 +107,7 @@ def estimate(conn: Connection, now: float | None = None, held: bool | None = Non
     if state is RunState.RUNNING:
         bytes_per_sec = rate * busy if rate is not None else None
         eta = _eta(rate, per_batch, total_bytes - moved - failed["bytes"],
-                   waiting["batches"], running["batches"], busy, slots_up)
+                   waiting["batches"], running["batches"], busy, slots_up, bool(walk_done))
     elif state is RunState.FINISHED:
         eta = 0.0
     return {
@@ -129,11 +129,12 @@ def estimate(conn: Connection, now: float | None = None, held: bool | None = Non
 
 
 def _eta(rate: float | None, per_batch: float | None, bytes_left: float, waiting: int,
-         running: int, busy: int, slots_up: int) -> float | None:
+         running: int, busy: int, slots_up: int, walk_done: bool) -> float | None:
     """Seconds until the known batches are done: the larger of the bytes left at the
-    rate of the slots the work fills and the waiting batches at their time per batch."""
+    rate of the slots the work fills and the waiting batches at their time per batch.
+    None when not known (no rate yet; or no batch yet while the walk goes on)."""
     if not waiting and not running:
-        return 0.0
+        return 0.0 if walk_done else None
     lanes = max(busy, min(slots_up, waiting + running), 1)
     known = []
     if rate:
