@@ -148,7 +148,8 @@ const NOT_RUNNING = {
   stopped: r => "not running (stopped, last heard " + r.last_heard + ")",
   crashed: r => "not running (crashed or stopped at once, last heard " + r.last_heard + ")",
   finished: r => "finished",
-  waiting: r => "not running (" + num(r.batches_waiting) + " batches waiting)",
+  waiting: r => "not running (" + num(r.batches_waiting) +
+    (r.batches_waiting === 1 ? " batch" : " batches") + " waiting)",
 };
 function show(p, t, r, w, l) {
   const running = r.state === "running";

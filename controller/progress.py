@@ -65,8 +65,9 @@ def line(conn, held: bool | None = None, now: float | None = None) -> str:
         return (f"{head}  not running (crashed or stopped at once, last heard {heard}; "
                 f"`fleetsync run` resumes)")
     if state is RunState.WAITING:
-        return (f"{head}  not running ({est['batches_waiting']} batches waiting; "
-                f"`fleetsync run` copies them)")
+        n = est["batches_waiting"]
+        return (f"{head}  not running ({n} batch{'' if n == 1 else 'es'} waiting; "
+                f"`fleetsync run` copies {'it' if n == 1 else 'them'})")
     rate = "?" if est["bytes_per_sec"] is None else _size(est["bytes_per_sec"])
     eta = est["eta_sec"]
     # Under a second left by the estimate: the last results (or the directory pass) land.

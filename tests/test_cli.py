@@ -462,5 +462,5 @@ def test_status_after_verify_requeue_says_work_waits(tmp_path):
     assert r.returncode == 1, r.stderr.decode()
     line, run = _status(ledger)
     assert run["state"] == "waiting" and run["batches_waiting"] >= 1, run
-    assert "finished" not in line and "batches waiting" in line, line
+    assert "finished" not in line and "waiting; `fleetsync run` copies" in line, line
     assert "ETA" not in line and "/s" not in line, line
