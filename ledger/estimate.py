@@ -64,16 +64,17 @@ def _rate_per_rsync(conn: Connection, bwlimit: int | None, slots_up: int
     return rate, per_batch
 
 
-def estimate(conn: Connection, now: float | None = None, held: bool | None = None) -> dict:
+def estimate(conn: Connection, now: float | None = None, held: bool | None = None,
+             counts: dict | None = None) -> dict:
     """The run's state, batches and bytes (done, failed, running, waiting, in flight),
     percent done, the rate now and the ETA, at `now`.
 
     held: whether the ledger's lock is held (lock.held), None when not known: a run
     that died is then known at once, not once its heartbeat is old. The run itself
-    passes True.
+    passes True. counts: batch_counts(conn) when the caller has it (the same snapshot).
     """
     now = time.time() if now is None else now
-    counts = batch_counts(conn)
+    counts = counts or batch_counts(conn)
     rows = _rows(conn, _MIGRATION)
     row = migration.RunRow(*rows[0][:3]) if rows else None
     bwlimit, walk_done = rows[0][3:5] if rows else (None, False)

@@ -174,10 +174,11 @@ def throughput(conn: Connection, now: float | None = None,
     )
 
 
-def summary(conn: Connection, now: float | None = None) -> dict[str, dict]:
+def summary(conn: Connection, now: float | None = None,
+            counts: dict | None = None) -> dict[str, dict]:
     """What `fleetsync status` prints: /status, /progress and /throughput of one snapshot
-    (batch_counts read once for the three)."""
-    counts = batch_counts(conn)
+    (batch_counts read once for the three, or given)."""
+    counts = counts or batch_counts(conn)
     return dict(status=status(conn, counts), progress=progress(conn, counts),
                 throughput=throughput(conn, now, counts))
 
