@@ -376,8 +376,10 @@ def _finish(ledger: str, tmp_path) -> None:
 
 
 def _status(ledger: str) -> tuple[str, dict]:
+    """(the progress line, `status --json`): the line is checked first, /run's numbers
+    (`run` of --json) after."""
     line = fleetsync("status", "--ledger", ledger).stdout.decode()
-    return line, json.loads(fleetsync("status", "--json", "--ledger", ledger).stdout)["run"]
+    return line, json.loads(fleetsync("status", "--json", "--ledger", ledger).stdout)
 
 
 def test_a_capped_run_shows_a_rate_and_an_eta_before_its_first_batch_ends(tmp_path):
@@ -385,10 +387,11 @@ def test_a_capped_run_shows_a_rate_and_an_eta_before_its_first_batch_ends(tmp_pa
     show the bytes in flight, the rate and an ETA (once "0 B/s ETA ?")."""
     p, ledger, url = _slow_run(tmp_path)
     try:
-        line, run = _status(ledger)
+        line, st = _status(ledger)
+        assert re.search(r"32\.0 KiB/s  ETA \d+:\d\d:\d\d$", line.splitlines()[0]), line
+        run = st["run"]
         assert run["state"] == "running" and run["batches_done"] == 0
         assert run["bytes_per_sec"] == 32 * 1024 and run["eta_sec"] is not None, run
-        assert re.search(r"32\.0 KiB/s  ETA \d+:\d\d:\d\d$", line.splitlines()[0]), line
         status, body = get(url + "/run")
         api = json.loads(body)
         assert status == 200 and api["state"] == "running" and api["eta_sec"] is not None
@@ -410,9 +413,10 @@ def test_status_after_kill_9_says_crashed_at_once(tmp_path):
     try:
         p.kill()
         p.wait()
-        line, run = _status(ledger)
+        line, st = _status(ledger)
         assert "not running (crashed" in line and "last heard" in line, line
         assert "ETA" not in line and "/s" not in line, line
+        run = st["run"]
         assert (run["state"], run["bytes_per_sec"], run["eta_sec"], run["bytes_in_flight"]) \
             == ("crashed", None, None, 0), run
         s = popen("serve", "--ledger", ledger, "--port", "0")
@@ -440,8 +444,9 @@ def test_status_after_a_double_ctrl_c_says_not_running(tmp_path):
     finally:
         p.kill()
         p.wait()
-    line, run = _status(ledger)
+    line, st = _status(ledger)
     assert "not running" in line and "ETA" not in line and "/s" not in line, line
+    run = st["run"]
     assert run["state"] in ("crashed", "stopped") and run["eta_sec"] is None, run
     _finish(ledger, tmp_path)
 
@@ -453,14 +458,15 @@ def test_status_after_verify_requeue_says_work_waits(tmp_path):
     r = fleetsync("run", "--no-api", "--src", src, "--dest", str(dest), "--ledger", ledger,
                   "--batch-files", "3")
     assert r.returncode == 0, r.stderr.decode()
-    assert _status(ledger)[1]["state"] == "finished"
+    assert "finished after" in _status(ledger)[0]
     victim = dest / "d" / "f5"
     st = victim.stat()
     victim.write_bytes(b"y" * st.st_size)              # same size, same mtime
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     r = fleetsync("verify", "--ledger", ledger, "--requeue")
     assert r.returncode == 1, r.stderr.decode()
-    line, run = _status(ledger)
-    assert run["state"] == "waiting" and run["batches_waiting"] >= 1, run
+    line, st = _status(ledger)
     assert "finished" not in line and "waiting; `fleetsync run` copies" in line, line
     assert "ETA" not in line and "/s" not in line, line
+    run = st["run"]
+    assert run["state"] == "waiting" and run["batches_waiting"] >= 1, run

@@ -183,6 +183,7 @@ def test_chromium_shows_the_numbers(ledger_path, tmp_path):
     # the script ran and filled every number in
     shown = texts(dom)
     assert shown["state"].startswith("updated"), shown["state"]
+    assert re.fullmatch(r"updated \d\d:\d\d:\d\d", shown["state"]), shown["state"]  # 24-hour
     numbers = ("completed", "total", "failed", "pending", "files", "gib", "gib-flight",
                "elapsed", "files-rate", "mib-rate", "batch-rate", "mib-now-rate", "eta",
                "percent", "run")
@@ -194,7 +195,6 @@ def test_chromium_shows_the_numbers(ledger_path, tmp_path):
         "mib-rate": "2.99", "batch-rate": "0.01", "mib-now-rate": "-", "eta": "not running",
         "percent": "70.0 %", "run": "not running (10 batches waiting)"}
     assert shown["mib-now"] == "0.00"                       # nothing moves in this ledger
-    assert re.fullmatch(r"updated \d\d:\d\d:\d\d", shown["state"]), shown["state"]  # 24-hour
     for name in WORKERS:
         assert name in shown["workers"]
     # with no run going on, an up worker is idle, and a silent one is not flagged
@@ -275,13 +275,13 @@ def test_chromium_a_finished_migration(finished_path, tmp_path):
     """Finished: 100.0 % readable (a light label, not dark on green), the worker idle
     (not "up"), no ETA but done, an idle chart whose labels differ, a 24-hour clock."""
     dom, shown, seen = render(finished_path, tmp_path)
-    assert shown["run"] == "finished" and shown["eta"] == "done"
-    assert shown["percent"] == "100.0 %" and shown["mib-now-rate"] == "-"
     assert re.fullmatch(r"updated \d\d:\d\d:\d\d", shown["state"]), shown["state"]
     assert re.fullmatch(r"node-alpha \S+ \S+ idle", shown["workers"]), shown["workers"]
+    assert "100.0 %" in seen or "100.0%" in seen, seen
     ticks = chart_ticks(dom)
     assert len(set(ticks)) == 5 and ticks[0].strip("0.") == "", ticks   # 0, then 4 others
-    assert "100.0 %" in seen or "100.0%" in seen, seen
+    assert shown["run"] == "finished" and shown["eta"] == "done"
+    assert shown["percent"] == "100.0 %" and shown["mib-now-rate"] == "-"
     for words in ["finished", "done"]:
         assert words in seen, (words, seen)
     assert not re.search(r"\b[AP]M\b", seen), seen
@@ -331,9 +331,9 @@ def test_chromium_a_live_run_flags_its_only_silent_worker(live_path, tmp_path):
     bytes in flight, not only the batches whose result landed."""
     path, quiet = live_path
     dom, shown, seen = render(path, tmp_path)
-    assert shown["run"] == "running"
     assert re.fullmatch(rf"node-solo {local_time(quiet)} up silent \d+m \d\ds",
                         shown["workers"]), shown["workers"]
+    assert shown["run"] == "running"
     assert re.fullmatch(r"\d+m \d\ds", shown["eta"]), shown["eta"]
     assert shown["gib-flight"] != "0.00" and shown["mib-now-rate"] == "2.00"  # 2 slots, 1 MiB/s
     assert float(shown["percent"].rstrip(" %")) > 25.0       # 1 of 4 done, and some in flight
