@@ -79,6 +79,18 @@ def stop_now(migration_id: str, run_token: str, grace: float = 2.0) -> None:
         while time.time() < deadline and processes.matching(mark):
             time.sleep(0.1)
         _signal(processes.matching(mark), signal.SIGKILL)
+    # An item's shell removes its directory on a signal, unless it was killed first
+    # (SIGKILL after the grace, or by ansible-playbook's own stop on a loaded
+    # machine): this machine's are removed here, a remote host's by the preflight
+    # of the next run.
+    deadline = time.time() + grace
+    while time.time() < deadline and processes.matching(mark):
+        time.sleep(0.1)
+    prefix = rsync.item_dir_prefix(migration_id, run_token)
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        if name.startswith(prefix):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
 
 
 def close_masters(migration_id: str) -> None:

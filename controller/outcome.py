@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from fleetsync.ledger.entry_outcomes import IN_THE_WAY
 from fleetsync.ledger.states import OutcomeKind
 
 from .rsync import ITEM, MARK
@@ -138,7 +139,7 @@ def file_error(line: str) -> FileError | None:
     m = _IN_THE_WAY.match(line)
     if m:
         return FileError(line, m["op"], [unescape(m["path"])], None,
-                         "a DEST entry of another type is in the way", relative=True,
+                         IN_THE_WAY, relative=True,
                          sending=False)
     return None
 

@@ -23,6 +23,9 @@ rsync options (the defaults, changed with --rsync-option):
   --sparse         only for batches the walk saw a file with holes in (it doubles
                    rsync's CPU); holes stay holes, and in such a batch runs of zeros
                    in plain files become holes too
+  --ignore-times   only for a rescan's batches: it queued those entries because
+                   they changed, which size and mtime need not show
+  --checksum       only for batches a verify found different
   ACLs (-A) and xattrs (-X) are off: a destination without them would fail every
   batch with exit 23; add them with --rsync-option=-AX where both sides have them.
   --timeout        rsync's own I/O timeout; `timeout -k` bounds the whole batch.
@@ -34,7 +37,7 @@ import shlex
 import zlib
 from dataclasses import dataclass
 
-from fleetsync.ledger.states import DeleteMode, OutcomeKind
+from fleetsync.ledger.states import Compare, DeleteMode, OutcomeKind
 
 DEFAULT_RSYNC_OPTIONS = ["--archive", "--numeric-ids", "--hard-links"]
 IO_TIMEOUT = 300          # rsync --timeout: seconds without any I/O
@@ -44,6 +47,10 @@ LIST_DAMAGED = 250        # our own exit code: the file list did not arrive whol
 GUARD_FAILED = 251        # our own exit code: SRC looked empty, --delete refused
 
 MARK = "@@fleetsync"
+
+# How a batch's rsync decides that a file at DEST is up to date (states.Compare says why).
+COMPARE_OPTIONS = {Compare.QUICK: [], Compare.CHECKSUM: ["--checksum"],
+                   Compare.ALWAYS: ["--ignore-times"]}
 
 
 def marker(migration_id: str, run_token: str) -> str:
@@ -105,12 +112,17 @@ def batch_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: 
 
 def _delete_command(dirs: list[bytes], src: str, dest: str, options: list[str], mark: str,
                     kind: OutcomeKind, extra: list[str]) -> str:
-    # "D/." makes rsync compare D's entries; --existing --ignore-existing copy
-    # nothing, so only --delete acts, and only inside the listed directories.
+    # "D/." makes rsync compare D's entries, only inside the listed directories;
+    # --existing creates nothing. A CLEAN pass adds --ignore-existing: it copies
+    # nothing, only --delete acts. A DELETE pass also replaces an entry whose type
+    # changed in SRC (a directory that became a file: the copy's rsync cannot
+    # remove a non-empty directory), and its dry run lists the replaced subtree as
+    # `*deleting` lines, so the --max-delete bound counts it.
     listed = [b"./." if p == b"." else p + b"/." for p in dirs]
+    keep = ["--ignore-existing"] if kind is OutcomeKind.CLEAN else []
     return batch_command(
         0, 0, listed, src, dest,
-        [*options, "--dirs", "--delete", "--existing", "--ignore-existing",
+        [*options, "--dirs", "--delete", "--existing", *keep,
          f"--out-format={ITEM}%i %n", *extra], mark, 0, kind,
         guard=f'[ -n "$(ls -A {shlex.quote(src)} 2>/dev/null | head -c 1)" ]')
 
@@ -150,13 +162,9 @@ def root_command(src: str, dest: str, options: list[str], mark: str) -> str:
 ITEM = "@@I "   # rsync's itemized lines (what differs, what is deleted)
 
 
-def verify_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: str,
-                   options: list[str], mark: str, estimated_bytes: int) -> str:
-    """Verification: rsync compares whole-file checksums and only lists (one line
-    per entry that differs, --dry-run) what a copy would change."""
-    return batch_command(task_id, claim, paths, src, dest,
-                         [*options, "--checksum", "--dry-run", f"--out-format={ITEM}%i %n"],
-                         mark, estimated_bytes * 2, OutcomeKind.VERIFY)
+# Verification: rsync compares whole-file checksums and only lists (one line per
+# entry that differs, --dry-run) what a copy would change.
+VERIFY_OPTIONS = ["--checksum", "--dry-run", f"--out-format={ITEM}%i %n"]
 
 
 OUTPUT_CAP = 4000      # characters of one batch's rsync lines (beyond its --stats totals)
@@ -205,6 +213,11 @@ def _job_case(n: int, job: Job, src: str, dest: str, mark: str) -> str:
             f"else timeout -k 30 {batch_seconds(job.estimated_bytes)} {rsync} > {out} 2>&1; "
             f"rc=$?; cap {out}; fi; rm -f {lst} {out}; "
             f"echo {MARK} end task={job.task_id} claim={job.claim} rc=$rc end=$(date +%s.%N);;")
+
+
+def item_dir_prefix(migration_id: str, run_token: str) -> str:
+    """The name of an item's directory (under the host's TMPDIR) up to mktemp's XXXXXX."""
+    return f"fleetsync.{migration_id}.{run_token}."
 
 
 def item_command(jobs: list[Job], src: str, dest: str, mark: str, lanes: int,

@@ -67,7 +67,7 @@ _dirty: dict[str, set[bytes]] = {}
 def _dirs_command(conn, mig, run_token: str, rsync_options: list[str],
                   delete: DeleteMode) -> str:
     """The next part of the directory pass, or STOP when it is all handed out."""
-    part = dirpass.next_part(conn)
+    part = dirpass.next_part(conn, DeleteMode(delete) is not DeleteMode.OFF)
     if part is None:
         return STOP
     if run_token not in _dirty:     # every batch is done: the set no longer changes
@@ -127,7 +127,7 @@ def _copy_jobs(conn, mig, worker_id: str, n: int) -> list[rsync.Job]:
     for c in claimed:
         paths, size = _batch_files(conn, c.task_id)
         jobs.append(rsync.Job(c.task_id, c.claim_no, paths,
-                              share + (["--checksum"] if c.checksum else [])
+                              share + rsync.COMPARE_OPTIONS[c.compare]
                               + (["--sparse"] if c.sparse else []), size))
     return jobs
 
@@ -140,7 +140,7 @@ def _verify_jobs(conn, worker_id: str, n: int) -> list[rsync.Job]:
             break
         paths, size = _batch_files(conn, claimed[0])
         jobs.append(rsync.Job(claimed[0], claimed[1], paths,
-                              ["--checksum", "--dry-run", f"--out-format={rsync.ITEM}%i %n"],
+                              list(rsync.VERIFY_OPTIONS),
                               size * 2, OutcomeKind.VERIFY))
     return jobs
 
@@ -196,7 +196,7 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
                 pace.list_bytes = max(256, sum(len(j.listed()[0]) for j in jobs) // len(jobs))
                 pace.since, pace.batches = time.monotonic(), len(jobs)
                 return rsync.item_command(jobs, mig.src, mig.dest, mark, lanes,
-                                          f"fleetsync.{mig.migration_id}.{run_token}.")
+                                          rsync.item_dir_prefix(mig.migration_id, run_token))
             pace.since = None
             if finished:
                 if mode is OutcomeKind.VERIFY:

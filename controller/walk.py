@@ -13,6 +13,7 @@ import sys
 import traceback
 
 from fleetsync.ledger import db, hardlinks, logbook, migration, producers, walkqueue
+from fleetsync.ledger.states import Compare
 
 from . import processes
 from .producer import Limits, Producer
@@ -96,7 +97,8 @@ class Walk:
                 ok = walkqueue.walk_finished(conn)
                 if ok:
                     walkqueue.drop_old_prints(conn)
-                    hardlinks.cut_batches(conn, self.limits)
+                    hardlinks.cut_batches(conn, self.limits, Compare.ALWAYS if self.compare
+                                          else Compare.QUICK)
                     migration.set_walk_done(conn)
         return ok
 

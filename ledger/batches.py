@@ -18,7 +18,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from . import entry_outcomes
 from .entry_outcomes import EntryOutcome
 from .schema import attempts, batch_counts, batch_files, batches, log, migration
-from .states import AttemptStatus, BatchState, EntryClass
+from .states import AttemptStatus, BatchState, Compare, EntryClass
 
 MAX_ERROR_LINES = 20      # rsync can print one line per file; keep the first ones
 MAX_ERROR_CHARS = 4_000
@@ -29,7 +29,7 @@ class Claim:
     task_id: int
     claim_no: int         # the claim it answers (batches.claim when it was claimed)
     retry_count: int
-    checksum: bool = False   # compare contents, not size and time (after a failed verify)
+    compare: Compare = Compare.QUICK   # how rsync decides a file is up to date
     sparse: bool = False     # holds a file with holes: copy with --sparse
 
 
@@ -73,7 +73,7 @@ def claim(conn: Connection, worker_id: str, limit: int = 1) -> list[Claim]:
                        batches.c.checksum, batches.c.sparse))
     with conn.begin():
         rows = conn.execute(stmt).all()
-    return sorted((Claim(r[0], r[1], r[2], bool(r[3]), bool(r[4])) for r in rows),
+    return sorted((Claim(r[0], r[1], r[2], Compare(r[3]), bool(r[4])) for r in rows),
                   key=lambda c: c.task_id)
 
 
@@ -194,11 +194,13 @@ def release_all(conn: Connection, why: str) -> list[int]:
 
 
 def requeue(conn: Connection, task_ids: list[int] | None, why: str,
-            checksum: bool = False) -> list[int]:
+            compare: Compare = Compare.QUICK) -> list[int]:
     """failed (or, named by task_id, succeeded) -> pending with fresh retries.
 
     `fleetsync retry`: each requeued batch gets an attempt row saying so, so the
     history of the batch stays whole. None means every failed batch.
+    compare: how its next copy compares; a batch that already had a stricter
+    comparison keeps it (a failed rescan batch retried still ignores times).
     """
     now = time.time()
     done = []
@@ -211,7 +213,7 @@ def requeue(conn: Connection, task_ids: list[int] | None, why: str,
                 batches.c.task_id == task_id,
                 batches.c.state.in_([BatchState.FAILED.value, BatchState.SUCCEEDED.value]))
                 .values(state=BatchState.PENDING.value, retry_count=0, finished_ts=None,
-                        checksum=int(checksum))
+                        checksum=func.max(batches.c.checksum, int(compare)))
                 .returning(batches.c.claim, batches.c.worker_id, batches.c.last_exit_code)).first()
             if row is None:
                 continue
@@ -223,6 +225,15 @@ def requeue(conn: Connection, task_ids: list[int] | None, why: str,
                                             message=f"task {task_id} requeued: {why}"))
             done.append(task_id)
     return done
+
+
+def unknown(conn: Connection, task_ids: list[int]) -> list[int]:
+    """The task_ids the ledger has no batch for, sorted: `fleetsync retry` refuses
+    them before it writes anything (a read)."""
+    with conn.begin():
+        known = {r[0] for r in conn.execute(
+            select(batches.c.task_id).where(batches.c.task_id.in_(task_ids))).all()}
+    return sorted(set(task_ids) - known)
 
 
 def entries(conn: Connection, task_id: int) -> list[tuple[bytes, bool, int]]:

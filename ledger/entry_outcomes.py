@@ -149,10 +149,20 @@ def to_copy_again(conn: Connection, task_id: int) -> tuple[set[bytes], set[bytes
     return again - never, never
 
 
-def has_open_permanent(conn: Connection, task_id: int) -> bool:
-    return bool(conn.exec_driver_sql(
-        "SELECT EXISTS (SELECT 1 FROM entry_outcomes WHERE task_id = ? AND settled_ts IS NULL "
-        "AND class = ? AND rest_arrived = 1)", (task_id, _PERMANENT)).scalar())
+# Why rsync could not put an entry at DEST: an entry of another type holds its name
+# there (a directory that became a file in SRC). controller/outcome.py gives it.
+IN_THE_WAY = "a DEST entry of another type is in the way"
+
+
+def in_the_way(conn: Connection) -> list[int]:
+    """Failed batches with an entry still blocked by a DEST entry of another type
+    (only --delete may remove that entry's subtree; see controller/commands.py)."""
+    with conn.begin():
+        return [t for (t,) in conn.exec_driver_sql(
+            "SELECT DISTINCT o.task_id FROM entry_outcomes o JOIN batches b USING (task_id) "
+            "WHERE o.settled_ts IS NULL AND o.source = ? AND o.reason LIKE ? "
+            "AND b.state = ? ORDER BY o.task_id",
+            (_RSYNC, "%: " + IN_THE_WAY, _FAILED)).all()]
 
 
 # Entries that did not arrive (not counting those that vanished from SRC): open

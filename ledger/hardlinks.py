@@ -11,12 +11,15 @@ import time
 
 from sqlalchemy import Connection, text
 
+from .states import Compare
 
-def cut_batches(conn: Connection, limits) -> int:
+
+def cut_batches(conn: Connection, limits, compare: Compare = Compare.QUICK) -> int:
     """After the walk: the staged hard links become batches, every link of an inode
     in the same batch (rsync -H keeps them linked there), cut at inode boundaries
     by the walk's limits (one inode with more links than a batch holds gets a batch
-    of its own, however big). One transaction per batch: a crash resumes here."""
+    of its own, however big). One transaction per batch: a crash resumes here.
+    compare: how their rsync compares (a rescan's links changed: Compare.ALWAYS)."""
     made = 0
     while True:
         with conn.begin():
@@ -41,9 +44,10 @@ def cut_batches(conn: Connection, limits) -> int:
                     seen = {b[2] for b in batch}
                     batch += [(d, i, bytes(p), z) for d, i, p, z in rest if bytes(p) not in seen]
             task_id = conn.execute(text(
-                "INSERT INTO batches(file_count, directory_count, estimated_bytes, created_ts) "
-                "VALUES (:f, 0, :b, :t) RETURNING task_id"),
-                {"f": len(batch), "b": sum(b[3] for b in batch), "t": time.time()}).scalar_one()
+                "INSERT INTO batches(file_count, directory_count, estimated_bytes, checksum, "
+                "created_ts) VALUES (:f, 0, :b, :c, :t) RETURNING task_id"),
+                {"f": len(batch), "b": sum(b[3] for b in batch), "c": int(compare),
+                 "t": time.time()}).scalar_one()
             conn.exec_driver_sql("INSERT INTO batch_files(task_id, path, is_dir, size) "
                                  "VALUES (?, ?, 0, ?)", [(task_id, p, z) for _, _, p, z in batch])
             conn.exec_driver_sql("UPDATE hardlinks SET task_id = ? WHERE dev = ? AND ino = ? "

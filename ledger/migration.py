@@ -9,6 +9,7 @@ SQL style: SQLAlchemy Core (one row, a few statements per run: no hot path).
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections import namedtuple
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, exists, insert, select, text, update
 
-from . import schema, walkqueue
+from . import db, schema, walkqueue
 from .db import LedgerError
 from .schema import attempts, deletions, migration, verifications
 from .states import BatchState, RunState
@@ -54,8 +55,28 @@ def load(conn: Connection) -> Migration | None:
     return _row_to_migration(row) if row else None
 
 
+def opening(path: str, src: str | None = None, dest: str | None = None) -> Migration | None:
+    """The ledger's migration, read with mode=ro before a command writes anything
+    (None: no ledger there yet, or one still empty). A ledger written by a newer
+    fleetsync is refused (LedgerError), and so, given src and dest, is one of another
+    migration, as open_or_create would refuse it. A command decides here whether it
+    goes on, so a refusal leaves the file byte for byte as it was: the writer's first
+    connection would switch it to WAL (ledger/db.py), and a ledger in WAL mode cannot
+    be read where its directory is read-only (an auditor's)."""
+    if not os.path.exists(path):
+        return None
+    with db.connect(path, readonly=True) as conn, conn.begin():
+        row = (conn.execute(select(migration)).first()
+               if schema.has_table(conn, "migration") else None)
+        if row is not None:
+            _refuse_unfit(conn, row, src, dest)
+    return _row_to_migration(row) if row is not None else None
+
+
 def open_or_create(engine: Engine, src: str, dest: str, options: dict) -> Migration:
-    """The ledger's migration, created on first use; another SRC/DEST is refused.
+    """The ledger's migration, created on first use; another SRC/DEST is refused
+    (a run has refused it already with opening(), before it wrote anything: here
+    for a ledger another run created in between).
 
     A ledger to which nothing was ever copied (no attempt at all: every host
     refused it at its preflight, e.g. a mistyped DEST) may be pointed at another
@@ -71,26 +92,41 @@ def open_or_create(engine: Engine, src: str, dest: str, options: dict) -> Migrat
                     src=src, dest=dest, options=json.dumps(options, sort_keys=True),
                     created_ts=time.time()))
                 row = conn.execute(select(migration)).first()
-            elif row.src == src and row.dest != dest and _nothing_copied(conn):
+            else:
+                _refuse_unfit(conn, row, src, dest)
+            if row.dest != dest:
                 conn.execute(update(migration).where(migration.c.dest == row.dest)
                              .values(dest=dest))
                 repointed = row.dest
                 row = conn.execute(select(migration)).first()
         found = _row_to_migration(row)
-    if (found.src, found.dest) != (src, dest):
-        raise LedgerError(
-            f"this ledger belongs to another migration ({found.src} -> {found.dest}); "
-            f"use another --ledger for {src} -> {dest}")
     found.repointed_from = repointed
     return found
 
 
+def _refuse_unfit(conn: Connection, row, src: str | None, dest: str | None) -> None:
+    """LedgerError for a migration row this fleetsync, or this run (src, dest; None:
+    any), cannot use; a DEST of a ledger that copied nothing may change."""
+    if row.schema_version > schema.SCHEMA_VERSION:
+        raise LedgerError(
+            f"this ledger was written by a newer fleetsync (schema {row.schema_version}; "
+            f"this one knows schema {schema.SCHEMA_VERSION}): nothing was changed; "
+            "use that fleetsync")
+    if src is None or (row.src, row.dest) == (src, dest):
+        return
+    if row.src == src and _nothing_copied(conn):
+        return
+    raise LedgerError(
+        f"this ledger belongs to another migration ({row.src} -> {row.dest}); "
+        f"use another --ledger for {src} -> {dest}")
+
+
 def _nothing_copied(conn: Connection) -> bool:
-    """No rsync ever ran for this ledger (no attempt of any kind, no deletion)."""
-    return conn.execute(select(
-        ~exists().where(attempts.c.attempt_id.is_not(None))
-        & ~exists().where(deletions.c.deletion_id.is_not(None))
-        & ~exists().where(verifications.c.task_id.is_not(None)))).scalar()
+    """No rsync ever ran for this ledger (no attempt of any kind, no deletion, no
+    check); a table an older ledger does not have yet holds none."""
+    return not any(schema.has_table(conn, t.name)
+                   and conn.execute(select(exists().select_from(t))).scalar()
+                   for t in (attempts, deletions, verifications))
 
 
 def start_run(conn: Connection) -> None:

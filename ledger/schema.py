@@ -108,7 +108,7 @@ batches = Table(
     Column("estimated_bytes", Integer, nullable=False),  # sum of lstat sizes at the walk
     Column("retry_count", Integer, nullable=False, server_default="0"),
     Column("claim", Integer, nullable=False, server_default="0"),  # bumped by every claim
-    Column("checksum", Integer, nullable=False, server_default="0"),  # copy with --checksum
+    Column("checksum", Integer, nullable=False, server_default="0"),  # states.Compare
     Column("sparse", Integer, nullable=False, server_default="0"),    # has a file with holes
     Column("worker_id", Text),                        # who holds it (running) or ran it last
     Column("producer_id", Integer),

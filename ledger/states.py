@@ -17,6 +17,18 @@ class BatchState(str, enum.Enum):
     FAILED = "failed"        # gave up: fatal exit code or retries used up
 
 
+class Compare(enum.IntEnum):
+    """How a batch's rsync decides that a file at DEST is already up to date
+    (column batches.checksum)."""
+    QUICK = 0      # rsync's quick check: same size and mtime (a first copy)
+    CHECKSUM = 1   # --checksum: a verify found other bytes under the same size and time
+    ALWAYS = 2     # --ignore-times: a rescan saw the entry change (its inode or ctime),
+    #                though its size and mtime may not show it (replaced by rename,
+    #                rewritten in place with its mtime set back): the new contents must
+    #                arrive whatever DEST's size and mtime say. Not --checksum: most
+    #                changed files differ anyway and would be read twice for nothing.
+
+
 class AttemptStatus(str, enum.Enum):
     SUCCESS = "success"  # the batch succeeded
     RETRY = "retry"      # failed, will run again
@@ -67,11 +79,6 @@ class DeleteMode(str, enum.Enum):
     OFF = "off"          # DEST keeps what SRC no longer has
     ON = "on"            # --delete: the directory pass removes it
     DRY_RUN = "dry-run"  # --delete-dry-run: the pass lists it in `deletions`, removes nothing
-
-
-def sql_list(*states: enum.Enum) -> str:
-    """States as an SQL list literal, for DDL only (it cannot bind parameters)."""
-    return "(" + ", ".join(f"'{s.value}'" for s in states) + ")"
 
 
 class EntryClass(str, enum.Enum):

@@ -15,17 +15,20 @@ import time
 from sqlalchemy import Connection, text
 
 from .batches import errors_json, requeue
-from .states import BatchState, VerifyState
+from .states import BatchState, Compare, VerifyState
 
 _SUCCEEDED = BatchState.SUCCEEDED.value
 _PENDING, _RUNNING = VerifyState.PENDING.value, VerifyState.RUNNING.value
 
 
-def enqueue(conn: Connection, again: bool) -> int:
-    """Queue every succeeded batch not verified yet (or, with again, every one). A stale
-    verdict (its batch was copied again since) is always checked again."""
-    redo = ([VerifyState.VERIFIED, VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.STALE]
-            if again else [VerifyState.ERROR, VerifyState.STALE])
+def enqueue(conn: Connection, resume: bool) -> int:
+    """Queue the checks of a verify; returns how many wait. A verify checks DEST as it
+    is now: every succeeded batch, whatever an earlier verify found (a DEST file can
+    change after its check). resume: go on with a verify that was stopped, keeping
+    its verdicts; only what it left unchecked is queued (the checks that waited,
+    batches that succeeded since, checks that could not run, verdicts gone stale)."""
+    redo = ([VerifyState.ERROR, VerifyState.STALE] if resume else
+            [VerifyState.VERIFIED, VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.STALE])
     with conn.begin():
         conn.execute(text("INSERT OR IGNORE INTO verifications(task_id) "
                           "SELECT task_id FROM batches WHERE state = :ok"), {"ok": _SUCCEEDED})
@@ -36,6 +39,16 @@ def enqueue(conn: Connection, again: bool) -> int:
                 {"p": _PENDING, "s": state.value, "ok": _SUCCEEDED})
         return conn.execute(text("SELECT count(*) FROM verifications WHERE state = :p"),
                             {"p": _PENDING}).scalar()
+
+
+def checked_since(conn: Connection, since: float) -> int:
+    """Verdicts recorded since a time (verified, differs or could not be checked):
+    what one verify checked itself. A read inside the caller's transaction; one scan
+    of verifications, once per verify."""
+    return conn.execute(text(
+        "SELECT count(*) FROM verifications WHERE checked_ts >= :t AND state IN (:v, :d, :e)"),
+        {"t": since, "v": VerifyState.VERIFIED.value, "d": VerifyState.DIFFERS.value,
+         "e": VerifyState.ERROR.value}).scalar()
 
 
 def claim(conn: Connection, worker_id: str) -> tuple[int, int] | None:
@@ -89,7 +102,7 @@ def requeue_differences(conn: Connection) -> list[int]:
             "SELECT task_id FROM verifications WHERE state = :d ORDER BY task_id"),
             {"d": VerifyState.DIFFERS.value})]
     # Same size and time, other bytes: only --checksum makes the copy see them.
-    return requeue(conn, ids, "verify found differences", checksum=True)
+    return requeue(conn, ids, "verify found differences", Compare.CHECKSUM)
 
 
 def differences(conn: Connection, task_id: int) -> list[str]:

@@ -50,7 +50,7 @@ from sqlalchemy import Connection
 
 from . import entry_outcomes
 from .db import BUSY_TIMEOUT_MS
-from .states import WalkDirState
+from .states import Compare, WalkDirState
 
 _PENDING, _CLAIMED, _DONE = (WalkDirState.PENDING.value, WalkDirState.CLAIMED.value,
                              WalkDirState.DONE.value)
@@ -135,6 +135,13 @@ def drop_old_prints(conn: Connection) -> None:
         conn.exec_driver_sql("DELETE FROM walk_prints WHERE old = 1")
 
 
+def entries_seen(conn: Connection) -> int:
+    """How many entries the last complete walk found in SRC (one 8-byte print each):
+    read from one row per directory, inside the caller's transaction."""
+    return conn.exec_driver_sql(
+        "SELECT coalesce(sum(length(prints)), 0) / 8 FROM walk_prints WHERE old = 0").scalar()
+
+
 def walk_finished(conn: Connection) -> bool:
     """No directory waits and none is being listed."""
     with conn.begin():
@@ -157,6 +164,9 @@ class WalkQueue:
         self.cur = self.raw.cursor()
         self.producer_id, self.producers = producer_id, producers
         self.rescan = rescan    # the last walk's prints are there to drop
+        # A rescan queues only what changed, and the change may not show in size and
+        # mtime: its batches copy whatever rsync's quick check says (Compare.ALWAYS).
+        self.compare = int(Compare.ALWAYS if rescan else Compare.QUICK)
         # An earlier walk could not list some directory: one listed in full now
         # settles that row (a first walk has none, and pays nothing).
         self.unlisted_before = entry_outcomes.any_unlisted(self.cur)
@@ -236,9 +246,10 @@ class WalkQueue:
         if cut.entries:
             task_id = cur.execute(
                 "INSERT INTO batches(file_count, directory_count, estimated_bytes, sparse, "
-                "producer_id, created_ts) VALUES (?, ?, ?, ?, ?, ?) RETURNING task_id",
+                "checksum, producer_id, created_ts) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "RETURNING task_id",
                 (cut.file_count, cut.directory_count, cut.estimated_bytes, int(cut.sparse),
-                 self.producer_id, now)).fetchone()[0]
+                 self.compare, self.producer_id, now)).fetchone()[0]
             self._insert_entries(task_id, cut.entries)
         if cut.prints:
             cur.executemany("INSERT OR REPLACE INTO walk_prints(path, old, seq, prints) "

@@ -21,7 +21,7 @@ import pytest
 
 from fleetsync.controller import cli, processes
 
-from .support import fleetsync, popen
+from .support import fleetsync, popen, query
 
 COMMANDS = ["run", "verify", "retry", "bwlimit", "backup", "serve", "status"]
 
@@ -263,7 +263,26 @@ def test_ctrl_c_stops_the_checks_and_exits_130(tmp_path, command):
         p.wait()
     assert p.returncode == 130, err.decode()[-2000:]
     assert "(stopped)" in out.decode(), out
-    assert _checked(ledger).get("pending", 0) > 0, _checked(ledger)
+    left = _checked(ledger)
+    assert left.get("pending", 0) > 0, left
+    assert f"verify --resume` checks the {left['pending']} left".encode() in err, err
+    # Issue 20, item 6: --resume checks only what the stopped verify left, and keeps
+    # the verdicts it had (their times too).
+    before = _verdict_times(ledger)
+    r = fleetsync("verify", "--ledger", ledger, "--resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (f"this verify checked {left['pending']}, {left.get('verified', 0)} verdicts kept"
+            .encode()) in r.stdout, (left, r.stdout)
+    after = _verdict_times(ledger)
+    assert {t: after[t] for t in before} == before
+    assert {k: n for k, n in _checked(ledger).items() if n} == {"verified": sum(left.values())}
+
+
+def _verdict_times(ledger: str) -> dict[int, float]:
+    """When each batch got its verdict."""
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=60) as c:
+        return dict(c.execute("SELECT task_id, checked_ts FROM verifications "
+                              "WHERE checked_ts IS NOT NULL").fetchall())
 
 
 def _succeeded(ledger: str) -> int:
@@ -470,3 +489,38 @@ def test_status_after_verify_requeue_says_work_waits(tmp_path):
     assert "ETA" not in line and "/s" not in line, line
     run = st["run"]
     assert run["state"] == "waiting" and run["batches_waiting"] >= 1, run
+
+
+# -- issue 20, item 10: mistakes that exited 0 ---------------------------------------------
+@pytest.mark.parametrize("args, says", [
+    (["--max-delete", "150%"], "--max-delete 150%: a percentage of DEST's entries is at most"),
+    (["--delete", "--max-delete", "100.5%"], "at most 100%"),
+    (["--max-delete", "-5"], "--max-delete -5: give a count"),
+    (["--heartbeat-timeout", "0"], "argument --heartbeat-timeout: give a number of seconds"),
+    (["--heartbeat-timeout", "-30"], "argument --heartbeat-timeout"),
+    (["--heartbeat-timeout", "nan"], "argument --heartbeat-timeout"),
+    (["--items-per-run", "0"], "argument --items-per-run: give a whole number, 1 or more"),
+    (["--items-per-run", "-3"], "argument --items-per-run"),
+    (["--slots", "0"], "argument --slots"),
+    (["--bwlimit", "0"], "--bwlimit 0: bad size"),
+    (["--batch-bytes", "0"], "--batch-bytes 0: bad size"),
+])
+def test_numbers_an_operator_would_call_a_mistake_are_one_line(tmp_path, args, says):
+    src = small_tree(tmp_path, files=2)
+    r = fleetsync("run", "--no-api", "--src", src, "--dest", str(tmp_path / "dest"),
+                  "--ledger", str(tmp_path / "l.db"), *args)
+    assert says in one_line_error(r)
+    assert not (tmp_path / "l.db").exists() and not (tmp_path / "dest").exists()
+
+
+def test_verify_refuses_the_same_numbers(finished):
+    for args in (["--heartbeat-timeout", "0"], ["--slots", "-1"], ["--items-per-run", "0"]):
+        assert "argument --" in one_line_error(fleetsync("verify", "--ledger", finished, *args))
+
+
+def test_retry_of_a_batch_the_ledger_does_not_have_is_one_line(finished):
+    for tasks, says in ((["99"], "no batch 99 in"), (["1", "0", "99"], "no batches 0, 99 in")):
+        r = fleetsync("retry", "--ledger", finished, *[a for t in tasks for a in ("--task", t)])
+        err = one_line_error(r)
+        assert says in err and "nothing was requeued" in err, err
+    assert query(finished, "SELECT count(*) FROM attempts WHERE status = 'requeued'") == [(0,)]
