@@ -441,12 +441,12 @@ def status(args) -> int:
     """`fleetsync status`: the progress line (or, --json, the API's numbers)."""
     import json
 
-    with db.connect(_existing(args.ledger), readonly=True) as conn, conn.begin():
+    with progress.reading(_existing(args.ledger)) as reading:
         if args.json:
-            print(json.dumps(queries.summary(conn), indent=2))
+            print(json.dumps(reading.summary(), indent=2))
         else:
-            print(progress.line(conn))
-            print("fleetsync: " + _arrival(*queries.not_arrived(conn)))
+            print(reading.line())
+            print("fleetsync: " + _arrival(*queries.not_arrived(reading.conn)))
     return 0
 
 

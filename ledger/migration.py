@@ -12,6 +12,7 @@ import json
 import os
 import time
 import uuid
+from collections import namedtuple
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, exists, insert, select, text, update
@@ -19,7 +20,7 @@ from sqlalchemy import Connection, Engine, exists, insert, select, text, update
 from . import db, schema, walkqueue
 from .db import LedgerError
 from .schema import attempts, deletions, migration, verifications
-from .states import BatchState
+from .states import BatchState, RunState
 
 # The API calls a run live while its heartbeat is younger than this.
 LIVE_AFTER_HEARTBEAT = 15.0
@@ -181,6 +182,36 @@ def elapsed(row, now: float | None = None) -> float:
         live = now - beat < LIVE_AFTER_HEARTBEAT
         total += (now if live else beat) - row.run_started_ts
     return max(0.0, total)
+
+
+# What run_state reads of the migration row.
+RunRow = namedtuple("RunRow", "run_started_ts run_heartbeat_ts finished_ts")
+
+
+def run_state(row: RunRow | None, waiting: int, now: float | None = None,
+              held: bool | None = None) -> RunState:
+    """The one rule for whether a run goes on, for every display (ledger/estimate.py).
+
+    A run opened (start_run) and not closed (end_run, stop_run) runs while its
+    heartbeat is younger than LIVE_AFTER_HEARTBEAT, unless the ledger's lock is known
+    to be free (held False: its process is gone, so it crashed, or was stopped at once
+    by a second signal, which closes nothing); held None (cannot be told: a copied
+    ledger, a lock file this user cannot open) leaves the heartbeat to decide. A closed
+    run is finished, stopped, or, when batches wait (requeued after it finished), not.
+    waiting: batches waiting (pending).
+    """
+    now = time.time() if now is None else now
+    if row is None:
+        return RunState.WAITING
+    if row.run_started_ts is not None:
+        beat = row.run_heartbeat_ts or row.run_started_ts
+        live = now - beat < LIVE_AFTER_HEARTBEAT and held is not False
+        return RunState.RUNNING if live else RunState.CRASHED
+    if row.finished_ts is not None:
+        return RunState.WAITING if waiting else RunState.FINISHED
+    if row.run_heartbeat_ts is None:     # no run has started yet
+        return RunState.WAITING
+    return RunState.STOPPED
 
 
 def set_walk_done(conn: Connection) -> None:

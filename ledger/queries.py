@@ -49,7 +49,8 @@ _HEARTBEATS = ("SELECT worker_id, heartbeat_ts FROM workers "
                "WHERE heartbeat_ts IS NOT NULL ORDER BY worker_id")
 _WORKER_STATES = "SELECT worker_id, host, state, backoff_until FROM workers ORDER BY worker_id"
 # The log_level index (level, log_id) makes this a walk of `limit` index entries.
-_LOG_TAIL = "SELECT message FROM log WHERE level = :level ORDER BY log_id DESC LIMIT :limit"
+_LOG_TAIL = ("SELECT log_id, ts, message FROM log WHERE level = :level "
+             "ORDER BY log_id DESC LIMIT :limit")
 # min() and max() of an INTEGER PRIMARY KEY read the two ends of the b-tree: O(1).
 # Each needs its own SELECT: side by side in one, SQLite scans the table.
 _ATTEMPT_IDS = ("SELECT (SELECT min(attempt_id) FROM attempts), "
@@ -173,10 +174,11 @@ def throughput(conn: Connection, now: float | None = None,
     )
 
 
-def summary(conn: Connection, now: float | None = None) -> dict[str, dict]:
+def summary(conn: Connection, now: float | None = None,
+            counts: dict | None = None) -> dict[str, dict]:
     """What `fleetsync status` prints: /status, /progress and /throughput of one snapshot
-    (batch_counts read once for the three)."""
-    counts = batch_counts(conn)
+    (batch_counts read once for the three, or given)."""
+    counts = counts or batch_counts(conn)
     return dict(status=status(conn, counts), progress=progress(conn, counts),
                 throughput=throughput(conn, now, counts))
 
@@ -206,11 +208,19 @@ def worker_states(conn: Connection) -> dict[str, dict]:
             for w, host, state, until in _rows(conn, _WORKER_STATES)}
 
 
-def logs(conn: Connection, limit: int = LOGS_LIMIT) -> dict[str, list[str]]:
-    """/logs: the newest `limit` warnings and errors, each list newest last."""
-    def tail(level: str) -> list[str]:
-        return [m for (m,) in reversed(_rows(conn, _LOG_TAIL, {"level": level, "limit": limit}))]
-    return {"warnings": tail("warning"), "errors": tail("error")}
+def logs(conn: Connection, limit: int = LOGS_LIMIT) -> dict[str, list]:
+    """/logs: the newest `limit` warnings and errors, each list newest last; beside
+    them (an added key) "lines": the same lines with their level and time (master
+    local time), newest `limit` of both, newest last, so a reader can tell an hour-old
+    warning from a fresh one."""
+    tails = {level: _rows(conn, _LOG_TAIL, {"level": level, "limit": limit})
+             for level in ("warning", "error")}
+    timed = sorted(((log_id, ts, level, m) for level, rows in tails.items()
+                    for log_id, ts, m in rows))[-limit:]
+    return {"warnings": [m for _, _, m in reversed(tails["warning"])],
+            "errors": [m for _, _, m in reversed(tails["error"])],
+            "lines": [{"time": local_time(ts), "ts": ts, "level": level, "message": m}
+                      for _, ts, level, m in timed]}
 
 
 def _errors(stored: str | None) -> list[str]:

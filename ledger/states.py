@@ -94,3 +94,15 @@ class EntrySource(str, enum.Enum):
     RSYNC = "rsync"          # a per-file error line of an attempt's rsync
     WALK = "walk"            # the walk could not stat the entry
     WALK_LIST = "walk-list"  # the walk could not list (or enter) the directory
+
+
+class RunState(str, enum.Enum):
+    """The migration's run as `fleetsync status`, the dashboard and /run see it
+    (ledger/migration.py run_state decides it)."""
+    RUNNING = "running"    # a run goes on: its controller was heard from lately
+    STOPPED = "stopped"    # the last run stopped on a signal, work left
+    CRASHED = "crashed"    # the last run ended without closing (kill -9, a second Ctrl-C,
+                           # a lost machine): not running, its batches wait again
+    FINISHED = "finished"  # the last run ended with nothing left to copy
+    WAITING = "waiting"    # no run goes on and batches wait (requeued after the run
+                           # finished, or a ledger no run has copied for yet)

@@ -26,6 +26,7 @@ from fleetsync.api.server import ServerProcess
 from fleetsync.api.app import OPENAPI, ROUTES
 from fleetsync.ledger import batches, db, migration, producers, queries, schema
 from fleetsync.ledger.batches import Report
+from fleetsync.ledger.queries import local_time
 
 from .support import api_processes, fleetsync, free_port, popen, running
 
@@ -152,8 +153,13 @@ def test_the_numbers_of_this_ledger(app):
     t = call(app, "/throughput").json
     assert t["files_processed"] == 100 + 101 + 102
     assert t["bytes_processed"] == 3 * 2**30 + 3 and t["gb_processed"] == 3.0
-    assert call(app, "/logs").json == {"warnings": ["task 4 retry 1 exit=23"],
-                                       "errors": ["task 5 retry 0 exit=2"]}
+    logs = call(app, "/logs").json
+    assert {k: logs[k] for k in ("warnings", "errors")} == {
+        "warnings": ["task 4 retry 1 exit=23"], "errors": ["task 5 retry 0 exit=2"]}
+    # the added key: the same lines with their level and time, newest last
+    assert [(x["level"], x["message"]) for x in logs["lines"]] == [
+        ("warning", "task 4 retry 1 exit=23"), ("error", "task 5 retry 0 exit=2")]
+    assert all(x["time"] == local_time(x["ts"]) for x in logs["lines"])
 
 
 def test_same_numbers_everywhere(app):

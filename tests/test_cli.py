@@ -353,6 +353,144 @@ def test_status_and_serve_without_a_ledger_are_one_line(tmp_path):
         assert not (tmp_path / "none.db").exists()
 
 
+# -- the run's state and its estimate, on ledgers of real runs (issue 20, items 8, 9) --
+
+def _running_batches(ledger: str) -> int:
+    if not os.path.exists(ledger):
+        return 0
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=60) as c:
+        try:
+            return c.execute("SELECT count(*) FROM batches WHERE state = 'running'").fetchone()[0]
+        except sqlite3.OperationalError:   # tables not created yet
+            return 0
+
+
+def _slow_run(tmp_path, *extra: str) -> tuple[subprocess.Popen, str, str]:
+    """A run of one 4 MiB file at 32 KiB/s (two minutes at least), on one slot, with its
+    API on a free port, waited for until its batch runs: (process, ledger, API url)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(4 << 20))
+    ledger = str(tmp_path / "l.db")
+    p = popen("run", "--src", str(src), "--dest", str(tmp_path / "dest"), "--ledger", ledger,
+              "--port", "0", "--slots", "1", "--bwlimit", "32KiB", *extra)
+    line = p.stderr.readline()
+    while line and b"API at" not in line:
+        line = p.stderr.readline()
+    url = url_in(line)
+    deadline = time.monotonic() + 240
+    while _running_batches(ledger) == 0:
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+        time.sleep(0.1)
+    return p, ledger, url
+
+
+def _finish(ledger: str, tmp_path) -> None:
+    """Run the migration to its end without the cap (this also stops what a killed run
+    left behind)."""
+    assert fleetsync("bwlimit", "--ledger", ledger, "off").returncode == 0
+    r = fleetsync("run", "--no-api", "--src", str(tmp_path / "src"), "--dest",
+                  str(tmp_path / "dest"), "--ledger", ledger, "--slots", "1")
+    assert r.returncode == 0, r.stderr.decode()
+
+
+def _status(ledger: str) -> tuple[str, dict]:
+    """(the progress line, `status --json`): the line is checked first, /run's numbers
+    (`run` of --json) after."""
+    line = fleetsync("status", "--ledger", ledger).stdout.decode()
+    return line, json.loads(fleetsync("status", "--json", "--ledger", ledger).stdout)
+
+
+def test_a_capped_run_shows_a_rate_and_an_eta_before_its_first_batch_ends(tmp_path):
+    """--bwlimit: no result lands for minutes, yet the terminal, `status` and the API
+    show the bytes in flight, the rate and an ETA (once "0 B/s ETA ?")."""
+    p, ledger, url = _slow_run(tmp_path)
+    try:
+        line, st = _status(ledger)
+        assert re.search(r"32\.0 KiB/s  ETA \d+:\d\d:\d\d$", line.splitlines()[0]), line
+        run = st["run"]
+        assert run["state"] == "running" and run["batches_done"] == 0
+        assert run["bytes_per_sec"] == 32 * 1024 and run["eta_sec"] is not None, run
+        status, body = get(url + "/run")
+        api = json.loads(body)
+        assert status == 200 and api["state"] == "running" and api["eta_sec"] is not None
+        assert api["bytes_per_sec"] == 32 * 1024 and api["bytes_total"] == 4 << 20
+        # the API document's routes keep their fields
+        assert set(json.loads(get(url + "/progress")[1])) == {
+            "total", "completed", "failed", "pending"}
+    finally:
+        p.kill()
+        p.wait()
+    _finish(ledger, tmp_path)
+
+
+def test_status_after_kill_9_says_crashed_at_once(tmp_path):
+    """kill -9: the ledger still says a run is open, but its lock is free: `status` and
+    a `serve` of the ledger say it is not running, with no rate or ETA, at once (not
+    only once its heartbeat is old)."""
+    p, ledger, _ = _slow_run(tmp_path)
+    try:
+        p.kill()
+        p.wait()
+        line, st = _status(ledger)
+        assert "not running (crashed" in line and "last heard" in line, line
+        assert "ETA" not in line and "/s" not in line, line
+        run = st["run"]
+        assert (run["state"], run["bytes_per_sec"], run["eta_sec"], run["bytes_in_flight"]) \
+            == ("crashed", None, None, 0), run
+        s = popen("serve", "--ledger", ledger, "--port", "0")
+        try:
+            status, body = get(url_in(s.stdout.readline()) + "/run")
+            assert status == 200 and json.loads(body)["state"] == "crashed", body
+        finally:
+            s.kill()
+            s.wait()
+    finally:
+        p.kill()
+        p.wait()
+    _finish(ledger, tmp_path)
+
+
+def test_status_after_a_double_ctrl_c_says_not_running(tmp_path):
+    p, ledger, _ = _slow_run(tmp_path)
+    try:
+        p.send_signal(signal.SIGINT)
+        line = p.stderr.readline()
+        while line and b"stopping" not in line:
+            line = p.stderr.readline()
+        p.send_signal(signal.SIGINT)        # a second one: stop now
+        assert p.wait(240) == 130
+    finally:
+        p.kill()
+        p.wait()
+    line, st = _status(ledger)
+    assert "not running" in line and "ETA" not in line and "/s" not in line, line
+    run = st["run"]
+    assert run["state"] in ("crashed", "stopped") and run["eta_sec"] is None, run
+    _finish(ledger, tmp_path)
+
+
+def test_status_after_verify_requeue_says_work_waits(tmp_path):
+    """A finished migration whose verify put a batch back in the queue is not finished."""
+    src = small_tree(tmp_path, files=6, size=100)
+    ledger, dest = str(tmp_path / "l.db"), tmp_path / "dest"
+    r = fleetsync("run", "--no-api", "--src", src, "--dest", str(dest), "--ledger", ledger,
+                  "--batch-files", "3")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "finished after" in _status(ledger)[0]
+    victim = dest / "d" / "f5"
+    st = victim.stat()
+    victim.write_bytes(b"y" * st.st_size)              # same size, same mtime
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = fleetsync("verify", "--ledger", ledger, "--requeue")
+    assert r.returncode == 1, r.stderr.decode()
+    line, st = _status(ledger)
+    assert "finished" not in line and "waiting; `fleetsync run` copies" in line, line
+    assert "ETA" not in line and "/s" not in line, line
+    run = st["run"]
+    assert run["state"] == "waiting" and run["batches_waiting"] >= 1, run
+
+
 # -- issue 20, item 10: mistakes that exited 0 ---------------------------------------------
 @pytest.mark.parametrize("args, says", [
     (["--max-delete", "150%"], "--max-delete 150%: a percentage of DEST's entries is at most"),
