@@ -146,7 +146,7 @@ const clock = d => [d.getHours(), d.getMinutes(), d.getSeconds()]
   .map(n => String(n).padStart(2, "0")).join(":");            // 24-hour, like the heartbeats
 const NOT_RUNNING = {
   stopped: r => "not running (stopped, last heard " + r.last_heard + ")",
-  crashed: r => "not running (crashed or stopped at once, last heard " + r.last_heard + ")",
+  crashed: r => "not running (crashed, last heard " + r.last_heard + ")",
   finished: r => "finished",
   waiting: r => "not running (" + num(r.batches_waiting) +
     (r.batches_waiting === 1 ? " batch" : " batches") + " waiting)",

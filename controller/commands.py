@@ -172,6 +172,12 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
             refused = _delete_within_bound(args, settings, dispatcher.hosts, started, stopped)
         if args.verify and not stopped.is_set() and refused is None:
             _verify(settings, dispatcher.hosts, resume=False, stopped=stopped)
+    except KeyboardInterrupt:
+        # Stopped at once by a second signal: the ledger says so (`status` shows a
+        # stopped run, not a crashed one), then the interruption goes on up.
+        with engine.connect() as conn:
+            migration.stop_run(conn)
+        raise
     finally:
         live.stop()
         if walk is not None:

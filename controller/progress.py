@@ -62,7 +62,7 @@ def line(conn, held: bool | None = None, now: float | None = None) -> str:
     if state is RunState.STOPPED:
         return f"{head}  not running (stopped, last heard {heard}) {ran}"
     if state is RunState.CRASHED:
-        return (f"{head}  not running (crashed or stopped at once, last heard {heard}; "
+        return (f"{head}  not running (crashed, last heard {heard}; "
                 f"`fleetsync run` resumes)")
     if state is RunState.WAITING:
         n = est["batches_waiting"]

@@ -194,8 +194,8 @@ def run_state(row: RunRow | None, waiting: int, now: float | None = None,
 
     A run opened (start_run) and not closed (end_run, stop_run) runs while its
     heartbeat is younger than LIVE_AFTER_HEARTBEAT, unless the ledger's lock is known
-    to be free (held False: its process is gone, so it crashed, or was stopped at once
-    by a second signal, which closes nothing); held None (cannot be told: a copied
+    to be free (held False: its process is gone, so it crashed; a run stopped at
+    once by a second signal closes its span first); held None (cannot be told: a copied
     ledger, a lock file this user cannot open) leaves the heartbeat to decide. A closed
     run is finished, stopped, or, when batches wait (requeued after it finished), not.
     waiting: batches waiting (pending).
