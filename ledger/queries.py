@@ -26,6 +26,7 @@ from sqlalchemy import Connection
 
 from . import entry_outcomes as _entry_outcomes
 from . import migration as _migration
+from . import schema as _schema
 from .logbook import show_path
 from .states import BatchState, ProducerState, WorkerState
 
@@ -135,7 +136,7 @@ def not_arrived(conn: Connection) -> tuple[int, int]:
     try:
         return tuple(_rows(conn, _entry_outcomes.NOT_ARRIVED_SQL)[0])
     except sqlite3.OperationalError as e:
-        if "no such table" not in str(e):
+        if not _schema.no_such_table(e):
             raise
         return 0, 0
 
@@ -339,11 +340,6 @@ def retained_results(conn: Connection, status: str | None = None, worker: str | 
     return retained, pages()
 
 
-# One path formatter for every message and answer (the log's lines included):
-# UTF-8 where it is, backslash escapes (\\xff, \\x0a) for other bytes and controls.
-display_path = show_path
-
-
 def batch(conn: Connection, task_id: int, limit: int = ENTRIES_PAGE,
           offset: int = 0) -> dict | None:
     """/batches/<task_id>: the batch row, a page of its entries, every attempt; None if unknown.
@@ -355,7 +351,7 @@ def batch(conn: Connection, task_id: int, limit: int = ENTRIES_PAGE,
     found = _rows(conn, _BATCH, {"t": task_id})
     if not found:
         return None
-    entries = [{"path": display_path(bytes(p)), "path_hex": bytes(p).hex(),
+    entries = [{"path": show_path(bytes(p)), "path_hex": bytes(p).hex(),
                 "is_dir": bool(d), "size": s}
                for p, d, s in _rows(conn, _ENTRIES, {"t": task_id, "limit": limit,
                                                      "offset": offset})]
@@ -372,7 +368,7 @@ def _failed_entries(conn: Connection, task_id: int) -> list[dict]:
     try:
         rows = _rows(conn, _entry_outcomes.BATCH_ROWS_SQL, {"t": task_id})
     except sqlite3.OperationalError as e:
-        if "no such table" not in str(e):
+        if not _schema.no_such_table(e):
             raise
         return []
     return _entry_outcomes.for_batch(rows)

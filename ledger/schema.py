@@ -448,6 +448,12 @@ def has_table(conn: Connection, name: str) -> bool:
                                 "AND name = ?", (name,)).first() is not None
 
 
+def no_such_table(error: Exception) -> bool:
+    """The same question, asked afterwards of a query's error: for the API's hot
+    reads, where a has_table look-up on every request would cost more than the read."""
+    return "no such table" in str(error)
+
+
 def create(target: Engine | Connection) -> None:
     """Create every table, index and trigger; safe to run on an existing ledger. One
     transaction (the caller's, given a connection inside one): a reader, `fleetsync

@@ -28,7 +28,7 @@ from fleetsync.ledger import batches, db, migration, producers, queries, schema
 from fleetsync.ledger.batches import Report
 from fleetsync.ledger.queries import local_time
 
-from .support import api_processes, fleetsync, free_port, popen, running
+from .support import api_processes, eventually, fleetsync, free_port, popen, running
 
 # The fields of docs/spec api.ko.md, exactly; the API may add keys, never drop these.
 SPEC = {
@@ -442,17 +442,6 @@ def test_the_server_thread_is_a_context_manager(ledger_path):
         conn.request("GET", "/status")
         assert conn.getresponse().status == 401
         conn.close()
-
-
-def eventually(check, timeout: float = 60.0):
-    """check()'s first truthy value, polled; the timeout is generous (a busy machine),
-    the freshness bound itself is measured in bench/api.py, never asserted."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(0.02)
 
 
 def test_a_commit_shows_in_every_route(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from fleetsync.controller import processes
 
-from .support import fleetsync, popen, query
+from .support import eventually, fleetsync, popen, query
 
 
 
@@ -27,16 +27,6 @@ def tree(root, names=("a/f1", "a/f2", "b/g", "top")):
 def run_args(src, dest, ledger, *more):
     return ("run", "--no-api", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
             *more)
-
-
-def wait_for(predicate, what: str, timeout: float = 120):
-    """Poll a condition that a blocked process will reach (no timing assumed: the
-    other process cannot get past the point it waits at)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"never happened: {what}")
-        time.sleep(0.05)
 
 
 # -- (1) one run per ledger -------------------------------------------------------
@@ -53,7 +43,7 @@ def test_second_run_on_a_ledger_in_use_is_refused_and_a_stale_lock_taken_over(tm
     blocker.execute("BEGIN IMMEDIATE")
     first = popen(*args)
     try:
-        wait_for(lambda: f"pid {first.pid} " in open(lockfile).read(), "the first run locks")
+        eventually(lambda: f"pid {first.pid} " in open(lockfile).read(), "the first run locks")
         second = fleetsync(*args)
         assert second.returncode == 2
         err = second.stderr.decode().strip().splitlines()
@@ -64,7 +54,7 @@ def test_second_run_on_a_ledger_in_use_is_refused_and_a_stale_lock_taken_over(tm
         # Now a run killed with -9 while it holds the lock.
         blocker.execute("BEGIN IMMEDIATE")
         third = popen(*args)
-        wait_for(lambda: f"pid {third.pid} " in open(lockfile).read(), "the third run locks")
+        eventually(lambda: f"pid {third.pid} " in open(lockfile).read(), "the third run locks")
         third.kill()
         third.wait(60)
         blocker.execute("ROLLBACK")
@@ -225,7 +215,7 @@ def test_serve_answers_503_when_the_ledger_is_not_one_any_more(tmp_path):
                 return True
             except OSError:
                 return False
-        wait_for(up, "serve answers")
+        eventually(up, "serve answers")
         garbage = tmp_path / "garbage"
         garbage.write_bytes(b"x" * 8192)
         os.replace(garbage, ledger)
