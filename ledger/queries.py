@@ -28,7 +28,7 @@ from . import entry_outcomes as _entry_outcomes
 from . import migration as _migration
 from . import schema as _schema
 from .logbook import show_path
-from .states import BatchState, ProducerState, WorkerState
+from .states import AttemptStatus, BatchState, EntryClass, ProducerState, WorkerState
 
 GIB = 1024 ** 3
 RETAINED_LIMIT = 100_000   # /results serves the newest this many attempts
@@ -372,3 +372,39 @@ def _failed_entries(conn: Connection, task_id: int) -> list[dict]:
             raise
         return []
     return _entry_outcomes.for_batch(rows)
+
+
+# /metrics' counters (api/metrics.py): not a hot route, so SQLAlchemy's driver SQL.
+_ATTEMPT_COUNTS = "SELECT status, attempts, bytes_sent, bytes_received FROM attempt_counts"
+# A ledger last opened by a fleetsync older than attempt_counts (served read-only,
+# so it cannot be added here): the same numbers by a scan, until `run` adds the table.
+_ATTEMPT_SCAN = ("SELECT status, count(*), coalesce(sum(bytes_sent), 0), "
+                 "coalesce(sum(bytes_received), 0) FROM attempts GROUP BY status")
+_OUTCOME_COUNTS = "SELECT class, entries FROM outcome_counts"
+_OUTCOME_SCAN = "SELECT class, count(*) FROM entry_outcomes GROUP BY class"
+_WORKER_ROWS = "SELECT worker_id, host, state, heartbeat_ts FROM workers ORDER BY worker_id"
+
+
+def attempt_counts(conn: Connection) -> dict[str, tuple[int, int, int]]:
+    """{status: (attempts, bytes_sent, bytes_received)} for every AttemptStatus."""
+    sql = _ATTEMPT_COUNTS if _schema.has_table(conn, "attempt_counts") else _ATTEMPT_SCAN
+    counts = {s.value: (0, 0, 0) for s in AttemptStatus}
+    for status, n, sent, received in conn.exec_driver_sql(sql).all():
+        counts[status] = (n, sent, received)
+    return counts
+
+
+def outcome_counts(conn: Connection) -> dict[str, int]:
+    """{class: entries recorded as not arrived} for every EntryClass (a ledger older
+    than outcome_counts: a scan; older than entry_outcomes: none)."""
+    counts = {c.value: 0 for c in EntryClass}
+    if _schema.has_table(conn, "outcome_counts"):
+        counts.update(conn.exec_driver_sql(_OUTCOME_COUNTS).all())
+    elif _schema.has_table(conn, "entry_outcomes"):
+        counts.update(conn.exec_driver_sql(_OUTCOME_SCAN).all())
+    return counts
+
+
+def worker_rows(conn: Connection) -> list[tuple]:
+    """(worker_id, host, state, heartbeat_ts) of every worker."""
+    return conn.exec_driver_sql(_WORKER_ROWS).all()
