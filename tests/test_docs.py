@@ -180,3 +180,20 @@ def test_the_readme_demo_excerpt_is_what_make_demo_prints(tmp_path):
     rest = iter([ln for ln in printed if ln not in said])
     missing = [ln for ln in shown if ln not in said and not any(ln == p for p in rest)]
     assert missing == [], (missing, r.stdout[-3000:])
+
+
+def test_the_architecture_section_names_every_module():
+    """A newcomer can find any file from the README's map (issue 21, item 7)."""
+    text = open(README, encoding="utf-8").read()
+    section = text[text.index("## Architecture"):text.index("## Monitoring")]
+    missing = []
+    for top in ("controller", "ledger", "api", "playbooks"):
+        for d, _, files in os.walk(os.path.join(REPO, top)):
+            for name in files:
+                if name == "__init__.py" or "__pycache__" in d or not name.endswith(
+                        (".py", ".yml", ".j2")):
+                    continue
+                rel = os.path.relpath(os.path.join(d, name), os.path.join(REPO, top))
+                if f"`{rel}`" not in section:
+                    missing.append(f"{top}/{rel}")
+    assert missing == []
