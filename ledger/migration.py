@@ -229,13 +229,12 @@ def set_bwlimit(conn: Connection, bytes_per_sec: int | None) -> None:
 RESCAN_MARGIN = 1.0
 
 
-def begin_walk(conn: Connection, rescan: bool) -> float | None:
-    """Start (or resume) the walk of SRC; returns the ctime threshold of a delta
-    pass (entries changed since then are queued), None for a full walk.
-
-    A rescan lists every directory again from the start and takes what changed
-    since the previous walk started: new, modified, renamed, chmod-ed entries all
-    get a new ctime (deletions are --delete's work)."""
+def begin_walk(conn: Connection, rescan: bool) -> bool:
+    """Start (or resume) the walk of SRC; True when it is a rescan, begun now or
+    resumed: it compares each entry with the last walk's fingerprints and queues
+    what differs (ledger/walkqueue.py). A rescan begun now lists every directory
+    again from SRC; scan_newer_than, set then, marks the walk as a rescan until it
+    ends (its value, a time from the first design, is no longer read)."""
     now = time.time()
     with conn.begin():
         row = conn.execute(select(migration.c.walk_done, migration.c.scan_started_ts,
@@ -252,7 +251,7 @@ def begin_walk(conn: Connection, rescan: bool) -> float | None:
                 "coalesce(min(CASE WHEN state != :ok THEN task_id END) - 1, max(task_id), 0)) "
                 "FROM batches)"), {"ok": BatchState.SUCCEEDED.value})
             walkqueue.restart(conn)
-            return newer
+            return True
         if row.scan_started_ts is None:
             conn.execute(update(migration).values(scan_started_ts=now))
-        return row.scan_newer_than
+        return row.scan_newer_than is not None
