@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 
+from fleetsync.api import defaults as api_defaults
+
 KiB, MiB = 1024, 1024 * 1024
 
 BATCH_FILES = 500              # entries per batch at most
@@ -38,6 +40,4 @@ ITEMS_PER_RUN = 500            # loop items (~1.5 s of batches each) per host's 
 SLOTS = 2                      # batches a host copies at once (fleetsync_slots)
 
 LEDGER = "fleetsync.db"
-API_HOST = "127.0.0.1"
-API_PORT = 8000
-API_THREADS = 4
+API_HOST, API_PORT = api_defaults.HOST, api_defaults.PORT   # the API's own (api/defaults.py)
