@@ -41,6 +41,7 @@ class LookupModule(LookupBase):
                                       OutcomeKind(v.get("fleetsync_mode", "copy")),
                                       DeleteMode(v.get("fleetsync_delete", "off")),
                                       lanes=int(v.get("fleetsync_lanes", 1)),
-                                      controller=v.get("fleetsync_controller"))]
+                                      controller=v.get("fleetsync_controller"),
+                                      beat=float(v.get("fleetsync_beat", 5)))]
         except Exception as e:  # an exception here would fail the host; say why instead
             raise AnsibleError(f"fleetsync_claim: {type(e).__name__}: {e}") from e
