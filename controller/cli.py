@@ -150,8 +150,8 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rsync-option", action="append", default=[], metavar="OPT",
                    help="extra rsync option, repeatable, e.g. --rsync-option=-AX")
     p.add_argument("--heartbeat-timeout", type=float, default=defaults.HEARTBEAT_TIMEOUT,
-                   metavar="SEC", help="a host silent this long while holding a batch is lost "
-                   "(plus the batch's bytes at 10 MiB/s; default: %(default)s)")
+                   metavar="SEC", help="a host not heard from this long while holding a batch "
+                   "is lost (its running items beat every few seconds; default: %(default)s)")
     p.add_argument("--items-per-run", type=int, default=defaults.ITEMS_PER_RUN, metavar="N",
                    help="batches per slot per ansible-playbook run (default: %(default)s)")
     p.add_argument("--slots", type=int, metavar="N",

@@ -9,6 +9,12 @@ stops claiming while the other hosts of the run go on). An unreachable host
 drops out of the play by itself; a run whose hosts are all done or lost is
 stopped.
 
+A host is heard from by its events and, while an item runs (which may take
+hours under a low cap), by its beats: the item prints an empty line every few
+seconds (rsync.item_command) and the dispatcher counts the bytes the host's
+Ansible worker has read (HostRun.heard). The lookup of the first item writes that
+worker's pid beside the host's stop file (worker_file).
+
 The event handler only puts events on a queue and returns False: an exception
 inside ansible-runner's event handler kills its thread (the run then never
 finishes), a slow one makes the run time out, and True would write a
