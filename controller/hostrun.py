@@ -154,7 +154,9 @@ class HostRun:
         """Whether the host spoke since the last look: the Ansible worker that runs its
         items read more of their output (rsync.item_command prints a beat every few
         seconds while its rsyncs run). One read of /proc/PID/io: no Ansible work, no
-        ssh round trip, whatever the cap makes an item last."""
+        ssh round trip, whatever the cap makes an item last. Between two items that
+        worker also reads the ledger (the next item's lookup): the host has just
+        answered then, with the item that ended."""
         if self._worker is None:
             self._worker = _worker_of(worker_file(self.stop_file))
             if self._worker is None:
