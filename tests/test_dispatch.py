@@ -504,3 +504,42 @@ def test_hosts_of_an_earlier_run_do_not_count_as_up(tmp_path):
         workers.seen(conn, "old-1", "old", 4)         # back: its preflight passed
         assert workers.total_slots(conn) == 4
     d.close()
+
+
+def test_a_slow_copy_on_localhost_is_not_a_lost_host(tmp_path):
+    """Issue 20's case: under a low --bwlimit an item lasts many heartbeat timeouts.
+    Its beats keep its host and move its heartbeat; its batch runs once."""
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(2 << 20))       # ~20 s at 100 KiB/s
+    proc = popen("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+                 "--no-api", "--bwlimit", "100KiB", "--heartbeat-timeout", "6", "--slots", "1")
+    try:
+        def running():
+            try:
+                rows = query(ledger, "SELECT b.claimed_ts, w.heartbeat_ts FROM batches b JOIN "
+                             "workers w ON w.worker_id = b.worker_id WHERE b.state='running'")
+            except sqlite3.OperationalError as e:    # the ledger is being made
+                if "unable to open" in str(e) or "no such table" in str(e):
+                    return None
+                raise
+            return rows[0] if rows else None
+
+        moves, deadline = [], time.time() + 120
+        while len(moves) < 2:       # a heartbeat after the claim, then another
+            assert proc.poll() is None and time.time() < deadline, (
+                f"the batch ended before its heartbeat moved twice ({moves}): "
+                f"{query(ledger, 'SELECT status FROM attempts')}")
+            row = running()
+            if row and row[1] > max([row[0], *moves]):
+                moves.append(row[1])
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert (dest / "big").read_bytes() == (src / "big").read_bytes()
+    assert query(ledger, "SELECT status FROM attempts") == [("success",)]
+    assert query(ledger, "SELECT count(*) FROM log WHERE message LIKE '%lost%'") == [(0,)]
