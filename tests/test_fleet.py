@@ -596,3 +596,5 @@ def test_a_host_frozen_in_a_long_item_is_still_lost_and_stops_its_copy(tmp_path,
                      task_id)
     assert statuses[0] == (wid, "lost") and statuses[-1][1] == "success", statuses
     assert statuses[-1][0] != wid
+    # The lost host's ended item is said once, as the loss (a warning), not as an error.
+    assert run.q("SELECT message FROM log WHERE level='error'") == []
