@@ -6,8 +6,9 @@ ready, the whole fleet at the start, and one more for hosts that join or come
 back later; turns runner events, and the beats of running items, into
 heartbeats and batch transitions, notices lost hosts (unreachable, or not heard
 from while holding a batch) and ends what they still run, re-reads the inventory
-when it changes, and ends when the walk is done and nothing waits or runs. It is a child subreaper: the ssh masters that its runs daemonize stay its
-children, and it ends them when it ends.
+when it changes, and ends when the walk is done and nothing waits or runs. It is
+a child subreaper: the ssh masters that its runs daemonize stay its children,
+and it ends them when it ends.
 """
 from __future__ import annotations
 

@@ -143,12 +143,13 @@ class HostRun:
     stop_file: str = ""
     _worker: tuple[int, str] | None = None      # (pid, start time) of its items' worker
     _read: int | None = None                     # bytes that worker had read at the last look
+    _deaf: bool = False                          # its worker's counters cannot be read
 
     @property
     def audible(self) -> bool:
         """Whether its items' beats can be heard while they run (see heard)."""
         connection = str(self.host.vars.get("ansible_connection") or "ssh")
-        return not any(word in connection for word in _UNCOUNTED)
+        return not self._deaf and not any(word in connection for word in _UNCOUNTED)
 
     def heard(self) -> bool:
         """Whether the host spoke since the last look: the Ansible worker that runs its
@@ -162,8 +163,18 @@ class HostRun:
             if self._worker is None:
                 return False
         pid, start = self._worker
-        read = _bytes_read(pid)
-        if read is None or processes.start_time(pid) != start:   # that worker has ended
+        if processes.start_time(pid) != start:     # that worker has ended
+            self._worker = self._read = None
+            return False
+        try:
+            read = _bytes_read(pid)
+        except PermissionError as e:
+            # /proc/PID/io needs ptrace access (kernel.yama.ptrace_scope 2 or 3
+            # denies it): the host is then heard as over paramiko, when items end.
+            log.warning("cannot hear the beats of host %s: %s", self.host.name, e)
+            self._deaf = True
+            return False
+        if read is None:
             self._worker = self._read = None
             return False
         before, self._read = self._read, read

@@ -68,10 +68,9 @@ def capped_rate(options: list[str]) -> int | None:
         if opt.startswith("--bwlimit="):
             value = opt.split("=", 1)[1]
             try:
-                rate = sizes.parse(value + "k" if re.fullmatch(r"[\d.]+", value) else value)
+                return sizes.parse(value + "k" if re.fullmatch(r"[\d.]+", value) else value)
             except sizes.SizeError:    # rsync refuses it (or 0: no cap)
                 return None
-            return rate
     return None
 
 
@@ -215,6 +214,7 @@ def _job_case(n: int, job: Job, src: str, dest: str, mark: str) -> str:
     """Branch n of the item's `j` function: one batch, its output framed."""
     b64, length = job.listed()
     lst, out = f'"$d/l{n}"', f'"$d/r{n}"'
+    seconds = batch_seconds(job.estimated_bytes, capped_rate(job.options))
     rsync = _rsync([*job.options, "--stats"], src, dest, mark,
                    ["--from0", f"--files-from={lst}"])
     return (f"{n}) echo {MARK} begin task={job.task_id} claim={job.claim} kind={job.kind.value} "
@@ -222,7 +222,7 @@ def _job_case(n: int, job: Job, src: str, dest: str, mark: str) -> str:
             f"echo {b64} | base64 -d | gzip -dc > {lst}; "
             f'if ! [ "$(wc -c < {lst})" -eq {length} ]; then '
             f"echo 'fleetsync: the file list arrived damaged'; rc={LIST_DAMAGED}; "
-            f"else timeout -k 30 {batch_seconds(job.estimated_bytes, capped_rate(job.options))} {rsync} > {out} 2>&1; "
+            f"else timeout -k 30 {seconds} {rsync} > {out} 2>&1; "
             f"rc=$?; cap {out}; fi; rm -f {lst} {out}; "
             f"echo {MARK} end task={job.task_id} claim={job.claim} rc=$rc end=$(date +%s.%N);;")
 
