@@ -490,3 +490,111 @@ def test_sixteen_hosts_share_one_run_and_a_killed_one_loses_nothing(tmp_path, ma
         if h is victim:
             continue
         assert h.accepted() <= 4, (h.name, h.accepted())
+
+
+# -- 7. a slow copy is not a dead host (issue 20, item 3) -----------------------------------
+# One 2 MiB file under a fleet cap of 100 KiB/s over two hosts of one slot: its item runs
+# for tens of seconds, many times the 10 s heartbeat timeout. The item beats while it runs
+# (rsync.item_command), and the controller hears the beats (hostrun.HostRun.heard).
+SLOW_CAP = ("--bwlimit", "100KiB", "--heartbeat-timeout", "10", "--slots", "1")
+
+
+def _slow_run(tmp_path, lab) -> Run:
+    run = Run(tmp_path, lab, dirs=1, files=0)
+    with open(os.path.join(run.src, "d00", "big"), "wb") as f:
+        f.write(os.urandom(2 << 20))
+    lab.inventory(run.inv, lab.hosts)
+    return run
+
+
+def _holder(run: Run, proc) -> tuple[int, str, float]:
+    """(task_id, worker_id, claimed_ts) of the batch running now."""
+    rows = wait_for("the batch running", lambda: run.q(
+        "SELECT task_id, worker_id, claimed_ts FROM batches WHERE state='running'"), 90, proc)
+    return rows[0]
+
+
+def _rsync_hosts(lab) -> set[str]:
+    """Lab hosts with an rsync of a batch running (its `timeout` wrapper, one per batch)."""
+    found = set()
+    for h in lab.hosts:
+        for pid in lab.pids(h):
+            argv = processes.argv(pid) or []
+            if argv[:1] == [b"timeout"] and b"rsync" in argv and any(
+                    a.startswith(b"--files-from=") for a in argv):
+                found.add(h.name)
+    return found
+
+
+def test_a_slow_copy_keeps_its_host_and_moves_its_heartbeat(tmp_path, make_lab):
+    lab = make_lab(2)
+    run = _slow_run(tmp_path, lab)
+    proc = run.start(*SLOW_CAP)
+    task_id, wid, claimed = _holder(run, proc)
+    seen = []      # hosts running an rsync of the batch, at each look
+
+    def heartbeat_after(t: float):
+        seen.append(_rsync_hosts(lab))
+        state = run.q("SELECT state FROM batches WHERE task_id=?", task_id)[0][0]
+        assert state == "running", f"the batch ended ({state}) before its heartbeat moved"
+        hb = run.q("SELECT heartbeat_ts FROM workers WHERE worker_id=?", wid)[0][0]
+        return hb if hb > t else None
+
+    # The item's own event comes only when it ends: a heartbeat after the claim, while
+    # the batch still runs, was heard during the item; and it moves again.
+    first = wait_for("a heartbeat during the item", lambda: heartbeat_after(claimed), 60, proc)
+    wait_for("the heartbeat moving again", lambda: heartbeat_after(first), 60, proc)
+    rc, out, err = finish(proc)
+    run.assert_complete(rc, out, err)
+    assert run.q("SELECT count(*) FROM batches") == [(1,)]
+    assert run.q("SELECT task_id, worker_id, status FROM attempts") == [(task_id, wid, "success")]
+    assert _lost_warnings(run, wid.split("-", 1)[0]) == []
+    assert run.q("SELECT sum(lost_count) FROM workers") == [(0,)]
+    assert all(len(hosts) <= 1 for hosts in seen), seen     # never two copies at once
+
+
+def _stop_all_but_sshd(lab, h) -> None:
+    """The host's work freezes (its item, its rsyncs) while its sshd still answers ssh
+    keepalives: only the missing beats can tell."""
+    for pid in lab.pids(h):
+        if not (processes.command_line(pid) or b"").startswith(b"sshd"):
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.parametrize("fault", ["frozen", "stuck_but_sshd_answers"])
+def test_a_host_frozen_in_a_long_item_is_still_lost_and_stops_its_copy(tmp_path, make_lab,
+                                                                         fault):
+    lab = make_lab(2)
+    run = _slow_run(tmp_path, lab)
+    proc = run.start(*SLOW_CAP)
+    task_id, wid, _ = _holder(run, proc)
+    victim = next(h for h in lab.hosts if wid.startswith(f"{h.name}-"))
+    wait_for("the victim's rsync", lambda: victim.name in _rsync_hosts(lab), 60, proc)
+    if fault == "frozen":
+        lab.freeze(victim)
+    else:
+        _stop_all_but_sshd(lab, victim)
+    try:
+        wait_for(f"host {victim.name} lost", lambda: _lost_warnings(run, victim.name), 90, proc)
+        # The batch waits again and another host takes it.
+        wait_for("the batch on the other host", lambda: run.q(
+            "SELECT 1 FROM batches WHERE task_id=? AND state='running' AND worker_id != ?",
+            task_id, wid), 60, proc)
+    finally:
+        lab.thaw(victim)
+    # Back, the victim's item finds its output gone and stops its rsync while the other
+    # host still copies the batch: the two do not go on side by side.
+    wait_for("the victim's rsync stopping", lambda: victim.name not in _rsync_hosts(lab)
+             and run.q("SELECT state FROM batches WHERE task_id=?", task_id) == [("running",)],
+             60, proc, every=0.2)
+    rc, out, err = finish(proc)
+    run.assert_complete(rc, out, err)
+    statuses = run.q("SELECT worker_id, status FROM attempts WHERE task_id=? ORDER BY attempt_id",
+                     task_id)
+    assert statuses[0] == (wid, "lost") and statuses[-1][1] == "success", statuses
+    assert statuses[-1][0] != wid
+    # The lost host's ended item is said once, as the loss (a warning), not as an error.
+    assert run.q("SELECT message FROM log WHERE level='error'") == []
