@@ -15,7 +15,9 @@ import os
 import signal
 import sys
 
-from . import defaults, sizes
+from fleetsync.ledger.errors import FleetsyncError
+
+from . import defaults
 from .errors import UsageError
 from .resources import DEFAULT_INVENTORY
 
@@ -231,9 +233,6 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from fleetsync.ledger.db import LedgerError
-    from .dispatch import DispatchError
-    from .inventory import InventoryError
     api = None
     try:
         if args.command in ("run", "serve"):
@@ -252,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return commands.serve(args, api)
         return getattr(commands, args.command)(args)
-    except (UsageError, LedgerError, InventoryError, DispatchError, sizes.SizeError) as e:
+    except FleetsyncError as e:     # bad input, an unusable ledger or inventory, a run that cannot go on
         print(f"fleetsync: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

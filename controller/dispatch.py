@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from fleetsync.ledger import batches, db, deletions, dirpass, logbook, migration, verify, workers
+from fleetsync.ledger.errors import FleetsyncError
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
 from . import defaults, file_outcomes, inventory, outcome, processes, rsync, slot
@@ -37,7 +38,7 @@ INVENTORY_EVERY = 2.0
 HEARTBEAT_EVERY = 1.0
 
 
-class DispatchError(Exception):
+class DispatchError(FleetsyncError):
     """The run cannot go on: no host can work (said in one line)."""
 
 

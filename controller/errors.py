@@ -1,5 +1,7 @@
-"""Errors the command line turns into one line and exit status 2."""
+"""Bad input from the operator (ledger/errors.py: the base the command line catches)."""
+
+from fleetsync.ledger.errors import FleetsyncError
 
 
-class UsageError(Exception):
+class UsageError(FleetsyncError):
     """Bad input from the operator: said in one line, nothing lost."""

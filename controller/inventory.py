@@ -19,13 +19,15 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from fleetsync.ledger.errors import FleetsyncError
+
 from . import defaults
 from .environment import process_env
 
 SLOT_SEP = "--slot"
 
 
-class InventoryError(Exception):
+class InventoryError(FleetsyncError):
     pass
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from fleetsync.ledger.errors import FleetsyncError
+
 from . import defaults
 from .listener import url, url_file
 
@@ -59,7 +61,7 @@ _TRUE = {"true", "yes", "on", "1", "y", "t"}
 _FALSE = {"false", "no", "off", "0", "n", "f", ""}
 
 
-class PlaybookError(Exception):
+class PlaybookError(FleetsyncError):
     """A variable the playbook cannot use: said in one line, nothing run."""
 
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import re
 
+from fleetsync.ledger.errors import FleetsyncError
+
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-class SizeError(ValueError):
+class SizeError(FleetsyncError, ValueError):
     pass
 
 

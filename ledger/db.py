@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
+from .errors import FleetsyncError
+
 BUSY_TIMEOUT_MS = 60_000
 
 
-class LedgerError(Exception):
+class LedgerError(FleetsyncError):
     """A ledger that cannot be used: missing, unreadable, or of another migration."""
 
 
