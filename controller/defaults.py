@@ -41,3 +41,9 @@ LEDGER = "fleetsync.db"
 API_HOST = "127.0.0.1"
 API_PORT = 8000
 API_THREADS = 4
+
+# Excluded from a new migration unless --no-default-excludes, as fpsync does (its
+# fpart -x options): the snapshot directories of NetApp (.snapshot, .snapshot.N) and
+# ZFS (.zfs), and of IBM Spectrum Scale / some NAS (.ckpt). Copying them copies every
+# snapshot of the tree again. Name patterns (no slash): at any depth, any type.
+DEFAULT_EXCLUDES = ("- .snapshot*", "- .zfs", "- .ckpt")
