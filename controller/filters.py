@@ -254,3 +254,51 @@ class Filters:
         """The rules as rsync options, in order (for the delete pass: an excluded
         name is then protected from deletion, unless --delete-excluded)."""
         return [f"--filter={r}" for r in self.rules]
+
+
+@dataclass
+class Choice:
+    """The rules a run walks with, and whether it stores them (changed rules)."""
+    rules: list[Rule]
+    change: bool = False      # --change-filters: store them, a rescan applies them
+    defaults: bool = False    # the default excludes are among them
+
+    def says(self) -> list[str]:
+        """The run's opening lines about its rules."""
+        if not self.rules:
+            return ["fleetsync: no filter rules: every entry of SRC is copied"]
+        lines = ["fleetsync: filter rules (the first that matches decides): "
+                 + ", ".join(repr(str(r)) for r in self.rules)]
+        if self.defaults:
+            lines.append("fleetsync: default excludes: " + ", ".join(
+                r.pattern for r in default_rules()) + " (snapshot directories) are not "
+                "copied; --no-default-excludes copies them")
+        if self.change:
+            lines.append("fleetsync: --change-filters: the rules change; a rescan applies "
+                         "them (entries now excluded stay at DEST unless --delete "
+                         "--delete-excluded)")
+        return lines
+
+
+def choose(given: list[Rule], no_defaults: bool, change: bool, options_given: bool,
+           stored: list[str] | None, exists: bool, walk_done: bool) -> Choice:
+    """The rules of this run. A new ledger takes the rules given and the default
+    excludes (unless no_defaults); an existing one keeps its stored rules (None: a
+    ledger made before filters, no rules) unless other rules are given, which
+    --change-filters must allow. Refusals are UsageError, before anything is written."""
+    wanted = given + ([] if no_defaults else default_rules())
+    has_defaults = lambda rules: all(d in rules for d in default_rules())  # noqa: E731
+    if not exists:
+        return Choice(wanted, defaults=has_defaults(wanted))
+    current = [parse_filter(r) for r in stored or []]
+    if not (options_given or change) or wanted == current:
+        return Choice(current, defaults=has_defaults(current))
+    show = lambda rules: ", ".join(map(str, rules)) or "none"   # noqa: E731
+    if not change:
+        raise UsageError(f"the filter rules given ({show(wanted)}) differ from the ledger's "
+                         f"({show(current)}): resume without filter options to keep them, "
+                         "or add --change-filters")
+    if not walk_done:
+        raise UsageError("--change-filters: the walk of SRC is not finished; resume it with "
+                         "its rules first, then change them")
+    return Choice(wanted, change=True, defaults=has_defaults(wanted))
