@@ -4,6 +4,7 @@ rules would copy, and the ledger holds one pruned row per entry left out at the 
 of what was left out."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -14,8 +15,9 @@ from fleetsync.controller.errors import UsageError
 from fleetsync.controller.filters import Filters, Rule, Sign, parse_filter, rules_of
 from fleetsync.controller.producer import Limits
 from fleetsync.controller.walk import Walk
+from fleetsync.ledger import db, migration
 
-from .support import make_odd_tree, query
+from .support import fleetsync, make_odd_tree, query
 
 EXTRA = [  # (path, is a directory)
     (b".snapshot", True), (b".snapshot/hourly.0", True), (b".snapshot/hourly.0/f", False),
@@ -155,3 +157,139 @@ def test_the_command_line_order_is_one_list(tmp_path):
 def test_bad_rules_are_one_line(given, said):
     with pytest.raises(UsageError, match=re.escape(said)):
         rules_of([given])
+
+
+# ------------------------------------------------------------ `fleetsync run`, end to end
+
+def run(tmp_path, *extra: str):
+    return fleetsync("run", "--src", str(tmp_path / "src"), "--dest", str(tmp_path / "dest"),
+                     "--ledger", str(tmp_path / "l.db"), "--no-api", *extra)
+
+
+def ok(r) -> str:
+    out = r.stderr.decode() + r.stdout.decode()
+    assert r.returncode == 0, out
+    return out
+
+
+def refused(r, said: str) -> None:
+    err = r.stderr.decode()
+    assert r.returncode == 2, err + r.stdout.decode()
+    assert len(err.strip().splitlines()) == 1 and said in err, err
+
+
+def entries(root) -> set[bytes]:
+    return everything(os.fsencode(root)) - {b"."}
+
+
+def make_src(tmp_path) -> None:
+    for d in ("keep", "scratch/deep", ".snapshot/hourly.0", "sub/.zfs/snap", "sub/.ckpt"):
+        (tmp_path / "src" / d).mkdir(parents=True)
+    for f in ("keep/a", "a.tmp", "scratch/s", "scratch/deep/t", ".snapshot/hourly.0/f",
+              "sub/.zfs/snap/z", "sub/k", "sub/.ckpt/c", "sub/b.tmp"):
+        (tmp_path / "src" / f).write_bytes(f.encode())
+
+
+def pruned_rows(tmp_path) -> dict[bytes, str]:
+    return {bytes(p): r for p, r in query(tmp_path / "l.db", "SELECT path, rule FROM pruned")}
+
+
+def test_a_run_copies_src_less_what_the_rules_exclude(tmp_path):
+    make_src(tmp_path)
+    out = ok(run(tmp_path, "--exclude", "scratch/", "--filter", "- *.tmp"))
+    assert "default excludes: .snapshot*, .zfs, .ckpt" in out      # the run's first lines
+    left_out = {b"scratch": "- scratch/", b"a.tmp": "- *.tmp", b"sub/b.tmp": "- *.tmp",
+                b".snapshot": "- .snapshot*", b"sub/.zfs": "- .zfs", b"sub/.ckpt": "- .ckpt"}
+    assert pruned_rows(tmp_path) == left_out                    # one row each, none beneath
+    assert entries(tmp_path / "dest") == {b"keep", b"keep/a", b"sub", b"sub/k"}
+    assert "6 entries left out by the filter rules" in out
+    # not counted anywhere else: the batches hold the selected entries alone
+    assert query(tmp_path / "l.db", "SELECT sum(file_count) FROM batches") == [(2,)]
+    status = fleetsync("status", "--ledger", str(tmp_path / "l.db"))
+    assert "6 entries left out by the filter rules" in status.stdout.decode()
+    js = fleetsync("status", "--json", "--ledger", str(tmp_path / "l.db"))
+    assert json.loads(js.stdout)["pruned"] == 6
+
+
+def test_delete_keeps_excluded_dest_entries_unless_delete_excluded(tmp_path):
+    make_src(tmp_path)
+    ok(run(tmp_path, "--exclude", "scratch/", "--exclude", "*.tmp"))
+    dest = tmp_path / "dest"
+    (dest / "scratch").mkdir()
+    (dest / "scratch" / "x").write_bytes(b"x")       # excluded names at DEST
+    (dest / "sub" / "old.tmp").write_bytes(b"o")
+    (dest / "gone").write_bytes(b"g")                # not in SRC, not excluded
+    ok(run(tmp_path, "--delete", "--max-delete", "50"))    # the stored rules
+    assert not (dest / "gone").exists()
+    assert (dest / "scratch" / "x").exists() and (dest / "sub" / "old.tmp").exists()
+    ok(run(tmp_path, "--delete", "--max-delete", "50", "--delete-excluded"))
+    assert entries(dest) == {b"keep", b"keep/a", b"sub", b"sub/k"}
+
+
+def test_a_resume_with_other_rules_is_refused_and_writes_nothing(tmp_path):
+    make_src(tmp_path)
+    ok(run(tmp_path, "--exclude", "scratch/"))
+    before = (tmp_path / "l.db").read_bytes()
+    refused(run(tmp_path, "--exclude", "*.tmp"), "differ from the ledger's")
+    refused(run(tmp_path, "--rescan", "--no-default-excludes"), "--change-filters")
+    assert (tmp_path / "l.db").read_bytes() == before
+    assert not os.path.exists(str(tmp_path / "l.db") + "-wal") or \
+        os.path.getsize(str(tmp_path / "l.db") + "-wal") == 0
+    ok(run(tmp_path, "--exclude", "scratch/"))             # the same rules: a resume
+    ok(run(tmp_path, "--rescan"))                          # none given: the stored ones
+
+
+def test_change_filters_rescans_with_the_new_rules(tmp_path):
+    make_src(tmp_path)
+    ok(run(tmp_path, "--exclude", "scratch/"))
+    assert not (tmp_path / "dest" / "scratch").exists()
+    out = ok(run(tmp_path, "--change-filters", "--exclude", "*.tmp"))
+    assert "--change-filters" in out
+    dest = tmp_path / "dest"
+    # newly included: queued by the rescan (the last walk had no print of them)
+    assert (dest / "scratch" / "deep" / "t").read_bytes() == b"scratch/deep/t"
+    # newly excluded: stays at DEST
+    assert (dest / "a.tmp").exists() and (dest / "sub" / "b.tmp").exists()
+    assert set(pruned_rows(tmp_path)) == {b"a.tmp", b"sub/b.tmp", b".snapshot", b"sub/.zfs",
+                                          b"sub/.ckpt"}
+    options = json.loads(query(tmp_path / "l.db", "SELECT options FROM migration")[0][0])
+    assert options["filters"] == ["- *.tmp", "- .snapshot*", "- .zfs", "- .ckpt"]
+    ok(run(tmp_path, "--delete", "--max-delete", "50", "--delete-excluded"))
+    assert not (dest / "a.tmp").exists() and not (dest / "sub" / "b.tmp").exists()
+    assert (dest / "scratch" / "s").exists()
+
+
+def test_default_excludes_apply_to_a_new_ledger_not_an_old_one(tmp_path):
+    make_src(tmp_path)
+    ok(run(tmp_path, "--no-default-excludes", "--ledger", str(tmp_path / "all.db"),
+           "--dest", str(tmp_path / "all")))
+    assert (tmp_path / "all" / ".snapshot" / "hourly.0" / "f").exists()
+    # A ledger made before filters: no "filters" in its options, no table pruned.
+    engine = db.writer(str(tmp_path / "l.db"))
+    migration.open_or_create(engine, str(tmp_path / "src"), str(tmp_path / "dest"), {})
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE pruned")
+    engine.dispose()
+    assert "left out" not in fleetsync("status", "--ledger",
+                                       str(tmp_path / "l.db")).stdout.decode()
+    out = ok(run(tmp_path))
+    assert "no filter rules" in out
+    assert entries(tmp_path / "dest") == entries(tmp_path / "src")
+    refused(run(tmp_path, "--exclude", "x"), "differ from the ledger's")
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--exclude-from", "/nonexistent/list"], "--exclude-from /nonexistent/list"),
+    (["--exclude", ""], "the pattern is empty"),
+    (["--filter", "P keep"], "'- PATTERN' or '+ PATTERN'"),
+    (["--filter", "merge x"], "'- PATTERN' or '+ PATTERN'"),
+    (["--exclude-from", "NUL"], "cannot hold a NUL"),
+    (["--delete-excluded"], "goes with --delete"),
+])
+def test_bad_filter_input_is_one_line_and_creates_nothing(tmp_path, args, said):
+    make_src(tmp_path)
+    if "NUL" in args:
+        (tmp_path / "nul").write_bytes(b"ok\nbad\0name\n")
+        args = [a.replace("NUL", str(tmp_path / "nul")) for a in args]
+    refused(run(tmp_path, *args), said)
+    assert not (tmp_path / "l.db").exists() and not (tmp_path / "dest").exists()
