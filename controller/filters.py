@@ -110,7 +110,10 @@ def rules_of(given: list[tuple[str, str]]) -> list[Rule]:
         else:
             texts, default = [value], Sign.EXCLUDE if option == "exclude" else Sign.INCLUDE
         for text in texts:
-            rule = parse_filter(text) if default is None else parse_pattern(text, default)
+            if default is None:
+                rule = None if text == "!" else parse_filter(text)   # '!' clears, as in rsync
+            else:
+                rule = parse_pattern(text, default)
             if rule is None:
                 rules.clear()
             else:

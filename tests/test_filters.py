@@ -143,6 +143,8 @@ def test_the_command_line_order_is_one_list(tmp_path):
                                        "- /build/", "+ y", "- z"]
     assert [str(r) for r in rules_of([("exclude", "a"), ("exclude", "!"),
                                       ("exclude", "b")])] == ["- b"]
+    assert [str(r) for r in rules_of([("exclude", "a"), ("filter", "!"),
+                                      ("filter", "+ b")])] == ["+ b"]
 
 
 @pytest.mark.parametrize("given, said", [
