@@ -194,9 +194,10 @@ def _wild(p: bytes) -> bytes:
     return b"".join(out)
 
 
-def _regexes(pattern: str) -> tuple[bytes | None, bytes]:
+def _regexes(pattern: str) -> tuple[bytes | None, bytes, bool]:
     """The regex of a pattern for files (None: a directory-only rule) and for
-    directories, each over the whole path relative to SRC (rsync's rule_matches)."""
+    directories, and whether it matches the name alone (no inner '/' nor '**');
+    else each is over the whole path relative to SRC (rsync's rule_matches)."""
     p = os.fsencode(pattern)
     dir_only = len(p) > 1 and p.endswith(b"/")
     if dir_only:
@@ -214,42 +215,53 @@ def _regexes(pattern: str) -> tuple[bytes | None, bytes]:
     if suffix3:
         p = p[:-4]
     body = _wild(p) if wild else re.escape(p)
+    if not from_start and b"/" not in p and not wild2:
+        return (None if dir_only else body), body, True
     lead = b"" if from_start else b"(?:.*/)?"
     if suffix3:
-        return lead + body + b"/.*", lead + body + b"(?:/.*)?"
-    return (None if dir_only else lead + body), lead + body
+        return lead + body + b"/.*", lead + body + b"(?:/.*)?", False
+    return (None if dir_only else lead + body), lead + body, False
 
 
 class Filters:
     """The rules, compiled: `excluded(path, is_dir)` is the rule that leaves the
-    entry out, or None. Built once per walk; one regex call per entry."""
+    entry out, or None. Built once per walk; one regex call per entry. When every
+    rule matches names alone (the default excludes, `*.tmp`), the regexes are
+    over the name (by_name), which the walk's hot loop has at hand: a quarter
+    of the cost of a match over the path."""
 
     def __init__(self, rules: list[Rule]):
         self.rules = list(rules)
+        compiled = [(rule, *_regexes(rule.pattern)) for rule in self.rules]
+        self.by_name = all(name_only for *_, name_only in compiled)
         file_parts, dir_parts = [], []
         self._file_rules, self._dir_rules = [None], [None]   # group n -> rule
-        for rule in self.rules:
-            for_files, for_dirs = _regexes(rule.pattern)
+        for rule, for_files, for_dirs, name_only in compiled:
+            lead = b"(?:.*/)?" if name_only and not self.by_name else b""
             if for_files is not None:
-                file_parts.append(b"(" + for_files + b")")
+                file_parts.append(b"(" + lead + for_files + b")")
                 self._file_rules.append(rule)
-            dir_parts.append(b"(" + for_dirs + b")")
+            dir_parts.append(b"(" + lead + for_dirs + b")")
             self._dir_rules.append(rule)
         flags = re.DOTALL      # names may hold a newline
-        self._files = re.compile(b"|".join(file_parts), flags).fullmatch if file_parts else None
-        self._dirs = re.compile(b"|".join(dir_parts), flags).fullmatch if dir_parts else None
+        # fullmatch of the file (directory) rules, None when there is none
+        self.match_file = (re.compile(b"|".join(file_parts), flags).fullmatch
+                           if file_parts else None)
+        self.match_dir = re.compile(b"|".join(dir_parts), flags).fullmatch if dir_parts else None
 
     def __bool__(self) -> bool:
         return bool(self.rules)
 
     def excluded(self, path: bytes, is_dir: bool) -> Rule | None:
         """The rule that excludes this entry (path relative to SRC), or None."""
-        match = self._dirs if is_dir else self._files
+        match = self.match_dir if is_dir else self.match_file
         if match is None:
             return None
-        m = match(path)
-        if m is None:
-            return None
+        m = match(path[path.rfind(b"/") + 1:] if self.by_name else path)
+        return None if m is None else self.decide(m, is_dir)
+
+    def decide(self, m: re.Match, is_dir: bool) -> Rule | None:
+        """The rule of a match of match_file (match_dir): it, when it excludes."""
         rule = (self._dir_rules if is_dir else self._file_rules)[m.lastindex]
         return rule if rule.sign is Sign.EXCLUDE else None
 

@@ -307,7 +307,9 @@ class Producer:
         fd, dir_id, full = listing.fd, listing.d.dir_id, listing.old is None
         prefix = bytearray(listing.prefix)   # the path as bytearray: sqlite3 binds it as is
         sample, handover, pos = self.max_threads > 0, False, listing.pos
-        excluded = self.filters.excluded if self.filters is not None else None
+        # the filter rules' regex for files, over the name or the path (filters.py)
+        match = self.filters.match_file if self.filters is not None else None
+        by_name = match is not None and self.filters.by_name
         try:
             for entry in listing.it:
                 pos += 1
@@ -326,9 +328,9 @@ class Producer:
                 if full and st.st_nlink == 1 and not isdir(st.st_mode):
                     name = entry.name.encode(_FS_ENCODING, "surrogateescape")
                     path = prefix + name
-                    if excluded is not None:
-                        rule = excluded(path, False)
-                        if rule is not None:
+                    if match is not None:
+                        m = match(name if by_name else path)
+                        if m is not None and (rule := self.filters.decide(m, False)):
                             self.pruned.append((bytes(path), 0, str(rule)))
                             continue
                     size = st.st_size

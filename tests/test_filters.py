@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+import fleetsync.controller.producer as producer_module
 from fleetsync.controller.errors import UsageError
 from fleetsync.controller.filters import Filters, Rule, Sign, parse_filter, rules_of
 from fleetsync.controller.producer import Limits
@@ -119,6 +120,17 @@ def test_the_walk_queues_what_rsync_would_copy(tmp_path, make_ledger, tree, rule
     assert set(pruned.values()) <= {r for r in rules if r.startswith("-")}
 
 
+@pytest.mark.parametrize("rules", [["- /d00", "- *.c", "- [!a]x"], ["- .snapshot*", "- *x*"]],
+                         ids=["path rules", "name rules"])
+def test_the_threaded_walk_prunes_the_same(tmp_path, make_ledger, tree, rules, monkeypatch):
+    """As on a slow mount: the producers' reader and stat threads take the entries."""
+    monkeypatch.setattr(producer_module, "SLOW_CALL", -1.0)
+    monkeypatch.setattr(producer_module, "SLOW_SAMPLE", 4)
+    ledger = make_ledger(tree)
+    expected = rsync_selects(tree, rules, os.fsencode(tmp_path / "dest"))
+    assert walk_selects(ledger, tree, rules) == expected
+
+
 def test_no_rules_leaves_nothing_out(tmp_path, make_ledger, tree):
     ledger = make_ledger(tree)
     assert walk_selects(ledger, tree, []) == everything(tree)
@@ -129,6 +141,10 @@ def test_the_first_rule_that_matches_decides():
     f = Filters([parse_filter("+ keep.tmp"), parse_filter("- *.tmp")])
     assert f.excluded(b"a/keep.tmp", False) is None
     assert f.excluded(b"a/x.tmp", False) == Rule(Sign.EXCLUDE, "*.tmp")
+    assert f.by_name
+    f = Filters([parse_filter("- /top"), parse_filter("- *.tmp")])   # over the path
+    assert not f.by_name and f.excluded(b"a/x.tmp", False) == Rule(Sign.EXCLUDE, "*.tmp")
+    assert f.excluded(b"top", False) and not f.excluded(b"a/top", False)
     f = Filters([parse_filter("- cache/"), parse_filter("+ *")])
     assert f.excluded(b"a/cache", True) == Rule(Sign.EXCLUDE, "cache/")
     assert f.excluded(b"a/cache", False) is None
