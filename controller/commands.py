@@ -93,11 +93,12 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     # One run per ledger, held until this process ends: a second run would kill
     # this one's rsyncs as leftovers and fight over its batches.
     with _locked(ledger_path):
-        choice = _filter_choice(args, ledger_path, given)
+        choice = _filter_choice(args, ledger_path, src, given)
         return _run(args, src, dest, limits, bwlimit, delete, hosts, ledger_path, api, choice)
 
 
-def _filter_choice(args, ledger_path: str, given: list[filters.Rule]) -> filters.Choice:
+def _filter_choice(args, ledger_path: str, src: str,
+                   given: list[filters.Rule]) -> filters.Choice:
     """This run's filter rules; other rules than the ledger's are refused (unless
     --change-filters) here, reading only, so a refused run writes nothing."""
     mig = None
@@ -105,6 +106,8 @@ def _filter_choice(args, ledger_path: str, given: list[filters.Rule]) -> filters
         with db.connect(ledger_path, readonly=True) as conn:
             if migration.created(conn):
                 mig = migration.load(conn)
+    if mig is not None and mig.src != src:
+        mig = None          # another migration's ledger: open_or_create says so
     return filters.choose(given, args.no_default_excludes, args.change_filters,
                           bool(args.filter_rules) or args.no_default_excludes,
                           None if mig is None else filter_rules.stored(mig.options),
