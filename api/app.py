@@ -4,7 +4,7 @@ Every route is a row of ROUTES; the same rows register the routes and write
 /openapi.json. Every answer comes from one read transaction (one consistent
 snapshot) of the read-only engine, so the API can serve a live, finished or
 crashed migration and can never change it. The hot routes (/status,
-/progress, /throughput, /healthz) answer with the bytes of a shared snapshot
+/progress, /throughput, /run, /healthz) answer with the bytes of a shared snapshot
 at most snapshot.MAX_AGE old (api/snapshot.py); the others read the ledger
 a page at a time, and keep each URL's answer up to snapshot.REFRESH (Recent).
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import bottle
 from sqlalchemy import Connection, exc
 
-from fleetsync.ledger import queries
+from fleetsync.ledger import estimate, queries
 from fleetsync.ledger.db import reader
 from fleetsync.ledger.schema import AttemptStatus
 
@@ -94,6 +94,9 @@ ROUTES: tuple[Route, ...] = (
           queries.progress, response="Progress", shared=True),
     Route("/throughput", "Rates of succeeded batches since the migration started",
           queries.throughput, response="Throughput", shared=True),
+    Route("/run", "The run's state, progress in bytes and batches (with what is in flight), "
+          "the rate now and the ETA (ledger/estimate.py)",
+          estimate.estimate, response="Run", shared=True),
     Route("/workers", "Last heartbeat of every worker (master local time)",
           queries.heartbeats, response="Workers"),
     Route("/logs", "The newest warnings and errors, newest last",

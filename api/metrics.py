@@ -4,7 +4,7 @@ Gauges repeat /status, /progress and /throughput (the same integers; times are
 unrounded seconds). Counters (`_total`) only ever go up, so Prometheus'
 rate() and increase() work on them: attempts by status, retries, rsync's bytes,
 entries recorded as not arrived by class. They come from the `attempt_counts` and
-`outcome_counts` tables kept by triggers (ledger/schema.py),
+`outcome_counts` tables kept by triggers (ledger/schema.py), read in ledger/queries.py,
 so a scrape reads a handful of rows at any number of attempts. Workers are one
 row per host. monitoring/alerts.yml and monitoring/grafana-dashboard.json use
 these names: a renamed metric breaks them (tests/test_metrics.py checks).
@@ -16,8 +16,8 @@ import time
 
 from sqlalchemy import Connection
 
-from fleetsync.ledger import queries, schema
-from fleetsync.ledger.states import AttemptStatus, EntryClass, WorkerState
+from fleetsync.ledger import queries
+from fleetsync.ledger.states import AttemptStatus, WorkerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -25,16 +25,6 @@ try:
     VERSION = importlib.metadata.version("fleetsync")
 except importlib.metadata.PackageNotFoundError:   # a source tree never installed
     VERSION = "unknown"
-
-_ATTEMPT_COUNTS = "SELECT status, attempts, bytes_sent, bytes_received FROM attempt_counts"
-# A ledger last opened by a fleetsync older than attempt_counts (served read-only,
-# so it cannot be added here): the same numbers by a scan, until `run` adds the table.
-_ATTEMPT_SCAN = ("SELECT status, count(*), coalesce(sum(bytes_sent), 0), "
-                 "coalesce(sum(bytes_received), 0) FROM attempts GROUP BY status")
-_OUTCOME_COUNTS = "SELECT class, entries FROM outcome_counts"
-_OUTCOME_SCAN = "SELECT class, count(*) FROM entry_outcomes GROUP BY class"
-_WORKERS = "SELECT worker_id, host, state, heartbeat_ts FROM workers ORDER BY worker_id"
-
 
 def _label(value: str) -> str:
     """A label value with the escapes the text format asks for."""
@@ -50,30 +40,6 @@ def _metric(lines: list[str], name: str, help_: str, samples: list[tuple[str, fl
     lines.append(f"# HELP fleetsync_{name} {help_}")
     lines.append(f"# TYPE fleetsync_{name} {kind}")
     lines.extend(f"fleetsync_{name}{labels} {value}" for labels, value in samples)
-
-
-def _rows(conn: Connection, sql: str) -> list[tuple]:
-    return conn.exec_driver_sql(sql).fetchall()
-
-
-def _attempt_counts(conn: Connection) -> dict[str, tuple[int, int, int]]:
-    """{status: (attempts, bytes_sent, bytes_received)} for every AttemptStatus."""
-    sql = _ATTEMPT_COUNTS if schema.has_table(conn, "attempt_counts") else _ATTEMPT_SCAN
-    counts = {s.value: (0, 0, 0) for s in AttemptStatus}
-    for status, n, sent, received in _rows(conn, sql):
-        counts[status] = (n, sent, received)
-    return counts
-
-
-def _outcome_counts(conn: Connection) -> dict[str, int]:
-    """{class: entries recorded as not arrived} for every EntryClass (a ledger older
-    than outcome_counts: a scan; older than entry_outcomes: none)."""
-    counts = {c.value: 0 for c in EntryClass}
-    if schema.has_table(conn, "outcome_counts"):
-        counts.update(_rows(conn, _OUTCOME_COUNTS))
-    elif schema.has_table(conn, "entry_outcomes"):
-        counts.update(_rows(conn, _OUTCOME_SCAN))
-    return counts
 
 
 def render(conn: Connection, now: float | None = None) -> str:
@@ -111,7 +77,7 @@ def render(conn: Connection, now: float | None = None) -> str:
 
 
 def _counters(lines: list[str], conn: Connection) -> None:
-    attempts = sorted(_attempt_counts(conn).items())
+    attempts = sorted(queries.attempt_counts(conn).items())
     _metric(lines, "attempts_total", "Attempts recorded, by status: success, retry (failed, "
             "will run again), failed (for good), lost (host lost), requeued (fleetsync retry).",
             [(_labels(status=s), n) for s, (n, _, _) in attempts], "counter")
@@ -126,12 +92,12 @@ def _counters(lines: list[str], conn: Connection) -> None:
             "time one was (a per-file rsync error, a walk error; a batch that failed as a "
             "whole is in attempts_total): rate() shows new ones, entries_not_arrived how many "
             "are still missing. vanished: deleted from SRC, an outcome, not a failure.",
-            [(_labels(**{"class": c}), n) for c, n in sorted(_outcome_counts(conn).items())],
+            [(_labels(**{"class": c}), n) for c, n in sorted(queries.outcome_counts(conn).items())],
             "counter")
 
 
 def _workers(lines: list[str], conn: Connection, now: float) -> None:
-    rows = _rows(conn, _WORKERS)
+    rows = queries.worker_rows(conn)
     by_state = {s.value: 0 for s in WorkerState}
     for _, _, state, _ in rows:
         by_state[state] = by_state.get(state, 0) + 1

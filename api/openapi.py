@@ -5,7 +5,7 @@ import re
 
 from fleetsync.ledger.queries import RETAINED_LIMIT
 from fleetsync.ledger.schema import AttemptStatus, BatchState
-from fleetsync.ledger.states import WorkerState
+from fleetsync.ledger.states import RunState, WorkerState
 
 INT = {"type": "integer"}
 NUM = {"type": "number"}
@@ -43,6 +43,19 @@ SCHEMAS = {
         "batches_per_sec": NUM, "elapsed_sec": NUM, "batches_completed": INT,
         "batches_failed": INT, "files_processed": INT, "bytes_processed": INT,
         "gb_processed": NUM, "bytes_per_sec": NUM, "gb_per_sec": NUM, "files_per_sec": NUM}),
+    "Run": _obj({
+        "state": {"type": "string", "enum": [s.value for s in RunState]},
+        "last_heard": _nullable({**STR, "description": "the controller's last heartbeat, "
+                                                       "master local time"}),
+        "last_heard_ts": _nullable(NUM),
+        "now": {**STR, "description": "master local time of this answer"},
+        **{k: INT for k in ("batches_total", "batches_done", "batches_failed",
+                            "batches_running", "batches_waiting", "bytes_total", "bytes_done",
+                            "bytes_failed", "bytes_running", "bytes_in_flight")},
+        "percent": NUM,
+        "bytes_per_sec": _nullable({**NUM, "description": "the rate now; null when no run "
+                                                          "goes on or it is not known yet"}),
+        "eta_sec": _nullable(NUM)}),
     "Workers": _obj({"heartbeats": {
         "type": "object", "additionalProperties": {
             "type": "string", "pattern": r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"}},
@@ -51,7 +64,11 @@ SCHEMAS = {
             "next_try": _nullable({**STR, "description": "a lost worker's next try, "
                                                           "master local time"})})}}),
     "Logs": _obj({"warnings": {"type": "array", "items": STR},
-                  "errors": {"type": "array", "items": STR}}),
+                  "errors": {"type": "array", "items": STR},
+                  "lines": {"type": "array", "items": _obj({
+                      "time": {**STR, "description": "master local time"}, "ts": NUM,
+                      "level": {"type": "string", "enum": ["warning", "error"]},
+                      "message": STR})}}),
     "Result": _RESULT,
     "Results": _obj({"results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
                      "retained_limit": {"type": "integer", "enum": [RETAINED_LIMIT]},

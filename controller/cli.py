@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import math
 import os
 import signal
 import sys
@@ -43,6 +44,25 @@ def _port(text: str) -> int:
     if text.isdigit() and int(text) <= 65535:
         return int(text)
     raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, not {text!r}")
+
+
+def _seconds(text: str) -> float:
+    """A timeout: a number of seconds above 0 (argparse's float takes 0, -5, nan
+    and inf, and a host would then be lost at its first pause, or never)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and value > 0:
+        return value
+    raise argparse.ArgumentTypeError(f"give a number of seconds above 0, not {text!r}")
+
+
+def _count(text: str) -> int:
+    """A number of things, 1 or more (argparse's int takes 0 and -3)."""
+    if text.strip().isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"give a whole number, 1 or more, not {text!r}")
 
 
 class _Rule(argparse.Action):
@@ -122,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     # --delete's guard (controller/delete_guard.py says why the default is 10%).
     run.add_argument("--max-delete", metavar="N|P%",
                      help="--delete removes at most N entries, or P%% of DEST's entries "
-                          "(default: 10%%); over it the pass is refused, nothing deleted")
+                          "(P up to 100; default: 10%%; 0: none); over it the pass is "
+                          "refused, nothing deleted")
     run.add_argument("--allow-delete", action="append", default=[], metavar="NAME",
                      help="a top-level entry of SRC that --delete may remove from DEST "
                           "although the ledger copied it before (repeatable)")
@@ -140,7 +161,14 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--inventory", metavar="INV",
                      help="Ansible inventory of the workers that check (default: the one the "
                           "migration last ran with)")
-    ver.add_argument("--again", action="store_true", help="check batches verified before, too")
+    which = ver.add_mutually_exclusive_group()
+    which.add_argument("--resume", action="store_true",
+                       help="go on with a verify that was stopped (Ctrl-C, a crash): keep its "
+                            "verdicts, check only what it left and batches copied since "
+                            "(without it, verify checks every succeeded batch afresh)")
+    which.add_argument("--again", action="store_true",
+                       help="check every succeeded batch afresh: what verify does without "
+                            "--resume (kept for scripts written when it did not)")
     ver.add_argument("--requeue", action="store_true",
                      help="put batches that differ back in the queue for `fleetsync run`")
     _worker_args(ver)
@@ -183,12 +211,17 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
     """Options of the rsyncs the workers run, for a copy (run) and a check (verify)."""
     p.add_argument("--rsync-option", action="append", default=[], metavar="OPT",
                    help="extra rsync option, repeatable, e.g. --rsync-option=-AX")
-    p.add_argument("--heartbeat-timeout", type=float, default=defaults.HEARTBEAT_TIMEOUT,
+    p.add_argument("--heartbeat-timeout", type=_seconds, default=defaults.HEARTBEAT_TIMEOUT,
                    metavar="SEC", help="a host silent this long while holding a batch is lost "
                    "(plus the batch's bytes at 10 MiB/s; default: %(default)s)")
-    p.add_argument("--items-per-run", type=int, default=defaults.ITEMS_PER_RUN, metavar="N",
-                   help="batches per slot per ansible-playbook run (default: %(default)s)")
-    p.add_argument("--slots", type=int, metavar="N",
+    p.add_argument("--items-per-run", type=_count, default=defaults.ITEMS_PER_RUN, metavar="N",
+                   help="loop items a host's ansible-playbook run does before the next run "
+                        "starts, each about 1.5 s of its batches (default: %(default)s)")
+    p.add_argument("--limit", metavar="PATTERN",
+                   help="only the inventory's hosts that match this Ansible host pattern, as "
+                        "ansible-playbook --limit (e.g. 'movers:!mover03'), hosts added "
+                        "during the run included (the playbook passes its own --limit)")
+    p.add_argument("--slots", type=_count, metavar="N",
                    help="batches every host runs at once, whatever the inventory's "
                         "fleetsync_slots says (as -e fleetsync_slots=N does in Ansible)")
 
@@ -246,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from . import inventory
             # The slowest check next, in the background, while the imports go on.
-            loading = inventory.Loading(args.inventory)
+            loading = inventory.Loading(args.inventory, limit=args.limit)
             from . import commands
             return commands.run(args, loading, api)
         from . import commands

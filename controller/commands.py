@@ -16,7 +16,7 @@ from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
 from . import delete_guard, filters, inventory, progress, sizes
-from .dispatch import Dispatcher, Settings
+from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError
 from .hostrun import kill_leftovers
 from .policy import Policy
@@ -47,9 +47,11 @@ def _check_paths(src: str, dest: str) -> tuple[str, str]:
 def _check_delete(args, src: str) -> DeleteMode:
     """--delete is refused when SRC looks empty or unmounted, since it would then
     empty DEST."""
+    # A bad bound is refused even without --delete: set for every run (group_vars,
+    # say), it would otherwise wait unseen until the cutover.
+    delete_guard.check_bound_syntax(args.max_delete)
     if not (args.delete or args.delete_dry_run):
         return DeleteMode.OFF
-    delete_guard.check_bound_syntax(args.max_delete)
     with os.scandir(src) as it:
         if next(it, None) is None:
             raise UsageError(f"SRC {src} is empty (not mounted?): refusing to delete "
@@ -64,7 +66,15 @@ def _limits(args) -> Limits:
         raise UsageError("--producers must be at least 1")
     if args.max_retries < 0:
         raise UsageError("--max-retries must be 0 or more")
-    return Limits(entries=args.batch_files, bytes=sizes.parse(args.batch_bytes))
+    return Limits(entries=args.batch_files, bytes=_size("--batch-bytes", args.batch_bytes))
+
+
+def _size(option: str, text: str) -> int:
+    """A size option, or one line that names it."""
+    try:
+        return sizes.parse(text)
+    except sizes.SizeError as e:
+        raise UsageError(f"{option} {text}: {e}") from None
 
 
 def _start_api(api, args, ledger_path: str) -> None:
@@ -81,20 +91,32 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     API's bound socket (controller/listener.py), None for --no-api."""
     src, dest = _check_paths(args.src, args.dest)
     limits = _limits(args)
-    bwlimit = sizes.parse(args.bwlimit) if args.bwlimit else None
+    bwlimit = _size("--bwlimit", args.bwlimit) if args.bwlimit else None
     delete = _check_delete(args, src)
     given = filters.rules_of(args.filter_rules)     # bad rules: one line, nothing created
     if args.delete_excluded and delete is DeleteMode.OFF:
         raise UsageError("--delete-excluded goes with --delete (or --delete-dry-run)")
-    hosts = inventory.with_slots((loading or inventory.Loading(args.inventory)).result(),
-                                 args.slots)
+    hosts = inventory.with_slots(
+        (loading or inventory.Loading(args.inventory, limit=args.limit)).result(), args.slots)
     ledger_path = os.path.abspath(args.ledger)
     db.check(ledger_path, write=True)
+    # Whether the run goes on is decided by reading alone: a refusal leaves the
+    # ledger byte for byte, its journal mode too, with no -wal, -shm or lock file.
+    if migration.opening(ledger_path, src, dest) is not None and delete is DeleteMode.ON:
+        _guard_top_level(args, ledger_path, src)
     # One run per ledger, held until this process ends: a second run would kill
     # this one's rsyncs as leftovers and fight over its batches.
     with _locked(ledger_path):
         choice = _filter_choice(args, ledger_path, src, given)
-        return _run(args, src, dest, limits, bwlimit, delete, hosts, ledger_path, api, choice)
+        try:
+            return _run(args, src, dest, limits, bwlimit, delete, hosts, ledger_path, api,
+                        choice)
+        except (DispatchError, inventory.InventoryError):
+            # Refused once it had begun (no host passed its preflight, say): the
+            # ledger is left as a finished run leaves it, in rollback-journal mode,
+            # so that a reader who may not write beside it can still open it.
+            _fold_wal(ledger_path)
+            raise
 
 
 def _filter_choice(args, ledger_path: str, src: str,
@@ -135,8 +157,6 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
     if mig.repointed_from:
         print(f"fleetsync: this ledger now copies to {dest}, not {mig.repointed_from} "
               "(nothing was ever copied there)", file=sys.stderr)
-    if delete is DeleteMode.ON:
-        _guard_top_level(args, engine, src)
     killed = kill_leftovers(mig.migration_id)
     if killed:
         print(f"fleetsync: stopped {killed} processes left by an earlier run", file=sys.stderr)
@@ -186,7 +206,13 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
         if delete is DeleteMode.ON and not stopped.is_set():
             refused = _delete_within_bound(args, settings, dispatcher.hosts, started, stopped)
         if args.verify and not stopped.is_set() and refused is None:
-            _verify(settings, dispatcher.hosts, again=False, stopped=stopped)
+            _verify(settings, dispatcher.hosts, resume=False, stopped=stopped)
+    except KeyboardInterrupt:
+        # Stopped at once by a second signal: the ledger says so (`status` shows a
+        # stopped run, not a crashed one), then the interruption goes on up.
+        with engine.connect() as conn:
+            migration.stop_run(conn)
+        raise
     finally:
         live.stop()
         if walk is not None:
@@ -216,10 +242,10 @@ def _fold_wal(ledger_path: str) -> None:
               "with `fleetsync backup`, not cp", file=sys.stderr)
 
 
-def _guard_top_level(args, engine, src: str) -> None:
+def _guard_top_level(args, ledger_path: str, src: str) -> None:
     """--delete with top-level entries the ledger copied before missing from SRC:
-    refused before anything runs, unless named or a bound is given."""
-    with engine.connect() as conn:
+    refused before anything runs (or is written), unless named or a bound is given."""
+    with db.connect(ledger_path, readonly=True) as conn:
         missing = delete_guard.missing_top_level(conn, src, args.allow_delete)
     if missing and args.max_delete is None:
         raise delete_guard.refuse_missing(missing, src)
@@ -271,7 +297,8 @@ def _settings(args, ledger_path: str) -> Settings:
                     Policy(max_retries=getattr(args, "max_retries", Policy.max_retries)),
                     [*DEFAULT_RSYNC_OPTIONS, *args.rsync_option],
                     items_per_run=args.items_per_run,
-                    heartbeat_timeout=args.heartbeat_timeout, slots=args.slots)
+                    heartbeat_timeout=args.heartbeat_timeout, slots=args.slots,
+                    limit=args.limit)
 
 
 class Stopped(threading.Event):
@@ -310,37 +337,48 @@ def _stop_on_signals() -> Stopped:
     return stopped
 
 
-def _verify(settings: Settings, hosts, again: bool, stopped: Stopped | None = None
-            ) -> tuple[dict[VerifyState, int], int]:
-    """Check succeeded batches on the workers; returns the counts per state and the
-    signal that stopped the checks (0: none)."""
+def _verify(settings: Settings, hosts, resume: bool, stopped: Stopped | None = None
+            ) -> tuple[dict[VerifyState, int], int, int]:
+    """Check succeeded batches on the workers: all of them, or (resume) what a stopped
+    verify left. Returns the counts per state, the signal that stopped the checks
+    (0: none) and how many batches this verify checked itself."""
+    since = time.time()
     with db.connect(settings.ledger_path) as conn:
         verifications.release_worker(conn, None)     # checks a dead run had in hand
-        verifications.enqueue(conn, again)
+        verifications.enqueue(conn, resume)
     stopped = stopped or _stop_on_signals()
     stopped.dispatch(Dispatcher(settings, None, hosts), OutcomeKind.VERIFY)
     with db.connect(settings.ledger_path, readonly=True) as conn, conn.begin():
-        return verifications.counts(conn), stopped.signum if stopped.is_set() else 0
+        counts, checked = verifications.counts(conn), verifications.checked_since(conn, since)
+    if stopped.is_set() and counts[VerifyState.PENDING]:
+        print(f"fleetsync: `fleetsync verify --resume` checks the {counts[VerifyState.PENDING]} "
+              "left; `fleetsync verify` checks every batch again", file=sys.stderr)
+    return counts, stopped.signum if stopped.is_set() else 0, checked
 
 
 def verify(args) -> int:
-    """`fleetsync verify`: check succeeded batches with rsync's checksums (a dry run)."""
+    """`fleetsync verify`: check succeeded batches with rsync's checksums (a dry run):
+    every one, as DEST is now, or with --resume what a stopped verify left."""
     ledger_path = _existing(args.ledger, write=True)
-    with db.connect(ledger_path) as conn:
-        mig = migration.load(conn)
-        conn.rollback()
+    mig = migration.opening(ledger_path)      # read only: a refusal changes nothing
     if mig is None:
         raise UsageError(f"{args.ledger} holds no migration")
     args.inventory = _verify_inventory(ledger_path, args.inventory)
-    hosts = inventory.with_slots(inventory.load(args.inventory), args.slots)
+    hosts = inventory.with_slots(inventory.load(args.inventory, limit=args.limit), args.slots)
     with _locked(ledger_path):     # it kills leftovers of the migration: never a live run's
         kill_leftovers(mig.migration_id)
-        counts, stopped = _verify(_settings(args, ledger_path), hosts, args.again)
+        counts, stopped, checked = _verify(_settings(args, ledger_path), hosts, args.resume)
+    verdicts = sum(counts[s] for s in (VerifyState.VERIFIED, VerifyState.DIFFERS,
+                                        VerifyState.ERROR))
     print(f"fleetsync: {counts[VerifyState.VERIFIED]} batches verified, "
           f"{counts[VerifyState.DIFFERS]} differ, {counts[VerifyState.ERROR]} could not be "
           f"checked, {counts[VerifyState.PENDING]} not checked"
           + (f", {counts[VerifyState.STALE]} wait for a new copy (`fleetsync run`)"
-             if counts[VerifyState.STALE] else "") + (" (stopped)" if stopped else ""))
+             if counts[VerifyState.STALE] else "")
+          + f"; this verify checked {checked}"
+          + (f", {verdicts - checked} verdicts kept from the verify it resumed"
+             if args.resume else "")
+          + (" (stopped)" if stopped else ""))
     if args.requeue and counts[VerifyState.DIFFERS]:
         with db.connect(ledger_path) as conn:
             ids = verifications.requeue_differences(conn)
@@ -452,13 +490,13 @@ def status(args) -> int:
     """`fleetsync status`: the progress line (or, --json, the API's numbers)."""
     import json
 
-    with db.connect(_existing(args.ledger), readonly=True) as conn, conn.begin():
-        pruned = filter_rules.pruned_count(conn)
+    with progress.reading(_existing(args.ledger)) as reading:
+        pruned = filter_rules.pruned_count(reading.conn)
         if args.json:
-            print(json.dumps({**queries.summary(conn), "pruned": pruned}, indent=2))
+            print(json.dumps({**reading.summary(), "pruned": pruned}, indent=2))
         else:
-            print(progress.line(conn))
-            print("fleetsync: " + _arrival(*queries.not_arrived(conn)))
+            print(reading.line())
+            print("fleetsync: " + _arrival(*queries.not_arrived(reading.conn)))
             if pruned:
                 print(f"fleetsync: {_pruned(pruned)}")
     return 0
@@ -480,15 +518,23 @@ def backup(args) -> int:
 
 
 def retry(args) -> int:
-    """`fleetsync retry`: failed (or named) batches back in the queue."""
-    with db.connect(_existing(args.ledger, write=True)) as conn:
-        if migration.load(conn) is None:
-            raise UsageError(f"{args.ledger} holds no migration")
-        conn.rollback()
+    """`fleetsync retry`: failed (or named) batches back in the queue. A batch the
+    ledger does not have is refused (one line, exit 2) before anything is written."""
+    ledger_path = _existing(args.ledger, write=True)
+    if migration.opening(ledger_path) is None:
+        raise UsageError(f"{args.ledger} holds no migration")
+    if args.task:
+        with db.connect(ledger_path, readonly=True) as conn:
+            unknown = batches.unknown(conn, args.task)
+        if unknown:
+            raise UsageError(f"no batch{'es' if len(unknown) > 1 else ''} "
+                             f"{', '.join(map(str, unknown))} in {args.ledger} "
+                             "(`fleetsync status` counts its batches): nothing was requeued")
+    with db.connect(ledger_path) as conn:
         done = batches.requeue(conn, None if args.failed else args.task, "requeued by an operator")
-    missing = sorted(set(args.task or []) - set(done))
+    left = sorted(set(args.task or []) - set(done))
     print(f"fleetsync: {len(done)} batches back in the queue; `fleetsync run` copies them"
-          + (f" (not failed or succeeded, or unknown: {missing})" if missing else ""))
+          + (f" (waiting or running already: {left})" if left else ""))
     return 0
 
 

@@ -34,7 +34,7 @@ WALK_THREADS = 16
 MAX_RETRIES = 3                # retries of a batch after a retryable rsync exit
 HEARTBEAT_TIMEOUT = 120.0      # seconds of silence that lose a host holding a batch
 STALL_RATE = 10 * MiB          # ...plus its held batch's bytes at this rate
-ITEMS_PER_RUN = 500            # loop items (batches) per slot per ansible-playbook run
+ITEMS_PER_RUN = 500            # loop items (~1.5 s of batches each) per host's playbook run
 SLOTS = 2                      # batches a host copies at once (fleetsync_slots)
 
 LEDGER = "fleetsync.db"

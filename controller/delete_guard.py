@@ -38,13 +38,18 @@ NAMES_SHOWN = 5      # entries a refusal names before "..."
 
 
 def bound(text: str | None, dest_entries: int) -> int:
-    """--max-delete as a number of entries (a percentage of dest_entries, rounded down)."""
+    """--max-delete as a number of entries (a percentage of dest_entries, rounded down).
+    0 (or 0%) is a bound too: the pass is refused if it would delete anything."""
     text = (text or DEFAULT_MAX_DELETE).strip()
     m = re.fullmatch(r"(\d+(?:\.\d+)?)%|(\d+)", text)
     if not m:
         raise UsageError(f"--max-delete {text}: give a count (500) or a percentage (10%)")
     if m[2] is not None:
         return int(m[2])
+    if float(m[1]) > 100:
+        # 150% bounds nothing: the operator meant another number, or a count.
+        raise UsageError(f"--max-delete {text}: a percentage of DEST's entries is at most "
+                         "100%; give a count (500) for a number of entries")
     return int(float(m[1]) * dest_entries / 100)
 
 

@@ -84,8 +84,8 @@ def main() -> int:
             try:
                 p = get(port, "/progress")
                 print(f"  {time.time() - t:5.1f} s  progress {json.dumps(p)}", flush=True)
-            except OSError:
-                pass
+            except OSError as e:     # the run may be ending: said, and the loop goes on
+                print(f"  {time.time() - t:5.1f} s  /progress did not answer: {e}", flush=True)
             time.sleep(1)
     rc = proc.wait()
     print(f"fleetsync run exited {rc} after {time.time() - t:.1f} s")

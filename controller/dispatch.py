@@ -51,6 +51,7 @@ class Settings:
     heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT
     delete: DeleteMode = DeleteMode.OFF            # the directory pass deletes too
     slots: int | None = None                       # --slots: every host's, over the inventory's
+    limit: str | None = None                       # --limit: the hosts of the inventory it uses
     # This `fleetsync run`: carried in the command line of every process it starts,
     # so that the next run can tell them from its own and kill them.
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -152,7 +153,8 @@ class Dispatcher:
             return
         self._inventory_mtime = mtime
         try:
-            hosts = inventory.with_slots(inventory.load(self.settings.inventory_path),
+            hosts = inventory.with_slots(inventory.load(self.settings.inventory_path,
+                                                        limit=self.settings.limit),
                                          self.settings.slots)
         except inventory.InventoryError as e:
             if not self.hosts:

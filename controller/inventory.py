@@ -1,7 +1,9 @@
 """The fleet as the operator's Ansible inventory describes it, re-read when it changes.
 
 `ansible-inventory --list` resolves groups, group_vars and host_vars exactly as
-ansible-playbook would. Each host runs as many batches at once as its
+ansible-playbook would, and its `--limit` keeps the hosts an `ansible-playbook
+--limit` would play (the same patterns: `movers:!mover03`, `mover0*`, `@file`);
+a limit stays with every re-read, so a host added mid-run joins only if it matches. Each host runs as many batches at once as its
 `fleetsync_slots` variable says (default 2). The runtime inventory handed to
 ansible-runner lists each host once (one fork per host; the host runs its
 slots side by side), with the variables the dispatch needs per host.
@@ -49,13 +51,15 @@ class Loading:
     """`ansible-inventory --list` running in the background (it takes about a second:
     `fleetsync run` starts it first and checks everything else meanwhile)."""
 
-    def __init__(self, path: str, env: dict | None = None):
+    def __init__(self, path: str, env: dict | None = None, limit: str | None = None):
         self.path = path
+        self.limit = limit or None
         self.proc = None
         if os.path.exists(path):
             exe = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")
             self.proc = subprocess.Popen(
-                [exe if os.path.exists(exe) else "ansible-inventory", "-i", path, "--list"],
+                [exe if os.path.exists(exe) else "ansible-inventory", "-i", path, "--list",
+                 *(["--limit", self.limit] if self.limit else [])],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                 env=env or process_env())
 
@@ -68,15 +72,17 @@ class Loading:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise InventoryError(f"inventory {self.path}: ansible-inventory took over 120 s")
-        return _hosts(self.path, self.proc.returncode, stdout, stderr)
+        return _hosts(self.path, self.proc.returncode, stdout, stderr, self.limit)
 
 
-def load(path: str, env: dict | None = None) -> dict[str, Host]:
-    """Every host of the inventory with its variables; one clear error when it is broken."""
-    return Loading(path, env).result()
+def load(path: str, env: dict | None = None, limit: str | None = None) -> dict[str, Host]:
+    """Every host of the inventory (within `limit`, an Ansible host pattern) with its
+    variables; one clear error when it is broken."""
+    return Loading(path, env, limit).result()
 
 
-def _hosts(path: str, returncode: int, stdout: str, stderr: str) -> dict[str, Host]:
+def _hosts(path: str, returncode: int, stdout: str, stderr: str,
+           limit: str | None = None) -> dict[str, Host]:
     warnings = [line for line in stderr.splitlines() if "WARNING" in line or "ERROR" in line]
     if returncode != 0:
         raise InventoryError(f"inventory {path} cannot be read: "
@@ -91,6 +97,8 @@ def _hosts(path: str, returncode: int, stdout: str, stderr: str) -> dict[str, Ho
         failed = _parse_failure(stderr)
         if failed:
             raise InventoryError(f"inventory {path} cannot be read: {failed}")
+        if limit:
+            raise InventoryError(f"--limit {limit} matches no host of inventory {path}")
         raise InventoryError(f"inventory {path} lists no host"
                              + (f" ({warnings[-1]})" if warnings else ""))
     hosts = {}

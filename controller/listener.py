@@ -10,9 +10,18 @@ early clients in the listen backlog.
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import sys
 
 from .errors import UsageError
+
+
+def url_file(ledger_path: str) -> str:
+    """Where a run's API says its URL while it serves: `LEDGER.api`. An operator of
+    the playbook sees a task's output only when the task ends, hours later; with
+    --port 0 this file is how they find the API of the run in progress."""
+    return os.path.abspath(ledger_path) + ".api"
 
 
 def url(host: str, port: int) -> str:
@@ -36,6 +45,7 @@ class Listener:
         bound_host, bound_port = self.sock.getsockname()[:2]
         self.url = url(bound_host, bound_port)   # the real port, also for --port 0
         self.server = None
+        self.url_path: str | None = None         # url_file() while a run's API serves
 
     def start(self, app) -> str:
         """Serve app from a background thread; returns the URL it answers on."""
@@ -50,11 +60,32 @@ class Listener:
         from fleetsync.api.server import ServerProcess
 
         self.server = ServerProcess(ledger_path, token=token, sock=self.sock)
+        self._write_url(url_file(ledger_path))
         return self.url
+
+    def _write_url(self, path: str) -> None:
+        """The URL in `path` (written whole, then renamed: never read half-written),
+        removed again by stop(). A ledger's directory this user cannot write costs
+        the file, not the run: the URL is also on stderr."""
+        tmp = f"{path}.{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                f.write(self.url + "\n")
+            os.replace(tmp, path)
+            self.url_path = path
+        except OSError as e:
+            print(f"fleetsync: warning: cannot write the API's URL to {path}: "
+                  f"{e.strerror or e}", file=sys.stderr)
 
     def stop(self) -> None:
         """Finish the requests in flight and close the socket (once; safe to repeat)."""
         server, self.server = self.server, None
+        path, self.url_path = self.url_path, None
+        if path is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         if server is not None:
             server.stop()
         elif self.sock.fileno() >= 0:    # bound, never served

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from fleetsync.ledger import logbook
 from fleetsync.ledger.entry_outcomes import IN_THE_WAY
 from fleetsync.ledger.states import OutcomeKind
 
@@ -99,7 +100,6 @@ def _parse_one(text: str) -> Outcome:
 
 _ERROR_STARTS = ("rsync:", "rsync error:", "fleetsync:", "timeout:", "file has vanished:",
                  "could not make way for new ", "cannot delete non-empty directory: ")
-_ESCAPE = re.compile(rb"\\#([0-7]{3})")
 # rsync: [sender] send_files failed to open "/src/a": Permission denied (13)
 # rsync: [sender] link_stat "/src/a" failed: No such file or directory (2)
 # rsync: [sender] readlink_stat("/src/a") failed: Permission denied (13)
@@ -116,8 +116,7 @@ _TWO_PATHS = '" -> "'
 
 def unescape(text: str) -> bytes:
     """A name as rsync printed it, back to its bytes (\\#ooo is one byte)."""
-    raw = text.encode("utf-8", "surrogateescape")
-    return _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), raw)
+    return logbook.rsync_unescape(text)
 
 
 def file_error(line: str) -> FileError | None:

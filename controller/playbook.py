@@ -7,7 +7,9 @@ input is one line (PlaybookError), said by the task that computes it, before
 anything runs.
 
 Names: `src` and `dest` as documented; every other option has the `fleetsync_`
-prefix, because Ansible reserves some plain names (`port` warns on every run).
+prefix, because Ansible reserves some plain names (`port` warns on every run),
+but for `ansible_limit`: ansible-playbook's own `--limit`, which becomes
+`fleetsync run --limit` so that the run copies on the hosts the play checked.
 The plain names of the first release are still read, with a warning, for one
 more release (OLD_NAMES).
 """
@@ -15,6 +17,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+
+from . import defaults
+from .listener import url, url_file
 
 # Variable -> `fleetsync run` option taking a value.
 VALUED = {
@@ -29,6 +34,9 @@ VALUED = {
     "fleetsync_bind": "--bind",
     "fleetsync_port": "--port",
     "fleetsync_slots": "--slots",
+    "fleetsync_items_per_run": "--items-per-run",
+    # ansible-playbook's own --limit: the hosts of the play are the hosts of the copy.
+    "ansible_limit": "--limit",
 }
 # Variable -> `fleetsync run` flag, on when the variable is true.
 FLAGS = {
@@ -65,6 +73,7 @@ class Run:
     src: str
     dest: str
     warnings: list[str] = field(default_factory=list)
+    api: str = ""          # where to watch the run, said before it starts
 
 
 def _absolute(path: str, cwd: str) -> str:
@@ -134,6 +143,9 @@ def command(given: dict, python: str, inventory: str, cwd: str) -> Run:
                                 f"(or host:/path); {name} is not set")
     src, dest = _absolute(str(v["src"]), cwd), _absolute(str(v["dest"]), cwd)
     v["fleetsync_ledger"] = _absolute(str(v.get("fleetsync_ledger", "fleetsync.db")), cwd)
+    if str(v.get("ansible_limit", "")).startswith("@"):
+        # --limit @FILE (a retry file): read by `fleetsync run` from another directory.
+        v["ansible_limit"] = "@" + _absolute(str(v["ansible_limit"])[1:], cwd)
     argv = [python, "-m", "fleetsync.controller.cli", "run", "--src", src, "--dest", dest,
             "--inventory", _absolute(inventory, cwd)]
     for name, option in VALUED.items():
@@ -146,4 +158,18 @@ def command(given: dict, python: str, inventory: str, cwd: str) -> Run:
         argv += ["--exclude-from", _absolute(str(v["fleetsync_exclude_from"]), cwd)]
     # The token is not in the command line (ps shows it): the task passes it in
     # FLEETSYNC_TOKEN.
-    return Run(argv, src, dest, warnings)
+    return Run(argv, src, dest, warnings, _api(v))
+
+
+def _api(v: dict) -> str:
+    """Where the run's API will answer, said before the run: a task's output shows only
+    when the task ends (fleetsync's own `API at` line, hours later)."""
+    if _flag("fleetsync_no_api", v.get("fleetsync_no_api", False)):
+        return "fleetsync's API is off (fleetsync_no_api)"
+    bind = str(v.get("fleetsync_bind") or defaults.API_HOST)
+    port = str(v.get("fleetsync_port") or defaults.API_PORT).strip()
+    if port == "0":
+        return (f"fleetsync's API takes a free port: once it listens, its URL is in "
+                f"{url_file(v['fleetsync_ledger'])} (the file goes when the run ends)")
+    return f"fleetsync's API: {url(bind, port)} (the dashboard at /; also in " \
+           f"{url_file(v['fleetsync_ledger'])} while the run goes on)"

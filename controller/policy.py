@@ -41,9 +41,8 @@ from fleetsync.ledger.states import EntryClass
 DEFAULT_FATAL = frozenset({1, 2, 3, 4, 5, 6, 13, 14, 21, 22, 25})
 PER_FILE_EXITS = frozenset({23, 24})   # rsync's "some files did not arrive"
 
+# Every errno not named here may heal (EIO, ESTALE, EAGAIN, ENOSPC, ETIMEDOUT...).
 PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP})
-MAY_HEAL_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.EAGAIN, errno.ENOSPC,
-                             errno.ETIMEDOUT})   # and every errno not named (see above)
 
 
 def classify(err: int | None, sending: bool = True) -> EntryClass:

@@ -5,14 +5,16 @@ not a terminal: logs stay clean); `fleetsync status` prints it once.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-from sqlalchemy import select
-
-from fleetsync.ledger import db, migration, queries, schema
+from fleetsync.ledger import db, estimate, lock, queries
+from fleetsync.ledger.states import RunState
 
 log = logging.getLogger(__name__)
 
@@ -30,40 +32,72 @@ def _duration(sec: float) -> str:
     return f"{sec // 3600}:{sec % 3600 // 60:02d}:{sec % 60:02d}"
 
 
-def _run_state(conn) -> str:
-    """"running", "finished" (the last run ended with nothing left) or "stopped"
-    (interrupted, crashed, or never started): the API's rule, a heartbeat younger
-    than migration.LIVE_AFTER_HEARTBEAT."""
-    row = conn.execute(select(schema.migration.c.run_started_ts,
-                              schema.migration.c.run_heartbeat_ts,
-                              schema.migration.c.finished_ts)).first()
-    if row is None:
-        return "stopped"
-    if row.run_started_ts is None:      # the last run ended (migration.end_run/stop_run)
-        return "finished" if row.finished_ts is not None else "stopped"
-    beat = row.run_heartbeat_ts or row.run_started_ts
-    return "running" if time.time() - beat < migration.LIVE_AFTER_HEARTBEAT else "stopped"
+def _heard(ts: float | None, now: float) -> str:
+    """When the controller was last heard from: HH:MM:SS today, with the date before."""
+    if ts is None:
+        return "never"
+    shown = queries.local_time(ts)
+    return shown[11:] if shown[:10] == queries.local_time(now)[:10] else shown
 
 
-def line(conn, running: bool | None = None) -> str:
-    """batches done/total (failed), files, bytes; while a run goes on, bytes/s and the
-    ETA at that rate; else whether it finished or stopped, and after how long.
-    running: known by the caller (the run itself), or None to read it from the ledger."""
-    counts = queries.batch_counts(conn)
-    tp = queries.throughput(conn)
-    total_bytes = sum(c["bytes"] for c in counts.values())
-    total = sum(c["batches"] for c in counts.values())
-    head = (f"batches {tp['batches_completed']}/{total} ({tp['batches_failed']} failed)  "
-            f"files {tp['files_processed']:,}  {_size(tp['bytes_processed'])}/{_size(total_bytes)}")
-    state = "running" if running else _run_state(conn) if running is None else "stopped"
-    if state != "running":
-        # No rate or ETA: nothing moves, and an average would read as a live speed.
-        how = "finished" if state == "finished" else "stopped (no run going on)"
-        return f"{head}  {how} after {_duration(tp['elapsed_sec'])}"
-    left = total_bytes - tp["bytes_processed"]
-    rate = tp["bytes_per_sec"]
-    eta = _duration(left / rate) if rate > 0 and left > 0 else ("0:00:00" if left <= 0 else "?")
-    return f"{head}  {_size(rate)}/s  {tp['files_per_sec']:.0f} files/s  ETA {eta}"
+def line(conn, held: bool | None = None, now: float | None = None) -> str:
+    """batches done/total (failed), files, bytes (with what is in flight); while a run
+    goes on, the rate now and the ETA; else that no run goes on, and why.
+    held: the ledger's lock (lock.held), True from the run itself. Every number comes
+    from ledger/estimate.py, as the dashboard's and /run's do."""
+    now = time.time() if now is None else now
+    est = estimate.estimate(conn, now=now, held=held)
+    tp = queries.throughput(conn, now)
+    flight = f" (+{_size(est['bytes_in_flight'])} in flight)" if est["bytes_in_flight"] else ""
+    head = (f"batches {est['batches_done']}/{est['batches_total']} "
+            f"({est['batches_failed']} failed)  files {tp['files_processed']:,}  "
+            f"{_size(est['bytes_done'])}{flight}/{_size(est['bytes_total'])}  "
+            f"{est['percent']:.1f} %")
+    state = RunState(est["state"])
+    # Not running: no rate or ETA (nothing moves, and an average would read as a speed).
+    ran = f"after {_duration(tp['elapsed_sec'])}"
+    heard = _heard(est["last_heard_ts"], now)
+    if state is RunState.FINISHED:
+        return f"{head}  finished {ran}"
+    if state is RunState.STOPPED:
+        return f"{head}  not running (stopped, last heard {heard}) {ran}"
+    if state is RunState.CRASHED:
+        return (f"{head}  not running (crashed, last heard {heard}; "
+                f"`fleetsync run` resumes)")
+    if state is RunState.WAITING:
+        n = est["batches_waiting"]
+        return (f"{head}  not running ({n} batch{'' if n == 1 else 'es'} waiting; "
+                f"`fleetsync run` copies {'it' if n == 1 else 'them'})")
+    rate = "?" if est["bytes_per_sec"] is None else _size(est["bytes_per_sec"])
+    eta = est["eta_sec"]
+    # Under a second left by the estimate: the last results (or the directory pass) land.
+    left = "?" if eta is None else "finishing" if eta < 1 else _duration(eta)
+    return f"{head}  {rate}/s  ETA {left}"
+
+
+@dataclass
+class Reading:
+    """`fleetsync status`'s view of a ledger: one read transaction, and whether a run
+    holds the ledger's lock."""
+    conn: object
+    held: bool | None
+
+    def line(self) -> str:
+        return line(self.conn, held=self.held)
+
+    def summary(self) -> dict:
+        """The API's /status, /progress and /throughput, and its /run beside them."""
+        return {**queries.summary(self.conn),
+                "run": estimate.estimate(self.conn, held=self.held)}
+
+
+@contextlib.contextmanager
+def reading(ledger_path: str) -> Iterator[Reading]:
+    """A Reading of the ledger; the lock is asked first, so a run that died is known
+    at once, not once its heartbeat is old."""
+    held = lock.held(ledger_path)
+    with db.connect(ledger_path, readonly=True) as conn, conn.begin():
+        yield Reading(conn, held)
 
 
 class Live:
@@ -84,7 +118,7 @@ class Live:
         while not self._stop.wait(1.0):
             try:
                 with engine.connect() as conn, conn.begin():
-                    text = line(conn, running=True)
+                    text = line(conn, held=True)
                 self.stream.write("\r\033[K" + text)
                 self.stream.flush()
             except Exception as e:   # a busy or vanished ledger: skip one redraw

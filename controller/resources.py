@@ -13,6 +13,5 @@ def _path(package: str, name: str) -> str:
     return str(importlib.resources.files(package) / name)
 
 
-PLAYBOOKS = _path("fleetsync.playbooks", "")
 DISPATCH_PLAYBOOK = _path("fleetsync.playbooks", "dispatch.yml")
 DEFAULT_INVENTORY = _path("fleetsync.inventory", "local.ini")

@@ -168,13 +168,9 @@ def root_command(src: str, dest: str, options: list[str], mark: str) -> str:
 ITEM = "@@I "   # rsync's itemized lines (what differs, what is deleted)
 
 
-def verify_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: str,
-                   options: list[str], mark: str, estimated_bytes: int) -> str:
-    """Verification: rsync compares whole-file checksums and only lists (one line
-    per entry that differs, --dry-run) what a copy would change."""
-    return batch_command(task_id, claim, paths, src, dest,
-                         [*options, "--checksum", "--dry-run", f"--out-format={ITEM}%i %n"],
-                         mark, estimated_bytes * 2, OutcomeKind.VERIFY)
+# Verification: rsync compares whole-file checksums and only lists (one line per
+# entry that differs, --dry-run) what a copy would change.
+VERIFY_OPTIONS = ["--checksum", "--dry-run", f"--out-format={ITEM}%i %n"]
 
 
 OUTPUT_CAP = 4000      # characters of one batch's rsync lines (beyond its --stats totals)

@@ -141,7 +141,7 @@ def _verify_jobs(conn, worker_id: str, n: int) -> list[rsync.Job]:
             break
         paths, size = _batch_files(conn, claimed[0])
         jobs.append(rsync.Job(claimed[0], claimed[1], paths,
-                              ["--checksum", "--dry-run", f"--out-format={rsync.ITEM}%i %n"],
+                              list(rsync.VERIFY_OPTIONS),
                               size * 2, OutcomeKind.VERIFY))
     return jobs
 

@@ -58,7 +58,7 @@ class Walk:
     def start(self) -> None:
         with db.connect(self.ledger_path) as conn:
             # a rescan, begun now or resumed: compare with the last walk's fingerprints
-            self.compare = migration.begin_walk(conn, self.rescan) is not None
+            self.compare = migration.begin_walk(conn, self.rescan)
             walkqueue.reset_claimed(conn)
             walkqueue.seed(conn)
             producers.start(conn, self.count)

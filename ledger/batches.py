@@ -214,17 +214,29 @@ def requeue(conn: Connection, task_ids: list[int] | None, why: str,
                 batches.c.state.in_([BatchState.FAILED.value, BatchState.SUCCEEDED.value]))
                 .values(state=BatchState.PENDING.value, retry_count=0, finished_ts=None,
                         checksum=func.max(batches.c.checksum, int(compare)))
-                .returning(batches.c.claim, batches.c.worker_id, batches.c.last_exit_code)).first()
+                .returning(batches.c.claim, batches.c.worker_id)).first()
             if row is None:
                 continue
+            # No rsync ran for a requeue: its exit code is null (the API document's
+            # rsync_exit_code is an rsync's), the last one stays on the batch and its
+            # own attempt.
             conn.execute(insert(attempts).values(
                 task_id=task_id, claim=row.claim, retry_count=0, worker_id=row.worker_id,
-                status=AttemptStatus.REQUEUED.value, rsync_exit_code=row.last_exit_code,
+                status=AttemptStatus.REQUEUED.value, rsync_exit_code=None,
                 received_ts=now, errors=json.dumps([why])))
             conn.execute(insert(log).values(ts=now, level="info", task_id=task_id,
                                             message=f"task {task_id} requeued: {why}"))
             done.append(task_id)
     return done
+
+
+def unknown(conn: Connection, task_ids: list[int]) -> list[int]:
+    """The task_ids the ledger has no batch for, sorted: `fleetsync retry` refuses
+    them before it writes anything (a read)."""
+    with conn.begin():
+        known = {r[0] for r in conn.execute(
+            select(batches.c.task_id).where(batches.c.task_id.in_(task_ids))).all()}
+    return sorted(set(task_ids) - known)
 
 
 def entries(conn: Connection, task_id: int) -> list[tuple[bytes, bool, int]]:

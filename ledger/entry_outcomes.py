@@ -165,12 +165,6 @@ def in_the_way(conn: Connection) -> list[int]:
             (_RSYNC, "%: " + IN_THE_WAY, _FAILED)).all()]
 
 
-def has_open_permanent(conn: Connection, task_id: int) -> bool:
-    return bool(conn.exec_driver_sql(
-        "SELECT EXISTS (SELECT 1 FROM entry_outcomes WHERE task_id = ? AND settled_ts IS NULL "
-        "AND class = ? AND rest_arrived = 1)", (task_id, _PERMANENT)).scalar())
-
-
 # Entries that did not arrive (not counting those that vanished from SRC): open
 # rows that say so entry by entry, plus every entry of a batch that failed as a
 # whole. Both parts read partial indexes: O(open rows + failed batches).

@@ -18,6 +18,7 @@ import errno
 import fcntl
 import os
 import socket
+import struct
 
 from .db import LedgerError
 
@@ -76,3 +77,25 @@ class LedgerLock:
 def _read(fd: int) -> str:
     data = os.pread(fd, 200, 0)
     return data.decode("utf-8", "replace").strip()
+
+
+# struct flock of Linux (x86_64, aarch64): l_type, l_whence, l_start, l_len, l_pid.
+_FLOCK = "hhqqi4x"
+
+
+def held(ledger_path: str) -> bool | None:
+    """Whether a run (or verify) holds the ledger's lock now, asked without taking it
+    (F_GETLK: a reader must never make a starting run fail to lock). None when it
+    cannot be told: no lock file (a ledger copied elsewhere, or one no run has used)
+    or one this user cannot open; the caller then goes by the run's heartbeat."""
+    try:
+        fd = os.open(lock_path(ledger_path), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        asked = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        return struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, asked))[0] != fcntl.F_UNLCK
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

@@ -9,16 +9,18 @@ SQL style: SQLAlchemy Core (one row, a few statements per run: no hot path).
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
+from collections import namedtuple
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, exists, insert, select, text, update
 
-from . import schema, walkqueue
+from . import db, schema, walkqueue
 from .db import LedgerError
 from .schema import attempts, deletions, migration, verifications
-from .states import BatchState
+from .states import BatchState, RunState
 
 # The API calls a run live while its heartbeat is younger than this.
 LIVE_AFTER_HEARTBEAT = 15.0
@@ -53,8 +55,28 @@ def load(conn: Connection) -> Migration | None:
     return _row_to_migration(row) if row else None
 
 
+def opening(path: str, src: str | None = None, dest: str | None = None) -> Migration | None:
+    """The ledger's migration, read with mode=ro before a command writes anything
+    (None: no ledger there yet, or one still empty). A ledger written by a newer
+    fleetsync is refused (LedgerError), and so, given src and dest, is one of another
+    migration, as open_or_create would refuse it. A command decides here whether it
+    goes on, so a refusal leaves the file byte for byte as it was: the writer's first
+    connection would switch it to WAL (ledger/db.py), and a ledger in WAL mode cannot
+    be read where its directory is read-only (an auditor's)."""
+    if not os.path.exists(path):
+        return None
+    with db.connect(path, readonly=True) as conn, conn.begin():
+        row = (conn.execute(select(migration)).first()
+               if schema.has_table(conn, "migration") else None)
+        if row is not None:
+            _refuse_unfit(conn, row, src, dest)
+    return _row_to_migration(row) if row is not None else None
+
+
 def open_or_create(engine: Engine, src: str, dest: str, options: dict) -> Migration:
-    """The ledger's migration, created on first use; another SRC/DEST is refused.
+    """The ledger's migration, created on first use; another SRC/DEST is refused
+    (a run has refused it already with opening(), before it wrote anything: here
+    for a ledger another run created in between).
 
     A ledger to which nothing was ever copied (no attempt at all: every host
     refused it at its preflight, e.g. a mistyped DEST) may be pointed at another
@@ -70,26 +92,41 @@ def open_or_create(engine: Engine, src: str, dest: str, options: dict) -> Migrat
                     src=src, dest=dest, options=json.dumps(options, sort_keys=True),
                     created_ts=time.time()))
                 row = conn.execute(select(migration)).first()
-            elif row.src == src and row.dest != dest and _nothing_copied(conn):
+            else:
+                _refuse_unfit(conn, row, src, dest)
+            if row.dest != dest:
                 conn.execute(update(migration).where(migration.c.dest == row.dest)
                              .values(dest=dest))
                 repointed = row.dest
                 row = conn.execute(select(migration)).first()
         found = _row_to_migration(row)
-    if (found.src, found.dest) != (src, dest):
-        raise LedgerError(
-            f"this ledger belongs to another migration ({found.src} -> {found.dest}); "
-            f"use another --ledger for {src} -> {dest}")
     found.repointed_from = repointed
     return found
 
 
+def _refuse_unfit(conn: Connection, row, src: str | None, dest: str | None) -> None:
+    """LedgerError for a migration row this fleetsync, or this run (src, dest; None:
+    any), cannot use; a DEST of a ledger that copied nothing may change."""
+    if row.schema_version > schema.SCHEMA_VERSION:
+        raise LedgerError(
+            f"this ledger was written by a newer fleetsync (schema {row.schema_version}; "
+            f"this one knows schema {schema.SCHEMA_VERSION}): nothing was changed; "
+            "use that fleetsync")
+    if src is None or (row.src, row.dest) == (src, dest):
+        return
+    if row.src == src and _nothing_copied(conn):
+        return
+    raise LedgerError(
+        f"this ledger belongs to another migration ({row.src} -> {row.dest}); "
+        f"use another --ledger for {src} -> {dest}")
+
+
 def _nothing_copied(conn: Connection) -> bool:
-    """No rsync ever ran for this ledger (no attempt of any kind, no deletion)."""
-    return conn.execute(select(
-        ~exists().where(attempts.c.attempt_id.is_not(None))
-        & ~exists().where(deletions.c.deletion_id.is_not(None))
-        & ~exists().where(verifications.c.task_id.is_not(None)))).scalar()
+    """No rsync ever ran for this ledger (no attempt of any kind, no deletion, no
+    check); a table an older ledger does not have yet holds none."""
+    return not any(schema.has_table(conn, t.name)
+                   and conn.execute(select(exists().select_from(t))).scalar()
+                   for t in (attempts, deletions, verifications))
 
 
 def start_run(conn: Connection) -> None:
@@ -147,6 +184,36 @@ def elapsed(row, now: float | None = None) -> float:
     return max(0.0, total)
 
 
+# What run_state reads of the migration row.
+RunRow = namedtuple("RunRow", "run_started_ts run_heartbeat_ts finished_ts")
+
+
+def run_state(row: RunRow | None, waiting: int, now: float | None = None,
+              held: bool | None = None) -> RunState:
+    """The one rule for whether a run goes on, for every display (ledger/estimate.py).
+
+    A run opened (start_run) and not closed (end_run, stop_run) runs while its
+    heartbeat is younger than LIVE_AFTER_HEARTBEAT, unless the ledger's lock is known
+    to be free (held False: its process is gone, so it crashed; a run stopped at
+    once by a second signal closes its span first); held None (cannot be told: a copied
+    ledger, a lock file this user cannot open) leaves the heartbeat to decide. A closed
+    run is finished, stopped, or, when batches wait (requeued after it finished), not.
+    waiting: batches waiting (pending).
+    """
+    now = time.time() if now is None else now
+    if row is None:
+        return RunState.WAITING
+    if row.run_started_ts is not None:
+        beat = row.run_heartbeat_ts or row.run_started_ts
+        live = now - beat < LIVE_AFTER_HEARTBEAT and held is not False
+        return RunState.RUNNING if live else RunState.CRASHED
+    if row.finished_ts is not None:
+        return RunState.WAITING if waiting else RunState.FINISHED
+    if row.run_heartbeat_ts is None:     # no run has started yet
+        return RunState.WAITING
+    return RunState.STOPPED
+
+
 def set_walk_done(conn: Connection) -> None:
     with conn.begin():
         conn.execute(update(migration).values(walk_done=1))
@@ -162,13 +229,12 @@ def set_bwlimit(conn: Connection, bytes_per_sec: int | None) -> None:
 RESCAN_MARGIN = 1.0
 
 
-def begin_walk(conn: Connection, rescan: bool) -> float | None:
-    """Start (or resume) the walk of SRC; returns the ctime threshold of a delta
-    pass (entries changed since then are queued), None for a full walk.
-
-    A rescan lists every directory again from the start and takes what changed
-    since the previous walk started: new, modified, renamed, chmod-ed entries all
-    get a new ctime (deletions are --delete's work)."""
+def begin_walk(conn: Connection, rescan: bool) -> bool:
+    """Start (or resume) the walk of SRC; True when it is a rescan, begun now or
+    resumed: it compares each entry with the last walk's fingerprints and queues
+    what differs (ledger/walkqueue.py). A rescan begun now lists every directory
+    again from SRC; scan_newer_than, set then, marks the walk as a rescan until it
+    ends (its value, a time from the first design, is no longer read)."""
     now = time.time()
     with conn.begin():
         row = conn.execute(select(migration.c.walk_done, migration.c.scan_started_ts,
@@ -185,7 +251,7 @@ def begin_walk(conn: Connection, rescan: bool) -> float | None:
                 "coalesce(min(CASE WHEN state != :ok THEN task_id END) - 1, max(task_id), 0)) "
                 "FROM batches)"), {"ok": BatchState.SUCCEEDED.value})
             walkqueue.restart(conn)
-            return newer
+            return True
         if row.scan_started_ts is None:
             conn.execute(update(migration).values(scan_started_ts=now))
-        return row.scan_newer_than
+        return row.scan_newer_than is not None

@@ -26,8 +26,9 @@ from sqlalchemy import Connection
 
 from . import entry_outcomes as _entry_outcomes
 from . import migration as _migration
+from . import schema as _schema
 from .logbook import show_path
-from .states import BatchState, ProducerState, WorkerState
+from .states import AttemptStatus, BatchState, EntryClass, ProducerState, WorkerState
 
 GIB = 1024 ** 3
 RETAINED_LIMIT = 100_000   # /results serves the newest this many attempts
@@ -49,7 +50,8 @@ _HEARTBEATS = ("SELECT worker_id, heartbeat_ts FROM workers "
                "WHERE heartbeat_ts IS NOT NULL ORDER BY worker_id")
 _WORKER_STATES = "SELECT worker_id, host, state, backoff_until FROM workers ORDER BY worker_id"
 # The log_level index (level, log_id) makes this a walk of `limit` index entries.
-_LOG_TAIL = "SELECT message FROM log WHERE level = :level ORDER BY log_id DESC LIMIT :limit"
+_LOG_TAIL = ("SELECT log_id, ts, message FROM log WHERE level = :level "
+             "ORDER BY log_id DESC LIMIT :limit")
 # min() and max() of an INTEGER PRIMARY KEY read the two ends of the b-tree: O(1).
 # Each needs its own SELECT: side by side in one, SQLite scans the table.
 _ATTEMPT_IDS = ("SELECT (SELECT min(attempt_id) FROM attempts), "
@@ -134,7 +136,7 @@ def not_arrived(conn: Connection) -> tuple[int, int]:
     try:
         return tuple(_rows(conn, _entry_outcomes.NOT_ARRIVED_SQL)[0])
     except sqlite3.OperationalError as e:
-        if "no such table" not in str(e):
+        if not _schema.no_such_table(e):
             raise
         return 0, 0
 
@@ -173,10 +175,11 @@ def throughput(conn: Connection, now: float | None = None,
     )
 
 
-def summary(conn: Connection, now: float | None = None) -> dict[str, dict]:
+def summary(conn: Connection, now: float | None = None,
+            counts: dict | None = None) -> dict[str, dict]:
     """What `fleetsync status` prints: /status, /progress and /throughput of one snapshot
-    (batch_counts read once for the three)."""
-    counts = batch_counts(conn)
+    (batch_counts read once for the three, or given)."""
+    counts = counts or batch_counts(conn)
     return dict(status=status(conn, counts), progress=progress(conn, counts),
                 throughput=throughput(conn, now, counts))
 
@@ -206,11 +209,19 @@ def worker_states(conn: Connection) -> dict[str, dict]:
             for w, host, state, until in _rows(conn, _WORKER_STATES)}
 
 
-def logs(conn: Connection, limit: int = LOGS_LIMIT) -> dict[str, list[str]]:
-    """/logs: the newest `limit` warnings and errors, each list newest last."""
-    def tail(level: str) -> list[str]:
-        return [m for (m,) in reversed(_rows(conn, _LOG_TAIL, {"level": level, "limit": limit}))]
-    return {"warnings": tail("warning"), "errors": tail("error")}
+def logs(conn: Connection, limit: int = LOGS_LIMIT) -> dict[str, list]:
+    """/logs: the newest `limit` warnings and errors, each list newest last; beside
+    them (an added key) "lines": the same lines with their level and time (master
+    local time), newest `limit` of both, newest last, so a reader can tell an hour-old
+    warning from a fresh one."""
+    tails = {level: _rows(conn, _LOG_TAIL, {"level": level, "limit": limit})
+             for level in ("warning", "error")}
+    timed = sorted(((log_id, ts, level, m) for level, rows in tails.items()
+                    for log_id, ts, m in rows))[-limit:]
+    return {"warnings": [m for _, _, m in reversed(tails["warning"])],
+            "errors": [m for _, _, m in reversed(tails["error"])],
+            "lines": [{"time": local_time(ts), "ts": ts, "level": level, "message": m}
+                      for _, ts, level, m in timed]}
 
 
 def _errors(stored: str | None) -> list[str]:
@@ -329,11 +340,6 @@ def retained_results(conn: Connection, status: str | None = None, worker: str | 
     return retained, pages()
 
 
-# One path formatter for every message and answer (the log's lines included):
-# UTF-8 where it is, backslash escapes (\\xff, \\x0a) for other bytes and controls.
-display_path = show_path
-
-
 def batch(conn: Connection, task_id: int, limit: int = ENTRIES_PAGE,
           offset: int = 0) -> dict | None:
     """/batches/<task_id>: the batch row, a page of its entries, every attempt; None if unknown.
@@ -345,7 +351,7 @@ def batch(conn: Connection, task_id: int, limit: int = ENTRIES_PAGE,
     found = _rows(conn, _BATCH, {"t": task_id})
     if not found:
         return None
-    entries = [{"path": display_path(bytes(p)), "path_hex": bytes(p).hex(),
+    entries = [{"path": show_path(bytes(p)), "path_hex": bytes(p).hex(),
                 "is_dir": bool(d), "size": s}
                for p, d, s in _rows(conn, _ENTRIES, {"t": task_id, "limit": limit,
                                                      "offset": offset})]
@@ -362,7 +368,43 @@ def _failed_entries(conn: Connection, task_id: int) -> list[dict]:
     try:
         rows = _rows(conn, _entry_outcomes.BATCH_ROWS_SQL, {"t": task_id})
     except sqlite3.OperationalError as e:
-        if "no such table" not in str(e):
+        if not _schema.no_such_table(e):
             raise
         return []
     return _entry_outcomes.for_batch(rows)
+
+
+# /metrics' counters (api/metrics.py): not a hot route, so SQLAlchemy's driver SQL.
+_ATTEMPT_COUNTS = "SELECT status, attempts, bytes_sent, bytes_received FROM attempt_counts"
+# A ledger last opened by a fleetsync older than attempt_counts (served read-only,
+# so it cannot be added here): the same numbers by a scan, until `run` adds the table.
+_ATTEMPT_SCAN = ("SELECT status, count(*), coalesce(sum(bytes_sent), 0), "
+                 "coalesce(sum(bytes_received), 0) FROM attempts GROUP BY status")
+_OUTCOME_COUNTS = "SELECT class, entries FROM outcome_counts"
+_OUTCOME_SCAN = "SELECT class, count(*) FROM entry_outcomes GROUP BY class"
+_WORKER_ROWS = "SELECT worker_id, host, state, heartbeat_ts FROM workers ORDER BY worker_id"
+
+
+def attempt_counts(conn: Connection) -> dict[str, tuple[int, int, int]]:
+    """{status: (attempts, bytes_sent, bytes_received)} for every AttemptStatus."""
+    sql = _ATTEMPT_COUNTS if _schema.has_table(conn, "attempt_counts") else _ATTEMPT_SCAN
+    counts = {s.value: (0, 0, 0) for s in AttemptStatus}
+    for status, n, sent, received in conn.exec_driver_sql(sql).all():
+        counts[status] = (n, sent, received)
+    return counts
+
+
+def outcome_counts(conn: Connection) -> dict[str, int]:
+    """{class: entries recorded as not arrived} for every EntryClass (a ledger older
+    than outcome_counts: a scan; older than entry_outcomes: none)."""
+    counts = {c.value: 0 for c in EntryClass}
+    if _schema.has_table(conn, "outcome_counts"):
+        counts.update(conn.exec_driver_sql(_OUTCOME_COUNTS).all())
+    elif _schema.has_table(conn, "entry_outcomes"):
+        counts.update(conn.exec_driver_sql(_OUTCOME_SCAN).all())
+    return counts
+
+
+def worker_rows(conn: Connection) -> list[tuple]:
+    """(worker_id, host, state, heartbeat_ts) of every worker."""
+    return conn.exec_driver_sql(_WORKER_ROWS).all()

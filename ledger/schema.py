@@ -43,8 +43,9 @@ migration = Table(
     Column("run_heartbeat_ts", Float),                # the controller was alive then
     Column("walk_done", Integer, nullable=False, server_default="0"),
     Column("scan_started_ts", Float),                 # the walk of SRC now (or last) started
-    Column("scan_newer_than", Float),                 # a --rescan walk takes entries changed
-                                                      # (ctime) since then; NULL: all
+    Column("scan_newer_than", Float),                 # not NULL: the walk is a rescan (it
+                                                      # compares fingerprints); the value, a
+                                                      # time, is no longer read
     Column("finished_ts", Float),                     # last run ended with nothing left
     Column("bwlimit", Integer),                       # bytes/s for the whole fleet, NULL: none
     Column("dirs_pass_cursor", Integer),              # directory pass: last task_id handed out
@@ -77,7 +78,8 @@ walk_dirs = Table(
 
 # What each walk saw of each entry, for the cutover pass (`run --rescan`, see
 # ledger/walkqueue.py): per directory, chunks of 8-byte fingerprints (a hash of
-# name, type, inode, size, mtime, ctime, mode, owner, links) in listing order.
+# name, type and mode, inode, size, mtime, ctime; see walkqueue.fingerprint) in
+# listing order.
 walk_prints = Table(
     "walk_prints", metadata,
     Column("path", LargeBinary, primary_key=True),    # the directory, relative to SRC
@@ -458,6 +460,12 @@ def has_table(conn: Connection, name: str) -> bool:
     created, may not)."""
     return conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' "
                                 "AND name = ?", (name,)).first() is not None
+
+
+def no_such_table(error: Exception) -> bool:
+    """The same question, asked afterwards of a query's error: for the API's hot
+    reads, where a has_table look-up on every request would cost more than the read."""
+    return "no such table" in str(error)
 
 
 def create(target: Engine | Connection) -> None:

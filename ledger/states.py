@@ -81,11 +81,6 @@ class DeleteMode(str, enum.Enum):
     DRY_RUN = "dry-run"  # --delete-dry-run: the pass lists it in `deletions`, removes nothing
 
 
-def sql_list(*states: enum.Enum) -> str:
-    """States as an SQL list literal, for DDL only (it cannot bind parameters)."""
-    return "(" + ", ".join(f"'{s.value}'" for s in states) + ")"
-
-
 class EntryClass(str, enum.Enum):
     """Why one entry did not arrive (table entry_outcomes; controller/policy.py
     classifies, and says why each errno is where it is)."""
@@ -99,3 +94,15 @@ class EntrySource(str, enum.Enum):
     RSYNC = "rsync"          # a per-file error line of an attempt's rsync
     WALK = "walk"            # the walk could not stat the entry
     WALK_LIST = "walk-list"  # the walk could not list (or enter) the directory
+
+
+class RunState(str, enum.Enum):
+    """The migration's run as `fleetsync status`, the dashboard and /run see it
+    (ledger/migration.py run_state decides it)."""
+    RUNNING = "running"    # a run goes on: its controller was heard from lately
+    STOPPED = "stopped"    # the last run stopped on a signal, work left
+    CRASHED = "crashed"    # the last run ended without closing (kill -9, a second Ctrl-C,
+                           # a lost machine): not running, its batches wait again
+    FINISHED = "finished"  # the last run ended with nothing left to copy
+    WAITING = "waiting"    # no run goes on and batches wait (requeued after the run
+                           # finished, or a ledger no run has copied for yet)

@@ -14,6 +14,7 @@ import time
 
 from sqlalchemy import Connection, text
 
+from . import logbook
 from .batches import errors_json, requeue
 from .states import BatchState, Compare, VerifyState
 
@@ -21,11 +22,14 @@ _SUCCEEDED = BatchState.SUCCEEDED.value
 _PENDING, _RUNNING = VerifyState.PENDING.value, VerifyState.RUNNING.value
 
 
-def enqueue(conn: Connection, again: bool) -> int:
-    """Queue every succeeded batch not verified yet (or, with again, every one). A stale
-    verdict (its batch was copied again since) is always checked again."""
-    redo = ([VerifyState.VERIFIED, VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.STALE]
-            if again else [VerifyState.ERROR, VerifyState.STALE])
+def enqueue(conn: Connection, resume: bool) -> int:
+    """Queue the checks of a verify; returns how many wait. A verify checks DEST as it
+    is now: every succeeded batch, whatever an earlier verify found (a DEST file can
+    change after its check). resume: go on with a verify that was stopped, keeping
+    its verdicts; only what it left unchecked is queued (the checks that waited,
+    batches that succeeded since, checks that could not run, verdicts gone stale)."""
+    redo = ([VerifyState.ERROR, VerifyState.STALE] if resume else
+            [VerifyState.VERIFIED, VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.STALE])
     with conn.begin():
         conn.execute(text("INSERT OR IGNORE INTO verifications(task_id) "
                           "SELECT task_id FROM batches WHERE state = :ok"), {"ok": _SUCCEEDED})
@@ -36,6 +40,16 @@ def enqueue(conn: Connection, again: bool) -> int:
                 {"p": _PENDING, "s": state.value, "ok": _SUCCEEDED})
         return conn.execute(text("SELECT count(*) FROM verifications WHERE state = :p"),
                             {"p": _PENDING}).scalar()
+
+
+def checked_since(conn: Connection, since: float) -> int:
+    """Verdicts recorded since a time (verified, differs or could not be checked):
+    what one verify checked itself. A read inside the caller's transaction; one scan
+    of verifications, once per verify."""
+    return conn.execute(text(
+        "SELECT count(*) FROM verifications WHERE checked_ts >= :t AND state IN (:v, :d, :e)"),
+        {"t": since, "v": VerifyState.VERIFIED.value, "d": VerifyState.DIFFERS.value,
+         "e": VerifyState.ERROR.value}).scalar()
 
 
 def claim(conn: Connection, worker_id: str) -> tuple[int, int] | None:
@@ -55,12 +69,15 @@ def record(conn: Connection, task_id: int, claim_no: int, exit_code: int | None,
     differences: rsync's itemized lines, one per entry a copy would change."""
     state = (VerifyState.ERROR if exit_code != 0
              else VerifyState.DIFFERS if differences else VerifyState.VERIFIED)
+    # Names as every other answer shows them (logbook.show_path: \xNN), not as rsync
+    # printed them (\#ooo).
+    shown = [logbook.show_rsync_line(line) for line in differences + errors]
     with conn.begin():
         return conn.execute(text(
             "UPDATE verifications SET state = :s, checked_ts = :t, exit_code = :e, "
             "differences = :d WHERE task_id = :id AND claim = :c AND state = :r"),
             {"s": state.value, "t": time.time(), "e": exit_code,
-             "d": errors_json(differences + errors), "id": task_id, "c": claim_no,
+             "d": errors_json(shown), "id": task_id, "c": claim_no,
              "r": _RUNNING}).rowcount == 1
 
 

@@ -8,6 +8,9 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
+
+import pytest
 
 from fleetsync.controller import processes
 
@@ -18,6 +21,26 @@ def fleetsync(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedPro
     """Run `fleetsync ARGS` as an operator would, from a fresh process."""
     return subprocess.run([sys.executable, "-m", "fleetsync.controller.cli", *args], cwd=REPO,
                           capture_output=True, timeout=timeout, **kw)
+
+
+def eventually(cond, what: str = "the condition", timeout: float = 120,
+               proc: subprocess.Popen | None = None, every: float = 0.05):
+    """cond()'s first truthy value, polled: every test's one way to wait, on a state of
+    the ledger, a process or a server, never on a rate. The timeout is generous (a
+    loaded machine is slow, not failed); past it, or when `proc` ends first, the test
+    fails saying what it waited for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the process ended (rc {proc.returncode}) before {what}: "
+                        f"{out.decode()[-500:]} {err.decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
 
 
 def popen(*args: str, **kw) -> subprocess.Popen:

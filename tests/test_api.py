@@ -26,8 +26,9 @@ from fleetsync.api.server import ServerProcess
 from fleetsync.api.app import OPENAPI, ROUTES
 from fleetsync.ledger import batches, db, migration, producers, queries, schema
 from fleetsync.ledger.batches import Report
+from fleetsync.ledger.queries import local_time
 
-from .support import api_processes, fleetsync, free_port, popen, running
+from .support import api_processes, eventually, fleetsync, free_port, popen, running
 
 # The fields of docs/spec api.ko.md, exactly; the API may add keys, never drop these.
 SPEC = {
@@ -152,8 +153,13 @@ def test_the_numbers_of_this_ledger(app):
     t = call(app, "/throughput").json
     assert t["files_processed"] == 100 + 101 + 102
     assert t["bytes_processed"] == 3 * 2**30 + 3 and t["gb_processed"] == 3.0
-    assert call(app, "/logs").json == {"warnings": ["task 4 retry 1 exit=23"],
-                                       "errors": ["task 5 retry 0 exit=2"]}
+    logs = call(app, "/logs").json
+    assert {k: logs[k] for k in ("warnings", "errors")} == {
+        "warnings": ["task 4 retry 1 exit=23"], "errors": ["task 5 retry 0 exit=2"]}
+    # the added key: the same lines with their level and time, newest last
+    assert [(x["level"], x["message"]) for x in logs["lines"]] == [
+        ("warning", "task 4 retry 1 exit=23"), ("error", "task 5 retry 0 exit=2")]
+    assert all(x["time"] == local_time(x["ts"]) for x in logs["lines"])
 
 
 def test_same_numbers_everywhere(app):
@@ -436,17 +442,6 @@ def test_the_server_thread_is_a_context_manager(ledger_path):
         conn.request("GET", "/status")
         assert conn.getresponse().status == 401
         conn.close()
-
-
-def eventually(check, timeout: float = 60.0):
-    """check()'s first truthy value, polled; the timeout is generous (a busy machine),
-    the freshness bound itself is measured in bench/api.py, never asserted."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(0.02)
 
 
 def test_a_commit_shows_in_every_route(tmp_path):

@@ -2,6 +2,7 @@
 (real `fleetsync run`, real rsync, real SQLite files)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -239,3 +240,74 @@ def test_a_plain_verify_between_requeue_and_recopy_leaves_no_stale_verdict(tmp_p
     assert query(ledger, "SELECT state, count(*) FROM verifications GROUP BY state") == [
         ("verified", total)]
     assert (dest / "f5").read_text() == "content 5"
+
+
+# -- issue 20, item 6: a verify checks DEST as it is now ---------------------------------
+def _rewrite_keeping_size_and_time(path) -> None:
+    """Other bytes, same size and mtime (the directory's too): only a checksum sees it."""
+    st, top = os.stat(path), os.stat(os.path.dirname(path))
+    with open(path, "r+b") as f:
+        data = f.read()
+        f.seek(0)
+        f.write(bytes(b ^ 0x20 for b in data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(os.path.dirname(path), ns=(top.st_atime_ns, top.st_mtime_ns))
+
+
+def test_verify_checks_dest_as_it_is_now_not_an_earlier_verdict(tmp_path):
+    """Issue 20, item 6: every batch had a verdict from a clean verify; two DEST files
+    are then changed keeping size and mtime. A plain `verify` checks every batch again
+    and finds both (it said '0 differ' from the old verdicts), and says how many it
+    checked; `--again`, documented before, does the same."""
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    for i in range(12):
+        (src / f"f{i:02}").write_text(f"content {i}")
+    run(src, dest, ledger, "--batch-files", "4")
+    [(total,)] = query(ledger, "SELECT count(*) FROM batches WHERE state = 'succeeded'")
+    r = fleetsync("verify", "--ledger", str(ledger))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{total} batches verified, 0 differ".encode() in r.stdout, r.stdout
+    # One file in each of two batches.
+    names = [p for (p,) in query(ledger, "SELECT min(path_text) FROM entries WHERE is_dir = 0 "
+                                 "GROUP BY task_id ORDER BY task_id LIMIT 2")]
+    assert len(names) == 2, names
+    for name in names:
+        _rewrite_keeping_size_and_time(dest / name)
+    for flags in ([], ["--again"]):
+        r = fleetsync("verify", "--ledger", str(ledger), *flags)
+        assert f"{total - 2} batches verified, 2 differ".encode() in r.stdout, (flags, r.stdout)
+        assert r.returncode == 1, (flags, r.stdout, r.stderr)
+        assert f"this verify checked {total}".encode() in r.stdout, (flags, r.stdout)
+        differences = " ".join(d for (d,) in query(
+            ledger, "SELECT differences FROM verifications WHERE state = 'differs'"))
+        assert all(name in differences for name in names), differences
+    # --resume after a verify that finished: nothing left to check, the verdicts kept.
+    r = fleetsync("verify", "--ledger", str(ledger), "--resume")
+    assert r.returncode == 1 and b"2 differ" in r.stdout, r.stdout
+    assert f"this verify checked 0, {total} verdicts kept".encode() in r.stdout, r.stdout
+    r = fleetsync("verify", "--ledger", str(ledger), "--resume", "--again")
+    assert r.returncode == 2 and b"not allowed with argument" in r.stderr, r.stderr
+
+
+# -- issue 20, 11. verifications.differences shows names as every answer does: \xNN ------
+def test_verify_differences_show_odd_names_as_backslash_x(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    name = b"caf\xc3\xa9-\xff-new\nline"
+    with open(os.path.join(os.fsencode(src), name), "wb") as f:
+        f.write(b"content")
+    run(src, dest, ledger)
+    at = os.path.join(os.fsencode(dest), name)
+    st, top = os.stat(at), os.stat(dest)                # same size and time, other bytes
+    with open(at, "wb") as f:
+        f.write(b"CONTENT")
+    os.utime(at, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(dest, ns=(top.st_atime_ns, top.st_mtime_ns))
+    r = fleetsync("verify", "--ledger", str(ledger))
+    assert r.returncode == 1 and b"1 differ" in r.stdout, r.stdout + r.stderr
+    [(differences,)] = query(ledger, "SELECT differences FROM verifications "
+                                     "WHERE state = 'differs'")
+    [line] = json.loads(differences)
+    assert line.endswith("café-\\xff-new\\x0aline"), line
+    assert "\\#" not in line

@@ -21,7 +21,7 @@ import pytest
 
 from fleetsync.controller import cli, processes
 
-from .support import fleetsync, popen
+from .support import fleetsync, popen, query
 
 COMMANDS = ["run", "verify", "retry", "bwlimit", "backup", "serve", "status"]
 
@@ -263,7 +263,26 @@ def test_ctrl_c_stops_the_checks_and_exits_130(tmp_path, command):
         p.wait()
     assert p.returncode == 130, err.decode()[-2000:]
     assert "(stopped)" in out.decode(), out
-    assert _checked(ledger).get("pending", 0) > 0, _checked(ledger)
+    left = _checked(ledger)
+    assert left.get("pending", 0) > 0, left
+    assert f"verify --resume` checks the {left['pending']} left".encode() in err, err
+    # Issue 20, item 6: --resume checks only what the stopped verify left, and keeps
+    # the verdicts it had (their times too).
+    before = _verdict_times(ledger)
+    r = fleetsync("verify", "--ledger", ledger, "--resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (f"this verify checked {left['pending']}, {left.get('verified', 0)} verdicts kept"
+            .encode()) in r.stdout, (left, r.stdout)
+    after = _verdict_times(ledger)
+    assert {t: after[t] for t in before} == before
+    assert {k: n for k, n in _checked(ledger).items() if n} == {"verified": sum(left.values())}
+
+
+def _verdict_times(ledger: str) -> dict[int, float]:
+    """When each batch got its verdict."""
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=60) as c:
+        return dict(c.execute("SELECT task_id, checked_ts FROM verifications "
+                              "WHERE checked_ts IS NOT NULL").fetchall())
 
 
 def _succeeded(ledger: str) -> int:
@@ -332,3 +351,177 @@ def test_status_and_serve_without_a_ledger_are_one_line(tmp_path):
         assert "no ledger" in one_line_error(fleetsync(*args, "--ledger",
                                                        str(tmp_path / "none.db")))
         assert not (tmp_path / "none.db").exists()
+
+
+# -- the run's state and its estimate, on ledgers of real runs (issue 20, items 8, 9) --
+
+def _running_batches(ledger: str) -> int:
+    if not os.path.exists(ledger):
+        return 0
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=60) as c:
+        try:
+            return c.execute("SELECT count(*) FROM batches WHERE state = 'running'").fetchone()[0]
+        except sqlite3.OperationalError:   # tables not created yet
+            return 0
+
+
+def _slow_run(tmp_path, *extra: str) -> tuple[subprocess.Popen, str, str]:
+    """A run of one 4 MiB file at 32 KiB/s (two minutes at least), on one slot, with its
+    API on a free port, waited for until its batch runs: (process, ledger, API url)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(4 << 20))
+    ledger = str(tmp_path / "l.db")
+    p = popen("run", "--src", str(src), "--dest", str(tmp_path / "dest"), "--ledger", ledger,
+              "--port", "0", "--slots", "1", "--bwlimit", "32KiB", *extra)
+    line = p.stderr.readline()
+    while line and b"API at" not in line:
+        line = p.stderr.readline()
+    url = url_in(line)
+    deadline = time.monotonic() + 240
+    while _running_batches(ledger) == 0:
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+        time.sleep(0.1)
+    return p, ledger, url
+
+
+def _finish(ledger: str, tmp_path) -> None:
+    """Run the migration to its end without the cap (this also stops what a killed run
+    left behind)."""
+    assert fleetsync("bwlimit", "--ledger", ledger, "off").returncode == 0
+    r = fleetsync("run", "--no-api", "--src", str(tmp_path / "src"), "--dest",
+                  str(tmp_path / "dest"), "--ledger", ledger, "--slots", "1")
+    assert r.returncode == 0, r.stderr.decode()
+
+
+def _status(ledger: str) -> tuple[str, dict]:
+    """(the progress line, `status --json`): the line is checked first, /run's numbers
+    (`run` of --json) after."""
+    line = fleetsync("status", "--ledger", ledger).stdout.decode()
+    return line, json.loads(fleetsync("status", "--json", "--ledger", ledger).stdout)
+
+
+def test_a_capped_run_shows_a_rate_and_an_eta_before_its_first_batch_ends(tmp_path):
+    """--bwlimit: no result lands for minutes, yet the terminal, `status` and the API
+    show the bytes in flight, the rate and an ETA (once "0 B/s ETA ?")."""
+    p, ledger, url = _slow_run(tmp_path)
+    try:
+        line, st = _status(ledger)
+        assert re.search(r"32\.0 KiB/s  ETA \d+:\d\d:\d\d$", line.splitlines()[0]), line
+        run = st["run"]
+        assert run["state"] == "running" and run["batches_done"] == 0
+        assert run["bytes_per_sec"] == 32 * 1024 and run["eta_sec"] is not None, run
+        status, body = get(url + "/run")
+        api = json.loads(body)
+        assert status == 200 and api["state"] == "running" and api["eta_sec"] is not None
+        assert api["bytes_per_sec"] == 32 * 1024 and api["bytes_total"] == 4 << 20
+        # the API document's routes keep their fields
+        assert set(json.loads(get(url + "/progress")[1])) == {
+            "total", "completed", "failed", "pending"}
+    finally:
+        p.kill()
+        p.wait()
+    _finish(ledger, tmp_path)
+
+
+def test_status_after_kill_9_says_crashed_at_once(tmp_path):
+    """kill -9: the ledger still says a run is open, but its lock is free: `status` and
+    a `serve` of the ledger say it is not running, with no rate or ETA, at once (not
+    only once its heartbeat is old)."""
+    p, ledger, _ = _slow_run(tmp_path)
+    try:
+        p.kill()
+        p.wait()
+        line, st = _status(ledger)
+        assert "not running (crashed" in line and "last heard" in line, line
+        assert "ETA" not in line and "/s" not in line, line
+        run = st["run"]
+        assert (run["state"], run["bytes_per_sec"], run["eta_sec"], run["bytes_in_flight"]) \
+            == ("crashed", None, None, 0), run
+        s = popen("serve", "--ledger", ledger, "--port", "0")
+        try:
+            status, body = get(url_in(s.stdout.readline()) + "/run")
+            assert status == 200 and json.loads(body)["state"] == "crashed", body
+        finally:
+            s.kill()
+            s.wait()
+    finally:
+        p.kill()
+        p.wait()
+    _finish(ledger, tmp_path)
+
+
+def test_status_after_a_double_ctrl_c_says_not_running(tmp_path):
+    p, ledger, _ = _slow_run(tmp_path)
+    try:
+        p.send_signal(signal.SIGINT)
+        line = p.stderr.readline()
+        while line and b"stopping" not in line:
+            line = p.stderr.readline()
+        p.send_signal(signal.SIGINT)        # a second one: stop now
+        assert p.wait(240) == 130
+    finally:
+        p.kill()
+        p.wait()
+    line, st = _status(ledger)
+    assert "not running" in line and "ETA" not in line and "/s" not in line, line
+    run = st["run"]
+    assert "stopped" in line, line
+    assert run["state"] == "stopped" and run["eta_sec"] is None, run
+    _finish(ledger, tmp_path)
+
+
+def test_status_after_verify_requeue_says_work_waits(tmp_path):
+    """A finished migration whose verify put a batch back in the queue is not finished."""
+    src = small_tree(tmp_path, files=6, size=100)
+    ledger, dest = str(tmp_path / "l.db"), tmp_path / "dest"
+    r = fleetsync("run", "--no-api", "--src", src, "--dest", str(dest), "--ledger", ledger,
+                  "--batch-files", "3")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "finished after" in _status(ledger)[0]
+    victim = dest / "d" / "f5"
+    st = victim.stat()
+    victim.write_bytes(b"y" * st.st_size)              # same size, same mtime
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = fleetsync("verify", "--ledger", ledger, "--requeue")
+    assert r.returncode == 1, r.stderr.decode()
+    line, st = _status(ledger)
+    assert "finished" not in line and "waiting; `fleetsync run` copies" in line, line
+    assert "ETA" not in line and "/s" not in line, line
+    run = st["run"]
+    assert run["state"] == "waiting" and run["batches_waiting"] >= 1, run
+
+
+# -- issue 20, item 10: mistakes that exited 0 ---------------------------------------------
+@pytest.mark.parametrize("args, says", [
+    (["--max-delete", "150%"], "--max-delete 150%: a percentage of DEST's entries is at most"),
+    (["--delete", "--max-delete", "100.5%"], "at most 100%"),
+    (["--max-delete", "-5"], "--max-delete -5: give a count"),
+    (["--heartbeat-timeout", "0"], "argument --heartbeat-timeout: give a number of seconds"),
+    (["--heartbeat-timeout", "-30"], "argument --heartbeat-timeout"),
+    (["--heartbeat-timeout", "nan"], "argument --heartbeat-timeout"),
+    (["--items-per-run", "0"], "argument --items-per-run: give a whole number, 1 or more"),
+    (["--items-per-run", "-3"], "argument --items-per-run"),
+    (["--slots", "0"], "argument --slots"),
+    (["--bwlimit", "0"], "--bwlimit 0: bad size"),
+    (["--batch-bytes", "0"], "--batch-bytes 0: bad size"),
+])
+def test_numbers_an_operator_would_call_a_mistake_are_one_line(tmp_path, args, says):
+    src = small_tree(tmp_path, files=2)
+    r = fleetsync("run", "--no-api", "--src", src, "--dest", str(tmp_path / "dest"),
+                  "--ledger", str(tmp_path / "l.db"), *args)
+    assert says in one_line_error(r)
+    assert not (tmp_path / "l.db").exists() and not (tmp_path / "dest").exists()
+
+
+def test_verify_refuses_the_same_numbers(finished):
+    for args in (["--heartbeat-timeout", "0"], ["--slots", "-1"], ["--items-per-run", "0"]):
+        assert "argument --" in one_line_error(fleetsync("verify", "--ledger", finished, *args))
+
+
+def test_retry_of_a_batch_the_ledger_does_not_have_is_one_line(finished):
+    for tasks, says in ((["99"], "no batch 99 in"), (["1", "0", "99"], "no batches 0, 99 in")):
+        r = fleetsync("retry", "--ledger", finished, *[a for t in tasks for a in ("--task", t)])
+        err = one_line_error(r)
+        assert says in err and "nothing was requeued" in err, err
+    assert query(finished, "SELECT count(*) FROM attempts WHERE status = 'requeued'") == [(0,)]

@@ -6,6 +6,7 @@ import re
 import shutil
 import struct
 import subprocess
+import threading
 import time
 import zlib
 from html.parser import HTMLParser
@@ -182,23 +183,30 @@ def test_chromium_shows_the_numbers(ledger_path, tmp_path):
     # the script ran and filled every number in
     shown = texts(dom)
     assert shown["state"].startswith("updated"), shown["state"]
-    numbers = ("completed", "total", "failed", "pending", "files", "gib", "elapsed",
-               "files-rate", "mib-rate", "batch-rate", "eta")
+    assert re.fullmatch(r"updated \d\d:\d\d:\d\d", shown["state"]), shown["state"]  # 24-hour
+    numbers = ("completed", "total", "failed", "pending", "files", "gib", "gib-flight",
+               "elapsed", "files-rate", "mib-rate", "batch-rate", "mib-now-rate", "eta",
+               "percent", "run")
+    # No run goes on (none has started on this ledger): no rate now, no ETA, nothing
+    # in flight; the bar is bytes: 42 of 60 batches of 256 MiB.
     assert {i: shown[i] for i in numbers} == {
         "completed": "42", "total": "60", "failed": "3", "pending": "15", "files": "10,500",
-        "gib": "10.50", "elapsed": "1h 00m", "files-rate": "2.92", "mib-rate": "2.99",
-        "batch-rate": "0.01", "eta": "21m 26s"}            # 15 / (42 / 3600) s
+        "gib": "10.50", "gib-flight": "0.00", "elapsed": "1h 00m", "files-rate": "2.92",
+        "mib-rate": "2.99", "batch-rate": "0.01", "mib-now-rate": "-", "eta": "not running",
+        "percent": "70.0 %", "run": "not running (10 batches waiting)"}
     assert shown["mib-now"] == "0.00"                       # nothing moves in this ledger
     for name in WORKERS:
         assert name in shown["workers"]
-    assert shown["workers"].count("behind") == 1 and "12m 34s behind" in shown["workers"]
+    # with no run going on, an up worker is idle, and a silent one is not flagged
     beat, late = local_time(BEAT), local_time(BEAT - 754)
     next_try = local_time(BEAT + 600)[11:]
     assert shown["workers"] == (
-        f"node-alpha {beat} up node-bravo {beat} lost, next try {next_try} "
-        f"node-charlie {late} up 12m 34s behind node-delta {beat} gone")
+        f"node-alpha {beat} idle node-bravo {beat} lost, next try {next_try} "
+        f"node-charlie {late} idle node-delta {beat} gone")
     logs = shown["logs"]
     assert ERROR in logs and WARNING in logs and logs.index(ERROR) < logs.index(WARNING)
+    # each line with its time (master local, 24-hour)
+    assert re.search(r"error \d{4}-\d\d-\d\d \d\d:\d\d:\d\d " + ERROR, logs), logs
 
     # what a person sees: a full picture with the same numbers in it
     width, height, pixels = png_pixels(shot)
@@ -206,8 +214,8 @@ def test_chromium_shows_the_numbers(ledger_path, tmp_path):
     assert len(set(pixels)) > 64 and pixels.count(0) < 0.99 * len(pixels)   # not blank
     seen = ocr(shot)
     assert re.search(r"42\s+of\s+60\s+batches done,\s+3\s+failed", seen), seen
-    for words in ["10,500", "10.50", "1h 00m", "21m 26s", *WORKERS, ERROR, WARNING,
-                  f"lost, next try {next_try}", "gone", "12m 34s behind"]:
+    for words in ["10,500", "10.50", "1h 00m", "not running", *WORKERS, ERROR, WARNING,
+                  f"lost, next try {next_try}", "gone", "idle"]:
         assert words in seen, (words, seen)
 
 
@@ -222,3 +230,111 @@ def test_chromium_with_a_token(ledger_path, tmp_path):
     without, with_ = texts(without), texts(with_)
     assert "/#token=" in without["state"] and without["completed"] == "-"
     assert with_["completed"] == "42" and with_["state"].startswith("updated")
+
+
+def render(ledger_path: str, tmp_path: Path) -> tuple[str, dict[str, str], str]:
+    """(the DOM, {id: text}, the OCR of a screenshot) of the page over this ledger."""
+    server = start_in_thread(make_app(ledger_path), "127.0.0.1", 0, threads=4)
+    shot = tmp_path / "dashboard.png"
+    try:
+        dom = chromium(server.url + "/", tmp_path / "profile", "--dump-dom")
+        chromium(server.url + "/", tmp_path / "profile", f"--screenshot={shot}")
+    finally:
+        server.stop()
+    return dom, texts(dom), ocr(shot)
+
+
+def chart_ticks(dom: str) -> list[str]:
+    found = re.search(r'data-ticks="([^"]*)"', dom)
+    assert found, "the chart has no labels"
+    return found.group(1).split()
+
+
+@pytest.fixture
+def finished_path(make_ledger) -> str:
+    """A migration whose run ended with every batch copied (empty files: no bytes, so
+    no rate either), its one worker still marked up in the workers table."""
+    path = make_ledger("/src")
+    engine = db.writer(path)
+    with engine.connect() as conn:
+        with conn.begin():
+            conn.execute(insert(schema.batches), [
+                dict(file_count=5, directory_count=1, estimated_bytes=0,
+                     created_ts=time.time()) for _ in range(3)])
+        migration.start_run(conn)
+        workers.seen(conn, "node-alpha", "node-alpha", 2)
+        for k in batches.claim(conn, "node-alpha", limit=3):
+            batches.succeed(conn, Report(k.task_id, k.claim_no, "node-alpha", 0))
+        migration.end_run(conn)
+    engine.dispose()
+    return path
+
+
+@needs_browser
+def test_chromium_a_finished_migration(finished_path, tmp_path):
+    """Finished: 100.0 % readable (a light label, not dark on green), the worker idle
+    (not "up"), no ETA but done, an idle chart whose labels differ, a 24-hour clock."""
+    dom, shown, seen = render(finished_path, tmp_path)
+    assert re.fullmatch(r"updated \d\d:\d\d:\d\d", shown["state"]), shown["state"]
+    assert re.fullmatch(r"node-alpha \S+ \S+ idle", shown["workers"]), shown["workers"]
+    assert "100.0 %" in seen or "100.0%" in seen, seen
+    ticks = chart_ticks(dom)
+    assert len(set(ticks)) == 5 and ticks[0].strip("0.") == "", ticks   # 0, then 4 others
+    assert shown["run"] == "finished" and shown["eta"] == "done"
+    assert shown["percent"] == "100.0 %" and shown["mib-now-rate"] == "-"
+    for words in ["finished", "done"]:
+        assert words in seen, (words, seen)
+    assert not re.search(r"\b[AP]M\b", seen), seen
+
+
+@pytest.fixture
+def live_path(make_ledger):
+    """A run going on (a thread beats its heartbeat, as the controller does) whose only
+    worker fell silent ten minutes ago, holding 2 of 64 MiB batches claimed a minute
+    ago, one batch done at 1 MiB/s, one waiting: (path, the time the worker went quiet)."""
+    path = make_ledger("/src")
+    engine = db.writer(path)
+    quiet = time.time() - 600
+    with engine.connect() as conn:
+        with conn.begin():
+            conn.execute(insert(schema.batches), [
+                dict(file_count=5, directory_count=1, estimated_bytes=64 * MIB,
+                     created_ts=time.time()) for _ in range(4)])
+        migration.start_run(conn)
+        workers.seen(conn, "node-solo", "node-solo", 2)
+        k = batches.claim(conn, "node-solo")[0]
+        batches.succeed(conn, Report(k.task_id, k.claim_no, "node-solo", 0,
+                                     start_ts=1000.0, end_ts=1064.0))
+        batches.claim(conn, "node-solo", limit=2)
+        with conn.begin():
+            conn.execute(text("UPDATE workers SET heartbeat_ts = :t"), {"t": quiet})
+            conn.execute(text("UPDATE batches SET claimed_ts = :t WHERE state = 'running'"),
+                         {"t": time.time() - 60})
+    stop = threading.Event()
+
+    def beat() -> None:
+        with engine.connect() as conn:
+            while not stop.wait(1.0):
+                migration.heartbeat(conn)
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
+    yield path, quiet
+    stop.set()
+    beating.join()
+    engine.dispose()
+
+
+@needs_browser
+def test_chromium_a_live_run_flags_its_only_silent_worker(live_path, tmp_path):
+    """The README promises a flag for an up worker silent for a minute: measured against
+    the master's clock, so a lone worker is flagged too; the ETA and the bar count the
+    bytes in flight, not only the batches whose result landed."""
+    path, quiet = live_path
+    dom, shown, seen = render(path, tmp_path)
+    assert re.fullmatch(rf"node-solo {local_time(quiet)} up silent \d+m \d\ds",
+                        shown["workers"]), shown["workers"]
+    assert shown["run"] == "running"
+    assert re.fullmatch(r"\d+m \d\ds", shown["eta"]), shown["eta"]
+    assert shown["gib-flight"] != "0.00" and shown["mib-now-rate"] == "2.00"  # 2 slots, 1 MiB/s
+    assert float(shown["percent"].rstrip(" %")) > 25.0       # 1 of 4 done, and some in flight
+    assert "running" in seen and "silent" in seen, seen

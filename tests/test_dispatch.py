@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import sqlite3
 import stat
@@ -15,7 +14,7 @@ from fleetsync.controller.walk import Walk
 from fleetsync.controller.producer import Limits
 from fleetsync.ledger import db, migration
 
-from .support import fleetsync, make_odd_tree, popen, query, REPO, snapshot
+from .support import eventually, fleetsync, make_odd_tree, popen, query, REPO, snapshot
 
 LOCAL = os.path.join(REPO, "inventory", "local.ini")
 
@@ -129,7 +128,7 @@ def test_unreachable_host_does_not_stop_the_others(tmp_path):
     assert any("deadhost" in m for m in msgs), msgs
 
 
-def test_kill_9_at_random_instants_then_resume(tmp_path):
+def test_kill_9_at_three_states_of_the_run_then_resume(tmp_path):
     src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
     for d in range(30):
         (src / f"d{d}").mkdir(parents=True)
@@ -137,12 +136,29 @@ def test_kill_9_at_random_instants_then_resume(tmp_path):
             (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(2048))
     args = ("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
             "--no-api", "--batch-files", "40")
-    rnd = random.Random(1)
-    for _ in range(3):
+    # Each kill lands at a state of the run read in the ledger, never at a time:
+    # once the walk has enqueued batches, once a batch runs, once one more succeeded.
+    def count(state: str | None = None) -> int:
+        try:
+            c = counts(ledger)
+        except sqlite3.Error:      # not made yet, or being made
+            return 0
+        return c.get(state, 0) if state else sum(c.values())
+
+    def succeeded() -> int:
+        return count("succeeded")
+
+    for stage in ("enqueued", "running", "one more succeeded"):
+        done = succeeded()
         p = popen(*args, start_new_session=False)
-        time.sleep(rnd.uniform(1.0, 5.0))
+        eventually({"enqueued": lambda: count() > 0,
+                    "running": lambda: count("running") > 0,
+                    "one more succeeded": lambda: succeeded() > done}[stage], stage, proc=p)
         p.send_signal(signal.SIGKILL)
         p.wait()
+        c = counts(ledger)
+        assert c.get("pending", 0) + c.get("running", 0) > 0 or query(
+            ledger, "SELECT walk_done FROM migration") == [(0,)], f"killed after the end ({stage})"
     r = fleetsync(*args)
     assert r.returncode == 0, r.stderr.decode()
     assert snapshot(os.fsencode(src)) == snapshot(os.fsencode(dest))
@@ -427,15 +443,6 @@ def _slow_tree(src):
             (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(8192))
 
 
-def _wait(what, cond, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def _running(ledger) -> int:
     try:
         return counts(ledger).get("running", 0)
@@ -448,7 +455,7 @@ def test_kill_9_of_the_controller_stops_its_slots_claiming_and_its_processes(tmp
     _slow_tree(src)
     p = popen("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
               "--no-api", "--batch-files", "10", "--rsync-option=--bwlimit=200")
-    _wait("batches running", lambda: _running(ledger) > 0)
+    eventually(lambda: _running(ledger) > 0, "batches running")
     p.kill()
     p.wait()
     killed = time.time()
@@ -457,7 +464,7 @@ def test_kill_9_of_the_controller_stops_its_slots_claiming_and_its_processes(tmp
     # The one host's lookups run one after another and each checks the controller
     # before it claims, so at most the claim in flight when it died comes after
     # (one claim, one claimed_ts) however slow the machine is.
-    _wait("the run's processes ending", lambda: not _marked(mid))
+    eventually(lambda: not _marked(mid), "the run's processes ending")
     late = query(ledger, "SELECT count(DISTINCT claimed_ts) FROM batches WHERE claimed_ts > ?",
                  killed)
     assert late[0][0] <= 1, late
@@ -470,15 +477,18 @@ def test_two_ctrl_c_leave_no_process_and_no_temporary_file(tmp_path):
     p = popen("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
               "--no-api", "--batch-files", "10", "--rsync-option=--bwlimit=50")
     # An rsync inside a file: its temporary file is in DEST (at 50 KB/s, most of the time).
-    _wait("an rsync inside a file",
-          lambda: any(f.startswith(".") for _, _, fs in os.walk(dest) for f in fs))
+    eventually(lambda: any(f.startswith(".") for _, _, fs in os.walk(dest) for f in fs),
+               "an rsync inside a file")
     p.send_signal(signal.SIGINT)
-    time.sleep(0.5)      # the second one comes while the first one's stop runs, or after it
+    # The second one comes once the first one's stop has begun (its line says so).
+    line = p.stderr.readline()
+    while line and b"stopping" not in line:
+        line = p.stderr.readline()
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err.decode()[-2000:]
     [(mid,)] = query(ledger, "SELECT migration_id FROM migration")
-    _wait("the run's processes ending", lambda: not _marked(mid), 30)
+    eventually(lambda: not _marked(mid), "the run's processes ending", 30)
     temps = [f for d, _, fs in os.walk(dest) for f in fs if f.startswith(".")]
     assert temps == []
     assert not [f for f in os.listdir("/tmp") if f.startswith(f"fleetsync:{mid}:")

@@ -94,7 +94,7 @@ def test_every_run_option_reaches_fleetsync_run(tmp_path):
                  "-e", "fleetsync_bind=127.0.0.2", "-e", "fleetsync_batch_files=300",
                  "-e", "fleetsync_batch_bytes=30MiB", "-e", "fleetsync_producers=2",
                  "-e", "fleetsync_max_retries=1", "-e", "fleetsync_heartbeat_timeout=60",
-                 "-e", "fleetsync_delete_dry_run=false",
+                 "-e", "fleetsync_delete_dry_run=false", "-e", "fleetsync_items_per_run=50",
                  "-e", "fleetsync_no_default_excludes=true", "-e", "fleetsync_change_filters=1",
                  "-e", "fleetsync_delete_excluded=yes", "-e", "fleetsync_exclude_from=ex.txt",
                  "-e", '{"fleetsync_filters": ["-_*.tmp", "+_keep"]}',
@@ -108,8 +108,8 @@ def test_every_run_option_reaches_fleetsync_run(tmp_path):
                     "--batch-files", "300", "--batch-bytes", "30MiB", "--producers", "2",
                     "--max-retries", "1", "--max-delete", "5", "--heartbeat-timeout", "60",
                     "--bwlimit", "10MiB", "--bind", "127.0.0.2", "--port", "18109",
-                    "--slots", "3", "--delete", "--verify", "--rescan", "--no-api",
-                    "--no-default-excludes", "--change-filters", "--delete-excluded",
+                    "--slots", "3", "--items-per-run", "50", "--delete", "--verify", "--rescan",
+                    "--no-api", "--no-default-excludes", "--change-filters", "--delete-excluded",
                     "--rsync-option=-A", "--rsync-option=-X", "--filter=-_*.tmp",
                     "--filter=+_keep", "--exclude-from", str(tmp_path / "work" / "ex.txt")]
     assert "WARNING" not in r.stdout + r.stderr
@@ -282,3 +282,71 @@ def test_a_preflight_kills_a_dead_runs_leftovers_not_another_hosts_preflight(tmp
         for p, _ in others.values():
             p.kill()
             p.wait()
+
+
+# -- the play's --limit is the copy's: no attempt, worker or log line of another host ------
+def test_the_playbook_limit_is_the_hosts_of_the_copy(tmp_path):
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    tree(src)
+    inv = local_inventory(tmp_path, hosts="localhost ansible_connection=local\n"
+                                          "ghost.invalid ansible_connection=ssh\n")
+    r = playbook(inv, "--limit", "localhost", "-e", f"src={src}", "-e", f"dest={dest}",
+                 "-e", f"fleetsync_ledger={ledger}", "-e", "fleetsync_no_api=true")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert outcome(r).startswith("fleetsync exit 0, all copied"), outcome(r)
+    assert (dest / "d" / "f9").read_text() == "9"
+    assert query(ledger, "SELECT DISTINCT host FROM workers") == [("localhost",)]
+    assert query(ledger, "SELECT count(*) FROM attempts WHERE worker_id NOT IN "
+                         "(SELECT worker_id FROM workers WHERE host = 'localhost')") == [(0,)]
+    assert query(ledger, "SELECT message FROM log WHERE message LIKE '%ghost%'") == []
+    assert "ghost" not in r.stdout + r.stderr
+    # verify takes the same --limit.
+    v = fleetsync("verify", "--ledger", str(ledger), "--inventory", str(inv), "--limit", "localhost")
+    assert v.returncode == 0 and b"0 differ" in v.stdout, v.stdout + v.stderr
+    assert query(ledger, "SELECT DISTINCT host FROM workers") == [("localhost",)]
+    assert query(ledger, "SELECT message FROM log WHERE message LIKE '%ghost%'") == []
+
+
+def test_limit_reaches_fleetsync_run_and_a_retry_file_is_absolute(tmp_path):
+    inv = local_inventory(tmp_path)
+    r = playbook(inv, "-e", "src=/s", "-e", "dest=/d", "--limit", "movers:!ghost*", check=True)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "--limit movers:!ghost*" in outcome(r)
+    from fleetsync.controller import playbook as pb
+    run = pb.command({"src": "/s", "dest": "/d", "ansible_limit": "@retry.txt"},
+                     "/py", "inv.ini", "/home/op")
+    assert run.argv[-2:] == ["--limit", "@/home/op/retry.txt"]
+
+
+# -- issue 20, 11. with port 0 the operator finds the API while the run goes on ------------
+def test_with_port_0_the_api_url_is_in_a_file_while_the_run_goes_on(tmp_path):
+    import json
+    import time
+    import urllib.request
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(1 << 20))      # ~16 s at the cap below
+    url_file = tmp_path / "l.db.api"
+    p = subprocess.Popen([ANSIBLE_PLAYBOOK, "-i", str(local_inventory(tmp_path)), PLAYBOOK,
+                          "-e", f"src={src}", "-e", f"dest={dest}", "-e", f"fleetsync_ledger={ledger}",
+                          "-e", "fleetsync_port=0", "-e", "fleetsync_bwlimit=64KiB"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while not url_file.exists():
+            assert p.poll() is None, p.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no URL file"
+            time.sleep(0.05)
+        url = url_file.read_text().strip()
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0"), url
+        with urllib.request.urlopen(url + "/status", timeout=30) as r:
+            assert json.load(r)["total_batches"] >= 1
+        out, _ = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out[-3000:]
+    # Said before the run task, and the file goes with the run.
+    assert out.index(f"its URL is in {url_file}") < out.index("TASK [Run fleetsync")
+    assert not url_file.exists()

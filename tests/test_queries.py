@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from fleetsync.ledger import batches, db, producers, queries, schema
+from fleetsync.ledger import batches, db, estimate, migration, producers, queries, schema, workers
 from fleetsync.ledger.batches import Report
+from fleetsync.ledger.states import RunState
 
 
 def enqueue(conn, n: int, files: int = 10, dirs: int = 1, size: int = 1000) -> None:
@@ -46,7 +47,7 @@ def test_an_empty_ledger_answers_zeros(tmp_path):
         assert tp["elapsed_sec"] == 0.0 and tp["batches_completed"] == 0
         assert all(tp[k] == 0 for k in tp)
         assert queries.heartbeats(conn) == {"heartbeats": {}, "workers": {}}
-        assert queries.logs(conn) == {"warnings": [], "errors": []}
+        assert queries.logs(conn) == {"warnings": [], "errors": [], "lines": []}
         assert queries.results(conn) == {"results": [], "retained_limit": 100_000,
                                          "retained_count": 0}
 
@@ -159,7 +160,12 @@ def test_logs_are_bounded_and_newest_last(ledger):
         for i in range(2):
             conn.execute(insert(schema.log).values(ts=i, level="error", message=f"e{i}"))
     with db.reader(path).connect() as ro:
-        assert queries.logs(ro, limit=3) == {"warnings": ["w2", "w3", "w4"], "errors": ["e0", "e1"]}
+        logs = queries.logs(ro, limit=3)
+        assert {k: logs[k] for k in ("warnings", "errors")} == {
+            "warnings": ["w2", "w3", "w4"], "errors": ["e0", "e1"]}
+        # the timed lines: the newest 3 of both levels (by log_id), newest last
+        assert [(x["level"], x["message"], x["ts"]) for x in logs["lines"]] == [
+            ("warning", "w4", 4.0), ("error", "e0", 0.0), ("error", "e1", 1.0)]
         assert queries.logs(ro)["warnings"] == [f"w{i}" for i in range(5)]
 
 
@@ -342,10 +348,123 @@ def test_a_requeue_is_a_result_too(ledger):
     path, conn = ledger
     enqueue(conn, 1)
     (c,) = batches.claim(conn, "w1")
-    batches.fail(conn, Report(c.task_id, c.claim_no, "w1", 2), 0)
+    batches.fail(conn, Report(c.task_id, c.claim_no, "w1", 23), 0)
     assert batches.requeue(conn, None, "operator says so") == [1]
     with db.reader(path).connect() as ro:
         page = queries.results(ro, status="requeued")
         assert [(r["task_id"], r["errors"]) for r in page["results"]] == \
             [(1, ["operator says so"])]
+        # No rsync ran: null, as the README says, not the failed try's 23.
+        [requeued] = page["results"]
+        assert requeued["rsync_exit_code"] is None
+        assert queries.results(ro, status="failed")["results"][0]["rsync_exit_code"] == 23
         assert queries.status(ro)["queue_depth"] == 1
+
+
+def _run_with_batches_in_flight(conn, now: float) -> None:
+    """10 batches of 1000 bytes on a host with 2 slots: 4 succeeded (each rsync took
+    10 s), 3 running since now - 4, 3 waiting; a run heard from at now."""
+    enqueue(conn, 10, size=1000)
+    workers.seen(conn, "w1", "host1", 2)
+    migration.start_run(conn)
+    for c in batches.claim(conn, "w1", limit=4):
+        batches.succeed(conn, Report(c.task_id, c.claim_no, "w1", 0, start_ts=100.0,
+                                     end_ts=110.0))
+    batches.claim(conn, "w1", limit=3)
+    with conn.begin():
+        conn.execute(text("UPDATE batches SET claimed_ts = :t WHERE state = 'running'"),
+                     {"t": now - 4})
+        conn.execute(text("UPDATE migration SET run_heartbeat_ts = :t"), {"t": now})
+
+
+def test_the_estimate_counts_bytes_in_flight(ledger):
+    """One function for every display: what the running batches moved is estimated at
+    the newest attempts' rate on the slots they fill, so neither rate nor ETA waits
+    for a result to land."""
+    path, conn = ledger
+    now = time.time()
+    _run_with_batches_in_flight(conn, now)
+    with db.reader(path).connect() as ro:
+        est = estimate.estimate(ro, now=now)
+    # per rsync 4000 B / 40 s = 100 B/s; 3 batches on 2 slots for 4 s: 800 B in flight
+    assert {k: est[k] for k in ("state", "batches_total", "batches_done", "batches_running",
+                                "batches_waiting", "bytes_total", "bytes_done",
+                                "bytes_running", "bytes_in_flight", "percent",
+                                "bytes_per_sec", "eta_sec")} == {
+        "state": "running", "batches_total": 10, "batches_done": 4, "batches_running": 3,
+        "batches_waiting": 3, "bytes_total": 10000, "bytes_done": 4000,
+        "bytes_running": 3000, "bytes_in_flight": 800, "percent": 48.0,
+        "bytes_per_sec": 200.0,
+        "eta_sec": 26.0}                     # (10000 - 4800) B at 200 B/s
+    assert est["last_heard"] == queries.local_time(now) == est["now"]
+
+    # a fleet cap of 120 B/s: 60 B/s for each of the 2 slots
+    with conn.begin():
+        conn.execute(text("UPDATE migration SET bwlimit = 120"))
+    with db.reader(path).connect() as ro:
+        est = estimate.estimate(ro, now=now)
+    assert (est["bytes_in_flight"], est["bytes_per_sec"], est["eta_sec"]) == (480, 120.0, 46.0)
+
+    # the run's process is gone (its lock free): nothing moves, no rate, no ETA
+    with db.reader(path).connect() as ro:
+        est = estimate.estimate(ro, now=now, held=False)
+    assert (est["state"], est["bytes_in_flight"], est["bytes_per_sec"], est["eta_sec"],
+            est["percent"]) == ("crashed", 0, None, None, 40.0)
+    # and so once its heartbeat is old, when the lock cannot be asked
+    with db.reader(path).connect() as ro:
+        est = estimate.estimate(ro, now=now + migration.LIVE_AFTER_HEARTBEAT)
+    assert est["state"] == "crashed" and est["eta_sec"] is None
+
+
+def test_a_capped_first_batch_has_a_rate_and_an_eta_before_it_ends(ledger):
+    """--bwlimit 1MiB and one 48 MiB batch: no attempt has ended yet, so the rate is
+    the cap's share (the display once said "0 B/s ETA ?" for minutes)."""
+    path, conn = ledger
+    enqueue(conn, 1, size=48 * 2**20)
+    workers.seen(conn, "w1", "host1", 1)
+    migration.start_run(conn)
+    migration.set_bwlimit(conn, 2**20)
+    batches.claim(conn, "w1")
+    now = time.time()
+    with conn.begin():
+        conn.execute(text("UPDATE batches SET claimed_ts = :t"), {"t": now - 10})
+        conn.execute(text("UPDATE migration SET run_heartbeat_ts = :t"), {"t": now})
+    with db.reader(path).connect() as ro:
+        est = estimate.estimate(ro, now=now)
+    assert (est["bytes_in_flight"], est["bytes_per_sec"], est["eta_sec"]) == (
+        10 * 2**20, float(2**20), 38.0)
+    assert est["percent"] == round(100 * 10 / 48, 1)
+
+
+def test_many_small_batches_left_are_not_done_because_their_bytes_are_few(ledger):
+    """The ETA counts batches as well as bytes: 20 waiting batches of empty files take
+    their time per batch (10 s each, 2 slots), though they hold no byte."""
+    path, conn = ledger
+    enqueue(conn, 2, size=1000)
+    enqueue(conn, 20, size=0)
+    workers.seen(conn, "w1", "host1", 2)
+    migration.start_run(conn)
+    for c in batches.claim(conn, "w1", limit=2):
+        batches.succeed(conn, Report(c.task_id, c.claim_no, "w1", 0, start_ts=0.0, end_ts=10.0))
+    now = time.time()
+    with conn.begin():
+        conn.execute(text("UPDATE migration SET run_heartbeat_ts = :t"), {"t": now})
+    with db.reader(path).connect() as ro:
+        est = estimate.estimate(ro, now=now)
+    assert est["percent"] == 100.0 and est["eta_sec"] == 20 * 10 / 2
+
+
+@pytest.mark.parametrize("row, waiting, held, state", [
+    (None, 0, None, RunState.WAITING),
+    ((100.0, 995.0, None), 5, None, RunState.RUNNING),
+    ((100.0, 995.0, None), 5, True, RunState.RUNNING),
+    ((100.0, 995.0, None), 5, False, RunState.CRASHED),   # its process is gone
+    ((100.0, 900.0, None), 5, None, RunState.CRASHED),    # silent for 100 s
+    ((None, 900.0, None), 5, None, RunState.STOPPED),     # stop_run
+    ((None, 900.0, 900.0), 0, None, RunState.FINISHED),   # end_run
+    ((None, 900.0, 900.0), 2, None, RunState.WAITING),    # requeued after it finished
+    ((None, None, None), 5, None, RunState.WAITING),      # no run yet
+])
+def test_the_run_state(row, waiting, held, state):
+    row = migration.RunRow(*row) if row else None
+    assert migration.run_state(row, waiting, now=1000.0, held=held) is state

@@ -13,7 +13,7 @@ import pytest
 
 from fleetsync.controller import processes
 
-from .support import fleetsync, popen, query
+from .support import eventually, fleetsync, popen, query
 
 
 
@@ -27,16 +27,6 @@ def tree(root, names=("a/f1", "a/f2", "b/g", "top")):
 def run_args(src, dest, ledger, *more):
     return ("run", "--no-api", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
             *more)
-
-
-def wait_for(predicate, what: str, timeout: float = 120):
-    """Poll a condition that a blocked process will reach (no timing assumed: the
-    other process cannot get past the point it waits at)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"never happened: {what}")
-        time.sleep(0.05)
 
 
 # -- (1) one run per ledger -------------------------------------------------------
@@ -53,7 +43,7 @@ def test_second_run_on_a_ledger_in_use_is_refused_and_a_stale_lock_taken_over(tm
     blocker.execute("BEGIN IMMEDIATE")
     first = popen(*args)
     try:
-        wait_for(lambda: f"pid {first.pid} " in open(lockfile).read(), "the first run locks")
+        eventually(lambda: f"pid {first.pid} " in open(lockfile).read(), "the first run locks")
         second = fleetsync(*args)
         assert second.returncode == 2
         err = second.stderr.decode().strip().splitlines()
@@ -64,7 +54,7 @@ def test_second_run_on_a_ledger_in_use_is_refused_and_a_stale_lock_taken_over(tm
         # Now a run killed with -9 while it holds the lock.
         blocker.execute("BEGIN IMMEDIATE")
         third = popen(*args)
-        wait_for(lambda: f"pid {third.pid} " in open(lockfile).read(), "the third run locks")
+        eventually(lambda: f"pid {third.pid} " in open(lockfile).read(), "the third run locks")
         third.kill()
         third.wait(60)
         blocker.execute("ROLLBACK")
@@ -225,7 +215,7 @@ def test_serve_answers_503_when_the_ledger_is_not_one_any_more(tmp_path):
                 return True
             except OSError:
                 return False
-        wait_for(up, "serve answers")
+        eventually(up, "serve answers")
         garbage = tmp_path / "garbage"
         garbage.write_bytes(b"x" * 8192)
         os.replace(garbage, ledger)
@@ -611,3 +601,126 @@ def test_files_and_a_directory_deleted_while_their_batch_runs_end_0_named_vanish
                 if c == "vanished"}
     assert {b"z-small", b"zdir/x", b"zdir/y"} <= vanished, vanished
     assert (dest / "a-big").stat().st_size == 8 << 20
+
+
+# -- issue 20, item 5: a refusal touches nothing -------------------------------------
+
+def _untouched(ledger) -> tuple:
+    """What a refused command must leave as it was: the ledger's bytes (its journal
+    mode is in them: header bytes 18-19 are 1 for a rollback journal, 2 for WAL), and
+    which of its -wal, -shm, -journal and .lock files exist."""
+    import hashlib
+    with open(ledger, "rb") as f:
+        data = f.read()
+    return (hashlib.sha256(data).hexdigest(), data[18:20],
+            tuple(os.path.exists(f"{ledger}{s}") for s in ("-wal", "-shm", "-journal", ".lock")))
+
+
+def _rollback_journal(ledger) -> None:
+    """The ledger in rollback-journal mode, as an archive copy or another tool leaves
+    it, and no lock file beside it (so a refused run that makes one is seen)."""
+    con = sqlite3.connect(ledger)
+    assert con.execute("PRAGMA journal_mode = DELETE").fetchone() == ("delete",)
+    con.close()
+    if os.path.exists(f"{ledger}.lock"):
+        os.unlink(f"{ledger}.lock")
+
+
+def _refused(r, says: str) -> None:
+    err = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and says in err[0], (r.returncode, err)
+
+
+def test_a_refused_run_or_command_leaves_the_ledger_byte_for_byte(tmp_path):
+    """Issue 20, item 5: each refusal that comes once the ledger is known is decided
+    by reading alone: the file keeps its bytes and its rollback journal, and no -wal,
+    -shm or lock file is left beside it."""
+    src, dest, ledger = tmp_path / "src", tmp_path / "x" / "dest", tmp_path / "l.db"
+    tree(src, ["a/f1", "b/g", "top"])
+    dest.parent.mkdir()
+    other = tmp_path / "other"
+    tree(other)
+    assert fleetsync(*run_args(src, dest, ledger)).returncode == 0
+    _rollback_journal(ledger)
+    before = _untouched(ledger)
+    assert before[1] == b"\x01\x01" and before[2] == (False,) * 4
+    refusals = [
+        (run_args(other, dest, ledger), "belongs to another migration"),
+        (run_args(src, tmp_path / "elsewhere", ledger), "belongs to another migration"),
+        (run_args(other, dest, ledger, "--rescan", "--delete-dry-run"),
+         "belongs to another migration"),
+    ]
+    for args, says in refusals:
+        _refused(fleetsync(*args), says)
+        assert _untouched(ledger) == before, args
+    # --delete with a top-level entry of the last walk missing from SRC.
+    for f in (src / "b").iterdir():
+        f.unlink()
+    (src / "b").rmdir()
+    _refused(fleetsync(*run_args(src, dest, ledger, "--delete")), "--delete refused")
+    assert _untouched(ledger) == before
+    # retry of a batch the ledger does not have; verify without its inventory.
+    _refused(fleetsync("retry", "--ledger", str(ledger), "--task", "99"), "no batch 99")
+    assert _untouched(ledger) == before
+    _refused(fleetsync("verify", "--ledger", str(ledger), "--inventory",
+                       str(tmp_path / "gone.ini")), "gone.ini")
+    assert _untouched(ledger) == before
+    # A refusal that only the hosts' preflight can make (DEST's parent is gone) comes
+    # once the run has begun and recorded itself: the ledger is still left in
+    # rollback-journal mode, with no -wal or -shm.
+    import shutil
+    shutil.rmtree(tmp_path / "x")
+    _refused(fleetsync(*run_args(src, dest, ledger)), "no host can run the migration")
+    after = _untouched(ledger)
+    assert after[1] == b"\x01\x01" and after[2][:3] == (False,) * 3, after
+
+
+def test_a_ledger_of_a_newer_fleetsync_is_refused_changing_nothing(tmp_path):
+    from fleetsync.ledger.schema import SCHEMA_VERSION
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    tree(src)
+    assert fleetsync(*run_args(src, dest, ledger)).returncode == 0
+    con = sqlite3.connect(ledger)
+    con.execute("UPDATE migration SET schema_version = ?", (SCHEMA_VERSION + 1,))
+    con.commit()
+    con.close()
+    _rollback_journal(ledger)
+    before = _untouched(ledger)
+    for args in (run_args(src, dest, ledger), ("retry", "--ledger", str(ledger), "--failed"),
+                 ("verify", "--ledger", str(ledger))):
+        _refused(fleetsync(*args), f"schema {SCHEMA_VERSION + 1}")
+        assert _untouched(ledger) == before, args
+
+
+def test_a_refused_run_leaves_the_ledger_readable_by_a_read_only_auditor(nobody):
+    """Issue 20, item 5: the ledger in a directory nobody may write (0555): an auditor
+    as another user reads it with `fleetsync status` and sqlite3 after a run was
+    refused on it (a ledger switched to WAL would need a -shm it cannot make)."""
+    import subprocess
+    case = os.path.join(nobody.base, "case-auditor")
+    src, other, ledger = (os.path.join(case, n) for n in ("src", "other", "l.db"))
+    for d in (src, other):
+        os.makedirs(d)
+        with open(os.path.join(d, "f"), "w") as f:
+            f.write(d)
+    try:
+        assert fleetsync(*run_args(src, os.path.join(case, "dest"), ledger)).returncode == 0
+        _rollback_journal(ledger)
+        before = _untouched(ledger)
+        _refused(fleetsync(*run_args(other, os.path.join(case, "dest"), ledger)),
+                 "belongs to another migration")
+        assert _untouched(ledger) == before
+        os.chmod(case, 0o555)
+        r = nobody.fleetsync("status", "--ledger", ledger)
+        assert r.returncode == 0, r.stderr.decode()
+        assert b"1 of 1 batches succeeded" in r.stdout or b"batches" in r.stdout, r.stdout
+        r = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+             os.path.join(nobody.venv, "bin", "python"), "-c",
+             "import sqlite3, sys; c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True);"
+             " print(c.execute('SELECT count(*) FROM batches').fetchone()[0])", ledger],
+            capture_output=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.strip() == b"1", r.stderr.decode()
+        assert _untouched(ledger) == before
+    finally:
+        os.chmod(case, 0o755)
