@@ -102,12 +102,13 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     db.check(ledger_path, write=True)
     # Whether the run goes on is decided by reading alone: a refusal leaves the
     # ledger byte for byte, its journal mode too, with no -wal, -shm or lock file.
-    if migration.opening(ledger_path, src, dest) is not None and delete is DeleteMode.ON:
+    opened = migration.opening(ledger_path, src, dest)
+    if opened is not None and delete is DeleteMode.ON:
         _guard_top_level(args, ledger_path, src)
+    choice = _filter_choice(args, opened, given)
     # One run per ledger, held until this process ends: a second run would kill
     # this one's rsyncs as leftovers and fight over its batches.
     with _locked(ledger_path):
-        choice = _filter_choice(args, ledger_path, src, given)
         try:
             return _run(args, src, dest, limits, bwlimit, delete, hosts, ledger_path, api,
                         choice)
@@ -119,17 +120,11 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
             raise
 
 
-def _filter_choice(args, ledger_path: str, src: str,
+def _filter_choice(args, mig: migration.Migration | None,
                    given: list[filters.Rule]) -> filters.Choice:
-    """This run's filter rules; other rules than the ledger's are refused (unless
-    --change-filters) here, reading only, so a refused run writes nothing."""
-    mig = None
-    if os.path.exists(ledger_path):
-        with db.connect(ledger_path, readonly=True) as conn:
-            if migration.created(conn):
-                mig = migration.load(conn)
-    if mig is not None and mig.src != src:
-        mig = None          # another migration's ledger: open_or_create says so
+    """This run's filter rules, given the ledger's migration as read before anything
+    is written (None: a new ledger); other rules than the ledger's are refused
+    (unless --change-filters), so a refused run leaves the ledger as it was."""
     return filters.choose(given, args.no_default_excludes, args.change_filters,
                           bool(args.filter_rules) or args.no_default_excludes,
                           None if mig is None else filter_rules.stored(mig.options),
