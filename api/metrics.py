@@ -69,7 +69,7 @@ def render(conn: Connection, now: float | None = None) -> str:
                 [(_labels(state=state), c[key]) for state, c in sorted(counts.items())])
     _metric(lines, "elapsed_seconds", "Running time of the migration across resumes.",
             [("", queries.elapsed_sec(conn, now))])
-    _metric(lines, "worker_heartbeat_timestamp_seconds", "Last event heard from each worker.",
+    _metric(lines, "worker_heartbeat_timestamp_seconds", "Last event or beat heard from each worker.",
             [(_labels(worker_id=w), ts) for w, ts in beats])
     _counters(lines, conn)
     _workers(lines, conn, now)

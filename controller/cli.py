@@ -212,8 +212,8 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rsync-option", action="append", default=[], metavar="OPT",
                    help="extra rsync option, repeatable, e.g. --rsync-option=-AX")
     p.add_argument("--heartbeat-timeout", type=_seconds, default=defaults.HEARTBEAT_TIMEOUT,
-                   metavar="SEC", help="a host silent this long while holding a batch is lost "
-                   "(plus the batch's bytes at 10 MiB/s; default: %(default)s)")
+                   metavar="SEC", help="a host not heard from this long while holding a batch "
+                   "is lost (its running items beat every few seconds; default: %(default)s)")
     p.add_argument("--items-per-run", type=_count, default=defaults.ITEMS_PER_RUN, metavar="N",
                    help="loop items a host's ansible-playbook run does before the next run "
                         "starts, each about 1.5 s of its batches (default: %(default)s)")

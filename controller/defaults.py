@@ -8,13 +8,18 @@ Why these values:
   compressed and encoded, well under the 128 KiB one command argument may take.
 - 3 retries: a transient error (a network blip, a file changing under rsync)
   rarely survives three; a persistent one should not hold the run up longer.
-- 120 s of silence, plus a held batch's bytes at 10 MiB/s, loses a host: longer
-  than any pause of a healthy rsync (ssh keepalives notice a dead link sooner).
+- 120 s of silence loses a host holding a batch: a running item beats every 5 s
+  at most (rsync.item_command), so only a host that is gone (frozen, killed, cut
+  off) goes that long unheard; ssh keepalives notice a dead link sooner. A host
+  whose beats cannot be heard (paramiko) is given its batch's bytes at 10 MiB/s
+  (or at its rsync's cap, when lower) on top.
 - The API binds 127.0.0.1: only the operator's explicit --bind opens it wider.
 """
 from __future__ import annotations
 
 import os
+
+from fleetsync.api import defaults as api_defaults
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -33,14 +38,12 @@ PRODUCERS = min(os.cpu_count() or 2, 6)
 WALK_THREADS = 16
 MAX_RETRIES = 3                # retries of a batch after a retryable rsync exit
 HEARTBEAT_TIMEOUT = 120.0      # seconds of silence that lose a host holding a batch
-STALL_RATE = 10 * MiB          # ...plus its held batch's bytes at this rate
+STALL_RATE = 10 * MiB          # ...plus its held batch's bytes at this rate (paramiko)
 ITEMS_PER_RUN = 500            # loop items (~1.5 s of batches each) per host's playbook run
 SLOTS = 2                      # batches a host copies at once (fleetsync_slots)
 
 LEDGER = "fleetsync.db"
-API_HOST = "127.0.0.1"
-API_PORT = 8000
-API_THREADS = 4
+API_HOST, API_PORT = api_defaults.HOST, api_defaults.PORT   # the API's own (api/defaults.py)
 
 # Excluded from a new migration unless --no-default-excludes, as fpsync does (its
 # fpart -x options): the snapshot directories of NetApp (.snapshot, .snapshot.N) and

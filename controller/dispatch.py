@@ -3,11 +3,12 @@
 One thread owns the ledger connection of the controller. It starts one
 FleetRun (one ansible-playbook run, one fork per host) for the hosts that are
 ready, the whole fleet at the start, and one more for hosts that join or come
-back later; turns runner events into heartbeats and batch transitions, notices
-lost hosts (unreachable, or silent while holding a batch), re-reads the
-inventory when it changes, and ends when the walk is done and nothing waits or
-runs. It is a child subreaper: the ssh masters that its runs daemonize stay its
-children, and it ends them when it ends.
+back later; turns runner events, and the beats of running items, into
+heartbeats and batch transitions, notices lost hosts (unreachable, or not heard
+from while holding a batch) and ends what they still run, re-reads the inventory
+when it changes, and ends when the walk is done and nothing waits or runs. It is
+a child subreaper: the ssh masters that its runs daemonize stay its children,
+and it ends them when it ends.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class Settings:
     policy: Policy = field(default_factory=Policy)
     rsync_options: list[str] = field(default_factory=lambda: list(rsync.DEFAULT_RSYNC_OPTIONS))
     items_per_run: int = defaults.ITEMS_PER_RUN    # batches per ansible-playbook run and slot
-    # Silence, beyond a held batch's own time, that loses a host.
+    # Silence that loses a host holding a batch (its running items beat well within it).
     heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT
     delete: DeleteMode = DeleteMode.OFF            # the directory pass deletes too
     slots: int | None = None                       # --slots: every host's, over the inventory's
@@ -122,6 +123,7 @@ class Dispatcher:
                 self._check_hopeless()
             self._handle_events(0.2)
             if time.time() >= self._next_beat:
+                self._listen(time.time())
                 self._flush_heartbeats()
         self._flush_heartbeats()
 
@@ -192,7 +194,8 @@ class Dispatcher:
                 "fleetsync_run_token": self.settings.run_token,
                 "fleetsync_controller": self.controller,
                 "fleetsync_rsync_options": self.settings.rsync_options,
-                "fleetsync_mode": self.mode.value, "fleetsync_delete": self.settings.delete.value}
+                "fleetsync_mode": self.mode.value, "fleetsync_delete": self.settings.delete.value,
+                "fleetsync_beat": beat_seconds(self.settings.heartbeat_timeout)}
 
     def _lose(self, run: HostRun, why: str) -> None:
         """The host is gone for now: its batches wait again, it rests before a retry."""
@@ -215,6 +218,9 @@ class Dispatcher:
         logbook.add(self.conn, "warning", f"host {name} lost: {why}; {len(released)} "
                     f"batches back to waiting; next try in {wait:.0f} s", worker_id=wid)
         run.cancel()
+        # Its batches may start elsewhere now: whatever of its item still runs stops
+        # (rsync.item_command fences itself when its output is gone).
+        run.end_item()
 
     def _count_loss(self, name: str) -> int:
         """Count one more loss of this host; returns how often it was lost before in
@@ -222,7 +228,19 @@ class Dispatcher:
         self.losses[name] = self.losses.get(name, 0) + 1
         return self.losses[name] - 1
 
+    def _listen(self, now: float) -> None:
+        """Hear the hosts inside an item: the beats its command prints while its rsyncs
+        run (one read of /proc per host, hostrun.HostRun.heard) move its heartbeat."""
+        for run in self.runs.values():
+            if run.worker_id and not run.lost and not run.ended and run.heard():
+                run.last_event = now
+                self.beats[run.worker_id] = now
+
     def _check_silent(self, now: float) -> None:
+        """A host holding a batch and not heard from for the heartbeat timeout is lost.
+        Its items beat while they run, however slowly a cap makes them copy; a host
+        whose beats cannot be heard (hostrun._UNCOUNTED) is given its batch's bytes at
+        the rate its rsync may go, on top."""
         for run in list(self.runs.values()):
             if run.lost or not run.worker_id:
                 continue
@@ -231,9 +249,19 @@ class Dispatcher:
             held = batches.held_bytes(self.conn, run.worker_id)
             if held is None:
                 continue
-            limit = self.settings.heartbeat_timeout + held / defaults.STALL_RATE
+            limit = self.settings.heartbeat_timeout
+            if not run.audible:
+                limit += held / self._stall_rate()
             if now - run.last_event > limit:
                 self._lose(run, f"silent for {now - run.last_event:.0f} s while holding a batch")
+
+    def _stall_rate(self) -> int:
+        """The slowest pace a healthy rsync may keep: STALL_RATE, or its cap under it."""
+        mig = migration.load(self.conn)
+        self.conn.rollback()
+        capped = rsync.capped_rate(self.settings.rsync_options
+                                   + slot.bwlimit_options(self.conn, mig.bwlimit))
+        return min(defaults.STALL_RATE, capped or defaults.STALL_RATE)
 
     def _check_hopeless(self) -> None:
         """No host passed its preflight (each failed it or was unreachable before it)
@@ -379,6 +407,12 @@ class Dispatcher:
     def close(self) -> None:
         self.conn.close()
         self.engine.dispose()
+
+
+def beat_seconds(heartbeat_timeout: float) -> float:
+    """How often a running item beats: several times within the heartbeat timeout, so
+    that a late beat or two on a loaded host does not lose it."""
+    return max(0.2, min(rsync.BEAT_SECONDS, heartbeat_timeout / 4))
 
 
 def _pass_level(out: Outcome) -> str:

@@ -9,6 +9,12 @@ stops claiming while the other hosts of the run go on). An unreachable host
 drops out of the play by itself; a run whose hosts are all done or lost is
 stopped.
 
+A host is heard from by its events and, while an item runs (which may take
+hours under a low cap), by its beats: the item prints an empty line every few
+seconds (rsync.item_command) and the dispatcher counts the bytes the host's
+Ansible worker has read (HostRun.heard). The lookup of the first item writes that
+worker's pid beside the host's stop file (worker_file).
+
 The event handler only puts events on a queue and returns False: an exception
 inside ansible-runner's event handler kills its thread (the run then never
 finishes), a slow one makes the run time out, and True would write a
@@ -126,16 +132,75 @@ class Event:
     status: str | None = None
 
 
+def worker_file(stop_file: str) -> str:
+    """Where the lookups of a host's items write which process runs them (slot.py)."""
+    return stop_file + ".worker"
+
+
+# Connections whose Ansible worker reads a command's output through read(2) (pipes
+# from ssh or a local shell), which /proc/PID/io counts. Paramiko reads a socket
+# with recv(2), which it does not: its hosts are heard only when an item ends.
+_UNCOUNTED = ("paramiko",)
+
+
 @dataclass
 class HostRun:
     """One host in a FleetRun, as the dispatcher follows it."""
     host: inventory.Host
     fleet: "FleetRun | None" = None
     worker_id: str | None = None
-    last_event: float = field(default_factory=time.time)
+    last_event: float = field(default_factory=time.time)   # when it was last heard from
     lost: str | None = None          # why the host was declared lost
     ended: bool = False              # its play is over (the dispatcher was told)
     stop_file: str = ""
+    _worker: tuple[int, str] | None = None      # (pid, start time) of its items' worker
+    _read: int | None = None                     # bytes that worker had read at the last look
+    _deaf: bool = False                          # its worker's counters cannot be read
+
+    @property
+    def audible(self) -> bool:
+        """Whether its items' beats can be heard while they run (see heard)."""
+        connection = str(self.host.vars.get("ansible_connection") or "ssh")
+        return not self._deaf and not any(word in connection for word in _UNCOUNTED)
+
+    def heard(self) -> bool:
+        """Whether the host spoke since the last look: the Ansible worker that runs its
+        items read more of their output (rsync.item_command prints a beat every few
+        seconds while its rsyncs run). One read of /proc/PID/io: no Ansible work, no
+        ssh round trip, whatever the cap makes an item last. Between two items that
+        worker also reads the ledger (the next item's lookup): the host has just
+        answered then, with the item that ended."""
+        if self._worker is None:
+            self._worker = _worker_of(worker_file(self.stop_file))
+            if self._worker is None:
+                return False
+        pid, start = self._worker
+        if processes.start_time(pid) != start:     # that worker has ended
+            self._worker = self._read = None
+            return False
+        try:
+            read = _bytes_read(pid)
+        except PermissionError as e:
+            # /proc/PID/io needs ptrace access (kernel.yama.ptrace_scope 2 or 3
+            # denies it): the host is then heard as over paramiko, when items end.
+            log.warning("cannot hear the beats of host %s: %s", self.host.name, e)
+            self._deaf = True
+            return False
+        if read is None:
+            self._worker = self._read = None
+            return False
+        before, self._read = self._read, read
+        return before is not None and read != before
+
+    def end_item(self) -> int:
+        """End the item the host runs now (it was lost): SIGTERM to what its worker
+        started, the ssh client or the local shell. The host's end of the item then
+        finds its output gone at its next beat (or gets the signal) and stops its
+        rsyncs (rsync.item_command). Returns how many processes were signalled."""
+        worker = self._worker or _worker_of(worker_file(self.stop_file))
+        if worker is None or processes.start_time(worker[0]) != worker[1]:
+            return 0
+        return _signal(processes.children().get(worker[0], []), signal.SIGTERM)
 
     def drain(self) -> None:
         """Finish the batches in hand, claim no more."""
@@ -149,6 +214,27 @@ class HostRun:
         self.drain()
         if self.fleet is not None:
             self.fleet.stop_if_idle()
+
+
+def _worker_of(path: str) -> tuple[int, str] | None:
+    try:
+        with open(path) as f:
+            pid, _, start = f.read().strip().partition(":")
+    except FileNotFoundError:    # no item has been handed out yet
+        return None
+    return (int(pid), start) if pid.isdigit() and start else None
+
+
+def _bytes_read(pid: int) -> int | None:
+    """What the process has read through read(2) so far (rchar), None once it ended."""
+    try:
+        with open(f"/proc/{pid}/io", "rb") as f:
+            for line in f:
+                if line.startswith(b"rchar:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
 
 
 class FleetRun:

@@ -31,7 +31,7 @@ def url(host: str, port: int) -> str:
 
 class Listener:
     """A bound socket, served later: by a thread of this process (start, for `serve`)
-    or by the API process of a run (start_process, api/server.py ServerProcess)."""
+    or by the API process of a run (start_process, controller/api_process.py)."""
 
     def __init__(self, host: str, port: int) -> None:
         from fleetsync.api.server import listen
@@ -57,7 +57,7 @@ class Listener:
     def start_process(self, ledger_path: str, token: str | None) -> str:
         """Serve the ledger's API from a process of its own (it shares no GIL with the
         dispatcher, and dies with this process); returns the URL it answers on."""
-        from fleetsync.api.server import ServerProcess
+        from .api_process import ServerProcess
 
         self.server = ServerProcess(ledger_path, token=token, sock=self.sock)
         self._write_url(url_file(ledger_path))

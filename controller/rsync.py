@@ -33,11 +33,14 @@ rsync options (the defaults, changed with --rsync-option):
 from __future__ import annotations
 
 import base64
+import re
 import shlex
 import zlib
 from dataclasses import dataclass
 
 from fleetsync.ledger.states import Compare, DeleteMode, OutcomeKind
+
+from . import sizes
 
 DEFAULT_RSYNC_OPTIONS = ["--archive", "--numeric-ids", "--hard-links"]
 IO_TIMEOUT = 300          # rsync --timeout: seconds without any I/O
@@ -58,8 +61,24 @@ def marker(migration_id: str, run_token: str) -> str:
     return f"fleetsync:{migration_id}:{run_token}"
 
 
-def batch_seconds(estimated_bytes: int) -> int:
-    return max(MIN_BATCH_SECONDS, estimated_bytes // MIN_RATE)
+def batch_seconds(estimated_bytes: int, capped: int | None = None) -> int:
+    """The `timeout` bound of a batch. An rsync capped by --bwlimit below MIN_RATE
+    is given its bytes at half its cap: a healthy copy at a low cap is never cut."""
+    rate = MIN_RATE if not capped else min(MIN_RATE, max(1, capped // 2))
+    return max(MIN_BATCH_SECONDS, estimated_bytes // rate)
+
+
+def capped_rate(options: list[str]) -> int | None:
+    """The bytes per second rsync's last --bwlimit in options allows (rsync takes the
+    last one given; a bare number is KiB/s), None when none caps it."""
+    for opt in reversed(options):
+        if opt.startswith("--bwlimit="):
+            value = opt.split("=", 1)[1]
+            try:
+                return sizes.parse(value + "k" if re.fullmatch(r"[\d.]+", value) else value)
+            except sizes.SizeError:    # rsync refuses it (or 0: no cap)
+                return None
+    return None
 
 
 def _trailing(path: str) -> str:
@@ -209,6 +228,7 @@ def _job_case(n: int, job: Job, src: str, dest: str, mark: str) -> str:
     """Branch n of the item's `j` function: one batch, its output framed."""
     b64, length = job.listed()
     lst, out = f'"$d/l{n}"', f'"$d/r{n}"'
+    seconds = batch_seconds(job.estimated_bytes, capped_rate(job.options))
     rsync = _rsync([*job.options, "--stats"], src, dest, mark,
                    ["--from0", f"--files-from={lst}"])
     return (f"{n}) echo {MARK} begin task={job.task_id} claim={job.claim} kind={job.kind.value} "
@@ -216,7 +236,7 @@ def _job_case(n: int, job: Job, src: str, dest: str, mark: str) -> str:
             f"echo {b64} | base64 -d | gzip -dc > {lst}; "
             f'if ! [ "$(wc -c < {lst})" -eq {length} ]; then '
             f"echo 'fleetsync: the file list arrived damaged'; rc={LIST_DAMAGED}; "
-            f"else timeout -k 30 {batch_seconds(job.estimated_bytes)} {rsync} > {out} 2>&1; "
+            f"else timeout -k 30 {seconds} {rsync} > {out} 2>&1; "
             f"rc=$?; cap {out}; fi; rm -f {lst} {out}; "
             f"echo {MARK} end task={job.task_id} claim={job.claim} rc=$rc end=$(date +%s.%N);;")
 
@@ -226,25 +246,48 @@ def item_dir_prefix(migration_id: str, run_token: str) -> str:
     return f"fleetsync.{migration_id}.{run_token}."
 
 
+BEAT_SECONDS = 5.0    # a running item prints an empty line this often (item_command)
+
+
 def item_command(jobs: list[Job], src: str, dest: str, mark: str, lanes: int,
-                 tmp_prefix: str = "fleetsync.") -> str:
+                 tmp_prefix: str = "fleetsync.", beat: float = BEAT_SECONDS) -> str:
     """One loop item: these batches, `lanes` at a time on the host, in order of their
     index; one framed outcome per batch, printed in that order when all are done.
     Everything it writes lives in one mktemp -d directory (0700), removed on exit,
-    on a signal, and by the next run's preflight when the host died meanwhile."""
+    on a signal, and by the next run's preflight when the host died meanwhile.
+
+    While it runs, it prints an empty line every `beat` seconds: the bytes reach
+    the Ansible worker that reads the item's output on the controller, which counts
+    them (controller/hostrun.py), so a host is heard from during an item however long
+    its rsyncs take. When a beat cannot be written (the controller's end is gone: the
+    host was declared lost, its connection dropped), or the item is signalled, it
+    fences itself: its lanes take no more batches and its rsyncs get SIGTERM, so a
+    batch that waits again elsewhere does not go on here too."""
     n = len(jobs)
     lanes = max(1, min(lanes, n))
     cases = " ".join(_job_case(i + 1, j, src, dest, mark) for i, j in enumerate(jobs))
-    lane = (f"lane() {{ n=1; while [ $n -le {n} ]; do "
+    lane = (f'lane() {{ n=1; while [ $n -le {n} ] && ! [ -e "$d/x" ]; do '
             'if mkdir "$d/c$n" 2>/dev/null; then j $n > "$d/o$n" 2>&1; fi; n=$((n+1)); done; }')
-    run = "lane" if lanes == 1 else " ".join(["lane &"] * lanes) + " wait"
+    # $d/l is in the command line of every rsync (and its `timeout`) of this item only.
+    fence = 'fence() { : > "$d/x"; pkill -TERM -f -- "$d/l" 2>/dev/null; }'
+    beating = (f"beat() {{ trap '' PIPE; while sleep {beat:g} </dev/null >/dev/null 2>&1; do "
+               "printf '\\n' 2>/dev/null || { fence; break; }; done; }")
+    # Lanes run in the background and the shell waits for them: a trapped signal
+    # interrupts `wait` at once (not after a foreground lane), and the beat, which is
+    # stopped and reaped before any outcome is printed, never splits a line.
+    start = " ".join(f"lane & l{i}=$!;" for i in range(lanes))
     return "; ".join([
-        f'd=$(mktemp -d "${{TMPDIR:-/tmp}}/{tmp_prefix}XXXXXX") || exit 1',
-        "trap 'rm -rf \"$d\"' EXIT",
-        "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM",
+        'b=; d=$(mktemp -d "${TMPDIR:-/tmp}/' + tmp_prefix + 'XXXXXX") || exit 1',
+        fence,
+        """trap '[ -n "$b" ] && kill $b 2>/dev/null; rm -rf "$d"' EXIT""",
+        "trap 'fence; exit 129' HUP; trap 'fence; exit 130' INT; trap 'fence; exit 141' PIPE; "
+        "trap 'fence; exit 143' TERM",
         f"cap() {{ {_CAP} \"$1\"; }}",
         f"j() {{ case $1 in {cases} esac; }}",
         lane,
-        run,
+        beating,
+        "beat & b=$!",
+        start + " wait " + " ".join(f"$l{i}" for i in range(lanes)),
+        'kill $b 2>/dev/null; wait $b 2>/dev/null; b=',
         f'n=1; while [ $n -le {n} ]; do cat "$d/o$n"; n=$((n+1)); done',
     ])

@@ -21,6 +21,7 @@ from fleetsync.ledger import batches, db, dirpass, filter_rules, migration, veri
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
 from . import processes, rsync
+from .hostrun import worker_file
 
 IDLE_WAIT = 5.0     # seconds a slot waits for work before it reports idle (one raw item)
 POLL = 0.1          # a waiting slot looks at the counters this often (a read, no lock)
@@ -45,13 +46,31 @@ def _conn(ledger_path: str, readonly: bool = False):
     return _engines[key].connect()
 
 
-def _bwlimit(conn, fleet_bwlimit: int | None) -> list[str]:
+def bwlimit_options(conn, fleet_bwlimit: int | None) -> list[str]:
     """This rsync's share of the fleet's cap (read per batch, so a change made during
     the run applies to the batches that start after it)."""
     if not fleet_bwlimit:
         return []
     share = fleet_bwlimit // max(1, workers.total_slots(conn))
     return [f"--bwlimit={max(1, share // 1024)}"]     # rsync counts KiB/s
+
+
+_noted: set[str] = set()
+
+
+def _note_worker(stop_file: str) -> None:
+    """Say which process runs this host's items: this one (the lookup runs in the
+    Ansible worker that then runs the item and reads its output). The dispatcher
+    hears the host's beats by what that process reads (hostrun.HostRun.heard).
+    Written once per worker, atomically, before its first item runs."""
+    if stop_file in _noted:
+        return
+    path = worker_file(stop_file)
+    pid = os.getpid()
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{pid}:{processes.start_time(pid)}")
+    os.replace(path + ".tmp", path)
+    _noted.add(stop_file)
 
 
 def parse_worker(preflight_stdout: str) -> str:
@@ -123,7 +142,7 @@ def _copy_jobs(conn, mig, worker_id: str, n: int) -> list[rsync.Job]:
     claimed = batches.claim(conn, worker_id, n)
     if not claimed:
         return []
-    share = _bwlimit(conn, mig.bwlimit)
+    share = bwlimit_options(conn, mig.bwlimit)
     jobs = []
     for c in claimed:
         paths, size = _batch_files(conn, c.task_id)
@@ -160,11 +179,12 @@ def _fit(jobs: list[rsync.Job]) -> tuple[list[rsync.Job], list[rsync.Job] | None
 def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,
                  rsync_options: list[str], mode: OutcomeKind = OutcomeKind.COPY,
                  delete: DeleteMode = DeleteMode.OFF, lanes: int = 1,
-                 controller: str | None = None) -> str:
+                 controller: str | None = None, beat: float = rsync.BEAT_SECONDS) -> str:
     """Claim the next batches for this host and return the command that runs them
     (lanes: its slots); when every batch is done, the hosts share the directory
     pass; then STOP. Verify mode checks succeeded batches the same way."""
     pace = _paces.setdefault(worker_id, _Pace())
+    _note_worker(stop_file)
     with _conn(ledger_path) as conn, _conn(ledger_path, readonly=True) as look:
         mig = migration.load(conn)
         conn.rollback()
@@ -197,7 +217,7 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
                 pace.list_bytes = max(256, sum(len(j.listed()[0]) for j in jobs) // len(jobs))
                 pace.since, pace.batches = time.monotonic(), len(jobs)
                 return rsync.item_command(jobs, mig.src, mig.dest, mark, lanes,
-                                          rsync.item_dir_prefix(mig.migration_id, run_token))
+                                          rsync.item_dir_prefix(mig.migration_id, run_token), beat)
             pace.since = None
             if finished:
                 if mode is OutcomeKind.VERIFY:

@@ -163,7 +163,7 @@ workers = Table(
     Column("worker_id", Text, primary_key=True),      # host name + UUID kept on the host
     Column("host", Text, nullable=False),             # inventory name
     Column("state", Text, nullable=False),            # WorkerState: up | lost | gone
-    Column("heartbeat_ts", Float),                    # last event heard from it
+    Column("heartbeat_ts", Float),                    # last heard from it (event or beat)
     Column("first_seen_ts", Float),
     Column("slots", Integer),
     Column("lost_count", Integer, nullable=False, server_default="0"),

@@ -59,7 +59,7 @@ def query(ledger, sql: str, *args) -> list[tuple]:
 
 def api_processes(parent_pid: int) -> list[int]:
     """The API processes (alive, not zombies) of the `fleetsync run` whose pid is
-    parent_pid: api/server.py's ServerProcess puts that pid on their command line."""
+    parent_pid: controller/api_process.py's ServerProcess puts that pid on their command line."""
     found = []
     for pid in processes.pids():
         args = processes.argv(pid) or []

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from sqlalchemy import insert, text
 
 from fleetsync.api import ServerThread, make_app, start_in_thread
-from fleetsync.api.server import ServerProcess
+from fleetsync.controller.api_process import ServerProcess
 from fleetsync.api.app import OPENAPI, ROUTES
 from fleetsync.ledger import batches, db, migration, producers, queries, schema
 from fleetsync.ledger.batches import Report
@@ -638,7 +638,7 @@ def test_a_busy_port_fails_at_once_in_the_parent(ledger_path):
 def test_the_api_process_dies_with_a_parent_killed_by_sigkill(ledger_path):
     parent = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from fleetsync.api.server import ServerProcess\n"
+         "from fleetsync.controller.api_process import ServerProcess\n"
          "api = ServerProcess(sys.argv[1], '127.0.0.1', 0)\n"
          "print(api.pid, api.port, flush=True)\n"
          "time.sleep(600)\n", ledger_path], stdout=subprocess.PIPE, text=True)

@@ -514,3 +514,81 @@ def test_hosts_of_an_earlier_run_do_not_count_as_up(tmp_path):
         workers.seen(conn, "old-1", "old", 4)         # back: its preflight passed
         assert workers.total_slots(conn) == 4
     d.close()
+
+
+def test_a_slow_copy_on_localhost_is_not_a_lost_host(tmp_path):
+    """Issue 20's case: under a low --bwlimit an item lasts many heartbeat timeouts.
+    Its beats keep its host and move its heartbeat; its batch runs once."""
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(2 << 20))       # ~20 s at 100 KiB/s
+    proc = popen("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+                 "--no-api", "--bwlimit", "100KiB", "--heartbeat-timeout", "6", "--slots", "1")
+    try:
+        def running():
+            try:
+                rows = query(ledger, "SELECT b.claimed_ts, w.heartbeat_ts FROM batches b JOIN "
+                             "workers w ON w.worker_id = b.worker_id WHERE b.state='running'")
+            except sqlite3.OperationalError as e:    # the ledger is being made
+                if "unable to open" in str(e) or "no such table" in str(e):
+                    return None
+                raise
+            return rows[0] if rows else None
+
+        moves, deadline = [], time.time() + 120
+        while len(moves) < 2:       # a heartbeat after the claim, then another
+            assert proc.poll() is None and time.time() < deadline, (
+                f"the batch ended before its heartbeat moved twice ({moves}): "
+                f"{query(ledger, 'SELECT status FROM attempts')}")
+            row = running()
+            if row and row[1] > max([row[0], *moves]):
+                moves.append(row[1])
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert (dest / "big").read_bytes() == (src / "big").read_bytes()
+    assert query(ledger, "SELECT status FROM attempts") == [("success",)]
+    assert query(ledger, "SELECT count(*) FROM log WHERE message LIKE '%lost%'") == [(0,)]
+
+
+def test_a_host_whose_beats_cannot_be_heard_is_given_its_batch_at_its_cap(tmp_path):
+    """Beats are counted where the Ansible worker reads a pipe (ssh, local); paramiko
+    reads a socket with recv, which /proc does not count: such a host is heard only
+    when its item ends, so its batch's bytes at its rsync's pace are added to the
+    timeout (at 10 MiB/s, or at the fleet's cap when lower)."""
+    from fleetsync.controller import inventory
+    from fleetsync.controller.dispatch import Dispatcher, Settings
+    from fleetsync.controller.hostrun import HostRun
+    from fleetsync.ledger import batches as B
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    (src / "f").write_bytes(b"x" * (1 << 20))
+    walk_only(src, dest, ledger)
+    hosts = {"ssh": inventory.Host("ssh", {}, 1),
+             "pk": inventory.Host("pk", {"ansible_connection": "paramiko"}, 1)}
+    d = Dispatcher(Settings(str(ledger), LOCAL, heartbeat_timeout=6), None, hosts)
+
+    def silent_for(name: str, seconds: float) -> str | None:
+        """Whether a host holding the batch and silent this long is lost."""
+        run = HostRun(hosts[name])
+        run.worker_id = name
+        assert B.claim(d.conn, name, 1)
+        run.last_event = time.time() - seconds
+        d.runs = {name: run}
+        d._check_silent(time.time())
+        B.release_worker(d.conn, name, "test")     # the batch waits again for the next
+        return run.lost
+
+    assert silent_for("ssh", 10)                   # past the timeout: lost
+    assert not silent_for("ssh", 3)
+    assert silent_for("pk", 10)                    # 1 MiB at 10 MiB/s: 0.1 s more
+    migration.set_bwlimit(d.conn, 10 << 10)        # 10 KiB/s: 1 MiB takes 100 s
+    assert not silent_for("pk", 10)
+    assert not silent_for("pk", 100)
+    assert silent_for("pk", 120)
+    assert silent_for("ssh", 10)                   # the cap changes nothing for beats
+    d.close()

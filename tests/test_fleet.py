@@ -24,7 +24,7 @@ import pytest
 from fleetsync.controller import processes
 
 from .lab import make_lab  # noqa: F401  (a fixture: skips where the lab cannot run)
-from .support import REPO, free_port, popen, snapshot
+from .support import REPO, eventually, free_port, popen, snapshot
 
 RSYNC_TEMP = re.compile(rb"(^|/)\.[^/]+\.[A-Za-z0-9]{6}$")   # rsync's .NAME.XXXXXX
 SLOW = "--rsync-option=--bwlimit=100"     # KiB/s: ~0.8 s for a 20-file batch of 4 KiB files
@@ -70,20 +70,6 @@ def holding(ledger, host: str) -> int:
     r = ledger_query(ledger, "SELECT count(*) FROM batches WHERE state='running' "
                      "AND worker_id LIKE ?", f"{host}-%")
     return r[0][0] if r else 0
-
-
-def wait_for(what, cond, timeout: float, proc: subprocess.Popen | None = None, every=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = cond()
-        if v:
-            return v
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"fleetsync ended (rc {proc.returncode}) before {what}: "
-                        f"{out.decode()[-500:]} {err.decode()[-2000:]}")
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
@@ -217,7 +203,7 @@ def _inject(run: Run, proc, victim, fault: str) -> tuple[float, int]:
     """Wait until the victim has done some batches and holds one now, then break it.
     Returns the time of the fault and how many batches the victim held just before
     (read after the fault, a killed host's batches may already be released)."""
-    wait_for("the victim's first batches", lambda: successes(run.ledger, victim.name) >= 2,
+    eventually(lambda: successes(run.ledger, victim.name) >= 2, "the victim's first batches",
              90, proc, every=0.05)
     held = [0]
 
@@ -225,7 +211,7 @@ def _inject(run: Run, proc, victim, fault: str) -> tuple[float, int]:
         held[0] = holding(run.ledger, victim.name)
         return held[0]
 
-    wait_for("the victim holding a batch", holds, 30, proc, every=0.02)
+    eventually(holds, "the victim holding a batch", 30, proc, every=0.02)
     FAULTS[fault][0](run.lab, victim)
     return time.time(), held[0]
 
@@ -246,7 +232,7 @@ def test_a_faulty_host_loses_its_batches_to_the_others(tmp_path, make_lab, fault
     try:
         t_fault, held = _inject(run, proc, victim, fault)
         broken = True
-        wait_for(f"host {victim.name} lost", lambda: _lost_warnings(run, victim.name), 60, proc)
+        eventually(lambda: _lost_warnings(run, victim.name), f"host {victim.name} lost", 60, proc)
         detected = _lost_warnings(run, victim.name)[0][0] - t_fault
     finally:
         if broken:
@@ -278,11 +264,11 @@ def test_cut_off_and_frozen_hosts_rejoin_after_the_back_off(tmp_path, make_lab):
     lab.inventory(run.inv, lab.hosts)
     proc = run.start(SLOW, "--heartbeat-timeout", "20")
     try:
-        wait_for("both victims working", lambda: successes(run.ledger, "h2") >= 1
-                 and successes(run.ledger, "h3") >= 1, 90, proc)
+        eventually(lambda: successes(run.ledger, "h2") >= 1
+                 and successes(run.ledger, "h3") >= 1, "both victims working", 90, proc)
         lab.link(h2, up=False)
         lab.freeze(h3)
-        wait_for("both lost", lambda: _lost_warnings(run, "h2") and _lost_warnings(run, "h3"),
+        eventually(lambda: _lost_warnings(run, "h2") and _lost_warnings(run, "h3"), "both lost",
                  60, proc)
     finally:
         lab.link(h2, up=True)
@@ -294,8 +280,8 @@ def test_cut_off_and_frozen_hosts_rejoin_after_the_back_off(tmp_path, make_lab):
         w = run.workers()
         return all(w[h][1] == "up" and w[h][2] > t_back and successes(run.ledger, h) >
                    done_before[h] for h in ("h2", "h3"))
-    wait_for("h2 and h3 rejoining (new heartbeats and batches after the back-off)",
-             rejoined, 90, proc, every=0.5)
+    eventually(rejoined,
+             "h2 and h3 rejoining (new heartbeats and batches after the back-off)", 90, proc, every=0.5)
     rc, out, err = finish(proc)
     run.assert_complete(rc, out, err)
     lost_counts = dict(run.q("SELECT host, lost_count FROM workers"))
@@ -313,14 +299,14 @@ def test_hosts_join_and_leave_with_the_inventory_file(tmp_path, make_lab):
     run = Run(tmp_path, lab, dirs=40, files=100)
     lab.inventory(run.inv, [h1, h2], per_host=slots)
     proc = run.start(SLOW)
-    wait_for("h1 and h2 working", lambda: successes(run.ledger, "h1") >= 1
-             and successes(run.ledger, "h2") >= 1, 90, proc)
+    eventually(lambda: successes(run.ledger, "h1") >= 1
+             and successes(run.ledger, "h2") >= 1, "h1 and h2 working", 90, proc)
     assert successes(run.ledger, "h3") == 0
     lab.inventory(run.inv, [h1, h2, h3], per_host=slots)
-    wait_for("h3 joining", lambda: successes(run.ledger, "h3") >= 3, 60, proc)
+    eventually(lambda: successes(run.ledger, "h3") >= 3, "h3 joining", 60, proc)
     lab.inventory(run.inv, [h2, h3], per_host=slots)
-    left = wait_for("h1 leaving", lambda: run.q(
-        "SELECT ts FROM log WHERE message LIKE 'host h1 left the inventory%'"), 30, proc)
+    left = eventually(lambda: run.q(
+        "SELECT ts FROM log WHERE message LIKE 'host h1 left the inventory%'"), "h1 leaving", 30, proc)
     t_left = left[0][0]
     rc, out, err = finish(proc)
     run.assert_complete(rc, out, err)
@@ -437,8 +423,8 @@ def test_a_host_killed_mid_file_leaves_no_rsync_temp_file(tmp_path, make_lab):
         f.write(os.urandom(BIG))
     lab.inventory(run.inv, lab.hosts)
     proc = run.start(SLOW)
-    victim, temp = wait_for("a host writing the big file", lambda: _writing(
-        lab, run.dest, b"big"), 90, proc, every=0.05)
+    victim, temp = eventually(lambda: _writing(
+        lab, run.dest, b"big"), "a host writing the big file", 90, proc, every=0.05)
     lab.kill(victim)
     assert os.path.exists(temp), f"{victim.name} was killed mid-file but left no {temp}"
     rc, out, err = finish(proc)
@@ -464,13 +450,13 @@ def test_sixteen_hosts_share_one_run_and_a_killed_one_loses_nothing(tmp_path, ma
     lab.inventory(run.inv, lab.hosts)
     proc = run.start(SLOW, "--heartbeat-timeout", "20")
     runs = []
-    wait_for("every host working", lambda: runs.append(_playbook_runs(proc.pid)) or all(
-        successes(run.ledger, h.name) >= 1 for h in lab.hosts), 180, proc, every=0.2)
+    eventually(lambda: runs.append(_playbook_runs(proc.pid)) or all(
+        successes(run.ledger, h.name) >= 1 for h in lab.hosts), "every host working", 180, proc, every=0.2)
     broken = False
     try:
         t_fault, held = _inject(run, proc, victim, "killed")
         broken = True
-        wait_for(f"host {victim.name} lost", lambda: _lost_warnings(run, victim.name), 60, proc)
+        eventually(lambda: _lost_warnings(run, victim.name), f"host {victim.name} lost", 60, proc)
     finally:
         if broken:
             FAULTS["killed"][1](lab, victim)
@@ -490,3 +476,111 @@ def test_sixteen_hosts_share_one_run_and_a_killed_one_loses_nothing(tmp_path, ma
         if h is victim:
             continue
         assert h.accepted() <= 4, (h.name, h.accepted())
+
+
+# -- 7. a slow copy is not a dead host (issue 20, item 3) -----------------------------------
+# One 2 MiB file under a fleet cap of 100 KiB/s over two hosts of one slot: its item runs
+# for tens of seconds, many times the 10 s heartbeat timeout. The item beats while it runs
+# (rsync.item_command), and the controller hears the beats (hostrun.HostRun.heard).
+SLOW_CAP = ("--bwlimit", "100KiB", "--heartbeat-timeout", "10", "--slots", "1")
+
+
+def _slow_run(tmp_path, lab) -> Run:
+    run = Run(tmp_path, lab, dirs=1, files=0)
+    with open(os.path.join(run.src, "d00", "big"), "wb") as f:
+        f.write(os.urandom(2 << 20))
+    lab.inventory(run.inv, lab.hosts)
+    return run
+
+
+def _holder(run: Run, proc) -> tuple[int, str, float]:
+    """(task_id, worker_id, claimed_ts) of the batch running now."""
+    rows = eventually(lambda: run.q(
+        "SELECT task_id, worker_id, claimed_ts FROM batches WHERE state='running'"), "the batch running", 90, proc)
+    return rows[0]
+
+
+def _rsync_hosts(lab) -> set[str]:
+    """Lab hosts with an rsync of a batch running (its `timeout` wrapper, one per batch)."""
+    found = set()
+    for h in lab.hosts:
+        for pid in lab.pids(h):
+            argv = processes.argv(pid) or []
+            if argv[:1] == [b"timeout"] and b"rsync" in argv and any(
+                    a.startswith(b"--files-from=") for a in argv):
+                found.add(h.name)
+    return found
+
+
+def test_a_slow_copy_keeps_its_host_and_moves_its_heartbeat(tmp_path, make_lab):
+    lab = make_lab(2)
+    run = _slow_run(tmp_path, lab)
+    proc = run.start(*SLOW_CAP)
+    task_id, wid, claimed = _holder(run, proc)
+    seen = []      # hosts running an rsync of the batch, at each look
+
+    def heartbeat_after(t: float):
+        seen.append(_rsync_hosts(lab))
+        state = run.q("SELECT state FROM batches WHERE task_id=?", task_id)[0][0]
+        assert state == "running", f"the batch ended ({state}) before its heartbeat moved"
+        hb = run.q("SELECT heartbeat_ts FROM workers WHERE worker_id=?", wid)[0][0]
+        return hb if hb > t else None
+
+    # The item's own event comes only when it ends: a heartbeat after the claim, while
+    # the batch still runs, was heard during the item; and it moves again.
+    first = eventually(lambda: heartbeat_after(claimed), "a heartbeat during the item", 60, proc)
+    eventually(lambda: heartbeat_after(first), "the heartbeat moving again", 60, proc)
+    rc, out, err = finish(proc)
+    run.assert_complete(rc, out, err)
+    assert run.q("SELECT count(*) FROM batches") == [(1,)]
+    assert run.q("SELECT task_id, worker_id, status FROM attempts") == [(task_id, wid, "success")]
+    assert _lost_warnings(run, wid.split("-", 1)[0]) == []
+    assert run.q("SELECT sum(lost_count) FROM workers") == [(0,)]
+    assert all(len(hosts) <= 1 for hosts in seen), seen     # never two copies at once
+
+
+def _stop_all_but_sshd(lab, h) -> None:
+    """The host's work freezes (its item, its rsyncs) while its sshd still answers ssh
+    keepalives: only the missing beats can tell."""
+    for pid in lab.pids(h):
+        if not (processes.command_line(pid) or b"").startswith(b"sshd"):
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.parametrize("fault", ["frozen", "stuck_but_sshd_answers"])
+def test_a_host_frozen_in_a_long_item_is_still_lost_and_stops_its_copy(tmp_path, make_lab,
+                                                                         fault):
+    lab = make_lab(2)
+    run = _slow_run(tmp_path, lab)
+    proc = run.start(*SLOW_CAP)
+    task_id, wid, _ = _holder(run, proc)
+    victim = next(h for h in lab.hosts if wid.startswith(f"{h.name}-"))
+    eventually(lambda: victim.name in _rsync_hosts(lab), "the victim's rsync", 60, proc)
+    if fault == "frozen":
+        lab.freeze(victim)
+    else:
+        _stop_all_but_sshd(lab, victim)
+    try:
+        eventually(lambda: _lost_warnings(run, victim.name), f"host {victim.name} lost", 90, proc)
+        # The batch waits again and another host takes it.
+        eventually(lambda: run.q(
+            "SELECT 1 FROM batches WHERE task_id=? AND state='running' AND worker_id != ?",
+            task_id, wid), "the batch on the other host", 60, proc)
+    finally:
+        lab.thaw(victim)
+    # Back, the victim's item finds its output gone and stops its rsync while the other
+    # host still copies the batch: the two do not go on side by side.
+    eventually(lambda: victim.name not in _rsync_hosts(lab)
+             and run.q("SELECT state FROM batches WHERE task_id=?", task_id) == [("running",)], "the victim's rsync stopping",
+             60, proc, every=0.2)
+    rc, out, err = finish(proc)
+    run.assert_complete(rc, out, err)
+    statuses = run.q("SELECT worker_id, status FROM attempts WHERE task_id=? ORDER BY attempt_id",
+                     task_id)
+    assert statuses[0] == (wid, "lost") and statuses[-1][1] == "success", statuses
+    assert statuses[-1][0] != wid
+    # The lost host's ended item is said once, as the loss (a warning), not as an error.
+    assert run.q("SELECT message FROM log WHERE level='error'") == []

@@ -69,3 +69,32 @@ def test_a_wheel_in_a_fresh_venv_migrates_from_another_directory(wheel, tmp_path
                             "import fleetsync.controller as c; print(c.__file__)"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
     assert where.stdout.startswith(str(venv)), where.stdout
+
+
+# The layers: controller/ may use api/ and ledger/, api/ may use ledger/, ledger/
+# uses neither (issue 21, item 1). Imports inside functions count too.
+LAYERS = {"ledger": set(), "api": {"ledger"}, "controller": {"api", "ledger"}}
+
+
+def test_imports_run_one_way_between_the_packages():
+    import ast
+    wrong = []
+    for package, allowed in LAYERS.items():
+        for d, _, files in os.walk(os.path.join(REPO, package)):
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(d, name)
+                for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                    names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                             else [node.module or ""] if isinstance(node, ast.ImportFrom)
+                             and node.level == 0 else
+                             # from ..x import y: a sibling package
+                             [f"fleetsync.{node.module or ''}"] if isinstance(node, ast.ImportFrom)
+                             and node.level == 2 else [])
+                    for mod in names:
+                        parts = mod.split(".")
+                        if (parts[0] == "fleetsync" and len(parts) > 1 and parts[1] in LAYERS
+                                and parts[1] != package and parts[1] not in allowed):
+                            wrong.append(f"{os.path.relpath(path, REPO)}:{node.lineno} {mod}")
+    assert wrong == []

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
-from fleetsync.controller import outcome, rsync
+import pytest
+
+from fleetsync.controller import outcome, processes, rsync
 
 
 def run_command(cmd: str) -> str:
@@ -166,3 +169,70 @@ def test_a_damaged_list_inside_an_item_fails_that_batch_only(tmp_path):
     damaged = cmd.replace(jobs[0].listed()[0], rsync.encode_list([b"a", b"x"])[0])
     outs = outcome.parse_all(run_command(damaged))
     assert [(o.task_id, o.rsync_exit_code) for o in outs] == [(1, rsync.LIST_DAMAGED), (2, 0)]
+
+
+def test_a_capped_rsync_is_given_its_bytes_at_half_its_cap():
+    assert rsync.capped_rate(["-a", "--bwlimit=100"]) == 100 << 10       # rsync's KiB
+    assert rsync.capped_rate(["--bwlimit=1m", "--bwlimit=256k"]) == 256 << 10   # the last
+    assert rsync.capped_rate(["-a"]) is None and rsync.capped_rate(["--bwlimit=0"]) is None
+    gib = 1 << 30
+    assert rsync.batch_seconds(gib) == gib // rsync.MIN_RATE
+    assert rsync.batch_seconds(gib, 100 << 10) == gib // (50 << 10)
+    assert rsync.batch_seconds(gib, 100 << 20) == gib // rsync.MIN_RATE  # a high cap: no change
+    assert rsync.batch_seconds(100, 1) == rsync.MIN_BATCH_SECONDS
+
+
+def _slow_item(tmp_path, beat: float):
+    """An item of two batches in one lane: a ~6 s copy (600 kB at --bwlimit=100), then
+    a small one. Its own TMPDIR, to see what it leaves."""
+    src, tmp = tmp_path / "src", tmp_path / "tmp"
+    src.mkdir()
+    tmp.mkdir()
+    (src / "big").write_bytes(os.urandom(600_000))
+    (src / "small").write_text("small")
+    jobs = [rsync.Job(1, 1, [b"big"], ["-a", "--bwlimit=100"], 600_000),
+            rsync.Job(2, 1, [b"small"], ["-a"], 5)]
+    cmd = rsync.item_command(jobs, str(src), str(tmp_path / "dest"), "m", 1, beat=beat)
+    return subprocess.Popen(["/bin/sh", "-c", cmd], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, TMPDIR=str(tmp)))
+
+
+def _item_rsyncs(tmp_path) -> list[int]:
+    return [p for p in processes.matching(os.fsencode(tmp_path / "tmp"))
+            if (processes.argv(p) or [b""])[0].endswith(b"rsync")]
+
+
+def test_a_running_item_beats_and_its_outcomes_still_parse(tmp_path):
+    proc = _slow_item(tmp_path, beat=0.2)
+    out = proc.communicate(timeout=120)[0].decode()
+    # The copy lasts seconds at its cap: the item printed empty lines meanwhile, and
+    # nothing but empty lines before the first outcome.
+    head = out[:out.index(rsync.MARK)]
+    assert head and set(head) == {"\n"}, head[:100]
+    outs = outcome.parse_all(out)
+    assert [(o.task_id, o.rsync_exit_code) for o in outs] == [(1, 0), (2, 0)]
+    assert (tmp_path / "dest" / "small").read_text() == "small"
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+@pytest.mark.parametrize("how", ["output_closed", "terminated"])
+def test_an_item_whose_controller_is_gone_stops_its_rsyncs(tmp_path, how):
+    """The controller's end of an item is gone (its host was lost): the item stops its
+    rsync and starts no other batch, so the batch does not run here and elsewhere."""
+    proc = _slow_item(tmp_path, beat=0.2)
+    deadline = time.time() + 60
+    while not _item_rsyncs(tmp_path):
+        assert time.time() < deadline and proc.poll() is None, "the item's rsync never started"
+        time.sleep(0.05)
+    if how == "output_closed":
+        proc.stdout.close()
+    else:
+        proc.terminate()
+    proc.wait(timeout=60)
+    deadline = time.time() + 60
+    while _item_rsyncs(tmp_path):
+        assert time.time() < deadline, "the item's rsync goes on"
+        time.sleep(0.05)
+    dest = tmp_path / "dest"
+    assert not (dest / "big").exists() and not (dest / "small").exists()
+    assert os.listdir(tmp_path / "tmp") == []

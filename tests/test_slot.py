@@ -6,7 +6,7 @@ import os
 import re
 import subprocess
 
-from fleetsync.controller import processes, rsync, slot
+from fleetsync.controller import hostrun, processes, rsync, slot
 from fleetsync.controller.walk import Walk
 from fleetsync.controller.producer import Limits
 from fleetsync.ledger import batches, db, dirpass, migration, workers
@@ -153,3 +153,14 @@ def test_batches_that_do_not_fit_one_item_ride_in_the_next(tmp_path, monkeypatch
         got.append(tasks_of(slot.next_command(path, "w1", str(tmp_path / "stop"), "tok",
                                               ["-a"], lanes=2)))
     assert got == [[1], [2], [3], [4], [5], [6]]
+
+
+def test_the_lookup_names_its_worker_and_paces_the_items_beats(tmp_path):
+    """The dispatcher hears a host during an item by what the process that runs the
+    lookup (the host's Ansible worker, which then reads the item's output) reads."""
+    path, engine = ledger_with_batches(tmp_path)
+    slot._noted.clear()
+    cmd = nxt(path, tmp_path, beat=0.3)
+    assert tasks_of(cmd) == [1] and "while sleep 0.3 " in cmd
+    with open(hostrun.worker_file(str(tmp_path / "stop"))) as f:
+        assert f.read() == f"{os.getpid()}:{processes.start_time(os.getpid())}"

@@ -24,7 +24,7 @@ options:
 
 class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
-        from fleetsync.controller import slot
+        from fleetsync.controller import rsync, slot
         from fleetsync.ledger.states import DeleteMode, OutcomeKind
 
         v = variables or {}
@@ -41,6 +41,7 @@ class LookupModule(LookupBase):
                                       OutcomeKind(v.get("fleetsync_mode", "copy")),
                                       DeleteMode(v.get("fleetsync_delete", "off")),
                                       lanes=int(v.get("fleetsync_lanes", 1)),
-                                      controller=v.get("fleetsync_controller"))]
+                                      controller=v.get("fleetsync_controller"),
+                                      beat=float(v.get("fleetsync_beat", rsync.BEAT_SECONDS)))]
         except Exception as e:  # an exception here would fail the host; say why instead
             raise AnsibleError(f"fleetsync_claim: {type(e).__name__}: {e}") from e
