@@ -67,6 +67,39 @@ def _count(text: str) -> int:
     raise argparse.ArgumentTypeError(f"give a whole number, 1 or more, not {text!r}")
 
 
+class _Rule(argparse.Action):
+    """--exclude, --include, --filter, --exclude-from: one list, in command-line order
+    (the first rule that matches decides, as in rsync)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.filter_rules = [*(getattr(namespace, "filter_rules", None) or []),
+                                  (self.const, values)]
+
+
+def _filter_args(p: argparse.ArgumentParser) -> None:
+    """The filter rules of the walk (README: Filters)."""
+    p.set_defaults(filter_rules=[])
+    p.add_argument("--exclude", action=_Rule, const="exclude", metavar="PATTERN",
+                   help="leave out what matches PATTERN, with rsync's meaning (repeatable; "
+                        "with --include and --filter one ordered list, the first match decides)")
+    p.add_argument("--include", action=_Rule, const="include", metavar="PATTERN",
+                   help="keep what matches PATTERN, though a later rule excludes it")
+    p.add_argument("--filter", action=_Rule, const="filter", metavar="RULE",
+                   help="a rule in rsync's syntax: '- PATTERN' or '+ PATTERN'")
+    p.add_argument("--exclude-from", action=_Rule, const="exclude_from", metavar="FILE",
+                   help="exclude patterns from FILE, one a line (as rsync reads it: '+ ' "
+                        "includes, '#' and ';' lines are comments)")
+    p.add_argument("--no-default-excludes", action="store_true",
+                   help="copy snapshot directories too (a new ledger excludes .snapshot*, "
+                        ".zfs and .ckpt, as fpsync does)")
+    p.add_argument("--change-filters", action="store_true",
+                   help="resume with rules other than the ledger's: a rescan applies them "
+                        "(what they now exclude stays at DEST unless --delete-excluded)")
+    p.add_argument("--delete-excluded", action="store_true",
+                   help="with --delete: remove from DEST what the rules exclude too (else "
+                        "an excluded name is never deleted)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fleetsync", description=(
         "Migrate a huge file tree with rsync across the hosts of an Ansible inventory, "
@@ -120,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="the cutover pass: walk SRC again and queue only what differs "
                           "from the last walk (name, type, mode, inode, size, mtime, ctime); "
                           "with --delete, deletions reach DEST too")
+    _filter_args(run)
     run.add_argument("--verify", action="store_true",
                      help="after the copy, check every batch with rsync --checksum --dry-run")
 

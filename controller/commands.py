@@ -9,13 +9,13 @@ import threading
 import time
 
 from fleetsync.ledger import backup as backups
-from fleetsync.ledger import (batches, db, deletions, dirpass, entry_outcomes, migration, queries,
-                              runs, walkqueue)
+from fleetsync.ledger import (batches, db, deletions, dirpass, entry_outcomes, filter_rules,
+                              migration, queries, runs, walkqueue)
 from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import delete_guard, inventory, progress, sizes
+from . import delete_guard, filters, inventory, progress, sizes
 from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError
 from .hostrun import kill_leftovers
@@ -93,25 +93,42 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     limits = _limits(args)
     bwlimit = _size("--bwlimit", args.bwlimit) if args.bwlimit else None
     delete = _check_delete(args, src)
+    given = filters.rules_of(args.filter_rules)     # bad rules: one line, nothing created
+    if args.delete_excluded and delete is DeleteMode.OFF:
+        raise UsageError("--delete-excluded goes with --delete (or --delete-dry-run)")
     hosts = inventory.with_slots(
         (loading or inventory.Loading(args.inventory, limit=args.limit)).result(), args.slots)
     ledger_path = os.path.abspath(args.ledger)
     db.check(ledger_path, write=True)
     # Whether the run goes on is decided by reading alone: a refusal leaves the
     # ledger byte for byte, its journal mode too, with no -wal, -shm or lock file.
-    if migration.opening(ledger_path, src, dest) is not None and delete is DeleteMode.ON:
+    opened = migration.opening(ledger_path, src, dest)
+    if opened is not None and delete is DeleteMode.ON:
         _guard_top_level(args, ledger_path, src)
+    choice = _filter_choice(args, opened, given)
     # One run per ledger, held until this process ends: a second run would kill
     # this one's rsyncs as leftovers and fight over its batches.
     with _locked(ledger_path):
         try:
-            return _run(args, src, dest, limits, bwlimit, delete, hosts, ledger_path, api)
+            return _run(args, src, dest, limits, bwlimit, delete, hosts, ledger_path, api,
+                        choice)
         except (DispatchError, inventory.InventoryError):
             # Refused once it had begun (no host passed its preflight, say): the
             # ledger is left as a finished run leaves it, in rollback-journal mode,
             # so that a reader who may not write beside it can still open it.
             _fold_wal(ledger_path)
             raise
+
+
+def _filter_choice(args, mig: migration.Migration | None,
+                   given: list[filters.Rule]) -> filters.Choice:
+    """This run's filter rules, given the ledger's migration as read before anything
+    is written (None: a new ledger); other rules than the ledger's are refused
+    (unless --change-filters), so a refused run leaves the ledger as it was."""
+    return filters.choose(given, args.no_default_excludes, args.change_filters,
+                          bool(args.filter_rules) or args.no_default_excludes,
+                          None if mig is None else filter_rules.stored(mig.options),
+                          mig is not None, mig is not None and mig.walk_done)
 
 
 def _locked(ledger_path: str) -> LedgerLock:
@@ -125,10 +142,13 @@ def _locked(ledger_path: str) -> LedgerLock:
 
 
 def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete: DeleteMode,
-         hosts, ledger_path: str, api) -> int:
-    options = {"batch_files": limits.entries, "batch_bytes": limits.bytes}
+         hosts, ledger_path: str, api, choice: filters.Choice) -> int:
+    options = {"batch_files": limits.entries, "batch_bytes": limits.bytes,
+               "filters": [str(r) for r in choice.rules]}   # a new ledger's rules
     engine = db.writer(ledger_path)
     mig = migration.open_or_create(engine, src, dest, options)
+    for line in choice.says():
+        print(line, file=sys.stderr)
     if mig.repointed_from:
         print(f"fleetsync: this ledger now copies to {dest}, not {mig.repointed_from} "
               "(nothing was ever copied there)", file=sys.stderr)
@@ -140,16 +160,26 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
         runs.record(conn, os.path.abspath(args.inventory))
         if bwlimit:
             migration.set_bwlimit(conn, bwlimit)
+        if choice.change:
+            filter_rules.change(conn, [str(r) for r in choice.rules])
+        filter_rules.set_delete_excluded(conn, args.delete_excluded)
+        with conn.begin():
+            # changed rules owe a rescan, until it has begun (also after a crash)
+            owed = filter_rules.rescan_owed(migration.load(conn).options)
         released = batches.release_all(conn, "the controller restarted")
     if released:
         print(f"fleetsync: resumed: {len(released)} batches of the last run wait again",
               file=sys.stderr)
     walk = None
-    if not mig.walk_done or args.rescan:
+    if not mig.walk_done or args.rescan or owed:
         walk = Walk(ledger_path, src, args.producers, Limits(**{
             "entries": mig.options.get("batch_files", limits.entries),
-            "bytes": mig.options.get("batch_bytes", limits.bytes)}), rescan=args.rescan)
+            "bytes": mig.options.get("batch_bytes", limits.bytes)}),
+            rescan=args.rescan or owed, filters=filters.Filters(choice.rules))
         walk.start()
+        if owed:
+            with engine.connect() as conn:
+                filter_rules.rescan_begun(conn)
     if delete is not DeleteMode.OFF:
         # The pass the bound is checked on covers every directory of SRC, not only
         # those a rescan touched (dirpass.next_part says why).
@@ -382,6 +412,7 @@ def _summary(ledger_path: str, stopped: int, delete: DeleteMode = DeleteMode.OFF
         checked = verifications.counts(conn)
         deleted = deletions.count(conn, dry_run, since)
         missing, vanished = queries.not_arrived(conn)
+        pruned = filter_rules.pruned_count(conn)
     print(f"fleetsync: {st['completed_batches']} of {st['total_batches']} batches succeeded, "
           f"{st['failed_batches']} failed, {st['queue_depth']} waiting; "
           + _arrival(missing, vanished)
@@ -390,6 +421,8 @@ def _summary(ledger_path: str, stopped: int, delete: DeleteMode = DeleteMode.OFF
           + (f"; {deleted} entries {'would be ' if dry_run else ''}deleted "
              "from DEST (table deletions)" if delete is not DeleteMode.OFF else "")
           + (" (stopped)" if stopped else ""))
+    if pruned:
+        print(f"fleetsync: {_pruned(pruned)}")
     if delete is DeleteMode.OFF:
         with db.connect(ledger_path, readonly=True) as conn:
             blocked = entry_outcomes.in_the_way(conn)
@@ -410,6 +443,11 @@ def _arrival(missing: int, vanished: int) -> str:
     return (f"{missing} entries did not arrive"
             + (f", {vanished} vanished from SRC" if vanished else "")
             + (" (view missing_entries)" if missing or vanished else ""))
+
+
+def _pruned(count: int) -> str:
+    return (f"{count} entries left out by the filter rules (table pruned; a directory "
+            "counts once, not what is beneath it)")
 
 
 def serve(args, api) -> int:
@@ -448,11 +486,14 @@ def status(args) -> int:
     import json
 
     with progress.reading(_existing(args.ledger)) as reading:
+        pruned = filter_rules.pruned_count(reading.conn)
         if args.json:
-            print(json.dumps(reading.summary(), indent=2))
+            print(json.dumps({**reading.summary(), "pruned": pruned}, indent=2))
         else:
             print(reading.line())
             print("fleetsync: " + _arrival(*queries.not_arrived(reading.conn)))
+            if pruned:
+                print(f"fleetsync: {_pruned(pruned)}")
     return 0
 
 

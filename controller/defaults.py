@@ -44,3 +44,9 @@ SLOTS = 2                      # batches a host copies at once (fleetsync_slots)
 
 LEDGER = "fleetsync.db"
 API_HOST, API_PORT = api_defaults.HOST, api_defaults.PORT   # the API's own (api/defaults.py)
+
+# Excluded from a new migration unless --no-default-excludes, as fpsync does (its
+# fpart -x options): the snapshot directories of NetApp (.snapshot, .snapshot.N) and
+# ZFS (.zfs), and of IBM Spectrum Scale / some NAS (.ckpt). Copying them copies every
+# snapshot of the tree again. Name patterns (no slash): at any depth, any type.
+DEFAULT_EXCLUDES = ("- .snapshot*", "- .zfs", "- .ckpt")

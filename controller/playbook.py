@@ -47,6 +47,9 @@ FLAGS = {
     "fleetsync_verify": "--verify",
     "fleetsync_rescan": "--rescan",
     "fleetsync_no_api": "--no-api",
+    "fleetsync_no_default_excludes": "--no-default-excludes",
+    "fleetsync_change_filters": "--change-filters",
+    "fleetsync_delete_excluded": "--delete-excluded",
 }
 # The first release's names, read for one more release with a warning.
 OLD_NAMES = {
@@ -104,6 +107,22 @@ def rsync_options(value) -> list[str]:
     raise PlaybookError(f"fleetsync_rsync_options must be a string or a list, not {value!r}")
 
 
+def filter_rules(value) -> list[str]:
+    """fleetsync_filters: a list of rules in rsync's syntax, `- PATTERN` or `+ PATTERN`,
+    in order (a list keeps it); a string is one rule. Checked in full by `fleetsync run`."""
+    if value is None:
+        return []
+    rules = [value] if isinstance(value, str) else value
+    if not isinstance(rules, (list, tuple)):
+        raise PlaybookError(f"fleetsync_filters must be a list of '- PATTERN' / '+ PATTERN' "
+                            f"rules, not {value!r}")
+    for rule in rules:
+        if not isinstance(rule, str) or rule[:2] not in ("- ", "+ ", "-_", "+_"):
+            raise PlaybookError(f"fleetsync_filters: {rule!r} is not '- PATTERN' or "
+                                "'+ PATTERN'")
+    return list(rules)
+
+
 def _renamed(given: dict) -> tuple[dict, list[str]]:
     """The variables under their new names, and a warning per old name still used."""
     given = {k: v for k, v in given.items() if v is not None}
@@ -136,6 +155,9 @@ def command(given: dict, python: str, inventory: str, cwd: str) -> Run:
             argv += [option, str(v[name])]
     argv += [option for name, option in FLAGS.items() if _flag(name, v.get(name, False))]
     argv += [f"--rsync-option={o}" for o in rsync_options(v.get("fleetsync_rsync_options"))]
+    argv += [f"--filter={r}" for r in filter_rules(v.get("fleetsync_filters"))]
+    if str(v.get("fleetsync_exclude_from", "")).strip():
+        argv += ["--exclude-from", _absolute(str(v["fleetsync_exclude_from"]), cwd)]
     # The token is not in the command line (ps shows it): the task passes it in
     # FLEETSYNC_TOKEN.
     return Run(argv, src, dest, warnings, _api(v))

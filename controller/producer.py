@@ -52,6 +52,7 @@ from fleetsync.ledger.walkqueue import CLAIM_MAX, Cut, Dir, WalkQueue, fingerpri
 
 from . import defaults
 from .file_outcomes import walk_error
+from .filters import Filters
 
 MAX_HELD_CUTS = 4     # closed batches kept in memory while the ledger is busy
 PUSH_EVERY = 64       # share newly seen subdirectories at least this often
@@ -191,12 +192,15 @@ class Producer:
     batch, hand closed batches in; `producers` (P) sizes its share of a claim.
 
     threads: stat threads when the mount turns out slow (None: defaults.WALK_THREADS;
-    0: never, the one-thread walk); rescan: compare with the last walk's fingerprints."""
+    0: never, the one-thread walk); rescan: compare with the last walk's fingerprints;
+    filters: the rules that leave entries out (an excluded directory is not entered)."""
 
     def __init__(self, conn: Connection, src: bytes, producer_id: int, limits: Limits,
-                 producers: int = 1, rescan: bool = False, threads: int | None = None):
+                 producers: int = 1, rescan: bool = False, threads: int | None = None,
+                 filters: Filters | None = None):
         self.queue = WalkQueue(conn, producer_id, producers, rescan)
         self.src, self.limits = src, limits
+        self.filters = filters or None   # no rules: the walk pays one test per entry
         self.rescan = rescan
         self.max_threads = defaults.WALK_THREADS if threads is None else threads
         self.threads: Threads | None = None
@@ -214,6 +218,7 @@ class Producer:
         self.errors: list[EntryOutcome] = []   # per-file rows (ledger/entry_outcomes.py)
         self.sparse = False
         self.links: list[tuple[int, int, bytes, int]] = []
+        self.pruned: list[tuple[bytes, int, str]] = []   # left out by a rule (table pruned)
         # listings with fingerprints to enqueue with the next cut
         self.touched: list[Listing] = [x for x in getattr(self, "touched", ()) if not x.finished]
         self.batch_dirs: set[bytes] = set()  # directories in this batch (a rescan)
@@ -225,7 +230,7 @@ class Producer:
                 self.push, self.cuts = [], []
                 if claimed:
                     self.list_dirs(claimed)
-                elif (self.entries or self.done_dirs or self.errors
+                elif (self.entries or self.done_dirs or self.errors or self.pruned
                       or any(x.fps for x in self.touched)):
                     self.cuts.append(self._cut(None))   # nothing left to add: enqueue it now
                 elif not self.wait_for_work():
@@ -302,6 +307,9 @@ class Producer:
         fd, dir_id, full = listing.fd, listing.d.dir_id, listing.old is None
         prefix = bytearray(listing.prefix)   # the path as bytearray: sqlite3 binds it as is
         sample, handover, pos = self.max_threads > 0, False, listing.pos
+        # the filter rules' regex for files, over the name or the path (filters.py)
+        match = self.filters.match_file if self.filters is not None else None
+        by_name = match is not None and self.filters.by_name
         try:
             for entry in listing.it:
                 pos += 1
@@ -319,8 +327,14 @@ class Producer:
                     continue
                 if full and st.st_nlink == 1 and not isdir(st.st_mode):
                     name = entry.name.encode(_FS_ENCODING, "surrogateescape")
+                    path = prefix + name
+                    if match is not None:
+                        m = match(name if by_name else path)
+                        if m is not None and (rule := self.filters.decide(m, False)):
+                            self.pruned.append((bytes(path), 0, str(rule)))
+                            continue
                     size = st.st_size
-                    self.add(prefix + name, 0, size, dir_id, pos, st.st_blocks * 512 < size,
+                    self.add(path, 0, size, dir_id, pos, st.st_blocks * 512 < size,
                              listing, hash((crc32(name), st.st_mode, st.st_ino, size,
                                             st.st_mtime_ns, st.st_ctime_ns)))
                 else:
@@ -376,13 +390,23 @@ class Producer:
         name = b"." if entry is None else entry.name.encode(_FS_ENCODING, "surrogateescape")
         if err is not None:
             # Only ENOENT means it vanished since it was listed; any other
-            # error (EACCES in a 0444 directory, EIO, ESTALE) is recorded.
-            if err.errno != errno.ENOENT:
+            # error (EACCES in a 0444 directory, EIO, ESTALE) is recorded, unless
+            # the rules leave the name out whatever its type.
+            if err.errno != errno.ENOENT and not (
+                    self.filters is not None and entry is not None
+                    and self.filters.excluded(listing.prefix + name, False)
+                    and self.filters.excluded(listing.prefix + name, True)):
                 self.errors.append(walk_error(
                     listing.prefix + name if entry is not None else b".", err,
                     f"cannot stat {show_path(listing.full + b'/' + name)}", False))
             return
         rel = listing.prefix + name if entry is not None else b"."
+        if self.filters is not None and entry is not None:   # SRC itself is never left out
+            is_dir = stat_mod.S_ISDIR(st.st_mode)
+            rule = self.filters.excluded(rel, is_dir)
+            if rule is not None:     # not batched, not fingerprinted, a directory not entered
+                self.pruned.append((rel, int(is_dir), str(rule)))
+                return
         fp = fingerprint(name, st)
         changed = True
         if listing.old is not None:
@@ -480,7 +504,7 @@ class Producer:
         cut = Cut(self.entries, self.files, self.dirs, self.bytes, self.done_dirs, partial,
                   self.errors, self.sparse, self.links,
                   [(x.d.path, x.fps_pos, x.fps.tobytes()) for x in self.touched if x.fps],
-                  self.listed)
+                  self.listed, self.pruned)
         for x in self.touched:
             x.fps = array("q")
         self._new_batch()

@@ -147,17 +147,23 @@ def _delete_command(dirs: list[bytes], src: str, dest: str, options: list[str], 
 
 
 def dirs_command(paths: list[bytes], src: str, dest: str, options: list[str], mark: str,
-                 delete: DeleteMode = DeleteMode.OFF, dirty: set[bytes] = frozenset()) -> str:
+                 delete: DeleteMode = DeleteMode.OFF, dirty: set[bytes] = frozenset(),
+                 filters: list[str] = (), delete_excluded: bool = False) -> str:
     """One part of the directory pass. First, with --delete, remove from these
-    directories of DEST what is no longer in SRC; without it, remove only the
+    directories of DEST what is no longer in SRC, except what the filter rules
+    exclude (rsync's own --filter rules protect those names, unless
+    delete_excluded: --delete-excluded); without it, remove only the
     temporary files (.NAME.XXXXXX) that a killed rsync left in the dirty ones.
     Then send the directories alone (no recursion) to set their modes and times,
     which the files landing inside them and the deletions disturbed; SRC itself
     last, when it is in the part."""
     parts, delete = [], DeleteMode(delete)
     if delete is not DeleteMode.OFF:
-        parts.append(_delete_command(paths, src, dest, options, mark, OutcomeKind.DELETE,
-                                     ["--dry-run"] if delete is DeleteMode.DRY_RUN else []))
+        parts.append(_delete_command(
+            paths, src, dest, options, mark, OutcomeKind.DELETE,
+            [*(f"--filter={r}" for r in filters),
+             *(["--delete-excluded"] if delete_excluded else []),
+             *(["--dry-run"] if delete is DeleteMode.DRY_RUN else [])]))
     elif dirty.intersection(paths):
         # Protect every name but rsync's temporary ones (a name in SRC is never extraneous).
         parts.append(_delete_command([p for p in paths if p in dirty], src, dest, options,

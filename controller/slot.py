@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from fleetsync.ledger import batches, db, dirpass, migration, verify, workers
+from fleetsync.ledger import batches, db, dirpass, filter_rules, migration, verify, workers
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
 from . import processes, rsync
@@ -93,7 +93,8 @@ def _dirs_command(conn, mig, run_token: str, rsync_options: list[str],
         _dirty[run_token] = dirpass.dirty_directories(conn)
     return rsync.dirs_command(part, mig.src, mig.dest, rsync_options,
                                  rsync.marker(mig.migration_id, run_token), delete,
-                                 _dirty[run_token])
+                                 _dirty[run_token], filter_rules.stored(mig.options) or [],
+                                 filter_rules.delete_excluded(mig.options))
 
 
 def _batch_files(conn, task_id: int) -> tuple[list[bytes], int]:

@@ -16,18 +16,20 @@ from fleetsync.ledger import db, hardlinks, logbook, migration, producers, walkq
 from fleetsync.ledger.states import Compare
 
 from . import processes
+from .filters import Filters
 from .producer import Limits, Producer
 
 MAX_RESTARTS = 3      # producers replaced in one run before the walk is given up
 
 
 def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits: Limits,
-             rescan: bool, threads: int | None, parent_pid: int) -> None:
+             rescan: bool, threads: int | None, parent_pid: int,
+             filters: Filters | None) -> None:
     if not processes.die_with(parent_pid, signal.SIGKILL):
         os._exit(1)
     with db.connect(ledger_path) as conn:
         try:
-            Producer(conn, src, producer_id, limits, count, rescan, threads).run()
+            Producer(conn, src, producer_id, limits, count, rescan, threads, filters).run()
             producers.finish(conn, producer_id)
         except Exception:
             traceback.print_exc(file=sys.stderr)
@@ -42,12 +44,13 @@ def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits:
 class Walk:
     """P producer processes walking SRC into the ledger; each starts up to `threads`
     stat threads when SRC turns out to be a slow mount (None: defaults.WALK_THREADS,
-    0: never)."""
+    0: never); filters: the rules that leave entries out (controller/filters.py)."""
 
     def __init__(self, ledger_path: str, src: str, count: int, limits: Limits,
-                 rescan: bool = False, threads: int | None = None):
+                 rescan: bool = False, threads: int | None = None,
+                 filters: Filters | None = None):
         self.ledger_path, self.src, self.count, self.limits = ledger_path, src, count, limits
-        self.rescan, self.threads = rescan, threads
+        self.rescan, self.threads, self.filters = rescan, threads, filters
         self.compare = False        # this walk compares with the last one (a cutover pass)
         self.procs: list[multiprocessing.Process] = []
         self.restarts = 0
@@ -65,7 +68,7 @@ class Walk:
         p = multiprocessing.get_context("fork").Process(
             target=_produce, name=f"fleetsync-producer-{producer_id}", daemon=True,
             args=(self.ledger_path, os.fsencode(self.src), producer_id, self.count, self.limits,
-                  self.compare, self.threads, os.getpid()))
+                  self.compare, self.threads, os.getpid(), self.filters))
         p.start()
         return p
 

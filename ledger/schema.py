@@ -89,6 +89,18 @@ walk_prints = Table(
     sqlite_with_rowid=False,
 )
 
+# One row per entry of SRC that a filter rule left out (controller/filters.py): an
+# excluded file, or an excluded directory whose subtree was not walked (no row for
+# what is beneath it). Rows of the last walk: a rescan starts the table again.
+pruned = Table(
+    "pruned", metadata,
+    Column("path", LargeBinary, primary_key=True),    # relative to SRC
+    Column("is_dir", Integer, nullable=False),        # 1: a directory, not entered
+    Column("rule", Text, nullable=False),             # the rule that excluded it, "- PATTERN"
+    Column("ts", Float, nullable=False),              # when the walk saw it
+    sqlite_with_rowid=False,
+)
+
 # Entries with more than one link wait here during the walk; when it ends they
 # are cut into batches by inode, so all links of a file travel in one rsync -H.
 hardlinks = Table(

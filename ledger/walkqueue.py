@@ -85,6 +85,8 @@ class Cut:
     prints: list[tuple[bytes, int, bytes]] = field(default_factory=list)  # (dir path, first
     # position, fingerprints of the entries from there, as array('q') bytes)
     listed: list[bytes] = field(default_factory=list)  # directories listed in full, no error
+    pruned: list[tuple[bytes, int, str]] = field(default_factory=list)  # (path, is_dir, rule):
+    # entries a filter rule left out (table pruned)
 
 
 def fingerprint(name: bytes, st: os.stat_result) -> int:
@@ -124,6 +126,7 @@ def restart(conn: Connection) -> None:
     (directories deleted since are not listed), and the prints of the walk that ended
     become the ones to compare with. Runs inside the caller's transaction."""
     conn.exec_driver_sql("DELETE FROM walk_dirs")
+    conn.exec_driver_sql("DELETE FROM pruned")   # the new walk prunes with the rules now
     conn.exec_driver_sql("DELETE FROM walk_prints WHERE old = 1")  # directories gone since
     conn.exec_driver_sql("UPDATE walk_prints SET old = 1")
 
@@ -269,6 +272,9 @@ class WalkQueue:
             cur.executemany("INSERT INTO hardlinks(dev, ino, path, size) VALUES (?, ?, ?, ?) "
                             "ON CONFLICT DO UPDATE SET size = excluded.size, task_id = NULL",
                             cut.links)
+        if cut.pruned:      # seen again after a crash: the same row
+            cur.executemany("INSERT OR REPLACE INTO pruned(path, is_dir, rule, ts) "
+                            "VALUES (?, ?, ?, ?)", [(*p, now) for p in cut.pruned])
         if cut.listed and self.unlisted_before:
             entry_outcomes.settle_listed(cur, cut.listed, now)
         if cut.errors:      # per-file rows and their log lines (ledger/entry_outcomes.py)

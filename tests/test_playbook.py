@@ -95,6 +95,9 @@ def test_every_run_option_reaches_fleetsync_run(tmp_path):
                  "-e", "fleetsync_batch_bytes=30MiB", "-e", "fleetsync_producers=2",
                  "-e", "fleetsync_max_retries=1", "-e", "fleetsync_heartbeat_timeout=60",
                  "-e", "fleetsync_delete_dry_run=false", "-e", "fleetsync_items_per_run=50",
+                 "-e", "fleetsync_no_default_excludes=true", "-e", "fleetsync_change_filters=1",
+                 "-e", "fleetsync_delete_excluded=yes", "-e", "fleetsync_exclude_from=ex.txt",
+                 "-e", '{"fleetsync_filters": ["-_*.tmp", "+_keep"]}',
                  "-e", "fleetsync_rsync_options='-A -X'", cwd=tmp_path / "work", check=True)
     assert r.returncode == 0, r.stdout[-3000:]
     line = outcome(r)
@@ -105,8 +108,10 @@ def test_every_run_option_reaches_fleetsync_run(tmp_path):
                     "--batch-files", "300", "--batch-bytes", "30MiB", "--producers", "2",
                     "--max-retries", "1", "--max-delete", "5", "--heartbeat-timeout", "60",
                     "--bwlimit", "10MiB", "--bind", "127.0.0.2", "--port", "18109",
-                    "--slots", "3", "--items-per-run", "50", "--delete", "--verify", "--rescan", "--no-api",
-                    "--rsync-option=-A", "--rsync-option=-X"]
+                    "--slots", "3", "--items-per-run", "50", "--delete", "--verify", "--rescan",
+                    "--no-api", "--no-default-excludes", "--change-filters", "--delete-excluded",
+                    "--rsync-option=-A", "--rsync-option=-X", "--filter=-_*.tmp",
+                    "--filter=+_keep", "--exclude-from", str(tmp_path / "work" / "ex.txt")]
     assert "WARNING" not in r.stdout + r.stderr
 
 
@@ -207,6 +212,21 @@ def test_the_command_line_of_a_remote_dest_and_a_list_of_rsync_options():
     assert (run.src, run.dest, run.warnings) == ("/home/op/old", "nas:/export/new", [])
     with pytest.raises(pb.PlaybookError, match="dest is not set"):
         pb.command({"src": "/s"}, "/py", "inv.ini", "/")
+
+
+def test_the_filter_rules_keep_their_order():
+    from fleetsync.controller import playbook as pb
+
+    run = pb.command({"src": "/s", "dest": "/d", "fleetsync_filters": ["+ keep.tmp", "- *.tmp"],
+                      "fleetsync_exclude_from": "excludes.txt",
+                      "fleetsync_no_default_excludes": True, "fleetsync_change_filters": "yes",
+                      "fleetsync_delete_excluded": False}, "/py", "inv.ini", "/home/op")
+    assert run.argv[-6:] == ["--no-default-excludes", "--change-filters",
+                             "--filter=+ keep.tmp", "--filter=- *.tmp",
+                             "--exclude-from", "/home/op/excludes.txt"]
+    for bad in (["*.tmp"], {"a": 1}, ["-*.tmp"]):
+        with pytest.raises(pb.PlaybookError, match="fleetsync_filters"):
+            pb.command({"src": "/s", "dest": "/d", "fleetsync_filters": bad}, "/py", "i", "/")
 
 
 # -- the preflight: leftovers of dead runs, and nothing else --------------------------------

@@ -111,6 +111,29 @@ def test_the_directory_pass_removes_a_dead_rsyncs_temporary_files_only(tmp_path)
         "*deleting   d/.f.Xy12Zq"]
 
 
+def test_the_delete_pass_keeps_what_the_filter_rules_exclude(tmp_path):
+    """The rules reach the delete pass's rsync: an excluded name at DEST is protected
+    (and an excluded one in SRC not sent); --delete-excluded removes it."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_text("f")
+    (src / "d" / "new.tmp").write_text("excluded in SRC")
+    (dest / "d" / "cache").mkdir(parents=True)
+    (dest / "d" / "f").write_text("f")
+    (dest / "d" / "old.tmp").write_text("excluded at DEST")
+    (dest / "d" / "gone").write_text("no longer in SRC")
+    rules = ["- *.tmp", "- cache/"]
+    outs = outcome.parse_all(run_command(rsync.dirs_command(
+        [b".", b"d"], str(src), str(dest), ["-a"], "m", "on", filters=rules)))
+    assert all(o.rsync_exit_code == 0 for o in outs)
+    assert sorted(os.listdir(dest / "d")) == ["cache", "f", "old.tmp"]
+    outs = outcome.parse_all(run_command(rsync.dirs_command(
+        [b".", b"d"], str(src), str(dest), ["-a"], "m", "on", filters=rules,
+        delete_excluded=True)))
+    assert all(o.rsync_exit_code == 0 for o in outs)
+    assert sorted(os.listdir(dest / "d")) == ["f"]
+
+
 def test_an_item_runs_its_batches_side_by_side_and_caps_what_each_prints(tmp_path):
     src, dest = tmp_path / "src", tmp_path / "dest"
     (src / "a").mkdir(parents=True)
