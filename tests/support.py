@@ -43,6 +43,19 @@ def eventually(cond, what: str = "the condition", timeout: float = 120,
         time.sleep(every)
 
 
+def run_tree(tmp_path, *extra: str) -> subprocess.CompletedProcess:
+    """`fleetsync run` of tmp_path/src to tmp_path/dest, ledger tmp_path/l.db, no API."""
+    return fleetsync("run", "--src", str(tmp_path / "src"), "--dest", str(tmp_path / "dest"),
+                     "--ledger", str(tmp_path / "l.db"), "--no-api", *extra)
+
+
+def ok(r: subprocess.CompletedProcess) -> str:
+    """What a command said, once it is known to have exited 0 (else the test fails)."""
+    out = r.stderr.decode() + r.stdout.decode()
+    assert r.returncode == 0, out
+    return out
+
+
 def popen(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fleetsync.controller.cli", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)

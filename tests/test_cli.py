@@ -285,14 +285,19 @@ def _verdict_times(ledger: str) -> dict[int, float]:
                               "WHERE checked_ts IS NOT NULL").fetchall())
 
 
-def _succeeded(ledger: str) -> int:
+def _count(ledger: str, sql: str) -> int:
+    """count(*) of sql on the ledger; 0 until the ledger and its tables are made."""
     if not os.path.exists(ledger):
         return 0
     with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=60) as c:
         try:
-            return c.execute("SELECT count(*) FROM attempts WHERE status = 'success'").fetchone()[0]
+            return c.execute(sql).fetchone()[0]
         except sqlite3.OperationalError:   # tables not created yet
             return 0
+
+
+def _succeeded(ledger: str) -> int:
+    return _count(ledger, "SELECT count(*) FROM attempts WHERE status = 'success'")
 
 
 def serving(*args: str, env: dict | None = None) -> tuple[str, subprocess.Popen]:
@@ -356,13 +361,7 @@ def test_status_and_serve_without_a_ledger_are_one_line(tmp_path):
 # -- the run's state and its estimate, on ledgers of real runs (issue 20, items 8, 9) --
 
 def _running_batches(ledger: str) -> int:
-    if not os.path.exists(ledger):
-        return 0
-    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=60) as c:
-        try:
-            return c.execute("SELECT count(*) FROM batches WHERE state = 'running'").fetchone()[0]
-        except sqlite3.OperationalError:   # tables not created yet
-            return 0
+    return _count(ledger, "SELECT count(*) FROM batches WHERE state = 'running'")
 
 
 def _slow_run(tmp_path, *extra: str) -> tuple[subprocess.Popen, str, str]:

@@ -8,18 +8,7 @@ import shutil
 
 import pytest
 
-from .support import fleetsync, query, snapshot
-
-
-def run(tmp_path, *extra: str):
-    return fleetsync("run", "--src", str(tmp_path / "src"), "--dest", str(tmp_path / "dest"),
-                     "--ledger", str(tmp_path / "l.db"), "--no-api", *extra)
-
-
-def ok(r) -> str:
-    out = r.stderr.decode() + r.stdout.decode()
-    assert r.returncode == 0, out
-    return out
+from .support import ok, query, run_tree, snapshot
 
 
 def links(root: bytes) -> set[frozenset[bytes]]:
@@ -55,7 +44,7 @@ def test_a_rescan_copies_new_contents_that_size_and_mtime_do_not_show(tmp_path):
     src.mkdir()
     write(src / "f", b"aaaa")
     write(src / "g", b"cccc")
-    ok(run(tmp_path))
+    ok(run_tree(tmp_path))
     st = os.stat(src / "f")
     write(src / "f.new", b"bbbb")
     os.utime(src / "f.new", ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -63,7 +52,7 @@ def test_a_rescan_copies_new_contents_that_size_and_mtime_do_not_show(tmp_path):
     st = os.stat(src / "g")
     write(src / "g", b"dddd")                                # the same inode
     os.utime(src / "g", ns=(st.st_atime_ns, st.st_mtime_ns))
-    ok(run(tmp_path, "--rescan"))
+    ok(run_tree(tmp_path, "--rescan"))
     assert (tmp_path / "dest" / "f").read_bytes() == b"bbbb"
     assert (tmp_path / "dest" / "g").read_bytes() == b"dddd"
     assert_same(tmp_path)
@@ -92,18 +81,18 @@ def test_the_delete_bound_counts_what_the_pass_deletes_whatever_ran_before(tmp_p
     whichever runs came before, and the count refused is the count then deleted."""
     src = tmp_path / "src"
     make_keep_and_big(src)
-    ok(run(tmp_path))
+    ok(run_tree(tmp_path))
     for i in range(1, 81):
         os.unlink(src / "big" / f"b{i}")
     for extra in SEQUENCES[sequence]:
-        ok(run(tmp_path, *extra))
+        ok(run_tree(tmp_path, *extra))
     assert len(os.listdir(tmp_path / "dest" / "big")) == 100     # nothing deleted yet
-    r = run(tmp_path, "--rescan", "--delete")
+    r = run_tree(tmp_path, "--rescan", "--delete")
     err = r.stderr.decode()
     assert r.returncode == 2, err
     assert "would delete 80 entries" in err, err
     assert len(os.listdir(tmp_path / "dest" / "big")) == 100
-    out = ok(run(tmp_path, "--rescan", "--delete", "--max-delete", "80"))
+    out = ok(run_tree(tmp_path, "--rescan", "--delete", "--max-delete", "80"))
     assert "80 entries to delete" in out and "80 entries deleted" in out, out
     assert query(tmp_path / "l.db", "SELECT count(*) FROM deletions WHERE dry_run = 0") == [(80,)]
     assert_same(tmp_path)
@@ -128,7 +117,7 @@ def test_a_type_change_reaches_dest_with_delete_within_the_bound(tmp_path, chang
         write(src / "d", b"a file")
     else:
         os.symlink("other", src / "d")
-    ok(run(tmp_path))
+    ok(run_tree(tmp_path))
     if change.startswith("directory"):
         shutil.rmtree(src / "d")
         if change.endswith("file"):
@@ -139,16 +128,16 @@ def test_a_type_change_reaches_dest_with_delete_within_the_bound(tmp_path, chang
         os.unlink(src / "d")
         (src / "d").mkdir()
         write(src / "d" / "inside", b"inside")
-    r = run(tmp_path, "--rescan")
+    r = run_tree(tmp_path, "--rescan")
     if change.startswith("directory"):
         # the copy cannot remove a directory that is not empty without --delete
         assert r.returncode == 1, r.stderr.decode()
         assert "--delete" in r.stdout.decode() + r.stderr.decode()
-        r = run(tmp_path, "--rescan", "--delete")
+        r = run_tree(tmp_path, "--rescan", "--delete")
         assert r.returncode == 2, r.stderr.decode()          # 11 of ~35 entries: over 10%
         assert "would delete 11 entries" in r.stderr.decode(), r.stderr.decode()
         assert (tmp_path / "dest" / "d").is_dir() and not (tmp_path / "dest" / "d").is_symlink()
-        ok(run(tmp_path, "--rescan", "--delete", "--max-delete", "11"))
+        ok(run_tree(tmp_path, "--rescan", "--delete", "--max-delete", "11"))
     else:
         ok(r)   # a file or symlink in the way of a directory: rsync replaces it
     assert_same(tmp_path)
@@ -218,11 +207,11 @@ def test_seeded_rounds_of_user_changes_each_end_with_dest_equal_to_src(tmp_path,
             write(src / f"d{i}" / "sub" / f"g{j}", b"y" * rng.randrange(1, 50))
         os.symlink(f"f{i % 4}", src / f"d{i}" / "ln")
     os.link(src / "d0" / "f0", src / "d1" / "hard")
-    ok(run(tmp_path, "--batch-files", "7"))
+    ok(run_tree(tmp_path, "--batch-files", "7"))
     assert_same(tmp_path)
     for round_no in range(1, 5):
         done = mutate(rng, str(src), round_no)
-        r = run(tmp_path, "--batch-files", "7", "--rescan", "--delete", "--max-delete", "100%")
+        r = run_tree(tmp_path, "--batch-files", "7", "--rescan", "--delete", "--max-delete", "100%")
         assert r.returncode == 0, (done, r.stderr.decode(), r.stdout.decode())
         try:
             assert_same(tmp_path)
@@ -237,10 +226,10 @@ def test_a_directory_gone_from_src_is_not_sent_by_later_directory_passes(tmp_pat
     for d in ("d1", "d11"):
         (src / d).mkdir(parents=True)
         write(src / d / "f", b"f")
-    ok(run(tmp_path))
+    ok(run_tree(tmp_path))
     shutil.rmtree(src / "d11")
-    ok(run(tmp_path, "--rescan"))
-    ok(run(tmp_path))
-    ok(run(tmp_path, "--rescan"))
+    ok(run_tree(tmp_path, "--rescan"))
+    ok(run_tree(tmp_path))
+    ok(run_tree(tmp_path, "--rescan"))
     assert query(tmp_path / "l.db", "SELECT message FROM log WHERE message LIKE "
                  "'directory pass%'") == []

@@ -170,8 +170,8 @@ def ocr(path: Path) -> str:
     return done.stdout
 
 
-@needs_browser
-def test_chromium_shows_the_numbers(ledger_path, tmp_path):
+def capture(ledger_path: str, tmp_path: Path) -> tuple[str, Path]:
+    """(the DOM, a screenshot) of the page over this ledger, served by a real server."""
     server = start_in_thread(make_app(ledger_path), "127.0.0.1", 0, threads=4)
     shot = tmp_path / "dashboard.png"
     try:
@@ -179,6 +179,12 @@ def test_chromium_shows_the_numbers(ledger_path, tmp_path):
         chromium(server.url + "/", tmp_path / "profile", f"--screenshot={shot}")
     finally:
         server.stop()
+    return dom, shot
+
+
+@needs_browser
+def test_chromium_shows_the_numbers(ledger_path, tmp_path):
+    dom, shot = capture(ledger_path, tmp_path)
 
     # the script ran and filled every number in
     shown = texts(dom)
@@ -234,13 +240,7 @@ def test_chromium_with_a_token(ledger_path, tmp_path):
 
 def render(ledger_path: str, tmp_path: Path) -> tuple[str, dict[str, str], str]:
     """(the DOM, {id: text}, the OCR of a screenshot) of the page over this ledger."""
-    server = start_in_thread(make_app(ledger_path), "127.0.0.1", 0, threads=4)
-    shot = tmp_path / "dashboard.png"
-    try:
-        dom = chromium(server.url + "/", tmp_path / "profile", "--dump-dom")
-        chromium(server.url + "/", tmp_path / "profile", f"--screenshot={shot}")
-    finally:
-        server.stop()
+    dom, shot = capture(ledger_path, tmp_path)
     return dom, texts(dom), ocr(shot)
 
 

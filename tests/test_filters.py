@@ -18,7 +18,7 @@ from fleetsync.controller.producer import Limits
 from fleetsync.controller.walk import Walk
 from fleetsync.ledger import db, migration
 
-from .support import fleetsync, make_odd_tree, query
+from .support import fleetsync, make_odd_tree, ok, query, run_tree
 
 EXTRA = [  # (path, is a directory)
     (b".snapshot", True), (b".snapshot/hourly.0", True), (b".snapshot/hourly.0/f", False),
@@ -179,17 +179,6 @@ def test_bad_rules_are_one_line(given, said):
 
 # ------------------------------------------------------------ `fleetsync run`, end to end
 
-def run(tmp_path, *extra: str):
-    return fleetsync("run", "--src", str(tmp_path / "src"), "--dest", str(tmp_path / "dest"),
-                     "--ledger", str(tmp_path / "l.db"), "--no-api", *extra)
-
-
-def ok(r) -> str:
-    out = r.stderr.decode() + r.stdout.decode()
-    assert r.returncode == 0, out
-    return out
-
-
 def refused(r, said: str) -> None:
     err = r.stderr.decode()
     assert r.returncode == 2, err + r.stdout.decode()
@@ -214,7 +203,7 @@ def pruned_rows(tmp_path) -> dict[bytes, str]:
 
 def test_a_run_copies_src_less_what_the_rules_exclude(tmp_path):
     make_src(tmp_path)
-    out = ok(run(tmp_path, "--exclude", "scratch/", "--filter", "- *.tmp"))
+    out = ok(run_tree(tmp_path, "--exclude", "scratch/", "--filter", "- *.tmp"))
     assert "default excludes: .snapshot*, .zfs, .ckpt" in out      # the run's first lines
     left_out = {b"scratch": "- scratch/", b"a.tmp": "- *.tmp", b"sub/b.tmp": "- *.tmp",
                 b".snapshot": "- .snapshot*", b"sub/.zfs": "- .zfs", b"sub/.ckpt": "- .ckpt"}
@@ -231,37 +220,37 @@ def test_a_run_copies_src_less_what_the_rules_exclude(tmp_path):
 
 def test_delete_keeps_excluded_dest_entries_unless_delete_excluded(tmp_path):
     make_src(tmp_path)
-    ok(run(tmp_path, "--exclude", "scratch/", "--exclude", "*.tmp"))
+    ok(run_tree(tmp_path, "--exclude", "scratch/", "--exclude", "*.tmp"))
     dest = tmp_path / "dest"
     (dest / "scratch").mkdir()
     (dest / "scratch" / "x").write_bytes(b"x")       # excluded names at DEST
     (dest / "sub" / "old.tmp").write_bytes(b"o")
     (dest / "gone").write_bytes(b"g")                # not in SRC, not excluded
-    ok(run(tmp_path, "--delete", "--max-delete", "50"))    # the stored rules
+    ok(run_tree(tmp_path, "--delete", "--max-delete", "50"))    # the stored rules
     assert not (dest / "gone").exists()
     assert (dest / "scratch" / "x").exists() and (dest / "sub" / "old.tmp").exists()
-    ok(run(tmp_path, "--delete", "--max-delete", "50", "--delete-excluded"))
+    ok(run_tree(tmp_path, "--delete", "--max-delete", "50", "--delete-excluded"))
     assert entries(dest) == {b"keep", b"keep/a", b"sub", b"sub/k"}
 
 
 def test_a_resume_with_other_rules_is_refused_and_writes_nothing(tmp_path):
     make_src(tmp_path)
-    ok(run(tmp_path, "--exclude", "scratch/"))
+    ok(run_tree(tmp_path, "--exclude", "scratch/"))
     before, files = (tmp_path / "l.db").read_bytes(), sorted(os.listdir(tmp_path))
-    refused(run(tmp_path, "--exclude", "*.tmp"), "differ from the ledger's")
-    refused(run(tmp_path, "--rescan", "--no-default-excludes"), "--change-filters")
+    refused(run_tree(tmp_path, "--exclude", "*.tmp"), "differ from the ledger's")
+    refused(run_tree(tmp_path, "--rescan", "--no-default-excludes"), "--change-filters")
     # byte for byte, and no -wal, -shm or lock file made
     assert (tmp_path / "l.db").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == files
-    ok(run(tmp_path, "--exclude", "scratch/"))             # the same rules: a resume
-    ok(run(tmp_path, "--rescan"))                          # none given: the stored ones
+    ok(run_tree(tmp_path, "--exclude", "scratch/"))             # the same rules: a resume
+    ok(run_tree(tmp_path, "--rescan"))                          # none given: the stored ones
 
 
 def test_change_filters_rescans_with_the_new_rules(tmp_path):
     make_src(tmp_path)
-    ok(run(tmp_path, "--exclude", "scratch/"))
+    ok(run_tree(tmp_path, "--exclude", "scratch/"))
     assert not (tmp_path / "dest" / "scratch").exists()
-    out = ok(run(tmp_path, "--change-filters", "--exclude", "*.tmp"))
+    out = ok(run_tree(tmp_path, "--change-filters", "--exclude", "*.tmp"))
     assert "--change-filters" in out
     dest = tmp_path / "dest"
     # newly included: queued by the rescan (the last walk had no print of them)
@@ -272,14 +261,14 @@ def test_change_filters_rescans_with_the_new_rules(tmp_path):
                                           b"sub/.ckpt"}
     options = json.loads(query(tmp_path / "l.db", "SELECT options FROM migration")[0][0])
     assert options["filters"] == ["- *.tmp", "- .snapshot*", "- .zfs", "- .ckpt"]
-    ok(run(tmp_path, "--delete", "--max-delete", "50", "--delete-excluded"))
+    ok(run_tree(tmp_path, "--delete", "--max-delete", "50", "--delete-excluded"))
     assert not (dest / "a.tmp").exists() and not (dest / "sub" / "b.tmp").exists()
     assert (dest / "scratch" / "s").exists()
 
 
 def test_default_excludes_apply_to_a_new_ledger_not_an_old_one(tmp_path):
     make_src(tmp_path)
-    ok(run(tmp_path, "--no-default-excludes", "--ledger", str(tmp_path / "all.db"),
+    ok(run_tree(tmp_path, "--no-default-excludes", "--ledger", str(tmp_path / "all.db"),
            "--dest", str(tmp_path / "all")))
     assert (tmp_path / "all" / ".snapshot" / "hourly.0" / "f").exists()
     # A ledger made before filters: no "filters" in its options, no table pruned.
@@ -290,10 +279,10 @@ def test_default_excludes_apply_to_a_new_ledger_not_an_old_one(tmp_path):
     engine.dispose()
     assert "left out" not in fleetsync("status", "--ledger",
                                        str(tmp_path / "l.db")).stdout.decode()
-    out = ok(run(tmp_path))
+    out = ok(run_tree(tmp_path))
     assert "no filter rules" in out
     assert entries(tmp_path / "dest") == entries(tmp_path / "src")
-    refused(run(tmp_path, "--exclude", "x"), "differ from the ledger's")
+    refused(run_tree(tmp_path, "--exclude", "x"), "differ from the ledger's")
 
 
 @pytest.mark.parametrize("args, said", [
@@ -309,5 +298,5 @@ def test_bad_filter_input_is_one_line_and_creates_nothing(tmp_path, args, said):
     if "NUL" in args:
         (tmp_path / "nul").write_bytes(b"ok\nbad\0name\n")
         args = [a.replace("NUL", str(tmp_path / "nul")) for a in args]
-    refused(run(tmp_path, *args), said)
+    refused(run_tree(tmp_path, *args), said)
     assert not (tmp_path / "l.db").exists() and not (tmp_path / "dest").exists()
