@@ -24,7 +24,7 @@ from fleetsync.ledger import batches, db, deletions, dirpass, logbook, migration
 from fleetsync.ledger.errors import FleetsyncError
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import defaults, file_outcomes, inventory, outcome, processes, rsync, slot
+from . import defaults, file_outcomes, inventory, outcome, processes, protocol, rsync, slot
 from .hostrun import (BATCHES_TASK, PREFLIGHT_TASK, Event, FleetRun, HostRun, close_masters,
                       stop_now)
 from .outcome import Outcome
@@ -307,8 +307,8 @@ class Dispatcher:
             for out in outcomes:
                 if run.worker_id:
                     self._record(out, run.worker_id)
-            if not outcomes and not any(f"{rsync.MARK} {word}" in stdout
-                                        for word in ("idle", "stop")):
+            if not outcomes and not any(protocol.says(stdout, kind)
+                                        for kind in (protocol.Kind.IDLE, protocol.Kind.STOP)):
                 self._unreadable(run, stdout)
         elif ev.task == BATCHES_TASK and ev.kind == "runner_item_on_failed":
             logbook.add(self.conn, "error", f"host {run.host.name}: "
@@ -328,20 +328,19 @@ class Dispatcher:
     def _preflight(self, run: HostRun, ev: Event) -> None:
         stdout = ev.res.get("stdout", "")
         if ev.kind == "runner_on_ok" and run.worker_id is None:
-            run.worker_id = slot.parse_worker(stdout)
+            run.worker_id = protocol.worker(stdout)
             self.worker_of_host[run.host.name] = run.worker_id
             self.preflight_errors.pop(run.host.name, None)
             slots = self.hosts[run.host.name].slots if run.host.name in self.hosts else None
             workers.seen(self.conn, run.worker_id, run.host.name, slots or run.host.slots)
             self.beats[run.worker_id] = ev.ts
-            for line in stdout.splitlines():
-                if line.startswith(f"{rsync.MARK} killed"):
-                    logbook.add(self.conn, "warning", f"host {run.host.name}: {line[12:]}",
-                                worker_id=run.worker_id)
+            for pid in protocol.killed(stdout):
+                logbook.add(self.conn, "warning",
+                            f"host {run.host.name}: {protocol.killed_text(pid)}",
+                            worker_id=run.worker_id)
         elif ev.kind == "runner_on_failed":
-            errors = [ln[len(rsync.MARK) + 7:] for ln in stdout.splitlines()
-                      if ln.startswith(f"{rsync.MARK} error ")]
-            why = "; ".join(errors) or _one_line(ev.res.get("msg") or stdout or "failed")
+            why = ("; ".join(protocol.errors(stdout))
+                   or _one_line(ev.res.get("msg") or stdout or "failed"))
             if run.host.name not in self.preflight_errors:
                 logbook.add(self.conn, "error", f"host {run.host.name} preflight: {why}")
             self.preflight_errors[run.host.name] = why

@@ -1,9 +1,9 @@
 """What a worker's output says: the outcome of each batch an item ran.
 
 The worker's command (controller/rsync.py) frames every rsync between a
-`@@fleetsync begin` and a `@@fleetsync end` line; between them come rsync's
-own lines: its errors, its --stats totals and, for a check or a deletion, its
-itemized lines.
+`@@fleetsync begin` and a `@@fleetsync end` line (controller/protocol.py); between
+them come rsync's own lines: its errors, its --stats totals and, for a check or a
+deletion, its itemized lines.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fleetsync.ledger import logbook
 from fleetsync.ledger.entry_outcomes import IN_THE_WAY
 from fleetsync.ledger.states import OutcomeKind
 
-from .rsync import ITEM, MARK
+from . import protocol
 
 @dataclass
 class FileError:
@@ -52,8 +52,6 @@ class Outcome:
     other_errors: list[str] = field(default_factory=list)  # error lines naming no file
 
 
-_BEGIN = re.compile(rf"^{MARK} begin task=(\d+) claim=(\d+) kind=(\w+) start=([\d.]+)", re.M)
-_END = re.compile(rf"^{MARK} end task=(\d+) claim=(\d+) rc=(\d+) end=([\d.]+)", re.M)
 _STAT = re.compile(r"^Total bytes (sent|received): ([\d,]+)", re.M)
 _VANISHED = re.compile(r'^rsync: \[sender\] link_stat ".*" failed: No such file or directory'
                        r"|^file has vanished: ")
@@ -68,18 +66,17 @@ def parse(stdout: str) -> Outcome | None:
 
 def parse_all(stdout: str) -> list[Outcome]:
     """Every rsync a command ran (a directory-pass part runs up to three), in order."""
-    starts = [m.start() for m in _BEGIN.finditer(stdout)]
-    return [_parse_one(stdout[a:b]) for a, b in zip(starts, starts[1:] + [len(stdout)])]
+    found = protocol.begins(stdout)
+    ends = [at for at, _ in found[1:]] + [len(stdout)]
+    return [_parse_one(begin, stdout[at:to]) for (at, begin), to in zip(found, ends)]
 
 
-def _parse_one(text: str) -> Outcome:
-    begin = _BEGIN.search(text)
-    out = Outcome(int(begin[1]), int(begin[2]), None, kind=OutcomeKind(begin[3]),
-                  start_ts=float(begin[4]))
-    end = _END.search(text)
+def _parse_one(begin: protocol.Begin, text: str) -> Outcome:
+    out = Outcome(begin.task_id, begin.claim, None, kind=begin.kind, start_ts=begin.start)
+    end = protocol.first_end(text)
     if end:
-        out.rsync_exit_code = int(end[3])
-        out.end_ts = float(end[4])
+        out.rsync_exit_code = end.rc
+        out.end_ts = end.end
     for kind, value in _STAT.findall(text):
         setattr(out, f"bytes_{kind}", int(value.replace(",", "")))
     lines = text.splitlines()
@@ -90,7 +87,7 @@ def _parse_one(text: str) -> Outcome:
             out.file_errors.append(found)
         elif not line.startswith("rsync error:"):    # the summary of the lines above
             out.other_errors.append(line)
-    out.itemized = [line[len(ITEM):] for line in lines if line.startswith(ITEM)]
+    out.itemized = protocol.itemized(lines)
     if out.rsync_exit_code == 23 and _only_vanished(out.errors):
         # rsync says 23 for a listed file that no longer exists; it is the same
         # event as exit 24 ("vanished source files") and gets the same policy.

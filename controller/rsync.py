@@ -1,6 +1,7 @@
 """The shell commands a worker host runs: a batch, a check, a part of the directory pass.
 
-Their output is read by controller/outcome.py.
+Their output is read by controller/outcome.py; the lines fleetsync adds to it
+(begin, end, itemized, beat) are controller/protocol.py's.
 
 The file list never meets a shell: it travels NUL-separated, gzip-compressed
 and base64-encoded inside the command, is decoded into a temporary file on the
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 
 from fleetsync.ledger.states import Compare, DeleteMode, OutcomeKind
 
-from . import sizes
+from . import protocol, sizes
 
 DEFAULT_RSYNC_OPTIONS = ["--archive", "--numeric-ids", "--hard-links"]
 IO_TIMEOUT = 300          # rsync --timeout: seconds without any I/O
@@ -48,8 +49,6 @@ MIN_BATCH_SECONDS = 900   # `timeout` bound of a batch: at least this...
 MIN_RATE = 1 << 20        # ...or its bytes at 1 MiB/s, whichever is longer
 LIST_DAMAGED = 250        # our own exit code: the file list did not arrive whole
 GUARD_FAILED = 251        # our own exit code: SRC looked empty, --delete refused
-
-MARK = "@@fleetsync"
 
 # How a batch's rsync decides that a file at DEST is up to date (states.Compare says why).
 COMPARE_OPTIONS = {Compare.QUICK: [], Compare.CHECKSUM: ["--checksum"],
@@ -120,12 +119,12 @@ def batch_command(task_id: int, claim: int, paths: list[bytes], src: str, dest: 
             + f"else timeout -k 30 {batch_seconds(estimated_bytes)} {rsync} 2>&1; "
             "rc=$?; fi")
     return "; ".join([
-        f"echo {MARK} begin task={task_id} claim={claim} kind={kind.value} start=$(date +%s.%N)",
+        protocol.begin(task_id, claim, kind),
         'f=$(mktemp "${TMPDIR:-/tmp}/fleetsync.XXXXXX") || exit 1',
         f'echo {b64} | base64 -d | gzip -dc > "$f"',
         body,
         'rm -f "$f"',
-        f"echo {MARK} end task={task_id} claim={claim} rc=$rc end=$(date +%s.%N)",
+        protocol.end(task_id, claim),
     ])
 
 
@@ -142,7 +141,7 @@ def _delete_command(dirs: list[bytes], src: str, dest: str, options: list[str], 
     return batch_command(
         0, 0, listed, src, dest,
         [*options, "--dirs", "--delete", "--existing", *keep,
-         f"--out-format={ITEM}%i %n", *extra], mark, 0, kind,
+         protocol.ITEMIZE, *extra], mark, 0, kind,
         guard=f'[ -n "$(ls -A {shlex.quote(src)} 2>/dev/null | head -c 1)" ]')
 
 
@@ -178,18 +177,15 @@ def root_command(src: str, dest: str, options: list[str], mark: str) -> str:
     """SRC's own mode and times onto DEST: the top directory with every entry excluded."""
     rsync = _rsync([*options, "--dirs", "--exclude=*"], src, dest, mark)
     return "; ".join([
-        f"echo {MARK} begin task=0 claim=0 kind={OutcomeKind.DIRS.value} start=$(date +%s.%N)",
+        protocol.begin(0, 0, OutcomeKind.DIRS),
         f"timeout -k 30 {MIN_BATCH_SECONDS} {rsync} 2>&1; rc=$?",
-        f"echo {MARK} end task=0 claim=0 rc=$rc end=$(date +%s.%N)",
+        protocol.end(0, 0),
     ])
-
-
-ITEM = "@@I "   # rsync's itemized lines (what differs, what is deleted)
 
 
 # Verification: rsync compares whole-file checksums and only lists (one line per
 # entry that differs, --dry-run) what a copy would change.
-VERIFY_OPTIONS = ["--checksum", "--dry-run", f"--out-format={ITEM}%i %n"]
+VERIFY_OPTIONS = ["--checksum", "--dry-run", protocol.ITEMIZE]
 
 
 OUTPUT_CAP = 4000      # characters of one batch's rsync lines (beyond its --stats totals)
@@ -231,14 +227,13 @@ def _job_case(n: int, job: Job, src: str, dest: str, mark: str) -> str:
     seconds = batch_seconds(job.estimated_bytes, capped_rate(job.options))
     rsync = _rsync([*job.options, "--stats"], src, dest, mark,
                    ["--from0", f"--files-from={lst}"])
-    return (f"{n}) echo {MARK} begin task={job.task_id} claim={job.claim} kind={job.kind.value} "
-            "start=$(date +%s.%N); "
+    return (f"{n}) {protocol.begin(job.task_id, job.claim, job.kind)}; "
             f"echo {b64} | base64 -d | gzip -dc > {lst}; "
             f'if ! [ "$(wc -c < {lst})" -eq {length} ]; then '
             f"echo 'fleetsync: the file list arrived damaged'; rc={LIST_DAMAGED}; "
             f"else timeout -k 30 {seconds} {rsync} > {out} 2>&1; "
             f"rc=$?; cap {out}; fi; rm -f {lst} {out}; "
-            f"echo {MARK} end task={job.task_id} claim={job.claim} rc=$rc end=$(date +%s.%N);;")
+            f"{protocol.end(job.task_id, job.claim)};;")
 
 
 def item_dir_prefix(migration_id: str, run_token: str) -> str:
@@ -271,7 +266,7 @@ def item_command(jobs: list[Job], src: str, dest: str, mark: str, lanes: int,
     # $d/l is in the command line of every rsync (and its `timeout`) of this item only.
     fence = 'fence() { : > "$d/x"; pkill -TERM -f -- "$d/l" 2>/dev/null; }'
     beating = (f"beat() {{ trap '' PIPE; while sleep {beat:g} </dev/null >/dev/null 2>&1; do "
-               "printf '\\n' 2>/dev/null || { fence; break; }; done; }")
+               f"{protocol.BEAT} 2>/dev/null || {{ fence; break; }}; done; }}")
     # Lanes run in the background and the shell waits for them: a trapped signal
     # interrupts `wait` at once (not after a foreground lane), and the beat, which is
     # stopped and reaped before any outcome is printed, never splits a line.

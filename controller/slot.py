@@ -22,6 +22,7 @@ from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
 from . import processes, rsync
 from .hostrun import worker_file
+from .protocol import IDLE, STOP   # what a slot answers when it has no batch to run
 
 IDLE_WAIT = 5.0     # seconds a slot waits for work before it reports idle (one raw item)
 POLL = 0.1          # a waiting slot looks at the counters this often (a read, no lock)
@@ -31,8 +32,6 @@ POLL = 0.1          # a waiting slot looks at the counters this often (a read, n
 ITEM_SECONDS = 1.5
 MAX_ITEM_BATCHES = 64          # batches in one item at most
 ITEM_LIST_BYTES = 48 * 1024    # encoded file lists in one item (the whole command: one argument, < 128 KiB)
-STOP = f"echo {rsync.MARK} stop"
-IDLE = f"echo {rsync.MARK} idle"
 
 _engines: dict[tuple[str, bool], object] = {}
 
@@ -71,13 +70,6 @@ def _note_worker(stop_file: str) -> None:
         f.write(f"{pid}:{processes.start_time(pid)}")
     os.replace(path + ".tmp", path)
     _noted.add(stop_file)
-
-
-def parse_worker(preflight_stdout: str) -> str:
-    for line in preflight_stdout.splitlines():
-        if line.startswith(f"{rsync.MARK} worker "):
-            return line.split(" ", 2)[2].strip()
-    raise ValueError("the preflight did not name the worker")
 
 
 _dirty: dict[str, set[bytes]] = {}

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fleetsync.controller import outcome, processes, rsync
+from fleetsync.controller import outcome, processes, protocol, rsync
 
 
 def run_command(cmd: str) -> str:
@@ -207,7 +207,7 @@ def test_a_running_item_beats_and_its_outcomes_still_parse(tmp_path):
     out = proc.communicate(timeout=120)[0].decode()
     # The copy lasts seconds at its cap: the item printed empty lines meanwhile, and
     # nothing but empty lines before the first outcome.
-    head = out[:out.index(rsync.MARK)]
+    head = out[:out.index(protocol.MARK)]
     assert head and set(head) == {"\n"}, head[:100]
     outs = outcome.parse_all(out)
     assert [(o.task_id, o.rsync_exit_code) for o in outs] == [(1, 0), (2, 0)]

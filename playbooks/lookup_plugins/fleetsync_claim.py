@@ -24,12 +24,12 @@ options:
 
 class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
-        from fleetsync.controller import rsync, slot
+        from fleetsync.controller import protocol, rsync, slot
         from fleetsync.ledger.states import DeleteMode, OutcomeKind
 
         v = variables or {}
         try:
-            worker_id = slot.parse_worker(str(terms[0]))
+            worker_id = protocol.worker(str(terms[0]))
             if not slot.controller_alive(v.get("fleetsync_controller")):
                 # Nobody records what this run does: end it (ansible-playbook, our
                 # parent, passes SIGTERM on to its workers) and claim nothing.
