@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
+from . import logbook
 from .logbook import show_path
 from .states import BatchState, EntryClass, EntrySource
 
@@ -57,9 +58,8 @@ def record_walk(cur, task_id: int | None, outcomes: list[EntryOutcome], now: flo
     """The walk's errors, with their log lines, on the walk's raw cursor (inside its
     transaction). task_id: the batch they were cut with, if it has entries."""
     cur.executemany(_INSERT, _rows(task_id, None, outcomes, False, now))
-    cur.executemany("INSERT INTO log(ts, level, task_id, message) VALUES (?, ?, NULL, ?)",
-                    [(now, "warning" if o.cls is EntryClass.VANISHED else "error", o.reason)
-                     for o in outcomes])
+    logbook.write(cur, [(now, "warning" if o.cls is EntryClass.VANISHED else "error", None,
+                         None, o.reason) for o in outcomes])
 
 
 def any_unlisted(cur) -> bool:
