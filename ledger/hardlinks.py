@@ -6,7 +6,8 @@ same rsync --hard-links. The batches are created by batches.create, the one
 creator of batches.
 
 SQL style: SQLAlchemy text() (a few statements per batch, off the walk's hot
-path).
+path); the batch's own rows are written by batches.create, in the same
+transaction.
 """
 from __future__ import annotations
 
