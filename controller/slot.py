@@ -150,8 +150,8 @@ def _verify_jobs(conn, worker_id: str, n: int) -> list[rsync.Job]:
         claimed = verify.claim(conn, worker_id)
         if not claimed:
             break
-        paths, size = _batch_files(conn, claimed[0])
-        jobs.append(rsync.Job(claimed[0], claimed[1], paths,
+        paths, size = _batch_files(conn, claimed.task_id)
+        jobs.append(rsync.Job(claimed.task_id, claimed.claim_no, paths,
                               list(rsync.VERIFY_OPTIONS),
                               size * 2, OutcomeKind.VERIFY))
     return jobs

@@ -5,23 +5,39 @@ answers), so a late or duplicate report matches no row and changes nothing:
 dispatch is at-least-once, the ledger's accounting is exactly-once. Each
 function takes an open Connection and runs its own short transaction.
 
-SQL style: SQLAlchemy Core throughout (states bound from BatchState).
+A batch is created in one place, `create`, for the walk (ledger/walkqueue.py) and
+for the hard links (ledger/hardlinks.py), inside the caller's transaction.
+
+SQL style: SQLAlchemy Core (states bound from BatchState), except `create`: plain
+SQL (sqlite3 dialect) on the caller's raw sqlite3 cursor, because the walk calls
+it once per batch on its hot path, where SQLAlchemy's statement layer would cost
+more than the inserts themselves. Log rows go through ledger/logbook.py.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import sqlite3
 import time
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from . import entry_outcomes
+from . import entry_outcomes, logbook
 from .entry_outcomes import EntryOutcome
-from .schema import attempts, batch_counts, batch_files, batches, log, migration
+from .schema import attempts, batch_counts, batch_files, batches, migration
 from .states import AttemptStatus, BatchState, Compare, EntryClass
 
 MAX_ERROR_LINES = 20      # rsync can print one line per file; keep the first ones
 MAX_ERROR_CHARS = 4_000
+
+# create(): the walk's hottest statements, on the raw sqlite3 cursor (see the module doc).
+_INSERT_BATCH = ("INSERT INTO batches(file_count, directory_count, estimated_bytes, sparse, "
+                 "checksum, producer_id, created_ts) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                 "RETURNING task_id")
+ROWS_PER_INSERT = 100
+_INSERT_ROW = "INSERT INTO batch_files(task_id, path, is_dir, size) VALUES (?1, ?, ?, ?)"
+_INSERT_ROWS = _INSERT_ROW + ", (?1, ?, ?, ?)" * (ROWS_PER_INSERT - 1)
 
 
 @dataclass
@@ -57,6 +73,42 @@ def errors_json(errors: list[str]) -> str:
     if len(errors) > MAX_ERROR_LINES:
         kept.append(f"... {len(errors) - MAX_ERROR_LINES} more lines")
     return json.dumps(kept)
+
+
+def create(where: sqlite3.Cursor | Connection, entries: list[tuple[bytes, int, int]],
+           file_count: int, directory_count: int, estimated_bytes: int, compare: int,
+           created_ts: float, sparse: bool = False, producer_id: int | None = None) -> int:
+    """-> pending: a new batch, its row and its batch_files rows (path, is_dir, size),
+    inside the caller's transaction; returns its task_id. compare: states.Compare
+    (column checksum). where: the walk's raw cursor (its hot path: no SQLAlchemy
+    layer per batch), or a Connection whose DBAPI connection (the same transaction)
+    runs the same statements."""
+    cur = where if isinstance(where, sqlite3.Cursor) else (
+        where.connection.driver_connection.cursor())
+    task_id = cur.execute(_INSERT_BATCH, (file_count, directory_count, estimated_bytes,
+                                          int(sparse), compare, producer_id,
+                                          created_ts)).fetchone()[0]
+    _insert_entries(cur, task_id, entries)
+    return task_id
+
+
+def _insert_entries(cur: sqlite3.Cursor, task_id: int,
+                    entries: list[tuple[bytes, int, int]]) -> None:
+    """The batch's rows in batch_files, the walk's hottest statement.
+
+    Sent ROWS_PER_INSERT at a time in one multi-row INSERT, they cost
+    a third of executemany's one statement per row; a bytearray is bound as
+    is where bytes goes through sqlite3's adapter lookup first, so the walk
+    builds the paths of plain files as bytearray (directories' stay bytes:
+    a few, and sets hold them).
+    """
+    rows = entries     # paths of files come as bytearray already (controller/producer.py)
+    full = len(rows) - len(rows) % ROWS_PER_INSERT
+    for i in range(0, full, ROWS_PER_INSERT):
+        cur.execute(_INSERT_ROWS, (task_id, *itertools.chain.from_iterable(
+            rows[i:i + ROWS_PER_INSERT])))
+    if full < len(rows):
+        cur.executemany(_INSERT_ROW, [(task_id, *r) for r in rows[full:]])
 
 
 def claim(conn: Connection, worker_id: str, limit: int = 1) -> list[Claim]:
@@ -117,9 +169,8 @@ def _finish(conn: Connection, report: Report, new_state: BatchState,
             vanished = all(o.cls is EntryClass.VANISHED for o in report.file_outcomes)
             lines.append(("warning" if vanished or new_state is BatchState.PENDING else "error",
                           entry_outcomes.log_line(report.task_id, report.file_outcomes)))
-        for level, msg in lines:
-            conn.execute(insert(log).values(ts=now, level=level, task_id=report.task_id,
-                                            worker_id=report.worker_id, message=msg))
+        logbook.write(conn, [(now, level, report.task_id, report.worker_id, msg)
+                             for level, msg in lines])
     return True
 
 
@@ -224,8 +275,8 @@ def requeue(conn: Connection, task_ids: list[int] | None, why: str,
                 task_id=task_id, claim=row.claim, retry_count=0, worker_id=row.worker_id,
                 status=AttemptStatus.REQUEUED.value, rsync_exit_code=None,
                 received_ts=now, errors=json.dumps([why])))
-            conn.execute(insert(log).values(ts=now, level="info", task_id=task_id,
-                                            message=f"task {task_id} requeued: {why}"))
+            logbook.write(conn, [(now, "info", task_id, None,
+                                  f"task {task_id} requeued: {why}")])
             done.append(task_id)
     return done
 

@@ -8,7 +8,7 @@ import time
 
 from sqlalchemy import Connection, func, insert, select
 
-from .schema import deletions
+from .schema import batch_files, deletions
 
 
 def record(conn: Connection, paths: list[str], dry_run: bool,
@@ -42,7 +42,6 @@ def top_level_entries(conn: Connection) -> set[bytes]:
     what --delete's guard expects to find in SRC again. One scan of batch_files
     (only for --delete)."""
     with conn.begin():
-        rows = conn.exec_driver_sql(
-            "SELECT DISTINCT path FROM batch_files WHERE instr(path, x'2f') = 0 "
-            "AND path != x'2e'").all()
+        rows = conn.execute(select(batch_files.c.path).distinct().where(
+            func.instr(batch_files.c.path, b"/") == 0, batch_files.c.path != b".")).all()
     return {bytes(p) for (p,) in rows}

@@ -13,10 +13,13 @@ the entries of its open rows alone (batches.entries). An entry that vanished fro
 SRC is never sent again by its batch; a later walk that sees it again queues it
 in a new batch, whose success settles the row.
 
-SQL style: plain SQL (sqlite3 dialect) through exec_driver_sql, inside the
-caller's transaction: rows are written in the same transaction as the batch
-transition (ledger/batches.py) or the walk's enqueue (ledger/walkqueue.py, on
-its raw cursor).
+SQL style: plain SQL (sqlite3 dialect, `?` parameters), inside the caller's
+transaction: rows are written in the same transaction as the batch transition
+(ledger/batches.py) or the walk's enqueue (ledger/walkqueue.py). Two carriers
+for the one style: the walk's functions (record_walk, any_unlisted,
+settle_listed) run on the walk's raw sqlite3 cursor, because they are on its hot
+path; every other function takes a Connection and runs through exec_driver_sql.
+The API's reads of this table live in ledger/queries.py.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
+from . import logbook
 from .logbook import show_path
 from .states import BatchState, EntryClass, EntrySource
 
@@ -57,9 +61,8 @@ def record_walk(cur, task_id: int | None, outcomes: list[EntryOutcome], now: flo
     """The walk's errors, with their log lines, on the walk's raw cursor (inside its
     transaction). task_id: the batch they were cut with, if it has entries."""
     cur.executemany(_INSERT, _rows(task_id, None, outcomes, False, now))
-    cur.executemany("INSERT INTO log(ts, level, task_id, message) VALUES (?, ?, NULL, ?)",
-                    [(now, "warning" if o.cls is EntryClass.VANISHED else "error", o.reason)
-                     for o in outcomes])
+    logbook.write(cur, [(now, "warning" if o.cls is EntryClass.VANISHED else "error", None,
+                         None, o.reason) for o in outcomes])
 
 
 def any_unlisted(cur) -> bool:
@@ -165,18 +168,6 @@ def in_the_way(conn: Connection) -> list[int]:
             (_RSYNC, "%: " + IN_THE_WAY, _FAILED)).all()]
 
 
-# Entries that did not arrive (not counting those that vanished from SRC): open
-# rows that say so entry by entry, plus every entry of a batch that failed as a
-# whole. Both parts read partial indexes: O(open rows + failed batches).
-NOT_ARRIVED_SQL = f"""SELECT
-  (SELECT count(*) FROM entry_outcomes WHERE settled_ts IS NULL AND class != '{_VANISHED}'
-     AND (rest_arrived = 1 OR source != '{_RSYNC}'))
-  + (SELECT coalesce(sum(b.file_count + b.directory_count), 0) FROM batches b
-     WHERE b.state = '{_FAILED}' AND NOT EXISTS (SELECT 1 FROM entry_outcomes o
-       WHERE o.task_id = b.task_id AND o.settled_ts IS NULL AND o.rest_arrived = 1)),
-  (SELECT count(*) FROM entry_outcomes WHERE settled_ts IS NULL AND class = '{_VANISHED}')"""
-
-
 def for_batch(rows: list[tuple]) -> list[dict]:
     """/batches/<task_id>'s failed_entries from rows of
     (path, class, reason, errno, source, attempt_id, settled_ts)."""
@@ -185,10 +176,6 @@ def for_batch(rows: list[tuple]) -> list[dict]:
              "class": cls, "reason": reason, "errno": errno, "source": source,
              "attempt_id": attempt_id, "open": settled is None}
             for p, cls, reason, errno, source, attempt_id, settled in rows]
-
-
-BATCH_ROWS_SQL = ("SELECT path, class, reason, errno, source, attempt_id, settled_ts "
-                  "FROM entry_outcomes WHERE task_id = :t ORDER BY outcome_id")
 
 
 def log_line(task_id: int, outcomes: list[EntryOutcome]) -> str:

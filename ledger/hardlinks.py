@@ -2,8 +2,12 @@
 
 Entries with more than one link wait in the `hardlinks` table; once the walk
 is done they are cut into batches so that every link of a file rides in the
-same rsync --hard-links. Written with SQLAlchemy text(): a few statements per
-batch, off the walk's hot path.
+same rsync --hard-links. The batches are created by batches.create, the one
+creator of batches.
+
+SQL style: SQLAlchemy text() (a few statements per batch, off the walk's hot
+path); the batch's own rows are written by batches.create, in the same
+transaction.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import time
 
 from sqlalchemy import Connection, text
 
+from . import batches
 from .states import Compare
 
 
@@ -43,13 +48,9 @@ def cut_batches(conn: Connection, limits, compare: Compare = Compare.QUICK) -> i
                         "AND dev = :d AND ino = :i"), {"d": last[0], "i": last[1]}).all()
                     seen = {b[2] for b in batch}
                     batch += [(d, i, bytes(p), z) for d, i, p, z in rest if bytes(p) not in seen]
-            task_id = conn.execute(text(
-                "INSERT INTO batches(file_count, directory_count, estimated_bytes, checksum, "
-                "created_ts) VALUES (:f, 0, :b, :c, :t) RETURNING task_id"),
-                {"f": len(batch), "b": sum(b[3] for b in batch), "c": int(compare),
-                 "t": time.time()}).scalar_one()
-            conn.exec_driver_sql("INSERT INTO batch_files(task_id, path, is_dir, size) "
-                                 "VALUES (?, ?, 0, ?)", [(task_id, p, z) for _, _, p, z in batch])
-            conn.exec_driver_sql("UPDATE hardlinks SET task_id = ? WHERE dev = ? AND ino = ? "
-                                 "AND path = ?", [(task_id, d, i, p) for d, i, p, _ in batch])
+            task_id = batches.create(conn, [(p, 0, z) for _, _, p, z in batch], len(batch),
+                                     0, sum(b[3] for b in batch), int(compare), time.time())
+            conn.execute(text("UPDATE hardlinks SET task_id = :t WHERE dev = :d AND ino = :i "
+                              "AND path = :p"),
+                         [{"t": task_id, "d": d, "i": i, "p": p} for d, i, p, _ in batch])
             made += 1

@@ -1,23 +1,41 @@
 """The ledger's log: warnings and errors with their time, batch and worker.
 
-SQL style: SQLAlchemy Core (one INSERT per line, off every hot path).
+Every row of table log is written here (`add`, `write`).
+
+SQL style: one plain INSERT (sqlite3 dialect), run through the caller's Connection
+(exec_driver_sql) or, for the walk's errors on its hot path (ledger/entry_outcomes.py
+from ledger/walkqueue.py), on the walk's raw sqlite3 cursor.
 """
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection
 
-from .schema import log
+_INSERT = "INSERT INTO log(ts, level, task_id, worker_id, message) VALUES (?, ?, ?, ?, ?)"
+
+# One log row: (ts, level, task_id, worker_id, message).
+Line = tuple[float, str, "int | None", "str | None", str]
 
 
 def add(conn: Connection, level: str, message: str, task_id: int | None = None,
         worker_id: str | None = None) -> None:
     """One log line in its own short transaction."""
     with conn.begin():
-        conn.execute(insert(log).values(ts=time.time(), level=level, message=message,
-                                        task_id=task_id, worker_id=worker_id))
+        write(conn, [(time.time(), level, task_id, worker_id, message)])
+
+
+def write(where: Connection | sqlite3.Cursor, lines: list[Line]) -> None:
+    """Log lines inside the caller's transaction: on its Connection, or on the raw
+    cursor of the walk's hot path."""
+    if not lines:
+        return
+    if isinstance(where, sqlite3.Cursor):
+        where.executemany(_INSERT, lines)
+    else:
+        where.exec_driver_sql(_INSERT, lines)
 
 
 _CONTROL = {i: f"\\x{i:02x}" for i in [*range(32), 127]}

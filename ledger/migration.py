@@ -4,7 +4,8 @@ A ledger belongs to one SRC and one DEST for life; opening it for another pair
 is refused. Running time is kept across resumes: each run adds its own span,
 and a crashed run's span ends at its last controller heartbeat.
 
-SQL style: SQLAlchemy Core (one row, a few statements per run: no hot path).
+SQL style: SQLAlchemy Core (one row, a few statements per run: no hot path);
+a rescan's restart of the walk queue is walkqueue.restart's own (plain SQL).
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import uuid
 from collections import namedtuple
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, exists, insert, select, text, update
+from sqlalchemy import Connection, Engine, case, exists, func, insert, select, update
 
 from . import db, schema, walkqueue
 from .db import LedgerError
-from .schema import attempts, deletions, migration, verifications
+from .schema import attempts, batches, deletions, migration, verifications
 from .states import BatchState, RunState
 
 # The API calls a run live while its heartbeat is younger than this.
@@ -246,10 +247,12 @@ def begin_walk(conn: Connection, rescan: bool) -> bool:
             # The directory pass of a cutover starts after the batches already copied:
             # the rescan queues every directory it must set again (the directory of a
             # queued file, a directory that changed or lost an entry).
-            conn.execute(text(
-                "UPDATE migration SET dirs_pass_cursor = (SELECT min(coalesce(max(task_id), 0), "
-                "coalesce(min(CASE WHEN state != :ok THEN task_id END) - 1, max(task_id), 0)) "
-                "FROM batches)"), {"ok": BatchState.SUCCEEDED.value})
+            last = func.max(batches.c.task_id)
+            first_unfinished = func.min(case(
+                (batches.c.state != BatchState.SUCCEEDED.value, batches.c.task_id)))
+            conn.execute(update(migration).values(dirs_pass_cursor=select(func.min(
+                func.coalesce(last, 0), func.coalesce(first_unfinished - 1, last, 0)))
+                .scalar_subquery()))
             walkqueue.restart(conn)
             return True
         if row.scan_started_ts is None:

@@ -28,7 +28,8 @@ from . import entry_outcomes as _entry_outcomes
 from . import migration as _migration
 from . import schema as _schema
 from .logbook import show_path
-from .states import AttemptStatus, BatchState, EntryClass, ProducerState, WorkerState
+from .states import (AttemptStatus, BatchState, EntryClass, EntrySource, ProducerState,
+                     WorkerState)
 
 GIB = 1024 ** 3
 RETAINED_LIMIT = 100_000   # /results serves the newest this many attempts
@@ -130,11 +131,25 @@ def status(conn: Connection, counts: dict | None = None) -> dict[str, int]:
                 entries_not_arrived=not_arrived(conn)[0])
 
 
+# Entries that did not arrive (not counting those that vanished from SRC): open
+# rows that say so entry by entry, plus every entry of a batch that failed as a
+# whole. Both parts read partial indexes: O(open rows + failed batches), so the
+# states are written into the text (a partial index needs the literal).
+_VANISHED, _RSYNC = EntryClass.VANISHED.value, EntrySource.RSYNC.value
+_NOT_ARRIVED = f"""SELECT
+  (SELECT count(*) FROM entry_outcomes WHERE settled_ts IS NULL AND class != '{_VANISHED}'
+     AND (rest_arrived = 1 OR source != '{_RSYNC}'))
+  + (SELECT coalesce(sum(b.file_count + b.directory_count), 0) FROM batches b
+     WHERE b.state = '{_FAILED}' AND NOT EXISTS (SELECT 1 FROM entry_outcomes o
+       WHERE o.task_id = b.task_id AND o.settled_ts IS NULL AND o.rest_arrived = 1)),
+  (SELECT count(*) FROM entry_outcomes WHERE settled_ts IS NULL AND class = '{_VANISHED}')"""
+
+
 def not_arrived(conn: Connection) -> tuple[int, int]:
     """(entries that did not arrive, entries that vanished from SRC); 0, 0 on a
     ledger made before per-file outcomes (no table yet)."""
     try:
-        return tuple(_rows(conn, _entry_outcomes.NOT_ARRIVED_SQL)[0])
+        return tuple(_rows(conn, _NOT_ARRIVED)[0])
     except sqlite3.OperationalError as e:
         if not _schema.no_such_table(e):
             raise
@@ -364,9 +379,13 @@ def batch(conn: Connection, task_id: int, limit: int = ENTRIES_PAGE,
                                  {"t": task_id})}
 
 
+_FAILED_ENTRIES = ("SELECT path, class, reason, errno, source, attempt_id, settled_ts "
+                   "FROM entry_outcomes WHERE task_id = :t ORDER BY outcome_id")
+
+
 def _failed_entries(conn: Connection, task_id: int) -> list[dict]:
     try:
-        rows = _rows(conn, _entry_outcomes.BATCH_ROWS_SQL, {"t": task_id})
+        rows = _rows(conn, _FAILED_ENTRIES, {"t": task_id})
     except sqlite3.OperationalError as e:
         if not _schema.no_such_table(e):
             raise

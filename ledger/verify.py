@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
@@ -52,15 +53,22 @@ def checked_since(conn: Connection, since: float) -> int:
          "e": VerifyState.ERROR.value}).scalar()
 
 
-def claim(conn: Connection, worker_id: str) -> tuple[int, int] | None:
-    """pending -> running: (task_id, claim) of the next check, for one slot."""
+@dataclass
+class Claim:
+    """One check claimed, as batches.Claim is one copy claimed."""
+    task_id: int
+    claim_no: int         # the claim it answers (verifications.claim when it was claimed)
+
+
+def claim(conn: Connection, worker_id: str) -> Claim | None:
+    """pending -> running: the next check, for one slot (None: none waits)."""
     with conn.begin():
         row = conn.execute(text(
             "UPDATE verifications SET state = :r, worker_id = :w, claim = claim + 1 "
             "WHERE task_id = (SELECT task_id FROM verifications WHERE state = :p "
             "ORDER BY task_id LIMIT 1) AND state = :p RETURNING task_id, claim"),
             {"r": _RUNNING, "p": _PENDING, "w": worker_id}).first()
-    return (row.task_id, row.claim) if row else None
+    return Claim(row.task_id, row.claim) if row else None
 
 
 def record(conn: Connection, task_id: int, claim_no: int, exit_code: int | None,

@@ -14,7 +14,9 @@ lock it goes on listing and enqueues its batches together a moment later,
 instead of sleeping in SQLite's busy handler (1, 2, 5, 10 ms...).
 
 SQL style: plain SQL in the sqlite3 dialect (`?` parameters) throughout. The
-hot path runs it on the raw cursor; the few calls outside it run it through
+hot path runs it on the raw cursor (so do the functions it calls in other
+modules: batches.create for its batches, entry_outcomes and logbook for its
+errors); the few calls outside it run it through
 `conn.exec_driver_sql` inside a SQLAlchemy transaction. States are bound as
 parameters from WalkDirState.
 
@@ -48,16 +50,13 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
-from . import entry_outcomes
+from . import batches, entry_outcomes
 from .db import BUSY_TIMEOUT_MS
 from .states import Compare, WalkDirState
 
 _PENDING, _CLAIMED, _DONE = (WalkDirState.PENDING.value, WalkDirState.CLAIMED.value,
                              WalkDirState.DONE.value)
 
-ROWS_PER_INSERT = 100
-_INSERT_ROW = "INSERT INTO batch_files(task_id, path, is_dir, size) VALUES (?1, ?, ?, ?)"
-_INSERT_ROWS = _INSERT_ROW + ", (?1, ?, ?, ?)" * (ROWS_PER_INSERT - 1)
 RETRY_MAX = 0.002         # seconds between tries for the write lock, at most
 CLAIM_MAX = 64            # directories one producer holds at most (memory stays small)
 _LOOK_AHEAD = 4 * CLAIM_MAX  # pending directories counted to size a claim
@@ -247,13 +246,11 @@ class WalkQueue:
     def _enqueue(self, cut: Cut, now: float) -> None:
         cur = self.cur
         if cut.entries:
-            task_id = cur.execute(
-                "INSERT INTO batches(file_count, directory_count, estimated_bytes, sparse, "
-                "checksum, producer_id, created_ts) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "RETURNING task_id",
-                (cut.file_count, cut.directory_count, cut.estimated_bytes, int(cut.sparse),
-                 self.compare, self.producer_id, now)).fetchone()[0]
-            self._insert_entries(task_id, cut.entries)
+            # The one creator of batches, on this raw cursor: the same statements the
+            # walk always ran here, with no SQLAlchemy layer per batch (its hot path).
+            task_id = batches.create(cur, cut.entries, cut.file_count, cut.directory_count,
+                                     cut.estimated_bytes, self.compare, now, cut.sparse,
+                                     self.producer_id)
         if cut.prints:
             cur.executemany("INSERT OR REPLACE INTO walk_prints(path, old, seq, prints) "
                             "VALUES (?, 0, ?, ?)", cut.prints)
@@ -279,23 +276,6 @@ class WalkQueue:
             entry_outcomes.settle_listed(cur, cut.listed, now)
         if cut.errors:      # per-file rows and their log lines (ledger/entry_outcomes.py)
             entry_outcomes.record_walk(cur, task_id if cut.entries else None, cut.errors, now)
-
-    def _insert_entries(self, task_id: int, entries: list[tuple[bytes, int, int]]) -> None:
-        """The batch's rows in batch_files, the walk's hottest statement.
-
-        Sent ROWS_PER_INSERT at a time in one multi-row INSERT, they cost
-        a third of executemany's one statement per row; a bytearray is bound as
-        is where bytes goes through sqlite3's adapter lookup first, so the walk
-        builds the paths of plain files as bytearray (directories' stay bytes:
-        a few, and sets hold them).
-        """
-        rows = entries     # paths of files come as bytearray already (producer.py)
-        full = len(rows) - len(rows) % ROWS_PER_INSERT
-        for i in range(0, full, ROWS_PER_INSERT):
-            self.cur.execute(_INSERT_ROWS, (task_id, *itertools.chain.from_iterable(
-                rows[i:i + ROWS_PER_INSERT])))
-        if full < len(rows):
-            self.cur.executemany(_INSERT_ROW, [(task_id, *r) for r in rows[full:]])
 
     def _claim(self, limit: int) -> list[Dir]:
         """Up to `limit` waiting directories, newest first (depth first keeps the

@@ -278,3 +278,46 @@ def test_a_line_that_names_no_entry_fails_the_batch_as_a_whole(tmp_path):
             assert queries.not_arrived(conn) == (2, 0)
         assert len(batches.entries(conn, 1)) == 2    # a retry sends the whole batch
     engine.dispose()
+
+
+def _batch_rows(engine) -> tuple[list[tuple], list[tuple]]:
+    with engine.connect() as conn:
+        return (read(conn, "SELECT task_id, state, file_count, directory_count, "
+                           "estimated_bytes, retry_count, claim, checksum, sparse, worker_id, "
+                           "producer_id, created_ts FROM batches ORDER BY task_id"),
+                [(t, bytes(p), d, s) for t, p, d, s in read(
+                    conn, "SELECT task_id, path, is_dir, size FROM batch_files "
+                          "ORDER BY task_id, path")])
+
+
+def test_one_creator_of_batches_gives_the_same_rows_on_a_cursor_and_a_connection(tmp_path):
+    """batches.create is the walk's (its raw cursor) and the hard links' (a Connection):
+    both write the same batch row, checksum and sparse included, and the same
+    batch_files rows (more than one multi-row INSERT's worth, and a remainder)."""
+    from fleetsync.ledger import logbook
+    from fleetsync.ledger.states import Compare
+    entries = [(b"d", 1, 0)] + [(bytearray(b"d/f%03d" % j), 0, j) for j in range(
+        batches.ROWS_PER_INSERT * 2 + 7)]
+    args = (entries, len(entries) - 1, 1, sum(s for _, _, s in entries), int(Compare.ALWAYS),
+            1234.5, True, 7)
+    engines = []
+    for name, raw in (("cursor", True), ("connection", False)):
+        engine = db.writer(str(tmp_path / f"{name}.db"))
+        migration.open_or_create(engine, "/src", "/dest", {})
+        with engine.connect() as conn:
+            with conn.begin():
+                where = conn.connection.driver_connection.cursor() if raw else conn
+                assert batches.create(where, *args) == 1
+                logbook.write(where, [(1.0, "warning", 1, None, "a line")])
+        engines.append(engine)
+    (rows, files), (rows2, files2) = map(_batch_rows, engines)
+    assert rows == rows2 == [(1, "pending", len(entries) - 1, 1, args[3], 0, 0,
+                              int(Compare.ALWAYS), 1, None, 7, 1234.5)]
+    assert files == files2 and len(files) == len(entries)
+    assert files[0] == (1, b"d", 1, 0)
+    logs = []
+    for e in engines:
+        with e.connect() as conn:
+            logs.append(read(conn, "SELECT ts, level, task_id, worker_id, message FROM log"))
+        e.dispose()
+    assert logs[0] == logs[1] == [(1.0, "warning", 1, None, "a line")]
