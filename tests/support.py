@@ -56,6 +56,17 @@ def ok(r: subprocess.CompletedProcess) -> str:
     return out
 
 
+def error_line(r: subprocess.CompletedProcess) -> str:
+    """The one error line of a refused command, which is its last line: a refusal found
+    once a run has begun (by the hosts' preflight, by the --delete bound) comes after
+    the run's opening lines (its filter rules), never as more than one error line."""
+    lines = r.stderr.decode().strip().splitlines()
+    errors = [line for line in lines if line.startswith("fleetsync: error:")]
+    assert r.returncode == 2 and len(errors) == 1 and lines[-1] == errors[0], (r.returncode,
+                                                                            lines)
+    return errors[0]
+
+
 def popen(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fleetsync.controller.cli", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
