@@ -335,6 +335,8 @@ class Producer:
                             continue
                     size = st.st_size
                     self.add(path, 0, size, dir_id, pos, st.st_blocks * 512 < size,
+                             # walkqueue.fingerprint, inline (once per entry; a test
+                             # checks that they agree)
                              listing, hash((crc32(name), st.st_mode, st.st_ino, size,
                                             st.st_mtime_ns, st.st_ctime_ns)))
                 else:

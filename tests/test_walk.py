@@ -558,3 +558,26 @@ def test_a_cutover_with_delete_makes_dest_equal_to_src(tmp_path):
     r = fleetsync(*args, "--rescan", "--delete", "--allow-delete", "d7", "--max-delete", "100%")
     assert r.returncode == 0, r.stderr.decode() + r.stdout.decode()
     assert snapshot(os.fsencode(src)) == snapshot(os.fsencode(dest))
+
+
+def test_the_walks_inline_fingerprint_is_walkqueue_fingerprint(tmp_path, make_ledger, mode):
+    """The hot loop fingerprints a plain file inline (producer._list_here) and every
+    other entry through walkqueue.fingerprint: the two must agree, or a rescan would
+    queue every plain file (or miss changes). Both paths are in this directory."""
+    from array import array
+    from fleetsync.ledger.walkqueue import fingerprint
+    src = os.fsencode(tmp_path / "src")
+    os.makedirs(os.path.join(src, b"sub"))
+    for i in range(20):
+        touch(os.path.join(src, b"f%d" % i), i)                  # plain: inline
+    os.link(os.path.join(src, b"f1"), os.path.join(src, b"hard"))  # 2 links: take()
+    os.symlink(b"f2", os.path.join(src, b"link"))                  # a symlink: take()
+    ledger = make_ledger(src)
+    run_walk(ledger, src)
+    stored = array("q")
+    for (chunk,) in query(ledger, "SELECT prints FROM walk_prints WHERE path = x'' "
+                                  "AND old = 0 ORDER BY seq"):
+        stored.frombytes(bytes(chunk))
+    want = {fingerprint(name, os.lstat(os.path.join(src, name)))
+            for name in os.listdir(src)} | {fingerprint(b".", os.lstat(src))}   # SRC's own
+    assert len(want) == 24 and set(stored) == want      # 20 files, hard, link, sub, SRC
