@@ -15,7 +15,7 @@ from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import delete_guard, filters, inventory, progress, sizes
+from . import defaults, delete_guard, filters, inventory, progress, sizes
 from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError
 from .hostrun import kill_leftovers
@@ -261,7 +261,7 @@ def _delete_within_bound(args, settings: Settings, hosts, since: float,
             examples = deletions.listed(conn, True, since, delete_guard.NAMES_SHOWN)
         return delete_guard.refuse_count(would, limit, args.max_delete, dest_entries, examples)
     print(f"fleetsync: --delete: {would} entries to delete from DEST, within --max-delete "
-          f"{args.max_delete or delete_guard.DEFAULT_MAX_DELETE} ({limit} of {dest_entries})",
+          f"{args.max_delete or defaults.MAX_DELETE} ({limit} of {dest_entries})",
           file=sys.stderr)
     settings.delete = DeleteMode.ON
     with db.connect(settings.ledger_path) as conn:

@@ -37,10 +37,20 @@ PRODUCERS = min(os.cpu_count() or 2, 6)
 # bench/README.md (walk on a slow mount); a thread costs ~100 KiB.
 WALK_THREADS = 16
 MAX_RETRIES = 3                # retries of a batch after a retryable rsync exit
+# --max-delete: a delta pass on a live tree deletes what its users deleted since the
+# last pass, well under a tenth of it; more is far more often a mistake (the wrong
+# SRC, a half-restored snapshot) than routine (controller/delete_guard.py says more).
+MAX_DELETE = "10%"
 HEARTBEAT_TIMEOUT = 120.0      # seconds of silence that lose a host holding a batch
 STALL_RATE = 10 * MiB          # ...plus its held batch's bytes at this rate (paramiko)
 ITEMS_PER_RUN = 500            # loop items (~1.5 s of batches each) per host's playbook run
 SLOTS = 2                      # batches a host copies at once (fleetsync_slots)
+# A lost or unreachable host is tried again after BACKOFF_FIRST seconds, doubling
+# up to BACKOFF_MAX: a host back from a reboot rejoins within minutes, a dead one
+# costs one failed connection attempt every ten minutes.
+BACKOFF_FIRST, BACKOFF_MAX = 15.0, 600.0
+INVENTORY_EVERY = 2.0          # seconds between looks at the inventory (hosts join, leave)
+HEARTBEAT_EVERY = 1.0          # seconds between heartbeat writes (the API's freshness)
 
 LEDGER = "fleetsync.db"
 API_HOST, API_PORT = api_defaults.HOST, api_defaults.PORT   # the API's own (api/defaults.py)

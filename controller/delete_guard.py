@@ -31,16 +31,16 @@ import re
 from fleetsync.ledger import deletions
 from fleetsync.ledger.logbook import show_path
 
+from . import defaults
 from .errors import UsageError
 
-DEFAULT_MAX_DELETE = "10%"
 NAMES_SHOWN = 5      # entries a refusal names before "..."
 
 
 def bound(text: str | None, dest_entries: int) -> int:
     """--max-delete as a number of entries (a percentage of dest_entries, rounded down).
     0 (or 0%) is a bound too: the pass is refused if it would delete anything."""
-    text = (text or DEFAULT_MAX_DELETE).strip()
+    text = (text or defaults.MAX_DELETE).strip()
     m = re.fullmatch(r"(\d+(?:\.\d+)?)%|(\d+)", text)
     if not m:
         raise UsageError(f"--max-delete {text}: give a count (500) or a percentage (10%)")
@@ -82,6 +82,6 @@ def refuse_count(would: int, limit: int, text: str | None, dest_entries: int,
     shown = ", ".join(examples[:NAMES_SHOWN]) + (", ..." if would > NAMES_SHOWN else "")
     return UsageError(
         f"--delete refused: the pass would delete {would} entries from DEST, over "
-        f"--max-delete {text or DEFAULT_MAX_DELETE} ({limit} of {dest_entries} entries): "
+        f"--max-delete {text or defaults.MAX_DELETE} ({limit} of {dest_entries} entries): "
         f"{shown} (every one in table deletions, dry_run = 1); nothing was deleted. "
         f"If that is right, run again with --max-delete {would}")

@@ -33,9 +33,8 @@ from .walk import Walk
 
 log = logging.getLogger(__name__)
 
-BACKOFF_FIRST, BACKOFF_MAX = 15.0, 600.0
-INVENTORY_EVERY = 2.0
-HEARTBEAT_EVERY = 1.0
+BACKOFF_FIRST, BACKOFF_MAX = defaults.BACKOFF_FIRST, defaults.BACKOFF_MAX
+INVENTORY_EVERY, HEARTBEAT_EVERY = defaults.INVENTORY_EVERY, defaults.HEARTBEAT_EVERY
 
 
 class DispatchError(FleetsyncError):

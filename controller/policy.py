@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 from fleetsync.ledger.states import EntryClass
 
+from . import defaults
+
 DEFAULT_FATAL = frozenset({1, 2, 3, 4, 5, 6, 13, 14, 21, 22, 25})
 PER_FILE_EXITS = frozenset({23, 24})   # rsync's "some files did not arrive"
 
@@ -63,7 +65,7 @@ class Verdict(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Policy:
-    max_retries: int = 3
+    max_retries: int = defaults.MAX_RETRIES
     fatal: frozenset = field(default=DEFAULT_FATAL)
 
     def verdict(self, exit_code: int | None, retry_count: int) -> Verdict:

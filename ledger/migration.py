@@ -20,11 +20,10 @@ from sqlalchemy import Connection, Engine, case, exists, func, insert, select, u
 
 from . import db, schema, walkqueue
 from .db import LedgerError
+from .defaults import LIVE_AFTER_HEARTBEAT
 from .schema import attempts, batches, deletions, migration, verifications
 from .states import BatchState, RunState
 
-# The API calls a run live while its heartbeat is younger than this.
-LIVE_AFTER_HEARTBEAT = 15.0
 
 
 @dataclass

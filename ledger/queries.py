@@ -27,15 +27,12 @@ from sqlalchemy import Connection
 from . import entry_outcomes as _entry_outcomes
 from . import migration as _migration
 from . import schema as _schema
+from .defaults import ENTRIES_PAGE, LOGS_LIMIT, RESULTS_PAGE, RETAINED_LIMIT
 from .logbook import show_path
 from .states import (AttemptStatus, BatchState, EntryClass, EntrySource, ProducerState,
                      WorkerState)
 
 GIB = 1024 ** 3
-RETAINED_LIMIT = 100_000   # /results serves the newest this many attempts
-RESULTS_PAGE = 100         # default page size of /results when a request names a page
-LOGS_LIMIT = 100           # default number of warnings (and of errors) in /logs
-ENTRIES_PAGE = 1000        # default page of entries in /batches/<task_id>
 HEARTBEAT_FORMAT = "%Y-%m-%d %H:%M:%S"
 # Plain strings: these run on every /status request, and Enum attribute access is not free.
 _PENDING, _SUCCEEDED, _FAILED = (BatchState.PENDING.value, BatchState.SUCCEEDED.value,
