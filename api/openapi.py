@@ -5,7 +5,7 @@ import re
 
 from fleetsync.ledger.queries import RETAINED_LIMIT
 from fleetsync.ledger.schema import AttemptStatus, BatchState
-from fleetsync.ledger.states import RunState, WorkerState
+from fleetsync.ledger.states import LogLevel, RunState, WorkerState
 
 INT = {"type": "integer"}
 NUM = {"type": "number"}
@@ -67,7 +67,8 @@ SCHEMAS = {
                   "errors": {"type": "array", "items": STR},
                   "lines": {"type": "array", "items": _obj({
                       "time": {**STR, "description": "master local time"}, "ts": NUM,
-                      "level": {"type": "string", "enum": ["warning", "error"]},
+                      "level": {"type": "string",
+                                "enum": [LogLevel.WARNING.value, LogLevel.ERROR.value]},
                       "message": STR})}}),
     "Result": _RESULT,
     "Results": _obj({"results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},

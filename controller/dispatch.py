@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 from fleetsync.ledger import batches, db, deletions, dirpass, logbook, migration, verify, workers
 from fleetsync.ledger.errors import FleetsyncError
-from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
+from fleetsync.ledger.states import DeleteMode, LogLevel, OutcomeKind, VerifyState
 
 from . import defaults, file_outcomes, inventory, outcome, processes, protocol, rsync, slot
-from .hostrun import (BATCHES_TASK, PREFLIGHT_TASK, Event, FleetRun, HostRun, close_masters,
-                      stop_now)
+from .hostrun import (BATCHES_TASK, PREFLIGHT_TASK, Event, EventKind, FleetRun, HostRun,
+                      close_masters, stop_now)
 from .outcome import Outcome
 from .policy import Policy
 from .walk import Walk
@@ -161,16 +161,16 @@ class Dispatcher:
         except inventory.InventoryError as e:
             if not self.hosts:
                 raise
-            logbook.add(self.conn, "warning", f"{e}; keeping the hosts known before")
+            logbook.add(self.conn, LogLevel.WARNING, f"{e}; keeping the hosts known before")
             return
         for name in set(self.hosts) - set(hosts):
             if name in self.runs:     # first: it claims nothing after the line below
                 self.runs[name].drain()
-            logbook.add(self.conn, "info", f"host {name} left the inventory: no new batches")
+            logbook.add(self.conn, LogLevel.INFO, f"host {name} left the inventory: no new batches")
             workers.gone(self.conn, name)
         for name in set(hosts) - set(self.hosts):
             if self.hosts:
-                logbook.add(self.conn, "info", f"host {name} joined the inventory")
+                logbook.add(self.conn, LogLevel.INFO, f"host {name} joined the inventory")
         self.hosts = hosts
 
     def _start_runs(self) -> None:
@@ -215,7 +215,7 @@ class Dispatcher:
             workers.lost(self.conn, wid, time.time() + wait)
         elif name not in self.preflight_errors:
             self.preflight_errors[name] = f"unreachable: {why}"
-        logbook.add(self.conn, "warning", f"host {name} lost: {why}; {len(released)} "
+        logbook.add(self.conn, LogLevel.WARNING, f"host {name} lost: {why}; {len(released)} "
                     f"batches back to waiting; next try in {wait:.0f} s", worker_id=wid)
         run.cancel()
         # Its batches may start elsewhere now: whatever of its item still runs stops
@@ -282,7 +282,7 @@ class Dispatcher:
 
     def _handle(self, ev: Event) -> None:
         run = ev.run
-        if ev.kind == "finished":
+        if ev.kind == EventKind.FINISHED:
             self._finished(run, ev.status)
             return
         if run.ended:       # a late event of a host whose play is over
@@ -290,17 +290,17 @@ class Dispatcher:
         run.last_event = ev.ts
         if run.worker_id:
             self.beats[run.worker_id] = ev.ts
-        if ev.kind == "runner_on_unreachable" or ev.res.get("unreachable"):
+        if ev.kind == EventKind.ON_UNREACHABLE or ev.res.get("unreachable"):
             self._lose(run, _one_line(ev.res.get("msg") or "unreachable"))
-            if ev.kind == "runner_on_unreachable":   # the host is out of the play
+            if ev.kind == EventKind.ON_UNREACHABLE:   # the host is out of the play
                 self._finished(run, "unreachable")
         elif ev.task == PREFLIGHT_TASK:
             self._preflight(run, ev)
-            if ev.kind == "runner_on_failed":        # the host is out of the play
+            if ev.kind == EventKind.ON_FAILED:        # the host is out of the play
                 self._finished(run, "preflight failed")
-        elif ev.task == BATCHES_TASK and ev.kind in ("runner_on_ok", "runner_on_failed"):
+        elif ev.task == BATCHES_TASK and ev.kind in (EventKind.ON_OK, EventKind.ON_FAILED):
             self._finished(run, ev.kind)             # its loop is over
-        elif ev.task == BATCHES_TASK and ev.kind == "runner_item_on_ok":
+        elif ev.task == BATCHES_TASK and ev.kind == EventKind.ITEM_ON_OK:
             stdout = ev.res.get("stdout", "")
             outcomes = outcome.parse_all(stdout)
             for out in outcomes:
@@ -309,8 +309,8 @@ class Dispatcher:
             if not outcomes and not any(protocol.says(stdout, kind)
                                         for kind in (protocol.Kind.IDLE, protocol.Kind.STOP)):
                 self._unreadable(run, stdout)
-        elif ev.task == BATCHES_TASK and ev.kind == "runner_item_on_failed":
-            logbook.add(self.conn, "error", f"host {run.host.name}: "
+        elif ev.task == BATCHES_TASK and ev.kind == EventKind.ITEM_ON_FAILED:
+            logbook.add(self.conn, LogLevel.ERROR, f"host {run.host.name}: "
                         + _one_line(ev.res.get("msg") or "dispatch failed"),
                         worker_id=run.worker_id)
 
@@ -320,13 +320,13 @@ class Dispatcher:
         report that still comes for one of them no longer matches its claim)."""
         released = (batches.release_worker(self.conn, run.worker_id, "unreadable output")
                     if run.worker_id else [])
-        logbook.add(self.conn, "error", f"host {run.host.name}: unreadable batch output "
+        logbook.add(self.conn, LogLevel.ERROR, f"host {run.host.name}: unreadable batch output "
                     f"({_one_line(stdout)[:200]!r}); {len(released)} batches back to waiting",
                     worker_id=run.worker_id)
 
     def _preflight(self, run: HostRun, ev: Event) -> None:
         stdout = ev.res.get("stdout", "")
-        if ev.kind == "runner_on_ok" and run.worker_id is None:
+        if ev.kind == EventKind.ON_OK and run.worker_id is None:
             run.worker_id = protocol.worker(stdout)
             self.worker_of_host[run.host.name] = run.worker_id
             self.preflight_errors.pop(run.host.name, None)
@@ -334,14 +334,14 @@ class Dispatcher:
             workers.seen(self.conn, run.worker_id, run.host.name, slots or run.host.slots)
             self.beats[run.worker_id] = ev.ts
             for pid in protocol.killed(stdout):
-                logbook.add(self.conn, "warning",
+                logbook.add(self.conn, LogLevel.WARNING,
                             f"host {run.host.name}: {protocol.killed_text(pid)}",
                             worker_id=run.worker_id)
-        elif ev.kind == "runner_on_failed":
+        elif ev.kind == EventKind.ON_FAILED:
             why = ("; ".join(protocol.errors(stdout))
                    or _one_line(ev.res.get("msg") or stdout or "failed"))
             if run.host.name not in self.preflight_errors:
-                logbook.add(self.conn, "error", f"host {run.host.name} preflight: {why}")
+                logbook.add(self.conn, LogLevel.ERROR, f"host {run.host.name} preflight: {why}")
             self.preflight_errors[run.host.name] = why
 
     def _record(self, out: Outcome, worker_id: str) -> None:
@@ -389,11 +389,11 @@ class Dispatcher:
             released = batches.release_worker(self.conn, wid, f"dispatch on {name} ended")
             verify.release_worker(self.conn, wid)
             if released and not self.stopping and not run.lost:
-                logbook.add(self.conn, "warning", f"host {name}: dispatch ended ({status}) "
+                logbook.add(self.conn, LogLevel.WARNING, f"host {name}: dispatch ended ({status}) "
                             f"holding {len(released)} batches; back to waiting", worker_id=wid)
         elif not run.lost and name not in self.preflight_errors:
             self.preflight_errors[name] = f"dispatch ended before its preflight ({status})"
-            logbook.add(self.conn, "error", f"host {name}: {self.preflight_errors[name]}")
+            logbook.add(self.conn, LogLevel.ERROR, f"host {name}: {self.preflight_errors[name]}")
         if name in self.preflight_errors:
             self.backoff[name] = max(self.backoff.get(name, 0), time.time() + BACKOFF_FIRST)
 
@@ -418,7 +418,7 @@ def _pass_level(out: Outcome) -> str:
     """A directory removed from SRC since the walk is a normal event, not an error for
     /logs: rsync's exit 24 (vanished; outcome.py maps a listed entry that no longer
     exists to it)."""
-    return "info" if out.rsync_exit_code == outcome.VANISHED_EXIT else "error"
+    return LogLevel.INFO if out.rsync_exit_code == outcome.VANISHED_EXIT else LogLevel.ERROR
 
 
 def _become_subreaper() -> None:

@@ -26,6 +26,7 @@ deletes by mtime in the shared parent).
 """
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import os
@@ -122,10 +123,21 @@ def close_masters(migration_id: str) -> None:
     shutil.rmtree(cp, ignore_errors=True)
 
 
+class EventKind(str, enum.Enum):
+    """The events the dispatcher acts on: ansible-runner's names (a str compares equal
+    to its member), and FINISHED, fleetsync's own: a host's run is over."""
+    ON_OK = "runner_on_ok"
+    ON_FAILED = "runner_on_failed"
+    ON_UNREACHABLE = "runner_on_unreachable"
+    ITEM_ON_OK = "runner_item_on_ok"
+    ITEM_ON_FAILED = "runner_item_on_failed"
+    FINISHED = "finished"
+
+
 @dataclass
 class Event:
     run: "HostRun"
-    kind: str            # runner event name, or "finished"
+    kind: str            # ansible-runner's event name (an EventKind or another), or FINISHED
     task: str | None
     res: dict
     ts: float
@@ -283,7 +295,7 @@ class FleetRun:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.ended = True
             for m in self.members.values():
-                self.events.put(Event(m, "finished", None, {}, time.time(), status))
+                self.events.put(Event(m, EventKind.FINISHED, None, {}, time.time(), status))
 
     def _on_event(self, ev: dict) -> bool:
         try:

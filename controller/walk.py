@@ -13,7 +13,7 @@ import sys
 import traceback
 
 from fleetsync.ledger import db, hardlinks, logbook, migration, producers, walkqueue
-from fleetsync.ledger.states import Compare
+from fleetsync.ledger.states import Compare, LogLevel
 
 from . import processes
 from .filters import Filters
@@ -36,7 +36,7 @@ def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits:
             # Its directories go back to the queue, from their offsets, so the other
             # producers neither wait for them forever nor skip what was not enqueued.
             walkqueue.release_claims(conn, producer_id)
-            logbook.add(conn, "error", f"producer {producer_id} crashed: "
+            logbook.add(conn, LogLevel.ERROR, f"producer {producer_id} crashed: "
                         + traceback.format_exc().strip().splitlines()[-1])
             os._exit(3)
 
@@ -81,7 +81,7 @@ class Walk:
             self.restarts += 1
             with db.connect(self.ledger_path) as conn:
                 walkqueue.release_claims(conn, i + 1)
-                logbook.add(conn, "warning", f"producer {i + 1} ended with exit {p.exitcode}; "
+                logbook.add(conn, LogLevel.WARNING, f"producer {i + 1} ended with exit {p.exitcode}; "
                             "a new one lists its directories again")
             self.procs[i] = self._spawn(i + 1)
 

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from . import entry_outcomes, logbook
 from .entry_outcomes import EntryOutcome
 from .schema import attempts, batch_counts, batch_files, batches, migration
-from .states import AttemptStatus, BatchState, Compare, EntryClass
+from .states import AttemptStatus, BatchState, Compare, EntryClass, LogLevel
 
 MAX_ERROR_LINES = 20      # rsync can print one line per file; keep the first ones
 MAX_ERROR_CHARS = 4_000
@@ -167,7 +167,7 @@ def _finish(conn: Connection, report: Report, new_state: BatchState,
         lines = [message] if message else []
         if report.file_outcomes:
             vanished = all(o.cls is EntryClass.VANISHED for o in report.file_outcomes)
-            lines.append(("warning" if vanished or new_state is BatchState.PENDING else "error",
+            lines.append((LogLevel.WARNING if vanished or new_state is BatchState.PENDING else LogLevel.ERROR,
                           entry_outcomes.log_line(report.task_id, report.file_outcomes)))
         logbook.write(conn, [(now, level, report.task_id, report.worker_id, msg)
                              for level, msg in lines])
@@ -187,7 +187,7 @@ def succeed(conn: Connection, report: Report, retries_used: int = 0) -> bool:
     rsync's exit 24 (`task N retry R exit=24`) says so (R: retries used)."""
     vanished = any(o.cls is EntryClass.VANISHED for o in report.file_outcomes)
     return _finish(conn, report, BatchState.SUCCEEDED, AttemptStatus.SUCCESS, False,
-                   ("warning", f"task {report.task_id} retry {retries_used} exit=24")
+                   (LogLevel.WARNING, f"task {report.task_id} retry {retries_used} exit=24")
                    if vanished else None)
 
 
@@ -195,21 +195,21 @@ def retry(conn: Connection, report: Report, retry_number: int) -> bool:
     """running -> pending, one retry used (the warning names the retry to come)."""
     msg = f"task {report.task_id} retry {retry_number} exit={report.rsync_exit_code}"
     return _finish(conn, report, BatchState.PENDING, AttemptStatus.RETRY, True,
-                   ("warning", msg))
+                   (LogLevel.WARNING, msg))
 
 
 def fail(conn: Connection, report: Report, retries_used: int) -> bool:
     """running -> failed, for good."""
     msg = f"task {report.task_id} retry {retries_used} exit={report.rsync_exit_code}"
     return _finish(conn, report, BatchState.FAILED, AttemptStatus.FAILED, False,
-                   ("error", msg))
+                   (LogLevel.ERROR, msg))
 
 
 def release(conn: Connection, report: Report, why: str) -> bool:
     """running -> pending, no retry used: the host was lost, not the batch."""
     report.errors = [why, *report.errors]
     return _finish(conn, report, BatchState.PENDING, AttemptStatus.LOST, False,
-                   ("warning", f"task {report.task_id} released from "
+                   (LogLevel.WARNING, f"task {report.task_id} released from "
                                f"{report.worker_id}: {why}"))
 
 
@@ -275,7 +275,7 @@ def requeue(conn: Connection, task_ids: list[int] | None, why: str,
                 task_id=task_id, claim=row.claim, retry_count=0, worker_id=row.worker_id,
                 status=AttemptStatus.REQUEUED.value, rsync_exit_code=None,
                 received_ts=now, errors=json.dumps([why])))
-            logbook.write(conn, [(now, "info", task_id, None,
+            logbook.write(conn, [(now, LogLevel.INFO, task_id, None,
                                   f"task {task_id} requeued: {why}")])
             done.append(task_id)
     return done

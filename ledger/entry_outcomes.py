@@ -29,7 +29,7 @@ from sqlalchemy import Connection
 
 from . import logbook
 from .logbook import show_path
-from .states import BatchState, EntryClass, EntrySource
+from .states import BatchState, EntryClass, EntrySource, LogLevel
 
 _VANISHED, _PERMANENT, _MAY_HEAL = (EntryClass.VANISHED.value, EntryClass.PERMANENT.value,
                                     EntryClass.MAY_HEAL.value)
@@ -61,7 +61,7 @@ def record_walk(cur, task_id: int | None, outcomes: list[EntryOutcome], now: flo
     """The walk's errors, with their log lines, on the walk's raw cursor (inside its
     transaction). task_id: the batch they were cut with, if it has entries."""
     cur.executemany(_INSERT, _rows(task_id, None, outcomes, False, now))
-    logbook.write(cur, [(now, "warning" if o.cls is EntryClass.VANISHED else "error", None,
+    logbook.write(cur, [(now, LogLevel.WARNING if o.cls is EntryClass.VANISHED else LogLevel.ERROR, None,
                          None, o.reason) for o in outcomes])
 
 

@@ -14,13 +14,15 @@ import time
 
 from sqlalchemy import Connection
 
+from .states import LogLevel
+
 _INSERT = "INSERT INTO log(ts, level, task_id, worker_id, message) VALUES (?, ?, ?, ?, ?)"
 
-# One log row: (ts, level, task_id, worker_id, message).
-Line = tuple[float, str, "int | None", "str | None", str]
+# One log row: (ts, level, task_id, worker_id, message); level a LogLevel.
+Line = tuple[float, LogLevel, "int | None", "str | None", str]
 
 
-def add(conn: Connection, level: str, message: str, task_id: int | None = None,
+def add(conn: Connection, level: LogLevel, message: str, task_id: int | None = None,
         worker_id: str | None = None) -> None:
     """One log line in its own short transaction."""
     with conn.begin():
@@ -32,6 +34,7 @@ def write(where: Connection | sqlite3.Cursor, lines: list[Line]) -> None:
     cursor of the walk's hot path."""
     if not lines:
         return
+    lines = [(ts, LogLevel(level).value, *rest) for ts, level, *rest in lines]
     if isinstance(where, sqlite3.Cursor):
         where.executemany(_INSERT, lines)
     else:

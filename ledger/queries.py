@@ -29,8 +29,8 @@ from . import migration as _migration
 from . import schema as _schema
 from .defaults import ENTRIES_PAGE, LOGS_LIMIT, RESULTS_PAGE, RETAINED_LIMIT
 from .logbook import show_path
-from .states import (AttemptStatus, BatchState, EntryClass, EntrySource, ProducerState,
-                     WorkerState)
+from .states import (AttemptStatus, BatchState, EntryClass, EntrySource, LogLevel,
+                     ProducerState, WorkerState)
 
 GIB = 1024 ** 3
 HEARTBEAT_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -226,12 +226,13 @@ def logs(conn: Connection, limit: int = LOGS_LIMIT) -> dict[str, list]:
     them (an added key) "lines": the same lines with their level and time (master
     local time), newest `limit` of both, newest last, so a reader can tell an hour-old
     warning from a fresh one."""
+    warning, error = LogLevel.WARNING.value, LogLevel.ERROR.value
     tails = {level: _rows(conn, _LOG_TAIL, {"level": level, "limit": limit})
-             for level in ("warning", "error")}
+             for level in (warning, error)}
     timed = sorted(((log_id, ts, level, m) for level, rows in tails.items()
                     for log_id, ts, m in rows))[-limit:]
-    return {"warnings": [m for _, _, m in reversed(tails["warning"])],
-            "errors": [m for _, _, m in reversed(tails["error"])],
+    return {"warnings": [m for _, _, m in reversed(tails[warning])],
+            "errors": [m for _, _, m in reversed(tails[error])],
             "lines": [{"time": local_time(ts), "ts": ts, "level": level, "message": m}
                       for _, ts, level, m in timed]}
 

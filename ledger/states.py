@@ -29,6 +29,13 @@ class Compare(enum.IntEnum):
     #                changed files differ anyway and would be read twice for nothing.
 
 
+class LogLevel(str, enum.Enum):
+    """The level of a row of table log (/logs serves warnings and errors)."""
+    INFO = "info"          # a normal event worth a line: a host joined, a batch requeued
+    WARNING = "warning"    # something went wrong and was handled: a retry, a lost host
+    ERROR = "error"        # something did not arrive or cannot run: the operator acts
+
+
 class AttemptStatus(str, enum.Enum):
     SUCCESS = "success"  # the batch succeeded
     RETRY = "retry"      # failed, will run again
