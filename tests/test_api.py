@@ -7,6 +7,7 @@ import io
 import json
 import re
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -661,20 +662,27 @@ def _run_with_api(tmp_path, port: int) -> subprocess.Popen:
         (src / f"d{d}").mkdir(parents=True)
         for i in range(30):
             (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(4096))
-    # A bandwidth cap keeps the copy going for a few seconds: time to look at it.
     return popen("run", "--src", str(src), "--dest", str(tmp_path / "dest"), "--ledger",
-                 str(tmp_path / "l.db"), "--port", str(port), "--batch-files", "60",
-                 "--bwlimit", "400KiB")
+                 str(tmp_path / "l.db"), "--port", str(port), "--batch-files", "60")
+
+
+def _held_with_its_api(run: subprocess.Popen, port: int) -> int:
+    """The run's API process, once it answers, with the run itself stopped (SIGSTOP):
+    a state held, so what the test looks at cannot end under it, however fast the
+    copy. The API serves on from its own process. Returns its pid."""
+    (child,) = eventually(lambda: api_processes(run.pid), "the run's API process", proc=run)
+    os.kill(run.pid, signal.SIGSTOP)
+    assert eventually(lambda: (_get(port, "/status") or (0,))[0] == 200, "the API answering")
+    assert api_processes(run.pid) == [child] and run.poll() is None
+    return child
 
 
 def test_run_serves_the_api_from_its_own_process_and_stops_it(tmp_path):
     port = free_port()
     run = _run_with_api(tmp_path, port)
     try:
-        assert eventually(lambda: (_get(port, "/status") or (0,))[0] == 200 or
-                          run.poll() is not None)
-        children = api_processes(run.pid)
-        assert run.poll() is not None or len(children) == 1
+        children = [_held_with_its_api(run, port)]
+        os.kill(run.pid, signal.SIGCONT)
         out, err = run.communicate(timeout=300)
         assert run.returncode == 0, err.decode()
         assert api_processes(run.pid) == [] and not any(running(p) for p in children)
@@ -688,9 +696,7 @@ def test_kill_9_of_run_leaves_no_api_process(tmp_path):
     port = free_port()
     run = _run_with_api(tmp_path, port)
     try:
-        assert eventually(lambda: (_get(port, "/status") or (0,))[0] == 200)
-        (child,) = api_processes(run.pid)
-        assert run.poll() is None           # the copy is still going (the cap)
+        child = _held_with_its_api(run, port)
         run.kill()
         run.wait()
         assert eventually(lambda: not running(child)), "the API process outlived fleetsync run"
