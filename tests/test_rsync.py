@@ -145,6 +145,9 @@ def test_an_item_runs_its_batches_side_by_side_and_caps_what_each_prints(tmp_pat
     jobs.append(rsync.Job(5, 2, [b"a/gone%04d" % i for i in range(400)], ["-a"], 0))
     tmp = tmp_path / "tmp"
     tmp.mkdir()
+    # DEST exists before an item runs: the preflight makes it. Without it, the lanes'
+    # first rsyncs race to create it and one may fail (exit 11, seen in a chroot).
+    dest.mkdir()
     out = subprocess.run(["/bin/sh", "-c", rsync.item_command(jobs, str(src), str(dest), "m", 3)],
                          capture_output=True, text=True, env=dict(os.environ, TMPDIR=str(tmp))).stdout
     outs = outcome.parse_all(out)
