@@ -82,22 +82,25 @@ def stop_now(migration_id: str, run_token: str, grace: float = 2.0) -> None:
     told so removes its temporary file), SIGKILL after `grace` seconds."""
     mark = rsync.marker(migration_id, run_token).encode()
     if _signal(processes.matching(mark), signal.SIGTERM):
-        deadline = time.time() + grace
-        while time.time() < deadline and processes.matching(mark):
-            time.sleep(0.1)
+        _wait_gone(mark, grace)
         _signal(processes.matching(mark), signal.SIGKILL)
     # An item's shell removes its directory on a signal, unless it was killed first
     # (SIGKILL after the grace, or by ansible-playbook's own stop on a loaded
     # machine): this machine's are removed here, a remote host's by the preflight
     # of the next run.
-    deadline = time.time() + grace
-    while time.time() < deadline and processes.matching(mark):
-        time.sleep(0.1)
+    _wait_gone(mark, grace)
     prefix = rsync.item_dir_prefix(migration_id, run_token)
     tmp = tempfile.gettempdir()
     for name in os.listdir(tmp):
         if name.startswith(prefix):
             shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+
+
+def _wait_gone(mark: bytes, seconds: float) -> None:
+    """Until no process carries mark, for at most `seconds`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and processes.matching(mark):
+        time.sleep(0.1)
 
 
 def close_masters(migration_id: str) -> None:

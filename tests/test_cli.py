@@ -13,7 +13,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -21,7 +20,7 @@ import pytest
 
 from fleetsync.controller import cli, processes
 
-from .support import fleetsync, popen, query
+from .support import eventually, fleetsync, popen, query
 
 COMMANDS = ["run", "verify", "retry", "bwlimit", "backup", "serve", "status"]
 
@@ -197,10 +196,7 @@ def test_run_prints_the_api_url_and_exits_130_on_sigint(tmp_path):
         url = url_in(line)
         assert get(url + "/healthz")[0] == 200
         # The dispatcher runs (its signal handlers too) once a batch has succeeded.
-        deadline = time.monotonic() + 240
-        while _succeeded(ledger) == 0:
-            assert p.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+        eventually(lambda: _succeeded(ledger) > 0, "a batch succeeded", 240, p)
         p.send_signal(signal.SIGINT)
         assert p.wait(240) == 130
         out = p.stdout.read().decode()
@@ -249,10 +245,7 @@ def test_ctrl_c_stops_the_checks_and_exits_130(tmp_path, command):
     else:
         p = popen("run", *args, "--verify")
     try:
-        deadline = time.monotonic() + 240
-        while _checked(ledger).get("verified", 0) == 0:
-            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
-            time.sleep(0.05)
+        eventually(lambda: _checked(ledger).get("verified", 0) > 0, "a batch verified", 240, p)
         _freeze_children(p.pid, signal.SIGSTOP)
         p.send_signal(signal.SIGINT)
         _freeze_children(p.pid, signal.SIGCONT)
@@ -377,10 +370,7 @@ def _slow_run(tmp_path, *extra: str) -> tuple[subprocess.Popen, str, str]:
     while line and b"API at" not in line:
         line = p.stderr.readline()
     url = url_in(line)
-    deadline = time.monotonic() + 240
-    while _running_batches(ledger) == 0:
-        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
-        time.sleep(0.1)
+    eventually(lambda: _running_batches(ledger) > 0, "its batch running", 240, p)
     return p, ledger, url
 
 

@@ -535,15 +535,14 @@ def test_a_slow_copy_on_localhost_is_not_a_lost_host(tmp_path):
                 raise
             return rows[0] if rows else None
 
-        moves, deadline = [], time.time() + 120
-        while len(moves) < 2:       # a heartbeat after the claim, then another
-            assert proc.poll() is None and time.time() < deadline, (
-                f"the batch ended before its heartbeat moved twice ({moves}): "
-                f"{query(ledger, 'SELECT status FROM attempts')}")
+        def moved_after(ts: float) -> float | None:
+            """Its heartbeat, once newer than ts while the batch still runs."""
             row = running()
-            if row and row[1] > max([row[0], *moves]):
-                moves.append(row[1])
-            time.sleep(0.2)
+            return row[1] if row and row[1] > max(row[0], ts) else None
+
+        # A heartbeat after the claim, then another, both while the batch runs.
+        first = eventually(lambda: moved_after(0.0), "a heartbeat during the item", 120, proc)
+        eventually(lambda: moved_after(first), "the heartbeat moving again", 120, proc)
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from .support import fleetsync, query, REPO
+from .support import eventually, fleetsync, query, REPO
 
 PLAYBOOK = os.path.join(REPO, "playbooks", "migrate.yml")
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
@@ -247,7 +247,6 @@ def test_a_preflight_kills_a_dead_runs_leftovers_not_another_hosts_preflight(tmp
     other's preflights: one host's leftover search must not find, and kill, the
     search another host runs at the same moment (seen under load)."""
     import re
-    import time
     import uuid
 
     from fleetsync.controller import processes
@@ -266,10 +265,8 @@ def test_a_preflight_kills_a_dead_runs_leftovers_not_another_hosts_preflight(tmp
     }
     try:
         for p, _ in others.values():          # their exec may be under way: a guard
-            deadline = time.monotonic() + 120
-            while b"time.sleep(600)" not in (processes.command_line(p.pid) or b""):
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            eventually(lambda: b"time.sleep(600)" in (processes.command_line(p.pid) or b""),
+                       "its exec", 120)
         out = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
                              env={**os.environ, "HOME": str(tmp_path)}, timeout=60).stdout
         for what, (p, survives) in others.items():
@@ -321,7 +318,6 @@ def test_limit_reaches_fleetsync_run_and_a_retry_file_is_absolute(tmp_path):
 # -- issue 20, 11. with port 0 the operator finds the API while the run goes on ------------
 def test_with_port_0_the_api_url_is_in_a_file_while_the_run_goes_on(tmp_path):
     import json
-    import time
     import urllib.request
     src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
     src.mkdir()
@@ -332,11 +328,7 @@ def test_with_port_0_the_api_url_is_in_a_file_while_the_run_goes_on(tmp_path):
                           "-e", "fleetsync_port=0", "-e", "fleetsync_bwlimit=64KiB"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     try:
-        deadline = time.monotonic() + 120
-        while not url_file.exists():
-            assert p.poll() is None, p.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "no URL file"
-            time.sleep(0.05)
+        eventually(url_file.exists, "the URL file", 120, p)
         url = url_file.read_text().strip()
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":0"), url
         with urllib.request.urlopen(url + "/status", timeout=30) as r:

@@ -17,6 +17,7 @@ from fleetsync.controller import outcome, processes, protocol
 from fleetsync.controller.protocol import Kind
 from fleetsync.ledger.states import OutcomeKind
 
+from .support import eventually
 from .test_playbook import _preflight
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,10 +111,8 @@ def test_the_preflight_reports_the_leftovers_it_killed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)",
                              f"--log-file-format=fleetsync:{mid}:dead-token"])
     try:
-        deadline = time.monotonic() + 120     # its exec may be under way
-        while b"time.sleep(600)" not in (processes.command_line(dead.pid) or b""):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        eventually(lambda: b"time.sleep(600)" in (processes.command_line(dead.pid) or b""),
+                   "its exec (it may be under way)", 120)
         out = sh(script, HOME=str(tmp_path))
         dead.wait(60)
         assert protocol.killed(out) == [dead.pid], out

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 
 from fleetsync.controller import outcome, processes, protocol, rsync
+
+from .support import eventually
 
 
 def run_command(cmd: str) -> str:
@@ -223,19 +224,13 @@ def test_an_item_whose_controller_is_gone_stops_its_rsyncs(tmp_path, how):
     """The controller's end of an item is gone (its host was lost): the item stops its
     rsync and starts no other batch, so the batch does not run here and elsewhere."""
     proc = _slow_item(tmp_path, beat=0.2)
-    deadline = time.time() + 60
-    while not _item_rsyncs(tmp_path):
-        assert time.time() < deadline and proc.poll() is None, "the item's rsync never started"
-        time.sleep(0.05)
+    eventually(lambda: _item_rsyncs(tmp_path), "the item's rsync starting", 60, proc)
     if how == "output_closed":
         proc.stdout.close()
     else:
         proc.terminate()
     proc.wait(timeout=60)
-    deadline = time.time() + 60
-    while _item_rsyncs(tmp_path):
-        assert time.time() < deadline, "the item's rsync goes on"
-        time.sleep(0.05)
+    eventually(lambda: not _item_rsyncs(tmp_path), "the item's rsync stopping", 60)
     dest = tmp_path / "dest"
     assert not (dest / "big").exists() and not (dest / "small").exists()
     assert os.listdir(tmp_path / "tmp") == []
