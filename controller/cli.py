@@ -110,7 +110,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fleetsync {version()}",
                    help="print the installed version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # One builder a command, in the order `fleetsync --help` lists them.
+    for add in (_run_command, _verify_command, _retry_command, _bwlimit_command,
+                _backup_command, _serve_command, _status_command):
+        add(sub)
+    return p
 
+
+def _ledger_arg(p: argparse.ArgumentParser) -> None:
+    """--ledger, which every command takes (added in place, so --help keeps its order)."""
+    p.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
+
+
+def _run_command(sub) -> None:
     run = _command(sub, "run", help="walk SRC, copy it to DEST on the inventory's hosts "
                          "(resumes when the ledger exists)")
     run.add_argument("--src", required=True, help="source directory (walked on this machine)")
@@ -118,9 +130,27 @@ def _parser() -> argparse.ArgumentParser:
                      help="destination: a path on the workers, or an rsync remote (host:/path)")
     run.add_argument("--inventory", default=DEFAULT_INVENTORY, metavar="INV",
                      help="Ansible inventory of the workers (default: this machine alone)")
-    run.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
+    _ledger_arg(run)
     _api_args(run)
     run.add_argument("--no-api", action="store_true", help="do not serve the API during the run")
+    _batch_args(run)
+    _worker_args(run)
+
+    run.add_argument("--bwlimit", metavar="RATE",
+                     help="bandwidth cap for the whole fleet per second, e.g. 500MiB, shared by "
+                          "the rsyncs running (change it live with `fleetsync bwlimit`)")
+    _delete_args(run)
+    run.add_argument("--rescan", action="store_true",
+                     help="the cutover pass: walk SRC again and queue only what differs "
+                          "from the last walk (name, type, mode, inode, size, mtime, ctime); "
+                          "with --delete, deletions reach DEST too")
+    _filter_args(run)
+    run.add_argument("--verify", action="store_true",
+                     help="after the copy, check every batch with rsync --checksum --dry-run")
+
+
+def _batch_args(run: argparse.ArgumentParser) -> None:
+    """How `run` cuts the walk into batches, and how often a batch is retried."""
     run.add_argument("--batch-files", type=int, default=defaults.BATCH_FILES, metavar="N",
                      help="entries per batch at most (default: %(default)s)")
     run.add_argument("--batch-bytes", default=defaults.BATCH_BYTES_TEXT, metavar="SIZE",
@@ -129,12 +159,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="walker processes (default: the cores, at most 6: %(default)s)")
     run.add_argument("--max-retries", type=int, default=defaults.MAX_RETRIES, metavar="R",
                      help="retries of a batch after a retryable rsync exit (default: %(default)s)")
-    _worker_args(run)
 
-    run.add_argument("--bwlimit", metavar="RATE",
-                     help="bandwidth cap for the whole fleet per second, e.g. 500MiB, shared by "
-                          "the rsyncs running (change it live with `fleetsync bwlimit`)")
 
+def _delete_args(run: argparse.ArgumentParser) -> None:
+    """The deletion pass of `run` and its guard."""
     delete = run.add_mutually_exclusive_group()
     delete.add_argument("--delete", action="store_true",
                         help="end with a pass that removes from DEST what is no longer in SRC "
@@ -149,17 +177,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-delete", action="append", default=[], metavar="NAME",
                      help="a top-level entry of SRC that --delete may remove from DEST "
                           "although the ledger copied it before (repeatable)")
-    run.add_argument("--rescan", action="store_true",
-                     help="the cutover pass: walk SRC again and queue only what differs "
-                          "from the last walk (name, type, mode, inode, size, mtime, ctime); "
-                          "with --delete, deletions reach DEST too")
-    _filter_args(run)
-    run.add_argument("--verify", action="store_true",
-                     help="after the copy, check every batch with rsync --checksum --dry-run")
 
+
+def _verify_command(sub) -> None:
     ver = _command(sub, "verify", help="check succeeded batches on the workers with rsync's "
                          "checksums (dry run); record per batch: verified, or what differs")
-    ver.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
+    _ledger_arg(ver)
     ver.add_argument("--inventory", metavar="INV",
                      help="Ansible inventory of the workers that check (default: the one the "
                           "migration last ran with)")
@@ -175,33 +198,42 @@ def _parser() -> argparse.ArgumentParser:
                      help="put batches that differ back in the queue for `fleetsync run`")
     _worker_args(ver)
 
+
+def _retry_command(sub) -> None:
     retry = _command(sub, "retry", help="put failed (or chosen) batches of a migration back "
                            "in the queue; `fleetsync run` then copies them")
-    retry.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
+    _ledger_arg(retry)
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="every batch that failed")
     which.add_argument("--task", type=int, action="append", metavar="N",
                        help="this batch (repeatable), failed or succeeded")
 
+
+def _bwlimit_command(sub) -> None:
     bw = _command(sub, "bwlimit", help="change the fleet's bandwidth cap, also during a run")
-    bw.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
+    _ledger_arg(bw)
     bw.add_argument("rate", help="per second for the whole fleet, e.g. 200MiB, or 'off'")
 
+
+def _backup_command(sub) -> None:
     backup = _command(sub, "backup", help="copy the ledger to OUT with SQLite's online backup "
                       "(safe during a run); the copy is one self-contained file")
-    backup.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
+    _ledger_arg(backup)
     backup.add_argument("out", metavar="OUT", help="the copy to write (a new file)")
 
+
+def _serve_command(sub) -> None:
     serve = _command(sub, "serve", help="serve the API of a ledger (running, finished or crashed)")
-    serve.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
+    _ledger_arg(serve)
     _api_args(serve)
 
+
+def _status_command(sub) -> None:
     status = _command(sub, "status", help="print the migration's progress line "
                             "(batches, files, bytes, rate, ETA)")
-    status.add_argument("--ledger", default=defaults.LEDGER, metavar="PATH", help=LEDGER_HELP)
+    _ledger_arg(status)
     status.add_argument("--json", action="store_true",
                         help="print /status, /progress and /throughput as JSON")
-    return p
 
 
 def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
