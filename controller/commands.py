@@ -2,11 +2,15 @@
 run, verify, retry, bwlimit, backup, serve and status (one function each, named after it)."""
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from fleetsync.ledger import backup as backups
 from fleetsync.ledger import (batches, db, deletions, dirpass, entry_outcomes, filter_rules,
@@ -24,6 +28,9 @@ from .producer import Limits
 from .resources import DEFAULT_INVENTORY
 from .rsync import DEFAULT_RSYNC_OPTIONS
 from .walk import Walk
+
+if TYPE_CHECKING:     # annotations only: the API's socket is bound by controller/cli.py
+    from .listener import Listener
 
 
 def _check_paths(src: str, dest: str) -> tuple[str, str]:
@@ -110,8 +117,9 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     # this one's rsyncs as leftovers and fight over its batches.
     with _locked(ledger_path):
         try:
-            return _run(args, src, dest, limits, bwlimit, delete, hosts, ledger_path, api,
-                        choice)
+            return _run(_RunPlan(args=args, src=src, dest=dest, limits=limits,
+                                 bwlimit=bwlimit, delete=delete, hosts=hosts,
+                                 ledger_path=ledger_path, api=api, choice=choice))
         except (DispatchError, inventory.InventoryError):
             # Refused once it had begun (no host passed its preflight, say): the
             # ledger is left as a finished run leaves it, in rollback-journal mode,
@@ -141,28 +149,71 @@ def _locked(ledger_path: str) -> LedgerLock:
     return lock
 
 
-def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete: DeleteMode,
-         hosts, ledger_path: str, api, choice: filters.Choice) -> int:
-    options = {"batch_files": limits.entries, "batch_bytes": limits.bytes,
-               "filters": [str(r) for r in choice.rules]}   # a new ledger's rules
-    engine = db.writer(ledger_path)
-    mig = migration.open_or_create(engine, src, dest, options)
-    for line in choice.says():
+@dataclass(frozen=True)
+class _RunPlan:
+    """What `fleetsync run` checked before taking the ledger's lock: the input of the
+    run's steps below."""
+    args: argparse.Namespace
+    src: str
+    dest: str
+    limits: Limits
+    bwlimit: int | None
+    delete: DeleteMode                   # as asked: ON runs a dry run first (the guard)
+    hosts: dict[str, inventory.Host]
+    ledger_path: str
+    api: Listener | None                 # the API's bound socket; None for --no-api
+    choice: filters.Choice
+
+
+def _run(plan: _RunPlan) -> int:
+    """The run, in steps: open the migration, walk, dispatch the passes, close the run."""
+    engine = db.writer(plan.ledger_path)
+    mig, owed = _open_migration(plan, engine)
+    walk = _start_walk(plan, engine, mig, owed)
+    if plan.delete is not DeleteMode.OFF:
+        # The pass the bound is checked on covers every directory of SRC, not only
+        # those a rescan touched (dirpass.next_part says why).
+        with db.connect(plan.ledger_path) as conn:
+            dirpass.restart(conn)
+    if plan.api is not None:
+        _start_api(plan.api, plan.args, plan.ledger_path)
+    # --delete: the pass runs as a dry run first; the real one only within --max-delete.
+    settings = replace(_settings(plan.args, plan.ledger_path),
+                       delete=DeleteMode.DRY_RUN if plan.delete is DeleteMode.ON
+                       else plan.delete)
+    started = time.time()
+    try:
+        with _dispatching(plan, settings, walk, engine) as (dispatcher, stopped):
+            _passes(plan, settings, dispatcher, started, stopped)
+    except delete_guard.DeleteRefused:
+        # Nothing was deleted: the run ends as one without --delete, then says why.
+        _close_run(plan.ledger_path, engine, stopped, started, DeleteMode.OFF)
+        raise
+    return _close_run(plan.ledger_path, engine, stopped, started, plan.delete)
+
+
+def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
+    """The ledger's migration, opened (or created) for this run, the run begun and the
+    batches of a dead run released; and whether changed filter rules owe a rescan."""
+    options = {"batch_files": plan.limits.entries, "batch_bytes": plan.limits.bytes,
+               "filters": [str(r) for r in plan.choice.rules]}   # a new ledger's rules
+    mig = migration.open_or_create(engine, plan.src, plan.dest, options)
+    for line in plan.choice.says():
         print(line, file=sys.stderr)
     if mig.repointed_from:
-        print(f"fleetsync: this ledger now copies to {dest}, not {mig.repointed_from} "
+        print(f"fleetsync: this ledger now copies to {plan.dest}, not {mig.repointed_from} "
               "(nothing was ever copied there)", file=sys.stderr)
     killed = kill_leftovers(mig.migration_id)
     if killed:
         print(f"fleetsync: stopped {killed} processes left by an earlier run", file=sys.stderr)
     with engine.connect() as conn:
         migration.start_run(conn)
-        runs.record(conn, os.path.abspath(args.inventory))
-        if bwlimit:
-            migration.set_bwlimit(conn, bwlimit)
-        if choice.change:
-            filter_rules.change(conn, [str(r) for r in choice.rules])
-        filter_rules.set_delete_excluded(conn, args.delete_excluded)
+        runs.record(conn, os.path.abspath(plan.args.inventory))
+        if plan.bwlimit:
+            migration.set_bwlimit(conn, plan.bwlimit)
+        if plan.choice.change:
+            filter_rules.change(conn, [str(r) for r in plan.choice.rules])
+        filter_rules.set_delete_excluded(conn, plan.args.delete_excluded)
         with conn.begin():
             # changed rules owe a rescan, until it has begun (also after a crash)
             owed = filter_rules.rescan_owed(migration.load(conn).options)
@@ -170,38 +221,35 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
     if released:
         print(f"fleetsync: resumed: {len(released)} batches of the last run wait again",
               file=sys.stderr)
-    walk = None
-    if not mig.walk_done or args.rescan or owed:
-        walk = Walk(ledger_path, src, args.producers, Limits(**{
-            "entries": mig.options.get("batch_files", limits.entries),
-            "bytes": mig.options.get("batch_bytes", limits.bytes)}),
-            rescan=args.rescan or owed, filters=filters.Filters(choice.rules))
-        walk.start()
-        if owed:
-            with engine.connect() as conn:
-                filter_rules.rescan_begun(conn)
-    if delete is not DeleteMode.OFF:
-        # The pass the bound is checked on covers every directory of SRC, not only
-        # those a rescan touched (dirpass.next_part says why).
-        with db.connect(ledger_path) as conn:
-            dirpass.restart(conn)
-    if api is not None:
-        _start_api(api, args, ledger_path)
-    settings = _settings(args, ledger_path)
-    # --delete: the pass runs as a dry run first; the real one only within --max-delete.
-    settings.delete = DeleteMode.DRY_RUN if delete is DeleteMode.ON else delete
-    started = time.time()
-    dispatcher = Dispatcher(settings, walk, hosts)
-    live = progress.Live(ledger_path).start()
+    return mig, owed
+
+
+def _start_walk(plan: _RunPlan, engine, mig: migration.Migration, owed: bool) -> Walk | None:
+    """The walk of SRC, started: when the ledger's first walk is not done, --rescan asks
+    for one, or changed filter rules owe one; None when the ledger's walk stands."""
+    if mig.walk_done and not plan.args.rescan and not owed:
+        return None
+    walk = Walk(plan.ledger_path, plan.src, plan.args.producers, Limits(**{
+        "entries": mig.options.get("batch_files", plan.limits.entries),
+        "bytes": mig.options.get("batch_bytes", plan.limits.bytes)}),
+        rescan=plan.args.rescan or owed, filters=filters.Filters(plan.choice.rules))
+    walk.start()
+    if owed:
+        with engine.connect() as conn:
+            filter_rules.rescan_begun(conn)
+    return walk
+
+
+@contextmanager
+def _dispatching(plan: _RunPlan, settings: Settings, walk: Walk | None, engine):
+    """The copy's dispatcher, the live progress line and the signal handlers, for the
+    passes; all of them (and the walk and the API) end with the block, however it ends."""
+    dispatcher = Dispatcher(settings, walk, plan.hosts)
+    live = progress.Live(plan.ledger_path).start()
     stopped = _stop_on_signals()
     stopped.dispatcher = dispatcher
-    refused = None
     try:
-        dispatcher.run()
-        if delete is DeleteMode.ON and not stopped.is_set():
-            refused = _delete_within_bound(args, settings, dispatcher.hosts, started, stopped)
-        if args.verify and not stopped.is_set() and refused is None:
-            _verify(settings, dispatcher.hosts, resume=False, stopped=stopped)
+        yield dispatcher, stopped
     except KeyboardInterrupt:
         # Stopped at once by a second signal: the ledger says so (`status` shows a
         # stopped run, not a crashed one), then the interruption goes on up.
@@ -213,19 +261,33 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
         if walk is not None:
             walk.stop()
         dispatcher.close()
-        if api is not None:
-            api.stop()
+        if plan.api is not None:
+            plan.api.stop()
+
+
+def _passes(plan: _RunPlan, settings: Settings, dispatcher: Dispatcher, started: float,
+            stopped: Stopped) -> None:
+    """The copy; then, unless a signal stopped it, the delete pass (--delete, raises
+    DeleteRefused over --max-delete) and the checks (--verify)."""
+    dispatcher.run()
+    if plan.delete is DeleteMode.ON and not stopped.is_set():
+        _delete_within_bound(plan.args, settings, dispatcher.hosts, started, stopped)
+    if plan.args.verify and not stopped.is_set():
+        _verify(settings, dispatcher.hosts, resume=False, stopped=stopped)
+
+
+def _close_run(ledger_path: str, engine, stopped: Stopped, started: float,
+               delete: DeleteMode) -> int:
+    """The run's end in the ledger (finished, or stopped by a signal), its summary
+    (delete: what the summary reports of the pass) and the WAL folded in."""
     with engine.connect() as conn:
         if batches.work_left(conn).finished:
             migration.end_run(conn)
         elif stopped.is_set():
             migration.stop_run(conn)
     engine.dispose()
-    code = _summary(ledger_path, stopped.signum,
-                    delete if refused is None else DeleteMode.OFF, started)
+    code = _summary(ledger_path, stopped.signum, delete, started)
     _fold_wal(ledger_path)
-    if refused is not None:
-        raise refused
     return code
 
 
@@ -247,9 +309,9 @@ def _guard_top_level(args, ledger_path: str, src: str) -> None:
 
 
 def _delete_within_bound(args, settings: Settings, hosts, since: float,
-                         stopped: Stopped) -> UsageError | None:
+                         stopped: Stopped) -> None:
     """After the dry-run pass: the real one when its count is within --max-delete
-    (said in one line), else the refusal (nothing deleted)."""
+    (said in one line), else DeleteRefused (nothing deleted)."""
     with db.connect(settings.ledger_path, readonly=True) as conn, conn.begin():
         would = deletions.count(conn, True, since)
         # DEST's entries: SRC's as the walk found them, and those the pass would delete
@@ -259,16 +321,14 @@ def _delete_within_bound(args, settings: Settings, hosts, since: float,
     if would > limit:
         with db.connect(settings.ledger_path, readonly=True) as conn:
             examples = deletions.listed(conn, True, since, delete_guard.NAMES_SHOWN)
-        return delete_guard.refuse_count(would, limit, args.max_delete, dest_entries, examples)
+        raise delete_guard.refuse_count(would, limit, args.max_delete, dest_entries, examples)
     print(f"fleetsync: --delete: {would} entries to delete from DEST, within --max-delete "
           f"{args.max_delete or defaults.MAX_DELETE} ({limit} of {dest_entries})",
           file=sys.stderr)
-    settings.delete = DeleteMode.ON
     with db.connect(settings.ledger_path) as conn:
         dirpass.restart(conn)
-    stopped.dispatch(Dispatcher(settings, None, hosts))
+    stopped.dispatch(Dispatcher(replace(settings, delete=DeleteMode.ON), None, hosts))
     _copy_what_was_in_the_way(settings, hosts, stopped)
-    return None
 
 
 def _copy_what_was_in_the_way(settings: Settings, hosts, stopped: Stopped) -> None:
@@ -283,8 +343,7 @@ def _copy_what_was_in_the_way(settings: Settings, hosts, stopped: Stopped) -> No
             return
         batches.requeue(conn, blocked, "--delete replaced a DEST entry of another type")
         dirpass.restart(conn, after=blocked[0] - 1)
-    settings.delete = DeleteMode.OFF
-    stopped.dispatch(Dispatcher(settings, None, hosts))
+    stopped.dispatch(Dispatcher(replace(settings, delete=DeleteMode.OFF), None, hosts))
 
 
 def _settings(args, ledger_path: str) -> Settings:

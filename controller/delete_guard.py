@@ -77,10 +77,14 @@ def refuse_missing(missing: list[bytes], src: str) -> UsageError:
         f"or give --max-delete; nothing was changed")
 
 
+class DeleteRefused(UsageError):
+    """The dry-run pass counted more than --max-delete: the real pass does not run."""
+
+
 def refuse_count(would: int, limit: int, text: str | None, dest_entries: int,
-                 examples: list[str]) -> UsageError:
+                 examples: list[str]) -> DeleteRefused:
     shown = ", ".join(examples[:NAMES_SHOWN]) + (", ..." if would > NAMES_SHOWN else "")
-    return UsageError(
+    return DeleteRefused(
         f"--delete refused: the pass would delete {would} entries from DEST, over "
         f"--max-delete {text or defaults.MAX_DELETE} ({limit} of {dest_entries} entries): "
         f"{shown} (every one in table deletions, dry_run = 1); nothing was deleted. "
