@@ -1,4 +1,4 @@
-"""The Bottle app: `make_app(ledger_path, token=None)`.
+"""The Bottle app: `make_app(ledger_path, token=None)`, a LedgerApp.
 
 Every route is a row of ROUTES; the same rows register the routes and write
 /openapi.json. Every answer comes from one read transaction (one consistent
@@ -138,23 +138,75 @@ ROUTES: tuple[Route, ...] = (
 OPENAPI = openapi.describe(ROUTES)
 
 
-def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
+class LedgerApp(bottle.Bottle):
+    """The Bottle app of one ledger, with what a server needs of it besides WSGI
+    (api/server.py reads both): snapshots, the shared Snapshot's refresher (close() it
+    to stop its thread at once; it also stops when nobody asks), and inline_paths, the
+    routes a server may answer on the thread that read the request."""
+
+    def __init__(self, snapshots: Snapshots, inline_paths: frozenset[str]) -> None:
+        super().__init__()
+        self.snapshots = snapshots
+        self.inline_paths = inline_paths
+
+
+def make_app(ledger_path: str, token: str | None = None) -> LedgerApp:
     """The API over the ledger at ledger_path (which must exist: LedgerError otherwise).
 
     With a token, every route but /healthz and / (a page without data) wants
-    `Authorization: Bearer <token>`. app.snapshots is the shared Snapshot's refresher
-    (close() it to stop its thread at once; it also stops when nobody asks).
+    `Authorization: Bearer <token>`. app.snapshots: see LedgerApp.
     """
     reader(ledger_path).dispose()   # a missing ledger fails here, not at the first request
-    app = bottle.Bottle()
+    app = LedgerApp(Snapshots(ledger_path), frozenset(r.path for r in ROUTES if r.shared))
     app.default_error_handler = errors.handle
-    local = threading.local()
-    snapshots = app.snapshots = Snapshots(ledger_path)
-    # Routes a server may answer on the thread that read the request (api/server.py).
-    app.inline_paths = frozenset(r.path for r in ROUTES if r.shared)
-    recent = Recent()
+    answers = _Answers(ledger_path, app.snapshots)
+    for route in ROUTES:
+        app.route(route.path, "GET", answers.endpoint(route), name=route.path)
+    if token:
+        app.add_hook("before_request", _bearer_check(token))
+    app.add_hook("after_request", _no_store)
+    return app
 
-    def read(view: Callable, kwargs: dict) -> dict | str:
+
+class _Answers:
+    """How one app answers its routes: a view read in one read transaction on the
+    server thread's own connection (kept a while per URL by Recent), or the bytes
+    of the shared Snapshot."""
+
+    def __init__(self, ledger_path: str, snapshots: Snapshots) -> None:
+        self.ledger_path = ledger_path
+        self.snapshots = snapshots
+        self.local = threading.local()
+        self.recent = Recent()
+
+    def endpoint(self, route: Route) -> Callable:
+        """The Bottle callback of route."""
+        if route.shared:
+            def handle_shared() -> bytes:
+                if bottle.request.query_string and not route.any_query:
+                    parse_query(route.params)    # a 400 for any parameter
+                return self.shared(route.path)
+            return handle_shared
+
+        def handle(**url_args: str) -> dict | str | bytes | Iterator[bytes]:
+            kwargs = {} if route.any_query else parse_query(route.params)
+            for p in route.path_params:
+                kwargs[p.name] = p.parse(url_args[p.name])
+            bottle.response.content_type = route.media_type
+            if not route.ledger:
+                return route.view(**kwargs)
+            return self.recent.get((route.path, *sorted(kwargs.items())),
+                                   lambda: self.build(route, kwargs))
+        return handle
+
+    def build(self, route: Route, kwargs: dict) -> bytes | Iterator[bytes]:
+        """route's body as bytes (or a stream of them)."""
+        body = self.read(route.view, kwargs)
+        if isinstance(body, dict):
+            return json.dumps(body).encode()   # as Bottle's JSON plugin would
+        return body.encode() if isinstance(body, str) else body
+
+    def read(self, view: Callable, kwargs: dict) -> dict | str | Iterator[bytes]:
         """view(conn, **kwargs) in one read transaction: one consistent snapshot.
 
         Each server thread keeps its own read-only engine and connection between
@@ -162,9 +214,9 @@ def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
         request cost a quarter of the server's time in bench/api.py, and one
         engine per thread can never run out of pooled connections.
         """
-        conn = getattr(local, "conn", None)
+        conn = getattr(self.local, "conn", None)
         if conn is None or conn.closed or conn.invalidated:
-            conn = local.conn = reader(ledger_path).connect()
+            conn = self.local.conn = reader(self.ledger_path).connect()
         if conn.in_transaction():   # a stream that was never read to its end
             conn.rollback()
         try:
@@ -184,46 +236,15 @@ def make_app(ledger_path: str, token: str | None = None) -> bottle.Bottle:
             conn.rollback()
             raise
 
-    def shared(path: str) -> bytes:
-        snap = snapshots.current()
+    def shared(self, path: str) -> bytes:
+        """path's body in the shared Snapshot, which says which snapshot it is."""
+        snap = self.snapshots.current()
         if snap.error is not None:
             raise bottle.HTTPError(*snap.error)
         # Which snapshot answered: two answers with the same number agree with each other.
         bottle.response.set_header("X-Fleetsync-Snapshot", str(snap.serial))
         bottle.response.content_type = errors.JSON_TYPE
         return snap.bodies[path]
-
-    def endpoint(route: Route) -> Callable:
-        if route.shared:
-            def handle_shared() -> bytes:
-                if bottle.request.query_string and not route.any_query:
-                    parse_query(route.params)    # a 400 for any parameter
-                return shared(route.path)
-            return handle_shared
-
-        def build(kwargs: dict) -> bytes | Iterator[bytes]:
-            body = read(route.view, kwargs)
-            if isinstance(body, dict):
-                return json.dumps(body).encode()   # as Bottle's JSON plugin would
-            return body.encode() if isinstance(body, str) else body
-
-        def handle(**url_args: str) -> dict | str | bytes | Iterator[bytes]:
-            kwargs = {} if route.any_query else parse_query(route.params)
-            for p in route.path_params:
-                kwargs[p.name] = p.parse(url_args[p.name])
-            bottle.response.content_type = route.media_type
-            if not route.ledger:
-                return route.view(**kwargs)
-            return recent.get((route.path, *sorted(kwargs.items())), lambda: build(kwargs))
-        return handle
-
-    for route in ROUTES:
-        app.route(route.path, "GET", endpoint(route), name=route.path)
-
-    if token:
-        app.add_hook("before_request", _bearer_check(token))
-    app.add_hook("after_request", _no_store)
-    return app
 
 
 def _unavailable(e: Exception) -> bottle.HTTPError:

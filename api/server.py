@@ -80,7 +80,8 @@ class _Dispatcher(ThreadedTaskDispatcher):
 
 def _create(app, **adjustments):
     """waitress.create_server, with the inline dispatcher when the app names routes it
-    answers without waiting (app.inline_paths, see api/app.py)."""
+    answers without waiting (LedgerApp.inline_paths, api/app.py; any other WSGI app
+    has none)."""
     inline = getattr(app, "inline_paths", frozenset())
     threads = adjustments.get("threads", DEFAULT_THREADS)
     dispatcher = _Dispatcher(inline, threads) if inline else None
@@ -137,7 +138,7 @@ class ServerThread:
         self._server.task_dispatcher.shutdown(timeout=5)   # let requests in flight finish
         for channel in list(self._server._map.values()):   # listener, trigger, clients
             channel.close()
-        snapshots = getattr(self._app, "snapshots", None)
+        snapshots = getattr(self._app, "snapshots", None)     # a LedgerApp's (api/app.py)
         if snapshots is not None:
             snapshots.close()
 

@@ -88,21 +88,9 @@ def estimate(conn: Connection, now: float | None = None, held: bool | None = Non
     slots = {w: (s, n or 1) for w, s, n in _rows(conn, _SLOTS)}
     slots_up = sum(n for s, n in slots.values() if s == WorkerState.UP.value)
     rate, per_batch = _rate_per_rsync(conn, bwlimit, slots_up)
-    in_flight, busy = 0.0, 0
-    if state is RunState.RUNNING:
-        for worker, n, size, claimed in _rows(conn, _RUNNING,
-                                              {"running": BatchState.RUNNING.value}):
-            lanes = min(n, slots.get(worker, (None, 1))[1])
-            busy += lanes
-            if rate is not None and claimed is not None:
-                in_flight += min(size, rate * lanes * max(0.0, now - claimed))
-    in_flight = int(in_flight)
-
+    in_flight, busy = _in_flight(conn, slots, rate, now) if state is RunState.RUNNING else (0, 0)
     moved = done["bytes"] + in_flight
-    if total_bytes:
-        percent = 100.0 * moved / total_bytes
-    else:
-        percent = 100.0 * done["batches"] / total_batches if total_batches else 0.0
+    percent = _percent(moved, total_bytes, done["batches"], total_batches)
 
     bytes_per_sec = eta = None
     if state is RunState.RUNNING:
@@ -127,6 +115,27 @@ def estimate(conn: Connection, now: float | None = None, held: bool | None = Non
         "bytes_per_sec": None if bytes_per_sec is None else round(bytes_per_sec, 2),
         "eta_sec": None if eta is None else round(eta, 1),
     }
+
+
+def _in_flight(conn: Connection, slots: dict[str, tuple[str, int]], rate: float | None,
+               now: float) -> tuple[int, int]:
+    """The bytes the running batches have moved so far, at the rate per rsync since
+    each was claimed (at most each batch's size), and the slots they fill."""
+    in_flight, busy = 0.0, 0
+    for worker, n, size, claimed in _rows(conn, _RUNNING,
+                                          {"running": BatchState.RUNNING.value}):
+        lanes = min(n, slots.get(worker, (None, 1))[1])
+        busy += lanes
+        if rate is not None and claimed is not None:
+            in_flight += min(size, rate * lanes * max(0.0, now - claimed))
+    return int(in_flight), busy
+
+
+def _percent(moved: int, total_bytes: int, batches_done: int, total_batches: int) -> float:
+    """Percent done: of the bytes, or of the batches when they hold no bytes."""
+    if total_bytes:
+        return 100.0 * moved / total_bytes
+    return 100.0 * batches_done / total_batches if total_batches else 0.0
 
 
 def _eta(rate: float | None, per_batch: float | None, bytes_left: float, waiting: int,
