@@ -20,21 +20,24 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from fleetsync.ledger import batches, db, deletions, dirpass, logbook, migration, verify, workers
+from fleetsync.ledger import batches, db, dirpass, logbook, migration, verify, workers
 from fleetsync.ledger.errors import FleetsyncError
 from fleetsync.ledger.states import DeleteMode, LogLevel, OutcomeKind, VerifyState
 
-from . import defaults, file_outcomes, inventory, outcome, processes, protocol, rsync, slot
+from . import defaults, inventory, outcome, processes, protocol, rsync
+from .backoff import Backoff
 from .hostrun import (BATCHES_TASK, PREFLIGHT_TASK, Event, EventKind, FleetRun, HostRun,
                       close_masters, stop_now)
-from .outcome import Outcome
+from .inventory_watch import InventoryWatch
 from .policy import Policy
+from .preflights import Preflights
+from .recorder import Recorder
+from .silence import Silence
 from .walk import Walk
 
 log = logging.getLogger(__name__)
 
-BACKOFF_FIRST, BACKOFF_MAX = defaults.BACKOFF_FIRST, defaults.BACKOFF_MAX
-INVENTORY_EVERY, HEARTBEAT_EVERY = defaults.INVENTORY_EVERY, defaults.HEARTBEAT_EVERY
+HEARTBEAT_EVERY = defaults.HEARTBEAT_EVERY
 
 
 class DispatchError(FleetsyncError):
@@ -59,6 +62,11 @@ class Settings:
 
 
 class Dispatcher:
+    """Routes the runner events of the hosts' runs to the ledger; starts runs for the
+    hosts that are ready (InventoryWatch: who they are; Backoff: when a lost one may
+    try again; Preflights: which cannot work) and loses the silent ones; Recorder
+    writes what their output says."""
+
     def __init__(self, settings: Settings, walk: Walk | None,
                  hosts: dict[str, inventory.Host] | None = None):
         self.settings = settings
@@ -70,11 +78,11 @@ class Dispatcher:
         self.events: queue.Queue[Event] = queue.Queue()
         self.hosts: dict[str, inventory.Host] = hosts or {}
         self.runs: dict[str, HostRun] = {}
-        self.backoff: dict[str, float] = {}
-        self.preflight_errors: dict[str, str] = {}
+        self.backoff = Backoff()
+        self.preflights = Preflights()
+        self.recorder = Recorder(self.conn, self.mig, settings.policy, settings.delete)
+        self.silence = Silence(self.conn, settings.heartbeat_timeout, settings.rsync_options)
         self.beats: dict[str, float] = {}
-        self.worker_of_host: dict[str, str] = {}
-        self.losses: dict[str, int] = {}
         self.stopping = False
         # The lookups of this dispatch stop claiming when this process is gone
         # (kill -9): nothing would record what they ran.
@@ -83,8 +91,9 @@ class Dispatcher:
         # Hosts of earlier runs are not up until they pass this run's preflight
         # (they would shrink every rsync's share of --bwlimit).
         workers.forget_all(self.conn)
-        self._inventory_mtime = _mtime(settings.inventory_path) if hosts else None
-        self._next_inventory = self._next_beat = 0.0
+        self.inventory = InventoryWatch(settings.inventory_path, settings.limit, settings.slots,
+                                        read=bool(hosts))
+        self._next_beat = 0.0
 
     # -- the loop ---------------------------------------------------------------
     def run(self, mode: OutcomeKind = OutcomeKind.COPY) -> None:
@@ -107,9 +116,8 @@ class Dispatcher:
     def _loop(self) -> None:
         while True:
             now = time.time()
-            if now >= self._next_inventory:
+            if self.inventory.due(now):
                 self._reload_inventory()
-                self._next_inventory = now + INVENTORY_EVERY
             self._finish_walk()
             done = self._done()
             if self.stopping or done:
@@ -150,18 +158,16 @@ class Dispatcher:
 
     # -- hosts --------------------------------------------------------------------
     def _reload_inventory(self) -> None:
-        mtime = _mtime(self.settings.inventory_path)
-        if mtime == self._inventory_mtime and self.hosts:
-            return
-        self._inventory_mtime = mtime
+        """The hosts of the inventory, when its files changed: those that left claim
+        nothing more, those that joined start with the next runs."""
         try:
-            hosts = inventory.with_slots(inventory.load(self.settings.inventory_path,
-                                                        limit=self.settings.limit),
-                                         self.settings.slots)
+            hosts = self.inventory.changed(known=bool(self.hosts))
         except inventory.InventoryError as e:
             if not self.hosts:
                 raise
             logbook.add(self.conn, LogLevel.WARNING, f"{e}; keeping the hosts known before")
+            return
+        if hosts is None:
             return
         for name in set(self.hosts) - set(hosts):
             if name in self.runs:     # first: it claims nothing after the line below
@@ -177,7 +183,7 @@ class Dispatcher:
         """One run for every host that is ready now (not running, not resting)."""
         now = time.time()
         ready = [host for name, host in self.hosts.items()
-                 if name not in self.runs and self.backoff.get(name, 0) <= now]
+                 if name not in self.runs and self.backoff.ready(name, now)]
         if not ready:
             return
         # Enough loop items for a full share of batches, or for the whole
@@ -203,9 +209,8 @@ class Dispatcher:
             return
         run.lost = why
         name = run.host.name
-        wid = run.worker_id or self.worker_of_host.get(name)
-        wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** self._count_loss(name))
-        self.backoff[name] = time.time() + wait
+        wid = run.worker_id or self.preflights.worker_of(name)
+        wait = self.backoff.after_loss(name)
         released = []
         if batches.work_left(self.conn).finished:
             dirpass.restart(self.conn)    # its part of the directory pass may be lost
@@ -213,20 +218,14 @@ class Dispatcher:
             released = batches.release_worker(self.conn, wid, f"host {name} lost: {why}")
             verify.release_worker(self.conn, wid)
             workers.lost(self.conn, wid, time.time() + wait)
-        elif name not in self.preflight_errors:
-            self.preflight_errors[name] = f"unreachable: {why}"
+        else:
+            self.preflights.note(name, f"unreachable: {why}")
         logbook.add(self.conn, LogLevel.WARNING, f"host {name} lost: {why}; {len(released)} "
                     f"batches back to waiting; next try in {wait:.0f} s", worker_id=wid)
         run.cancel()
         # Its batches may start elsewhere now: whatever of its item still runs stops
         # (rsync.item_command fences itself when its output is gone).
         run.end_item()
-
-    def _count_loss(self, name: str) -> int:
-        """Count one more loss of this host; returns how often it was lost before in
-        this run (the back-off doubles with each)."""
-        self.losses[name] = self.losses.get(name, 0) + 1
-        return self.losses[name] - 1
 
     def _listen(self, now: float) -> None:
         """Hear the hosts inside an item: the beats its command prints while its rsyncs
@@ -237,37 +236,17 @@ class Dispatcher:
                 self.beats[run.worker_id] = now
 
     def _check_silent(self, now: float) -> None:
-        """A host holding a batch and not heard from for the heartbeat timeout is lost.
-        Its items beat while they run, however slowly a cap makes them copy; a host
-        whose beats cannot be heard (hostrun._UNCOUNTED) is given its batch's bytes at
-        the rate its rsync may go, on top."""
+        """A host holding a batch and not heard from for too long is lost (Silence)."""
         for run in list(self.runs.values()):
-            if run.lost or not run.worker_id:
-                continue
-            if now - run.last_event <= self.settings.heartbeat_timeout:
-                continue       # not silent long enough to matter, whatever it holds
-            held = batches.held_bytes(self.conn, run.worker_id)
-            if held is None:
-                continue
-            limit = self.settings.heartbeat_timeout
-            if not run.audible:
-                limit += held / self._stall_rate()
-            if now - run.last_event > limit:
-                self._lose(run, f"silent for {now - run.last_event:.0f} s while holding a batch")
-
-    def _stall_rate(self) -> int:
-        """The slowest pace a healthy rsync may keep: STALL_RATE, or its cap under it."""
-        mig = migration.load(self.conn)
-        self.conn.rollback()
-        capped = rsync.capped_rate(self.settings.rsync_options
-                                   + slot.bwlimit_options(self.conn, mig.bwlimit))
-        return min(defaults.STALL_RATE, capped or defaults.STALL_RATE)
+            why = self.silence.why_lost(run, now)
+            if why is not None:
+                self._lose(run, why)
 
     def _check_hopeless(self) -> None:
         """No host passed its preflight (each failed it or was unreachable before it)
         and none is trying now: say why in one line rather than wait forever."""
-        if self.hosts and not self.runs and set(self.hosts) <= set(self.preflight_errors):
-            first = sorted(self.preflight_errors.items())[0]
+        first = self.preflights.hopeless(self.hosts, self.runs)
+        if first is not None:
             raise DispatchError(f"no host can run the migration: host {first[0]}: {first[1]}")
 
     # -- events -------------------------------------------------------------------
@@ -305,7 +284,7 @@ class Dispatcher:
             outcomes = outcome.parse_all(stdout)
             for out in outcomes:
                 if run.worker_id:
-                    self._record(out, run.worker_id)
+                    self.recorder.record(out, run.worker_id)
             if not outcomes and not any(protocol.says(stdout, kind)
                                         for kind in (protocol.Kind.IDLE, protocol.Kind.STOP)):
                 self._unreadable(run, stdout)
@@ -325,11 +304,11 @@ class Dispatcher:
                     worker_id=run.worker_id)
 
     def _preflight(self, run: HostRun, ev: Event) -> None:
+        """The host's preflight passed (it works as the worker it names) or failed."""
         stdout = ev.res.get("stdout", "")
         if ev.kind == EventKind.ON_OK and run.worker_id is None:
             run.worker_id = protocol.worker(stdout)
-            self.worker_of_host[run.host.name] = run.worker_id
-            self.preflight_errors.pop(run.host.name, None)
+            self.preflights.passed(run.host.name, run.worker_id)
             slots = self.hosts[run.host.name].slots if run.host.name in self.hosts else None
             workers.seen(self.conn, run.worker_id, run.host.name, slots or run.host.slots)
             self.beats[run.worker_id] = ev.ts
@@ -340,36 +319,8 @@ class Dispatcher:
         elif ev.kind == EventKind.ON_FAILED:
             why = ("; ".join(protocol.errors(stdout))
                    or _one_line(ev.res.get("msg") or stdout or "failed"))
-            if run.host.name not in self.preflight_errors:
+            if self.preflights.failed(run.host.name, why):
                 logbook.add(self.conn, LogLevel.ERROR, f"host {run.host.name} preflight: {why}")
-            self.preflight_errors[run.host.name] = why
-
-    def _record(self, out: Outcome, worker_id: str) -> None:
-        if out.kind is OutcomeKind.VERIFY:
-            verify.record(self.conn, out.task_id, out.claim_no, out.rsync_exit_code,
-                          out.itemized, out.errors)
-        elif out.kind in (OutcomeKind.DIRS, OutcomeKind.DELETE, OutcomeKind.CLEAN):
-            self._record_pass(out, worker_id)
-        else:
-            self._record_batch(out, worker_id)
-
-    def _record_batch(self, out: Outcome, worker_id: str) -> None:
-        """The verdict and the per-file rows (controller/file_outcomes.py)."""
-        file_outcomes.record_batch(self.conn, out, worker_id, self.settings.policy, self.mig.src,
-                     self.mig.dest)
-
-    def _record_pass(self, out: Outcome, worker_id: str) -> None:
-        """A part of the directory pass: its deletions go to the ledger, errors to the log."""
-        if out.kind in (OutcomeKind.DELETE, OutcomeKind.CLEAN):
-            deleted = [line.split(" ", 1)[1].strip() for line in out.itemized
-                       if line.startswith("*deleting")]
-            dry_run = (out.kind is OutcomeKind.DELETE
-                       and self.settings.delete is DeleteMode.DRY_RUN)
-            deletions.record(self.conn, deleted, dry_run, worker_id)
-        if out.rsync_exit_code != 0:
-            logbook.add(self.conn, _pass_level(out), f"directory pass ({out.kind.value}) "
-                        f"exit={out.rsync_exit_code}: " + "; ".join(out.errors[:3]),
-                        worker_id=worker_id)
 
     def _finished(self, run: HostRun, status: str | None) -> None:
         """The host's play is over (its loop ended, it failed its preflight, it was
@@ -391,11 +342,11 @@ class Dispatcher:
             if released and not self.stopping and not run.lost:
                 logbook.add(self.conn, LogLevel.WARNING, f"host {name}: dispatch ended ({status}) "
                             f"holding {len(released)} batches; back to waiting", worker_id=wid)
-        elif not run.lost and name not in self.preflight_errors:
-            self.preflight_errors[name] = f"dispatch ended before its preflight ({status})"
-            logbook.add(self.conn, LogLevel.ERROR, f"host {name}: {self.preflight_errors[name]}")
-        if name in self.preflight_errors:
-            self.backoff[name] = max(self.backoff.get(name, 0), time.time() + BACKOFF_FIRST)
+        elif not run.lost and self.preflights.note(
+                name, f"dispatch ended before its preflight ({status})"):
+            logbook.add(self.conn, LogLevel.ERROR, f"host {name}: {self.preflights.why_not(name)}")
+        if self.preflights.why_not(name) is not None:
+            self.backoff.after_failure(name)
 
     def _flush_heartbeats(self) -> None:
         workers.heartbeat(self.conn, self.beats)
@@ -414,13 +365,6 @@ def beat_seconds(heartbeat_timeout: float) -> float:
     return max(0.2, min(rsync.BEAT_SECONDS, heartbeat_timeout / 4))
 
 
-def _pass_level(out: Outcome) -> str:
-    """A directory removed from SRC since the walk is a normal event, not an error for
-    /logs: rsync's exit 24 (vanished; outcome.py maps a listed entry that no longer
-    exists to it)."""
-    return LogLevel.INFO if out.rsync_exit_code == outcome.VANISHED_EXIT else LogLevel.ERROR
-
-
 def _become_subreaper() -> None:
     """Orphaned descendants (the ssh masters, daemonized by ssh itself) become this
     process's children: close_masters reaps them, and their CPU counts as the
@@ -431,22 +375,6 @@ def _become_subreaper() -> None:
             log.info("not a subreaper: errno %d", ctypes.get_errno())
     except (OSError, AttributeError) as e:      # not Linux: masters end by ControlPersist
         log.info("not a subreaper: %s", e)
-
-
-def _mtime(path: str) -> int | None:
-    """Newest change of an inventory: the file or directory, and the group_vars and
-    host_vars that Ansible reads beside or inside it."""
-    base = path if os.path.isdir(path) else os.path.dirname(path)
-    newest = None
-    for top in (path, os.path.join(base, "group_vars"), os.path.join(base, "host_vars")):
-        for d, _, files in os.walk(top) if os.path.isdir(top) else [("", [], [top])]:
-            for name in files:
-                try:
-                    m = os.stat(os.path.join(d, name)).st_mtime_ns
-                except FileNotFoundError:   # removed since it was listed
-                    continue
-                newest = m if newest is None else max(newest, m)
-    return newest
 
 
 def _one_line(text: str) -> str:
