@@ -46,11 +46,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
-from fleetsync.ledger.entry_outcomes import EntryOutcome
 from fleetsync.ledger.logbook import show_path
 from fleetsync.ledger.walkqueue import CLAIM_MAX, Cut, Dir, WalkQueue, fingerprint
 
 from . import defaults
+from .cutter import Batch, BatchCutter
 from .file_outcomes import walk_error
 from .filters import Filters
 
@@ -187,6 +187,24 @@ class Threads:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+class SlowMount:
+    """Slow-mount detection: the mount is slow when most of the last SLOW_SAMPLE
+    timed stat calls took longer than SLOW_CALL (round trips, not cache hits)."""
+
+    def __init__(self) -> None:
+        self.calls = self.slow_calls = 0
+
+    def slow_after(self, seconds: float) -> bool:
+        """Count one timed stat call; True when a full sample says the mount is slow."""
+        self.calls += 1
+        self.slow_calls += seconds > SLOW_CALL
+        if self.calls < SLOW_SAMPLE:
+            return False
+        slow = self.slow_calls * 2 > self.calls
+        self.calls = self.slow_calls = 0
+        return slow
+
+
 class Producer:
     """One producer process's loop: claim directories, list them into the open
     batch, hand closed batches in; `producers` (P) sizes its share of a claim.
@@ -204,24 +222,23 @@ class Producer:
         self.rescan = rescan
         self.max_threads = defaults.WALK_THREADS if threads is None else threads
         self.threads: Threads | None = None
-        self.slow_calls = self.calls = self.timed = 0
+        self.slow_mount = SlowMount()
+        self.timed = 0                # stat calls timed (the first SLOW_SAMPLE all are)
         self.push: list[bytes] = []   # subdirectories seen, not yet in the queue
         self.cuts: list[Cut] = []     # closed batches, not yet in the ledger
         self.since_cut = 0            # entries looked at since the last cut (a rescan)
-        self._new_batch()
+        self.cutter = BatchCutter(limits, rescan, full=self.close_batch)
+        self.add = self.cutter.add    # bound once: the hot loop calls it for every entry
 
-    def _new_batch(self) -> None:
-        self.entries: list[tuple[bytes, int, int]] = []
-        self.files = self.dirs = self.bytes = self.name_bytes = 0
-        self.done_dirs: list[int] = []   # listed to the end into this or earlier batches
-        self.listed: list[bytes] = []    # of those, the ones listed without an error
-        self.errors: list[EntryOutcome] = []   # per-file rows (ledger/entry_outcomes.py)
-        self.sparse = False
-        self.links: list[tuple[int, int, bytes, int]] = []
-        self.pruned: list[tuple[bytes, int, str]] = []   # left out by a rule (table pruned)
-        # listings with fingerprints to enqueue with the next cut
-        self.touched: list[Listing] = [x for x in getattr(self, "touched", ()) if not x.finished]
-        self.batch_dirs: set[bytes] = set()  # directories in this batch (a rescan)
+    @property
+    def batch(self) -> Batch:
+        """The open batch (the cutter's)."""
+        return self.cutter.batch
+
+    @property
+    def pruned(self) -> list[tuple[bytes, int, str]]:
+        """The open batch's entries left out by a rule (read by _list_here)."""
+        return self.cutter.batch.pruned
 
     def run(self) -> None:
         try:
@@ -230,8 +247,7 @@ class Producer:
                 self.push, self.cuts = [], []
                 if claimed:
                     self.list_dirs(claimed)
-                elif (self.entries or self.done_dirs or self.errors or self.pruned
-                      or any(x.fps for x in self.touched)):
+                elif self.cutter.holds_anything():
                     self.cuts.append(self._cut(None))   # nothing left to add: enqueue it now
                 elif not self.wait_for_work():
                     return
@@ -270,7 +286,7 @@ class Producer:
 
     def _begin(self, listing: Listing) -> None:
         """A listing starts being taken here: its fingerprints go with the next cuts."""
-        self.touched.append(listing)
+        self.cutter.touched.append(listing)
         if self.rescan:
             listing.old = self.queue.old_prints(listing.d.path)
 
@@ -284,9 +300,10 @@ class Producer:
             # ENOENT below SRC: removed since it was queued (a --rescan queues every
             # directory seen before): nothing to copy, not an error.
             if not (e.errno == errno.ENOENT and listing.d.path):
-                self.errors.append(walk_error(listing.d.path, e,
-                                              f"cannot list {show_path(listing.full)}", True))
-            self.done_dirs.append(listing.d.dir_id)
+                self.batch.errors.append(walk_error(listing.d.path, e,
+                                                    f"cannot list {show_path(listing.full)}",
+                                                    True))
+            self.batch.done_dirs.append(listing.d.dir_id)
             return False
         self._begin(listing)
         if listing.dot:
@@ -351,14 +368,10 @@ class Producer:
         return False
 
     def _time_call(self, seconds: float) -> None:
-        """Start the threads when most of the last SLOW_SAMPLE stats were round trips."""
-        self.calls += 1
+        """Start the threads when the mount turns out slow (SlowMount)."""
         self.timed += 1
-        self.slow_calls += seconds > SLOW_CALL
-        if self.calls >= SLOW_SAMPLE:
-            if self.slow_calls * 2 > self.calls:
-                self.threads = Threads(self.max_threads)
-            self.calls = self.slow_calls = 0
+        if self.slow_mount.slow_after(seconds):
+            self.threads = Threads(self.max_threads)
 
     def _list_threaded(self, listings: list[Listing], opened: bool) -> None:
         """The listings, read and stat-ed ahead by the threads, taken in order here."""
@@ -375,10 +388,10 @@ class Producer:
                 if kind == _OPEN_FAILED:
                     listing.finished = True
                     if not (item.errno == errno.ENOENT and listing.d.path):   # as list_dir
-                        self.errors.append(walk_error(
+                        self.batch.errors.append(walk_error(
                             listing.d.path, item, f"cannot list {show_path(listing.full)}",
                             True))
-                    self.done_dirs.append(listing.d.dir_id)
+                    self.batch.done_dirs.append(listing.d.dir_id)
                     break
                 if item is not None:
                     raise item
@@ -398,7 +411,7 @@ class Producer:
                     self.filters is not None and entry is not None
                     and self.filters.excluded(listing.prefix + name, False)
                     and self.filters.excluded(listing.prefix + name, True)):
-                self.errors.append(walk_error(
+                self.batch.errors.append(walk_error(
                     listing.prefix + name if entry is not None else b".", err,
                     f"cannot stat {show_path(listing.full + b'/' + name)}", False))
             return
@@ -427,7 +440,7 @@ class Producer:
         elif not changed:
             self._note(listing, pos, fp)
         elif st.st_nlink > 1:                    # batched by inode when the walk ends
-            self.links.append((st.st_dev, st.st_ino, rel, st.st_size))
+            self.batch.links.append((st.st_dev, st.st_ino, rel, st.st_size))
             self._note(listing, pos, fp)
             listing.queued = True
         else:
@@ -454,64 +467,27 @@ class Producer:
         listing.close()
         listing.finished = True
         if listing.broke is not None:
-            self.errors.append(walk_error(listing.d.path, listing.broke,
-                                          f"cannot list all of {show_path(listing.full)}",
-                                          True))
+            self.batch.errors.append(walk_error(listing.d.path, listing.broke,
+                                                f"cannot list all of {show_path(listing.full)}",
+                                                True))
         else:
-            self.listed.append(listing.d.path or b".")
+            self.batch.listed.append(listing.d.path or b".")
         if listing.old is not None:
             rel = listing.d.path or b"."
             # more of the last walk's entries missing than entries new or changed:
             # some were deleted (its own fingerprint in its parent says so as well,
             # unless its times were forged and the clock set back)
             gone = len(listing.old) - listing.matched > listing.changed
-            if (listing.queued or gone) and rel not in self.batch_dirs:
+            if (listing.queued or gone) and rel not in self.batch.dirs_in:
                 self.add(rel, 1, 0, listing.d.dir_id, listing.pos, force=True)
-        self.done_dirs.append(listing.d.dir_id)
+        self.batch.done_dirs.append(listing.d.dir_id)
         if len(self.push) >= PUSH_EVERY:
             self.hand_in(wait=False)
 
-    def add(self, rel: bytes, is_dir: int, size: int, dir_id: int, pos: int,
-            holes: bool = False, listing: Listing | None = None, fp: int = 0,
-            force: bool = False) -> None:
-        """Add the entry at position `pos` of directory `dir_id`, cutting the batch
-        before it when it would go over a limit, and after it when it is full.
-        holes: a sparse file; only batches with one pay for rsync --sparse (2x CPU).
-        listing, fp: its listing and fingerprint, noted after a cut before it, so that
-        a cut's fingerprints are those of the positions it completes.
-        force: no cut before (a rescan's directory entry after its last position)."""
-        lim, name_bytes = self.limits, len(rel) + 1   # +1: NUL, rsync --from0
-        if self.entries and not force and (self.bytes + size > lim.bytes
-                                           or self.name_bytes + name_bytes > lim.name_bytes):
-            self.close_batch((dir_id, pos - 1))
-        self.entries.append((rel, is_dir, size))
-        if listing is not None:
-            fps = listing.fps             # _note, inline: this runs once per entry
-            if not fps:
-                listing.fps_pos = pos
-            fps.append(fp)
-        self.sparse = self.sparse or holes
-        self.name_bytes += name_bytes
-        if is_dir:
-            self.dirs += 1
-            if self.rescan:
-                self.batch_dirs.add(rel)
-        else:
-            self.files += 1
-            self.bytes += size
-        if len(self.entries) >= lim.entries:
-            self.close_batch((dir_id, pos))
-
     def _cut(self, partial: tuple[int, int] | None) -> Cut:
-        cut = Cut(self.entries, self.files, self.dirs, self.bytes, self.done_dirs, partial,
-                  self.errors, self.sparse, self.links,
-                  [(x.d.path, x.fps_pos, x.fps.tobytes()) for x in self.touched if x.fps],
-                  self.listed, self.pruned)
-        for x in self.touched:
-            x.fps = array("q")
-        self._new_batch()
+        """The open batch as a Cut (BatchCutter.cut); a rescan's count starts again."""
         self.since_cut = 0
-        return cut
+        return self.cutter.cut(partial)
 
     def close_batch(self, partial: tuple[int, int] | None) -> None:
         """Close the batch (`partial`: how far its last directory is listed) and

@@ -92,18 +92,21 @@ class Walk:
         """Wait for the producers; True when every one ended well and the walk is complete."""
         for p in self.procs:
             p.join(timeout)
-        if self.running():
+        if self.running() or not all(p.exitcode == 0 for p in self.procs):
             return False
-        ok = all(p.exitcode == 0 for p in self.procs)
-        if ok:
-            with db.connect(self.ledger_path) as conn:
-                ok = walkqueue.walk_finished(conn)
-                if ok:
-                    walkqueue.drop_old_prints(conn)
-                    hardlinks.cut_batches(conn, self.limits, Compare.ALWAYS if self.compare
-                                          else Compare.QUICK)
-                    migration.set_walk_done(conn)
-        return ok
+        with db.connect(self.ledger_path) as conn:
+            if not walkqueue.walk_finished(conn):
+                return False
+            self._finish(conn)
+        return True
+
+    def _finish(self, conn) -> None:
+        """The walk is complete: the last walk's fingerprints go, the hard links are cut
+        into batches (by inode, now that every link is seen), the walk is marked done."""
+        walkqueue.drop_old_prints(conn)
+        hardlinks.cut_batches(conn, self.limits,
+                              Compare.ALWAYS if self.compare else Compare.QUICK)
+        migration.set_walk_done(conn)
 
     def stop(self) -> None:
         for p in self.procs:
