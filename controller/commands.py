@@ -10,12 +10,12 @@ import time
 
 from fleetsync.ledger import backup as backups
 from fleetsync.ledger import (batches, db, deletions, dirpass, entry_outcomes, filter_rules,
-                              migration, queries, runs, walkqueue)
+                              migration, queries, runs, sizes, walkqueue)
 from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import defaults, delete_guard, filters, inventory, progress, sizes
+from . import defaults, delete_guard, filters, inventory, progress
 from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError
 from .hostrun import kill_leftovers

@@ -213,6 +213,28 @@ def release(conn: Connection, report: Report, why: str) -> bool:
                                f"{report.worker_id}: {why}"))
 
 
+def unclaim(conn: Connection, worker_id: str, claims: list[tuple[int, int]],
+            why: str) -> list[int]:
+    """running -> pending, for claims (task_id, claim_no) whose rsync never started
+    (a host's claimed work held back when the cap or the run's window changed): no
+    attempt row, since nothing ran, and no retry used; one log line for them all."""
+    back = []
+    with conn.begin():
+        for task_id, claim_no in claims:
+            row = conn.execute(update(batches).where(
+                batches.c.task_id == task_id, batches.c.claim == claim_no,
+                batches.c.state == BatchState.RUNNING.value,
+                batches.c.worker_id == worker_id)
+                .values(state=BatchState.PENDING.value).returning(batches.c.task_id)).first()
+            if row is not None:
+                back.append(task_id)
+        if back:
+            logbook.write(conn, [(time.time(), LogLevel.INFO, None, worker_id,
+                                  f"{len(back)} batches claimed by {worker_id} wait again "
+                                  f"before they started: {why}")])
+    return back
+
+
 def running_claims(conn: Connection, worker_id: str | None = None) -> list[Claim]:
     """Batches now running (on one worker, or anywhere)."""
     q = select(batches.c.task_id, batches.c.claim, batches.c.retry_count).where(

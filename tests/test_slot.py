@@ -9,7 +9,7 @@ import subprocess
 from fleetsync.controller import hostrun, processes, rsync, slot
 from fleetsync.controller.walk import Walk
 from fleetsync.controller.producer import Limits
-from fleetsync.ledger import batches, db, dirpass, migration, workers
+from fleetsync.ledger import bandwidth, batches, db, dirpass, migration, workers
 
 
 def ledger_with_batches(tmp_path, files=6, per_batch=2):
@@ -72,9 +72,9 @@ def test_the_fleet_bandwidth_cap_is_shared_and_live(tmp_path):
         workers.seen(conn, "w1", "h1", 4)
         workers.seen(conn, "w2", "h2", 4)
         assert "--bwlimit" not in nxt(path, tmp_path)
-        migration.set_bwlimit(conn, 80 << 20)          # 80 MiB/s over 8 slots
+        bandwidth.set_cap(conn, 80 << 20)          # 80 MiB/s over 8 slots
         assert "--bwlimit=10240 " in nxt(path, tmp_path)
-        migration.set_bwlimit(conn, 8 << 20)           # changed during the run
+        bandwidth.set_cap(conn, 8 << 20)           # changed during the run
         assert "--bwlimit=1024 " in nxt(path, tmp_path)
         workers.lost(conn, "w2", 0)                    # fewer slots up: a bigger share
         assert "--bwlimit=2048 " in nxt(path, tmp_path)

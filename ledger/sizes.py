@@ -1,4 +1,5 @@
-"""Sizes as operators write them: 100MiB, 1G, 512k, 1048576."""
+"""Sizes as operators write them: 100MiB, 1G, 512k, 1048576 (the options, the
+bandwidth timetable the ledger keeps: so here, where the ledger and the API read it)."""
 from __future__ import annotations
 
 import re
