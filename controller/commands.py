@@ -9,13 +9,13 @@ import threading
 import time
 
 from fleetsync.ledger import backup as backups
-from fleetsync.ledger import (batches, db, deletions, dirpass, entry_outcomes, filter_rules,
-                              migration, queries, runs, sizes, walkqueue)
+from fleetsync.ledger import (bandwidth, batches, db, deletions, dirpass, entry_outcomes,
+                              filter_rules, migration, queries, runs, sizes, timetable, walkqueue)
 from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import defaults, delete_guard, filters, inventory, progress
+from . import defaults, delete_guard, filters, inventory, progress, window
 from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError
 from .hostrun import kill_leftovers
@@ -77,6 +77,14 @@ def _size(option: str, text: str) -> int:
         raise UsageError(f"{option} {text}: {e}") from None
 
 
+def _timetable(option: str, text: str) -> timetable.Timetable:
+    """A cap or a timetable (ledger/timetable.py), or one line that names the fault."""
+    try:
+        return timetable.parse(text)
+    except timetable.TimetableError as e:
+        raise UsageError(f"{option} {text!r}: {e}") from None
+
+
 def _start_api(api, args, ledger_path: str) -> None:
     """The API in a process of its own (a dashboard polling hard shares no GIL with
     the dispatcher; it ends with this process, also on kill -9), on the socket
@@ -91,7 +99,10 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     API's bound socket (controller/listener.py), None for --no-api."""
     src, dest = _check_paths(args.src, args.dest)
     limits = _limits(args)
-    bwlimit = _size("--bwlimit", args.bwlimit) if args.bwlimit else None
+    bwlimit = _timetable("--bwlimit", args.bwlimit) if args.bwlimit else None
+    args.run_window = window.from_args(args)       # this run's alone: not stored
+    for line in window.rsync_option_warnings(args.rsync_option):
+        print(line, file=sys.stderr)
     delete = _check_delete(args, src)
     given = filters.rules_of(args.filter_rules)     # bad rules: one line, nothing created
     if args.delete_excluded and delete is DeleteMode.OFF:
@@ -141,7 +152,8 @@ def _locked(ledger_path: str) -> LedgerLock:
     return lock
 
 
-def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete: DeleteMode,
+def _run(args, src: str, dest: str, limits: Limits, bwlimit: timetable.Timetable | None,
+         delete: DeleteMode,
          hosts, ledger_path: str, api, choice: filters.Choice) -> int:
     options = {"batch_files": limits.entries, "batch_bytes": limits.bytes,
                "filters": [str(r) for r in choice.rules]}   # a new ledger's rules
@@ -158,8 +170,8 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
     with engine.connect() as conn:
         migration.start_run(conn)
         runs.record(conn, os.path.abspath(args.inventory))
-        if bwlimit:
-            migration.set_bwlimit(conn, bwlimit)
+        if bwlimit is not None:
+            bandwidth.store(conn, bwlimit)
         if choice.change:
             filter_rules.change(conn, [str(r) for r in choice.rules])
         filter_rules.set_delete_excluded(conn, args.delete_excluded)
@@ -190,11 +202,14 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
     settings = _settings(args, ledger_path)
     # --delete: the pass runs as a dry run first; the real one only within --max-delete.
     settings.delete = DeleteMode.DRY_RUN if delete is DeleteMode.ON else delete
+    settings.window_stop_at = args.run_window.stop_at
     started = time.time()
     dispatcher = Dispatcher(settings, walk, hosts)
     live = progress.Live(ledger_path).start()
     stopped = _stop_on_signals()
     stopped.dispatcher = dispatcher
+    watch = window.Watch(args.run_window, ledger_path, mig.migration_id, settings.run_token,
+                         stopped).start()
     refused = None
     try:
         dispatcher.run()
@@ -209,6 +224,7 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
             migration.stop_run(conn)
         raise
     finally:
+        watch.stop()
         live.stop()
         if walk is not None:
             walk.stop()
@@ -223,6 +239,9 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
     engine.dispose()
     code = _summary(ledger_path, stopped.signum,
                     delete if refused is None else DeleteMode.OFF, started)
+    if watch.closed and not stopped.signum:
+        print(window.summary(ledger_path, watch))
+        code = window.WINDOW_EXIT
     _fold_wal(ledger_path)
     if refused is not None:
         raise refused
@@ -488,9 +507,11 @@ def status(args) -> int:
     with progress.reading(_existing(args.ledger)) as reading:
         pruned = filter_rules.pruned_count(reading.conn)
         if args.json:
-            print(json.dumps({**reading.summary(), "pruned": pruned}, indent=2))
+            print(json.dumps({**reading.summary(), "pruned": pruned,
+                              "window": bandwidth.window(reading.conn)}, indent=2))
         else:
             print(reading.line())
+            print("fleetsync: " + bandwidth.line(reading.conn))
             print("fleetsync: " + _arrival(*queries.not_arrived(reading.conn)))
             if pruned:
                 print(f"fleetsync: {_pruned(pruned)}")
@@ -534,10 +555,13 @@ def retry(args) -> int:
 
 
 def bwlimit(args) -> int:
-    """`fleetsync bwlimit`: the fleet's bandwidth cap, also during a run."""
-    rate = None if args.rate.lower() in ("off", "none", "0") else sizes.parse(args.rate)
+    """`fleetsync bwlimit`: the fleet's bandwidth cap or timetable, also during a run."""
+    text = "off" if args.rate.strip().lower() in ("none", "0") else args.rate
+    table = _timetable("bwlimit", text)       # bad input: one line, nothing opened
     with db.connect(_existing(args.ledger, write=True)) as conn:
-        migration.set_bwlimit(conn, rate)
-    print(f"fleetsync: bandwidth cap {'off' if rate is None else args.rate + '/s'}; "
-          "batches that start from now on share it")
+        bandwidth.store(conn, table)
+        with conn.begin():
+            now = bandwidth.line(conn)
+    print(f"fleetsync: {now}; the next item of each host uses it (batches claimed "
+          "before it that have not started wait again)")
     return 0

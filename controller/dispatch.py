@@ -20,7 +20,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from fleetsync.ledger import batches, db, deletions, dirpass, logbook, migration, verify, workers
+from fleetsync.ledger import (bandwidth, batches, db, deletions, dirpass, logbook, migration,
+                              verify, workers)
 from fleetsync.ledger.errors import FleetsyncError
 from fleetsync.ledger.states import DeleteMode, LogLevel, OutcomeKind, VerifyState
 
@@ -56,6 +57,8 @@ class Settings:
     # This `fleetsync run`: carried in the command line of every process it starts,
     # so that the next run can tell them from its own and kill them.
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # The run's window (controller/window.py): no claim from then on (the windows' clock).
+    window_stop_at: float | None = None
 
 
 class Dispatcher:
@@ -195,7 +198,8 @@ class Dispatcher:
                 "fleetsync_controller": self.controller,
                 "fleetsync_rsync_options": self.settings.rsync_options,
                 "fleetsync_mode": self.mode.value, "fleetsync_delete": self.settings.delete.value,
-                "fleetsync_beat": beat_seconds(self.settings.heartbeat_timeout)}
+                "fleetsync_beat": beat_seconds(self.settings.heartbeat_timeout),
+                "fleetsync_window_stop_at": self.settings.window_stop_at}
 
     def _lose(self, run: HostRun, why: str) -> None:
         """The host is gone for now: its batches wait again, it rests before a retry."""
@@ -257,10 +261,10 @@ class Dispatcher:
 
     def _stall_rate(self) -> int:
         """The slowest pace a healthy rsync may keep: STALL_RATE, or its cap under it."""
-        mig = migration.load(self.conn)
-        self.conn.rollback()
+        with self.conn.begin():     # the lowest cap of a timetable: a batch may start under it
+            lowest = bandwidth.load(self.conn).lowest()
         capped = rsync.capped_rate(self.settings.rsync_options
-                                   + slot.bwlimit_options(self.conn, mig.bwlimit))
+                                   + slot.bwlimit_options(self.conn, lowest))
         return min(defaults.STALL_RATE, capped or defaults.STALL_RATE)
 
     def _check_hopeless(self) -> None:

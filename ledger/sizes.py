@@ -22,3 +22,13 @@ def parse(text: str) -> int:
     if value < 1:
         raise SizeError(f"bad size {text!r}: must be at least 1 byte")
     return value
+
+
+def shown(count: int) -> str:
+    """A size for a person, in binary units: 512 B, 1.5 MiB."""
+    value, unit = float(count), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{value:.4g} {unit}"

@@ -147,11 +147,4 @@ def rate_at(timetable: Timetable, when: float) -> tuple[int | None, float | None
 
 def shown(bytes_per_sec: int | None) -> str:
     """A rate for a person: off, or bytes/s in binary units."""
-    if bytes_per_sec is None:
-        return "off"
-    value, unit = float(bytes_per_sec), "B"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            break
-        value /= 1024
-    return f"{value:.4g} {unit}/s"
+    return "off" if bytes_per_sec is None else sizes.shown(bytes_per_sec) + "/s"

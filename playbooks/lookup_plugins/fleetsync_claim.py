@@ -48,6 +48,6 @@ class LookupModule(LookupBase):
                                       lanes=int(v.get("fleetsync_lanes", 1)),
                                       controller=v.get("fleetsync_controller"),
                                       beat=float(v.get("fleetsync_beat", rsync.BEAT_SECONDS)),
-                                      stop_at=_number(v.get("fleetsync_window_deadline")))]
+                                      stop_at=_number(v.get("fleetsync_window_stop_at")))]
         except Exception as e:  # an exception here would fail the host; say why instead
             raise AnsibleError(f"fleetsync_claim: {type(e).__name__}: {e}") from e
