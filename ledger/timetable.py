@@ -84,13 +84,13 @@ def parse(text: str) -> Timetable:
     entries = [_entry(w) for w in words]
     weekly = {day is not None for day, _ in entries}
     if len(weekly) > 1:
-        raise TimetableError(f"{text!r}: give a weekday to every entry or to none")
+        raise TimetableError("give a weekday to every entry or to none")
     period = WEEK if weekly == {True} else DAY
     minutes = [(day or 0) * DAY + e.minute for day, e in entries]
     for (before, after, word) in zip(minutes, minutes[1:], words[1:]):
         if after <= before:
-            raise TimetableError(f"{text!r}: entry {word!r} is not later than the one "
-                                 "before it (give the entries in order of time)")
+            raise TimetableError(f"entry {word!r} is not later than the one before it "
+                                 "(give the entries in order of time)")
     return Timetable(" ".join(words), tuple(Entry(m, e.rate) for m, (_, e) in
                                             zip(minutes, entries)), period)
 
