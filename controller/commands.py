@@ -82,7 +82,7 @@ def _timetable(option: str, text: str) -> timetable.Timetable:
     try:
         return timetable.parse(text)
     except timetable.TimetableError as e:
-        raise UsageError(f"{option} {text!r}: {e}") from None
+        raise UsageError(f"{option} {text}: {e}") from None
 
 
 def _start_api(api, args, ledger_path: str) -> None:

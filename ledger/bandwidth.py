@@ -14,7 +14,7 @@ import time
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from . import clock, timetable
+from . import clock, sizes, timetable
 from .queries import local_time
 from .schema import bandwidth, has_table, migration
 from .timetable import Timetable
@@ -70,10 +70,17 @@ def window(conn: Connection, now: float | None = None) -> dict:
             "now": local_time(now)}
 
 
+def _per_second(cap: int | None) -> str:
+    # Not "/s": the status line shows a rate ("/s") only while a run goes on.
+    return "off" if cap is None else sizes.shown(cap) + " per second"
+
+
 def line(conn: Connection, now: float | None = None) -> str:
-    """The cap for `fleetsync status`: 'bandwidth cap 10 MiB/s until ... (then off)'."""
+    """The cap for `fleetsync status`: 'bandwidth cap 10 MiB per second until ...
+    (then off)'."""
     w = window(conn, now)
-    said = f"bandwidth cap {w['cap']}"
+    said = f"bandwidth cap {_per_second(w['cap_bytes_per_sec'])}"
     if w["next_change"]:
-        said += f" until {w['next_change']} (then {w['next_cap']})"
+        said += (f" until {w['next_change']} "
+                 f"(then {_per_second(w['next_cap_bytes_per_sec'])})")
     return said + (f"; timetable {w['bwlimit']}" if w["next_change"] else "")

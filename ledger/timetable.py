@@ -79,8 +79,8 @@ def parse(text: str) -> Timetable:
     if len(words) == 1 and "," not in words[0]:
         try:
             return Timetable(words[0], (Entry(0, rate(words[0])),))
-        except sizes.SizeError as e:
-            raise TimetableError(f"bad rate {words[0]!r}: {_why(e)}") from None
+        except sizes.SizeError as e:     # a constant: said as a size, as before timetables
+            raise TimetableError(str(e)) from None
     entries = [_entry(w) for w in words]
     weekly = {day is not None for day, _ in entries}
     if len(weekly) > 1:

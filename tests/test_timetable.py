@@ -73,8 +73,8 @@ def test_a_constant_cap(text, cap):
     ("08:60,1M", "bad time 08:60"),
     ("8h,1M", "bad timetable entry '8h,1M'"),
     ("08:00,1M Mon-09:00,off", "give a weekday to every entry or to none"),
-    ("0", "bad rate '0'"),
-    ("-5M", "bad rate '-5M'"),
+    ("0", "bad size '0': must be at least 1 byte"),
+    ("-5M", "bad size '-5M'"),
     ("  ", "the bandwidth cap is empty"),
 ])
 def test_a_malformed_timetable_names_its_fault(text, fault):

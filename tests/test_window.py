@@ -106,7 +106,7 @@ def test_the_timetable_on_a_moved_clock_caps_the_rsyncs_the_lookups_start(tmp_pa
                     and b"--bwlimit=4" in (processes.argv(pid) or [])]
         eventually(capped_rsync, "an rsync at 4 KiB/s (8k over 2 slots)", proc=proc)
         r = fleetsync("status", "--ledger", str(tmp_path / "l.db"), env=env)
-        assert "bandwidth cap 8 KiB/s until " in r.stdout.decode()
+        assert "bandwidth cap 8 KiB per second until " in r.stdout.decode()
         assert "(then off)" in r.stdout.decode()
     finally:
         # Ctrl-C until it has ended: a second one, once the first is handled, stops at once.
@@ -130,7 +130,7 @@ def test_the_timetable_on_a_moved_clock_caps_the_rsyncs_the_lookups_start(tmp_pa
 ])
 def test_bad_window_input_is_one_line_and_creates_nothing(tmp_path, option, value, fault):
     tree(tmp_path / "src", 1, 10)
-    line = error_line(run_tree(tmp_path, option, value))
+    line = error_line(run_tree(tmp_path, f"{option}={value}"))   # -5m is not an option
     assert fault in line, line
     assert not (tmp_path / "l.db").exists() and not (tmp_path / "dest").exists()
 
@@ -147,7 +147,7 @@ def test_fleetsync_bwlimit_takes_a_timetable_and_refuses_a_bad_one(tmp_path):
     line = error_line(fleetsync("bwlimit", "--ledger", ledger, "Sat-08:00,1M Mon-00:00,off"))
     assert "entry 'Mon-00:00,off' is not later than the one before it" in line
     assert (tmp_path / "l.db").read_bytes() == before
-    assert "bandwidth cap 2 MiB/s" in ok(fleetsync("bwlimit", "--ledger", ledger, "2MiB"))
+    assert "bandwidth cap 2 MiB per second" in ok(fleetsync("bwlimit", "--ledger", ledger, "2MiB"))
     assert query(tmp_path / "l.db", "SELECT count(*) FROM bandwidth") == [(0,)]
 
 
