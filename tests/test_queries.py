@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from fleetsync.ledger import bandwidth, batches, db, estimate, migration, producers, queries, schema, workers
+from fleetsync.ledger import (bandwidth, batches, db, estimate, migration, producers, queries,
+                             schema, workers)
 from fleetsync.ledger.batches import Report
 from fleetsync.ledger.states import RunState
 
