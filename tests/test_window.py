@@ -176,3 +176,27 @@ def test_the_playbook_passes_the_window_and_exit_3_is_not_a_failed_play(tmp_path
     assert outcome(r).startswith("fleetsync exit 3, stopped by its window: fleetsync: stopped "
                                  "by its window (--max-duration 2s: its end, "), outcome(r)
     assert outcome(r).endswith("(run the playbook again to resume)")
+
+
+def test_stop_at_on_a_moved_clock_and_max_transfer_stop_the_run(tmp_path):
+    """--stop-at HH:MM, the clock moved to 3 s before it; --max-transfer, once the first
+    batches have sent more than it: each closes the window, exit 3, then a resume."""
+    tree(tmp_path / "src", 8, 200_000)
+    now = dt.datetime.now().replace(microsecond=0)
+    stop = (now + dt.timedelta(minutes=2)).replace(second=0)
+    env = dict(os.environ, FLEETSYNC_CLOCK_OFFSET=str((stop - now).total_seconds() - 3))
+    r = fleetsync("run", "--src", str(tmp_path / "src"), "--dest", str(tmp_path / "dest"),
+                  "--ledger", str(tmp_path / "l.db"), "--no-api", "--batch-files", "1",
+                  "--bwlimit", "200k", "--stop-at", stop.strftime("%H:%M"), env=env)
+    assert r.returncode == 3, r.stdout.decode() + r.stderr.decode()
+    assert f"stopped by its window (--stop-at {stop:%H:%M}: its end, " in r.stdout.decode()
+    before = query(tmp_path / "l.db", "SELECT count(*) FROM attempts")[0][0]
+    r = run_tree(tmp_path, "--max-transfer", "300k")
+    assert r.returncode == 3, r.stdout.decode() + r.stderr.decode()
+    assert re.search(r"stopped by its window \(--max-transfer 300k: [\d.]+ KiB sent\)",
+                     r.stdout.decode()), r.stdout.decode()
+    sent = query(tmp_path / "l.db", "SELECT sum(bytes_sent) FROM attempts "
+                                    "WHERE attempt_id > ?", before)[0][0]
+    assert sent >= 300 * 1024
+    ok(run_tree(tmp_path))
+    assert same(tmp_path / "src", tmp_path / "dest")
