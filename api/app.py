@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import bottle
 from sqlalchemy import Connection, exc
 
-from fleetsync.ledger import estimate, queries
+from fleetsync.ledger import bandwidth, estimate, queries
 from fleetsync.ledger.db import reader
 from fleetsync.ledger.schema import AttemptStatus
 
@@ -97,6 +97,8 @@ ROUTES: tuple[Route, ...] = (
     Route("/run", "The run's state, progress in bytes and batches (with what is in flight), "
           "the rate now and the ETA (ledger/estimate.py)",
           estimate.estimate, response="Run", shared=True),
+    Route("/status/window", "The fleet's bandwidth cap in force now and its next change "
+          "(the timetable of --bwlimit)", bandwidth.window, response="Window"),
     Route("/workers", "Last heartbeat of every worker (master local time)",
           queries.heartbeats, response="Workers"),
     Route("/logs", "The newest warnings and errors, newest last",

@@ -56,6 +56,18 @@ SCHEMAS = {
         "bytes_per_sec": _nullable({**NUM, "description": "the rate now; null when no run "
                                                           "goes on or it is not known yet"}),
         "eta_sec": _nullable(NUM)}),
+    "Window": _obj({
+        "bwlimit": {**STR, "description": "the fleet's cap or timetable, as given "
+                                          "(--bwlimit, `fleetsync bwlimit`)"},
+        "cap_bytes_per_sec": _nullable({**INT, "description": "the cap in force now; "
+                                                              "null: none"}),
+        "cap": STR,
+        "next_change_ts": _nullable({**NUM, "description": "when the timetable next "
+                                                           "changes the cap; null: never"}),
+        "next_change": _nullable({**STR, "description": "the same, master local time"}),
+        "next_cap_bytes_per_sec": _nullable(INT),
+        "next_cap": _nullable(STR),
+        "now": {**STR, "description": "master local time of this answer"}}),
     "Workers": _obj({"heartbeats": {
         "type": "object", "additionalProperties": {
             "type": "string", "pattern": r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"}},

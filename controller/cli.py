@@ -105,8 +105,9 @@ def _parser() -> argparse.ArgumentParser:
         "Migrate a huge file tree with rsync across the hosts of an Ansible inventory, "
         "with a SQLite ledger of every batch and a live JSON API."), epilog=(
         "Exit status: 0 done, 1 some batch failed for good, 2 a usage or configuration "
-        "error (one line on stderr); run, verify and serve: 130 when interrupted by SIGINT "
-        "(Ctrl-C), 143 by SIGTERM."))
+        "error (one line on stderr), 3 stopped by its window (--stop-at, --max-duration, "
+        "--max-transfer; run again to resume); run, verify and serve: 130 when interrupted "
+        "by SIGINT (Ctrl-C), 143 by SIGTERM."))
     p.add_argument("--version", action="version", version=f"fleetsync {version()}",
                    help="print the installed version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -136,9 +137,12 @@ def _run_command(sub) -> None:
     _batch_args(run)
     _worker_args(run)
 
-    run.add_argument("--bwlimit", metavar="RATE",
+    run.add_argument("--bwlimit", metavar="RATE|TIMETABLE",
                      help="bandwidth cap for the whole fleet per second, e.g. 500MiB, shared by "
-                          "the rsyncs running (change it live with `fleetsync bwlimit`)")
+                          "the rsyncs running, or a timetable in rclone's form, e.g. "
+                          "'08:00,512k 19:00,10M 23:00,off' or 'Mon-08:00,100MiB Sat-00:00,off' "
+                          "(kept in the ledger; change it live with `fleetsync bwlimit`)")
+    _window_args(run)
     _delete_args(run)
     run.add_argument("--rescan", action="store_true",
                      help="the cutover pass: walk SRC again and queue only what differs "
@@ -210,9 +214,11 @@ def _retry_command(sub) -> None:
 
 
 def _bwlimit_command(sub) -> None:
-    bw = _command(sub, "bwlimit", help="change the fleet's bandwidth cap, also during a run")
+    bw = _command(sub, "bwlimit", help="change the fleet's bandwidth cap or timetable, also "
+                       "during a run (the next item of each host uses it)")
     _ledger_arg(bw)
-    bw.add_argument("rate", help="per second for the whole fleet, e.g. 200MiB, or 'off'")
+    bw.add_argument("rate", help="per second for the whole fleet, e.g. 200MiB, 'off', or a "
+                                 "timetable: '08:00,512k 19:00,off' (quote it)")
 
 
 def _backup_command(sub) -> None:
@@ -234,6 +240,20 @@ def _status_command(sub) -> None:
     _ledger_arg(status)
     status.add_argument("--json", action="store_true",
                         help="print /status, /progress and /throughput as JSON")
+
+
+def _window_args(p: argparse.ArgumentParser) -> None:
+    """A run's window (controller/window.py): when it stops claiming, and how it stops."""
+    p.add_argument("--stop-at", metavar="HH:MM",
+                   help="claim no new batch from this local time on (the next such time); "
+                        "the run then exits 3, run it again to resume")
+    p.add_argument("--max-duration", metavar="DURATION",
+                   help="claim no new batch once this run has run this long, e.g. 6h, 90m, 30s")
+    p.add_argument("--max-transfer", metavar="SIZE",
+                   help="claim no new batch once rsync sent this much in this run, e.g. 2T")
+    p.add_argument("--cutoff", choices=("soft", "hard"), default="soft",
+                   help="when the window closes: soft lets the batches running finish; hard "
+                        "stops them at once, back to the queue (default: %(default)s)")
 
 
 def _command(sub, name: str, help: str) -> argparse.ArgumentParser:

@@ -13,13 +13,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from fleetsync.ledger import backup as backups
-from fleetsync.ledger import (batches, db, deletions, dirpass, entry_outcomes, filter_rules,
-                              migration, queries, runs, walkqueue)
+from fleetsync.ledger import (bandwidth, batches, db, deletions, dirpass, entry_outcomes,
+                              filter_rules, migration, queries, runs, sizes, timetable, walkqueue)
 from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import defaults, delete_guard, filters, inventory, progress, sizes
+from . import defaults, delete_guard, filters, inventory, progress, window
 from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError
 from .hostrun import kill_leftovers
@@ -84,6 +84,14 @@ def _size(option: str, text: str) -> int:
         raise UsageError(f"{option} {text}: {e}") from None
 
 
+def _timetable(option: str, text: str) -> timetable.Timetable:
+    """A cap or a timetable (ledger/timetable.py), or one line that names the fault."""
+    try:
+        return timetable.parse(text)
+    except timetable.TimetableError as e:
+        raise UsageError(f"{option} {text}: {e}") from None
+
+
 def _start_api(api, args, ledger_path: str) -> None:
     """The API in a process of its own (a dashboard polling hard shares no GIL with
     the dispatcher; it ends with this process, also on kill -9), on the socket
@@ -98,7 +106,10 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     API's bound socket (controller/listener.py), None for --no-api."""
     src, dest = _check_paths(args.src, args.dest)
     limits = _limits(args)
-    bwlimit = _size("--bwlimit", args.bwlimit) if args.bwlimit else None
+    bwlimit = _timetable("--bwlimit", args.bwlimit) if args.bwlimit else None
+    run_window = window.from_args(args)       # this run's alone: not stored
+    for line in window.rsync_option_warnings(args.rsync_option):
+        print(line, file=sys.stderr)
     delete = _check_delete(args, src)
     given = filters.rules_of(args.filter_rules)     # bad rules: one line, nothing created
     if args.delete_excluded and delete is DeleteMode.OFF:
@@ -118,8 +129,9 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     with _locked(ledger_path):
         try:
             return _run(_RunPlan(args=args, src=src, dest=dest, limits=limits,
-                                 bwlimit=bwlimit, delete=delete, hosts=hosts,
-                                 ledger_path=ledger_path, api=api, choice=choice))
+                                 bwlimit=bwlimit, window=run_window, delete=delete,
+                                 hosts=hosts, ledger_path=ledger_path, api=api,
+                                 choice=choice))
         except (DispatchError, inventory.InventoryError):
             # Refused once it had begun (no host passed its preflight, say): the
             # ledger is left as a finished run leaves it, in rollback-journal mode,
@@ -157,7 +169,8 @@ class _RunPlan:
     src: str
     dest: str
     limits: Limits
-    bwlimit: int | None
+    bwlimit: timetable.Timetable | None  # kept in the ledger
+    window: window.Window                # this run's alone
     delete: DeleteMode                   # as asked: ON runs a dry run first (the guard)
     hosts: dict[str, inventory.Host]
     ledger_path: str
@@ -180,16 +193,16 @@ def _run(plan: _RunPlan) -> int:
     # --delete: the pass runs as a dry run first; the real one only within --max-delete.
     settings = replace(_settings(plan.args, plan.ledger_path),
                        delete=DeleteMode.DRY_RUN if plan.delete is DeleteMode.ON
-                       else plan.delete)
+                       else plan.delete, window_stop_at=plan.window.stop_at)
     started = time.time()
     try:
-        with _dispatching(plan, settings, walk, engine) as (dispatcher, stopped):
+        with _dispatching(plan, settings, walk, engine, mig) as (dispatcher, stopped, watch):
             _passes(plan, settings, dispatcher, started, stopped)
     except delete_guard.DeleteRefused:
         # Nothing was deleted: the run ends as one without --delete, then says why.
-        _close_run(plan.ledger_path, engine, stopped, started, DeleteMode.OFF)
+        _close_run(plan.ledger_path, engine, stopped, watch, started, DeleteMode.OFF)
         raise
-    return _close_run(plan.ledger_path, engine, stopped, started, plan.delete)
+    return _close_run(plan.ledger_path, engine, stopped, watch, started, plan.delete)
 
 
 def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
@@ -209,8 +222,8 @@ def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
     with engine.connect() as conn:
         migration.start_run(conn)
         runs.record(conn, os.path.abspath(plan.args.inventory))
-        if plan.bwlimit:
-            migration.set_bwlimit(conn, plan.bwlimit)
+        if plan.bwlimit is not None:
+            bandwidth.store(conn, plan.bwlimit)
         if plan.choice.change:
             filter_rules.change(conn, [str(r) for r in plan.choice.rules])
         filter_rules.set_delete_excluded(conn, plan.args.delete_excluded)
@@ -241,15 +254,19 @@ def _start_walk(plan: _RunPlan, engine, mig: migration.Migration, owed: bool) ->
 
 
 @contextmanager
-def _dispatching(plan: _RunPlan, settings: Settings, walk: Walk | None, engine):
-    """The copy's dispatcher, the live progress line and the signal handlers, for the
-    passes; all of them (and the walk and the API) end with the block, however it ends."""
+def _dispatching(plan: _RunPlan, settings: Settings, walk: Walk | None, engine,
+                 mig: migration.Migration):
+    """The copy's dispatcher, the live progress line, the signal handlers and the
+    window's watch, for the passes; all of them (and the walk and the API) end with the
+    block, however it ends."""
     dispatcher = Dispatcher(settings, walk, plan.hosts)
     live = progress.Live(plan.ledger_path).start()
     stopped = _stop_on_signals()
     stopped.dispatcher = dispatcher
+    watch = window.Watch(plan.window, plan.ledger_path, mig.migration_id, settings.run_token,
+                         stopped).start()
     try:
-        yield dispatcher, stopped
+        yield dispatcher, stopped, watch
     except KeyboardInterrupt:
         # Stopped at once by a second signal: the ledger says so (`status` shows a
         # stopped run, not a crashed one), then the interruption goes on up.
@@ -257,6 +274,7 @@ def _dispatching(plan: _RunPlan, settings: Settings, walk: Walk | None, engine):
             migration.stop_run(conn)
         raise
     finally:
+        watch.stop()
         live.stop()
         if walk is not None:
             walk.stop()
@@ -276,10 +294,10 @@ def _passes(plan: _RunPlan, settings: Settings, dispatcher: Dispatcher, started:
         _verify(settings, dispatcher.hosts, resume=False, stopped=stopped)
 
 
-def _close_run(ledger_path: str, engine, stopped: Stopped, started: float,
-               delete: DeleteMode) -> int:
-    """The run's end in the ledger (finished, or stopped by a signal), its summary
-    (delete: what the summary reports of the pass) and the WAL folded in."""
+def _close_run(ledger_path: str, engine, stopped: Stopped, watch: window.Watch,
+               started: float, delete: DeleteMode) -> int:
+    """The run's end in the ledger (finished, or stopped by a signal or its window), its
+    summary (delete: what the summary reports of the pass) and the WAL folded in."""
     with engine.connect() as conn:
         if batches.work_left(conn).finished:
             migration.end_run(conn)
@@ -287,6 +305,9 @@ def _close_run(ledger_path: str, engine, stopped: Stopped, started: float,
             migration.stop_run(conn)
     engine.dispose()
     code = _summary(ledger_path, stopped.signum, delete, started)
+    if watch.closed and not stopped.signum:
+        print(window.summary(ledger_path, watch))
+        code = window.WINDOW_EXIT
     _fold_wal(ledger_path)
     return code
 
@@ -547,9 +568,11 @@ def status(args) -> int:
     with progress.reading(_existing(args.ledger)) as reading:
         pruned = filter_rules.pruned_count(reading.conn)
         if args.json:
-            print(json.dumps({**reading.summary(), "pruned": pruned}, indent=2))
+            print(json.dumps({**reading.summary(), "pruned": pruned,
+                              "window": bandwidth.window(reading.conn)}, indent=2))
         else:
             print(reading.line())
+            print("fleetsync: " + bandwidth.line(reading.conn))
             print("fleetsync: " + _arrival(*queries.not_arrived(reading.conn)))
             if pruned:
                 print(f"fleetsync: {_pruned(pruned)}")
@@ -593,10 +616,13 @@ def retry(args) -> int:
 
 
 def bwlimit(args) -> int:
-    """`fleetsync bwlimit`: the fleet's bandwidth cap, also during a run."""
-    rate = None if args.rate.lower() in ("off", "none", "0") else sizes.parse(args.rate)
+    """`fleetsync bwlimit`: the fleet's bandwidth cap or timetable, also during a run."""
+    text = "off" if args.rate.strip().lower() in ("none", "0") else args.rate
+    table = _timetable("bwlimit", text)       # bad input: one line, nothing opened
     with db.connect(_existing(args.ledger, write=True)) as conn:
-        migration.set_bwlimit(conn, rate)
-    print(f"fleetsync: bandwidth cap {'off' if rate is None else args.rate + '/s'}; "
-          "batches that start from now on share it")
+        bandwidth.store(conn, table)
+        with conn.begin():
+            now = bandwidth.line(conn)
+    print(f"fleetsync: {now}; the next item of each host uses it (batches claimed "
+          "before it that have not started wait again)")
     return 0

@@ -59,6 +59,8 @@ class Settings:
     # This `fleetsync run`: carried in the command line of every process it starts,
     # so that the next run can tell them from its own and kill them.
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # The run's window (controller/window.py): no claim from then on (the windows' clock).
+    window_stop_at: float | None = None
 
 
 class Dispatcher:
@@ -201,7 +203,8 @@ class Dispatcher:
                 "fleetsync_controller": self.controller,
                 "fleetsync_rsync_options": self.settings.rsync_options,
                 "fleetsync_mode": self.mode.value, "fleetsync_delete": self.settings.delete.value,
-                "fleetsync_beat": beat_seconds(self.settings.heartbeat_timeout)}
+                "fleetsync_beat": beat_seconds(self.settings.heartbeat_timeout),
+                "fleetsync_window_stop_at": self.settings.window_stop_at}
 
     def _lose(self, run: HostRun, why: str) -> None:
         """The host is gone for now: its batches wait again, it rests before a retry."""

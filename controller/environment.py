@@ -14,6 +14,8 @@ import os
 import sys
 import tempfile
 
+from fleetsync.ledger import clock
+
 SSH_ARGS = ("-o ControlMaster=auto -o ControlPersist=900s -o ServerAliveInterval=5 "
             "-o ServerAliveCountMax=3 -o ConnectTimeout=10")
 
@@ -39,8 +41,9 @@ def ansible_env(migration_id: str | None = None) -> dict[str, str]:
     }
     if migration_id:
         env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = control_dir(migration_id)
-    if "ANSIBLE_HOST_KEY_CHECKING" in os.environ:
-        env["ANSIBLE_HOST_KEY_CHECKING"] = os.environ["ANSIBLE_HOST_KEY_CHECKING"]
+    for name in ("ANSIBLE_HOST_KEY_CHECKING", clock.OFFSET_ENV):
+        if name in os.environ:   # the windows' clock (ledger/clock.py) of the lookups too
+            env[name] = os.environ[name]
     return env
 
 

@@ -41,7 +41,9 @@ from dataclasses import dataclass
 
 from fleetsync.ledger.states import Compare, DeleteMode, OutcomeKind
 
-from . import protocol, sizes
+from fleetsync.ledger import sizes
+
+from . import protocol
 
 DEFAULT_RSYNC_OPTIONS = ["--archive", "--numeric-ids", "--hard-links"]
 IO_TIMEOUT = 300          # rsync --timeout: seconds without any I/O

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from fleetsync.ledger import batches, migration
+from fleetsync.ledger import bandwidth, batches
 
 from . import defaults, rsync, slot
 from .hostrun import HostRun
@@ -38,8 +38,8 @@ class Silence:
 
     def stall_rate(self) -> int:
         """The slowest pace a healthy rsync may keep: STALL_RATE, or its cap under it."""
-        mig = migration.load(self.conn)
-        self.conn.rollback()
+        with self.conn.begin():     # the lowest cap of a timetable: a batch may start under it
+            lowest = bandwidth.load(self.conn).lowest()
         capped = rsync.capped_rate(self.rsync_options
-                                   + slot.bwlimit_options(self.conn, mig.bwlimit))
+                                   + slot.bwlimit_options(self.conn, lowest))
         return min(defaults.STALL_RATE, capped or defaults.STALL_RATE)

@@ -17,7 +17,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from fleetsync.ledger import batches, db, dirpass, filter_rules, migration, verify, workers
+from fleetsync.ledger import (bandwidth, batches, clock, db, dirpass, filter_rules, migration,
+                              timetable, verify, workers)
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
 from . import processes, rsync
@@ -46,8 +47,9 @@ def _conn(ledger_path: str, readonly: bool = False):
 
 
 def bwlimit_options(conn, fleet_bwlimit: int | None) -> list[str]:
-    """This rsync's share of the fleet's cap (read per batch, so a change made during
-    the run applies to the batches that start after it)."""
+    """This rsync's share of the fleet's cap (the cap in force when it is claimed,
+    bandwidth.cap_at: a change, by `fleetsync bwlimit` or by the timetable, applies
+    to the batches claimed after it)."""
     if not fleet_bwlimit:
         return []
     share = fleet_bwlimit // max(1, workers.total_slots(conn))
@@ -102,6 +104,7 @@ class _Pace:
     batches: int = 0               # how many batches it carried
     list_bytes: int = 2048         # encoded list bytes per batch, lately (bounds a claim)
     carry: list = None             # claimed batches that did not fit the previous item
+    cap: int | None = None         # the fleet's cap when they were claimed
 
 
 _paces: dict[str, _Pace] = {}
@@ -130,11 +133,11 @@ def controller_alive(controller: str | None) -> bool:
     return pid.isdigit() and processes.start_time(int(pid)) == start
 
 
-def _copy_jobs(conn, mig, worker_id: str, n: int) -> list[rsync.Job]:
+def _copy_jobs(conn, cap: int | None, worker_id: str, n: int) -> list[rsync.Job]:
     claimed = batches.claim(conn, worker_id, n)
     if not claimed:
         return []
-    share = bwlimit_options(conn, mig.bwlimit)
+    share = bwlimit_options(conn, cap)
     jobs = []
     for c in claimed:
         paths, size = _batch_files(conn, c.task_id)
@@ -168,13 +171,45 @@ def _fit(jobs: list[rsync.Job]) -> tuple[list[rsync.Job], list[rsync.Job] | None
     return jobs, None
 
 
+def _cap_now(look) -> int | None:
+    with look.begin():
+        return bandwidth.cap_at(look)
+
+
+def _held_back(conn, look, pace: _Pace, worker_id: str, stop: str | None) -> None:
+    """Claimed batches that did not fit the previous item (copies) wait again when
+    the host stops (stop: why), or when the cap changed since they were claimed:
+    they have not started, so the stop, or the new share, is not held back by work
+    claimed before it."""
+    if not pace.carry or pace.carry[0].kind is not OutcomeKind.COPY:
+        return
+    why = stop
+    if why is None:
+        cap = _cap_now(look)
+        if cap == pace.cap:
+            return
+        why = (f"the bandwidth cap changed ({timetable.shown(pace.cap)} -> "
+               f"{timetable.shown(cap)})")
+    batches.unclaim(conn, worker_id, [(j.task_id, j.claim) for j in pace.carry], why)
+    pace.carry = None
+
+
+def window_closed(stop_at: float | None) -> bool:
+    """The run's window (controller/window.py) allows no new claim: its end, a time
+    on the windows' clock (ledger/clock.py), has come."""
+    return stop_at is not None and clock.now() >= stop_at
+
+
 def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,
                  rsync_options: list[str], mode: OutcomeKind = OutcomeKind.COPY,
                  delete: DeleteMode = DeleteMode.OFF, lanes: int = 1,
-                 controller: str | None = None, beat: float = rsync.BEAT_SECONDS) -> str:
+                 controller: str | None = None, beat: float = rsync.BEAT_SECONDS,
+                 stop_at: float | None = None) -> str:
     """Claim the next batches for this host and return the command that runs them
     (lanes: its slots); when every batch is done, the hosts share the directory
-    pass; then STOP. Verify mode checks succeeded batches the same way."""
+    pass; then STOP. Verify mode checks succeeded batches the same way. From stop_at
+    on (the run's window closed: window_closed), it claims nothing and waits for
+    its stop."""
     pace = _paces.setdefault(worker_id, _Pace())
     _note_worker(stop_file)
     with _conn(ledger_path) as conn, _conn(ledger_path, readonly=True) as look:
@@ -184,8 +219,11 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
         deadline = time.monotonic() + IDLE_WAIT
         while True:
             if os.path.exists(stop_file) or not controller_alive(controller):
+                _held_back(conn, look, pace, worker_id, "the host stops")
                 pace.since = None
                 return STOP
+            closed = window_closed(stop_at)
+            _held_back(conn, look, pace, worker_id, "the run's window closed" if closed else None)
             # A waiting slot reads the counters; only a batch in sight is worth the
             # write lock of a claim.
             if mode is OutcomeKind.VERIFY:
@@ -196,12 +234,17 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
             else:
                 left = batches.work_left(look)
                 pending, finished = left.pending, left.finished
+            if closed:
+                pending, finished = 0, False      # wait for the stop, claim nothing
             fleet_slots = workers.total_slots(look) if pending else 0
             jobs, pace.carry = pace.carry or [], None
             if pending and not jobs:
                 n = _how_many(pace, lanes, pending, lanes, fleet_slots)
-                jobs = (_verify_jobs(conn, worker_id, n) if mode is OutcomeKind.VERIFY
-                        else _copy_jobs(conn, mig, worker_id, n))
+                if mode is OutcomeKind.VERIFY:
+                    jobs = _verify_jobs(conn, worker_id, n)
+                else:
+                    pace.cap = _cap_now(look)
+                    jobs = _copy_jobs(conn, pace.cap, worker_id, n)
                 for job in jobs:
                     job.options = rsync_options + job.options
             if jobs:

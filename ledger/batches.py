@@ -213,6 +213,36 @@ def release(conn: Connection, report: Report, why: str) -> bool:
                                f"{report.worker_id}: {why}"))
 
 
+def unclaim(conn: Connection, worker_id: str, claims: list[tuple[int, int]],
+            why: str) -> list[int]:
+    """running -> pending, for claims (task_id, claim_no) whose rsync never started
+    (a host's claimed work held back when the cap or the run's window changed): no
+    attempt row, since nothing ran, and no retry used; one log line for them all."""
+    back = []
+    with conn.begin():
+        for task_id, claim_no in claims:
+            row = conn.execute(update(batches).where(
+                batches.c.task_id == task_id, batches.c.claim == claim_no,
+                batches.c.state == BatchState.RUNNING.value,
+                batches.c.worker_id == worker_id)
+                .values(state=BatchState.PENDING.value).returning(batches.c.task_id)).first()
+            if row is not None:
+                back.append(task_id)
+        if back:
+            logbook.write(conn, [(time.time(), LogLevel.INFO, None, worker_id,
+                                  f"{len(back)} batches claimed by {worker_id} wait again "
+                                  f"before they started: {why}")])
+    return back
+
+
+def stop(conn: Connection, report: Report, why: str) -> bool:
+    """running -> pending, no retry used: its run's window closed (--cutoff hard) and
+    its rsync was stopped; an attempt of its own (status stopped) says so."""
+    report.errors = [why, *report.errors]
+    return _finish(conn, report, BatchState.PENDING, AttemptStatus.STOPPED, False,
+                   (LogLevel.INFO, f"task {report.task_id} stopped on {report.worker_id}: {why}"))
+
+
 def running_claims(conn: Connection, worker_id: str | None = None) -> list[Claim]:
     """Batches now running (on one worker, or anywhere)."""
     q = select(batches.c.task_id, batches.c.claim, batches.c.retry_count).where(
@@ -234,14 +264,23 @@ def release_worker(conn: Connection, worker_id: str, why: str) -> list[int]:
 
 def release_all(conn: Connection, why: str) -> list[int]:
     """At start-up: whatever a crashed controller had running goes back to pending."""
-    released = []
+    return _every_running(conn, release, why)
+
+
+def stop_all(conn: Connection, why: str) -> list[int]:
+    """Every batch running goes back to pending, stopped by the run's window (stop)."""
+    return _every_running(conn, stop, why)
+
+
+def _every_running(conn: Connection, transition, why: str) -> list[int]:
+    done = []
     with conn.begin():
         rows = conn.execute(select(batches.c.task_id, batches.c.claim, batches.c.worker_id)
                             .where(batches.c.state == BatchState.RUNNING.value)).all()
     for task_id, claim_no, worker_id in rows:
-        if release(conn, Report(task_id, claim_no, worker_id, None), why):
-            released.append(task_id)
-    return released
+        if transition(conn, Report(task_id, claim_no, worker_id, None), why):
+            done.append(task_id)
+    return done
 
 
 def requeue(conn: Connection, task_ids: list[int] | None, why: str,

@@ -9,8 +9,8 @@ as a slow item runs (minutes at a low --bwlimit), and a percent of batches says
 
 * The per-rsync rate is what the newest succeeded attempts did (their estimated
   bytes over the summed spans of their rsyncs), never above the --bwlimit share
-  each rsync gets (the cap over the slots of the hosts up, as controller/slot.py
-  gives it); with no attempt yet, the share alone; with neither, unknown.
+  each rsync gets (the cap in force now over the slots of the hosts up, as
+  controller/slot.py gives it); with no attempt yet, the share alone; with neither, unknown.
 * What a running batch has moved is not reported before it ends: the batches a host
   holds are taken as moving at that rate on as many of its slots as they fill,
   since the host's newest claim, up to their estimated bytes ("in flight").
@@ -32,7 +32,7 @@ import time
 
 from sqlalchemy import Connection
 
-from . import migration
+from . import bandwidth, migration
 from .queries import _rows, batch_counts, local_time
 from .states import AttemptStatus, BatchState, RunState, WorkerState
 
@@ -77,7 +77,8 @@ def estimate(conn: Connection, now: float | None = None, held: bool | None = Non
     counts = counts or batch_counts(conn)
     rows = _rows(conn, _MIGRATION)
     row = migration.RunRow(*rows[0][:3]) if rows else None
-    bwlimit, walk_done = rows[0][3:5] if rows else (None, False)
+    walk_done = rows[0][4] if rows else False
+    bwlimit = bandwidth.cap_at(conn) if rows else None     # the timetable's, in force now
     waiting = counts[BatchState.PENDING.value]
     state = migration.run_state(row, waiting["batches"], now, held)
     done, failed = counts[BatchState.SUCCEEDED.value], counts[BatchState.FAILED.value]

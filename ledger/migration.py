@@ -219,12 +219,6 @@ def set_walk_done(conn: Connection) -> None:
         conn.execute(update(migration).values(walk_done=1))
 
 
-def set_bwlimit(conn: Connection, bytes_per_sec: int | None) -> None:
-    """The fleet's bandwidth cap; rsyncs started from now on share it."""
-    with conn.begin():
-        conn.execute(update(migration).values(bwlimit=bytes_per_sec))
-
-
 # ctime of an entry changed just as the previous walk started may be a tick older.
 RESCAN_MARGIN = 1.0
 

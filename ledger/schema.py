@@ -48,6 +48,7 @@ migration = Table(
                                                       # time, is no longer read
     Column("finished_ts", Float),                     # last run ended with nothing left
     Column("bwlimit", Integer),                       # bytes/s for the whole fleet, NULL: none
+                                                      # (or a timetable: table bandwidth)
     Column("dirs_pass_cursor", Integer),              # directory pass: last task_id handed out
     Column("dirs_pass_done_ts", Float),               # every part of the pass handed out
 )
@@ -177,6 +178,15 @@ runs = Table(
     Column("run_id", Integer, primary_key=True),
     Column("started_ts", Float, nullable=False),
     Column("inventory", Text, nullable=False),        # absolute path given to --inventory
+)
+
+# The fleet's bandwidth timetable (ledger/timetable.py), when one is set: one row. A
+# constant cap is migration.bwlimit alone; `fleetsync bwlimit` replaces either.
+bandwidth = Table(
+    "bandwidth", metadata,
+    Column("id", Integer, primary_key=True),          # always 1
+    Column("timetable", Text, nullable=False),        # as given: '08:00,512k 19:00,off'
+    Column("set_ts", Float, nullable=False),
 )
 
 log = Table(

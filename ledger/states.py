@@ -42,6 +42,8 @@ class AttemptStatus(str, enum.Enum):
     FAILED = "failed"    # failed for good
     LOST = "lost"        # the host was lost; the batch went back to pending, no retry used
     REQUEUED = "requeued"  # an operator put the batch back in the queue (`fleetsync retry`)
+    STOPPED = "stopped"  # its run's window closed with --cutoff hard: rsync stopped, the
+                         # batch went back to pending, no retry used
 
 
 class VerifyState(str, enum.Enum):

@@ -12,7 +12,7 @@ import pytest
 from fleetsync.controller import processes
 from fleetsync.controller.walk import Walk
 from fleetsync.controller.producer import Limits
-from fleetsync.ledger import db, migration
+from fleetsync.ledger import bandwidth, db, migration
 
 from .support import error_line, eventually, fleetsync, make_odd_tree, popen, query, REPO, snapshot
 
@@ -585,7 +585,7 @@ def test_a_host_whose_beats_cannot_be_heard_is_given_its_batch_at_its_cap(tmp_pa
     assert silent_for("ssh", 10)                   # past the timeout: lost
     assert not silent_for("ssh", 3)
     assert silent_for("pk", 10)                    # 1 MiB at 10 MiB/s: 0.1 s more
-    migration.set_bwlimit(d.conn, 10 << 10)        # 10 KiB/s: 1 MiB takes 100 s
+    bandwidth.set_cap(d.conn, 10 << 10)        # 10 KiB/s: 1 MiB takes 100 s
     assert not silent_for("pk", 10)
     assert not silent_for("pk", 100)
     assert silent_for("pk", 120)

@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from fleetsync.ledger import batches, db, estimate, migration, producers, queries, schema, workers
+from fleetsync.ledger import (bandwidth, batches, db, estimate, migration, producers, queries,
+                             schema, workers)
 from fleetsync.ledger.batches import Report
 from fleetsync.ledger.states import RunState
 
@@ -423,7 +424,7 @@ def test_a_capped_first_batch_has_a_rate_and_an_eta_before_it_ends(ledger):
     enqueue(conn, 1, size=48 * 2**20)
     workers.seen(conn, "w1", "host1", 1)
     migration.start_run(conn)
-    migration.set_bwlimit(conn, 2**20)
+    bandwidth.set_cap(conn, 2**20)
     batches.claim(conn, "w1")
     now = time.time()
     with conn.begin():

@@ -9,7 +9,9 @@ import subprocess
 from fleetsync.controller import hostrun, processes, rsync, slot
 from fleetsync.controller.walk import Walk
 from fleetsync.controller.producer import Limits
-from fleetsync.ledger import batches, db, dirpass, migration, workers
+from fleetsync.ledger import bandwidth, batches, db, dirpass, migration, workers
+
+from .support import query
 
 
 def ledger_with_batches(tmp_path, files=6, per_batch=2):
@@ -72,9 +74,9 @@ def test_the_fleet_bandwidth_cap_is_shared_and_live(tmp_path):
         workers.seen(conn, "w1", "h1", 4)
         workers.seen(conn, "w2", "h2", 4)
         assert "--bwlimit" not in nxt(path, tmp_path)
-        migration.set_bwlimit(conn, 80 << 20)          # 80 MiB/s over 8 slots
+        bandwidth.set_cap(conn, 80 << 20)          # 80 MiB/s over 8 slots
         assert "--bwlimit=10240 " in nxt(path, tmp_path)
-        migration.set_bwlimit(conn, 8 << 20)           # changed during the run
+        bandwidth.set_cap(conn, 8 << 20)           # changed during the run
         assert "--bwlimit=1024 " in nxt(path, tmp_path)
         workers.lost(conn, "w2", 0)                    # fewer slots up: a bigger share
         assert "--bwlimit=2048 " in nxt(path, tmp_path)
@@ -164,3 +166,38 @@ def test_the_lookup_names_its_worker_and_paces_the_items_beats(tmp_path):
     assert tasks_of(cmd) == [1] and "while sleep 0.3 " in cmd
     with open(hostrun.worker_file(str(tmp_path / "stop"))) as f:
         assert f.read() == f"{os.getpid()}:{processes.start_time(os.getpid())}"
+
+
+def test_batches_claimed_under_the_old_cap_wait_again_when_it_changes(tmp_path, monkeypatch):
+    """Work a host claimed that did not fit its item is not started under an old cap:
+    it waits again (no attempt, no retry) and is claimed with the new share; and the
+    run's window closed, the host claims nothing."""
+    # A host whose lists looked small claims 4 batches; only one fits its item.
+    monkeypatch.setattr(slot, "ITEM_LIST_BYTES", 40)
+    slot._paces.clear()
+    slot._paces["w1"] = slot._Pace(list_bytes=10)
+    path, engine = ledger_with_batches(tmp_path, files=8, per_batch=2)
+    with engine.connect() as conn:
+        workers.seen(conn, "w1", "h1", 4)
+        bandwidth.set_cap(conn, 40 << 10)                # 40 KiB/s over 4 slots
+    first = slot.next_command(path, "w1", str(tmp_path / "stop"), "tok", ["-a"], lanes=4)
+    assert tasks_of(first) == [1] and "--bwlimit=10 " in first
+    with engine.connect() as conn:
+        assert len(batches.running_claims(conn, "w1")) == 4
+        bandwidth.set_cap(conn, 4 << 20)                 # `fleetsync bwlimit 4MiB`
+    second = slot.next_command(path, "w1", str(tmp_path / "stop"), "tok", ["-a"], lanes=4)
+    assert "--bwlimit=1024 " in second and "--bwlimit=10 " not in second
+    assert tasks_of(second) == [2]
+    assert query(path, "SELECT count(*) FROM attempts") == [(0,)]      # nothing ran
+    assert query(path, "SELECT task_id, state, claim FROM batches WHERE task_id IN (2, 3, 4) "
+                       "ORDER BY task_id") == [(2, "running", 2),     # claimed again
+                                               (3, "pending", 1), (4, "pending", 1)]
+    assert query(path, "SELECT count(*) FROM log WHERE message LIKE "
+                       "'3 batches claimed by w1 wait again before they started: the "
+                       "bandwidth cap changed (40 KiB/s -> 4 MiB/s)'") == [(1,)]
+    # The run's window has closed: what it carries waits again, nothing is claimed.
+    monkeypatch.setattr(slot, "IDLE_WAIT", 0.1)
+    assert slot.next_command(path, "w1", str(tmp_path / "stop"), "tok", ["-a"], lanes=4,
+                             stop_at=0.0) == slot.IDLE
+    with engine.connect() as conn:
+        assert [c.task_id for c in batches.running_claims(conn, "w1")] == [1, 2]

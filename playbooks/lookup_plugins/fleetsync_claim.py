@@ -22,6 +22,11 @@ options:
 """
 
 
+def _number(value):
+    """An extra variable that is a number or unset (None, or '' as Jinja renders none)."""
+    return None if value in (None, "", "None") else float(value)
+
+
 class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
         from fleetsync.controller import protocol, rsync, slot
@@ -42,6 +47,7 @@ class LookupModule(LookupBase):
                                       DeleteMode(v.get("fleetsync_delete", "off")),
                                       lanes=int(v.get("fleetsync_lanes", 1)),
                                       controller=v.get("fleetsync_controller"),
-                                      beat=float(v.get("fleetsync_beat", rsync.BEAT_SECONDS)))]
+                                      beat=float(v.get("fleetsync_beat", rsync.BEAT_SECONDS)),
+                                      stop_at=_number(v.get("fleetsync_window_stop_at")))]
         except Exception as e:  # an exception here would fail the host; say why instead
             raise AnsibleError(f"fleetsync_claim: {type(e).__name__}: {e}") from e

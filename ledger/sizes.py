@@ -1,4 +1,5 @@
-"""Sizes as operators write them: 100MiB, 1G, 512k, 1048576."""
+"""Sizes as operators write them: 100MiB, 1G, 512k, 1048576 (the options, the
+bandwidth timetable the ledger keeps: so here, where the ledger and the API read it)."""
 from __future__ import annotations
 
 import re
@@ -21,3 +22,13 @@ def parse(text: str) -> int:
     if value < 1:
         raise SizeError(f"bad size {text!r}: must be at least 1 byte")
     return value
+
+
+def shown(count: int) -> str:
+    """A size for a person, in binary units: 512 B, 1.5 MiB."""
+    value, unit = float(count), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{value:.4g} {unit}"
