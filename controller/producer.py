@@ -48,6 +48,7 @@ from sqlalchemy import Connection
 
 from fleetsync.ledger.entry_outcomes import EntryOutcome
 from fleetsync.ledger.logbook import show_path
+from fleetsync.ledger.states import EntryType
 from fleetsync.ledger.walkqueue import CLAIM_MAX, Cut, Dir, WalkQueue, fingerprint
 
 from . import defaults
@@ -121,6 +122,18 @@ class Listing:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+_FILE = int(EntryType.FILE)
+_TYPES = {stat_mod.S_IFREG: _FILE, stat_mod.S_IFDIR: int(EntryType.DIR),
+          stat_mod.S_IFLNK: int(EntryType.SYMLINK)}
+_OTHER = int(EntryType.OTHER)
+
+
+def walked_of(st: os.stat_result) -> tuple[int, int, int]:
+    """What the ledger keeps of an entry beside its size (schema._walked): its type
+    (EntryType, as plain ints), mtime in whole seconds (st[8]) and st_blocks."""
+    return _TYPES.get(stat_mod.S_IFMT(st.st_mode), _OTHER), st[8], st.st_blocks
 
 
 def examine(listing: Listing, entry) -> tuple[os.stat_result | None, OSError | None]:
@@ -211,7 +224,7 @@ class Producer:
         self._new_batch()
 
     def _new_batch(self) -> None:
-        self.entries: list[tuple[bytes, int, int]] = []
+        self.entries: list[tuple] = []   # batches.Entry
         self.files = self.dirs = self.bytes = self.name_bytes = 0
         self.done_dirs: list[int] = []   # listed to the end into this or earlier batches
         self.listed: list[bytes] = []    # of those, the ones listed without an error
@@ -333,12 +346,15 @@ class Producer:
                         if m is not None and (rule := self.filters.decide(m, False)):
                             self.pruned.append((bytes(path), 0, str(rule)))
                             continue
-                    size = st.st_size
-                    self.add(path, 0, size, dir_id, pos, st.st_blocks * 512 < size,
+                    size, blocks = st.st_size, st.st_blocks
+                    self.add(path, 0, size, dir_id, pos, blocks * 512 < size,
                              # walkqueue.fingerprint, inline (once per entry; a test
                              # checks that they agree)
                              listing, hash((crc32(name), st.st_mode, st.st_ino, size,
-                                            st.st_mtime_ns, st.st_ctime_ns)))
+                                            st.st_mtime_ns, st.st_ctime_ns)),
+                             # walked_of(st) of a plain file, inline: st[8] is the
+                             # whole-second mtime
+                             walked=(_FILE, st[8], blocks))
                 else:
                     listing.pos = pos
                     self.take(listing, pos, entry, st, None)
@@ -421,18 +437,18 @@ class Producer:
             if entry is not None:
                 self.push.append(rel)            # walked again whether or not it changed
             if changed:
-                self.add(rel, 1, 0, dir_id, pos, False, listing, fp)
+                self.add(rel, 1, 0, dir_id, pos, False, listing, fp, walked=walked_of(st))
             else:
                 self._note(listing, pos, fp)
         elif not changed:
             self._note(listing, pos, fp)
         elif st.st_nlink > 1:                    # batched by inode when the walk ends
-            self.links.append((st.st_dev, st.st_ino, rel, st.st_size))
+            self.links.append((st.st_dev, st.st_ino, rel, st.st_size, *walked_of(st)))
             self._note(listing, pos, fp)
             listing.queued = True
         else:
             self.add(rel, 0, st.st_size, dir_id, pos, st.st_blocks * 512 < st.st_size,
-                     listing, fp)
+                     listing, fp, walked=walked_of(st))
             # rsync writes a file through a temporary name in its directory, which
             # changes the directory's time at DEST (a subdirectory's mode does not)
             listing.queued = True
@@ -473,18 +489,19 @@ class Producer:
 
     def add(self, rel: bytes, is_dir: int, size: int, dir_id: int, pos: int,
             holes: bool = False, listing: Listing | None = None, fp: int = 0,
-            force: bool = False) -> None:
+            force: bool = False, walked: tuple = (None, None, None)) -> None:
         """Add the entry at position `pos` of directory `dir_id`, cutting the batch
         before it when it would go over a limit, and after it when it is full.
         holes: a sparse file; only batches with one pay for rsync --sparse (2x CPU).
         listing, fp: its listing and fingerprint, noted after a cut before it, so that
         a cut's fingerprints are those of the positions it completes.
-        force: no cut before (a rescan's directory entry after its last position)."""
+        force: no cut before (a rescan's directory entry after its last position).
+        walked: its type, mtime and blocks (walked_of(); None: not stat-ed here)."""
         lim, name_bytes = self.limits, len(rel) + 1   # +1: NUL, rsync --from0
         if self.entries and not force and (self.bytes + size > lim.bytes
                                            or self.name_bytes + name_bytes > lim.name_bytes):
             self.close_batch((dir_id, pos - 1))
-        self.entries.append((rel, is_dir, size))
+        self.entries.append((rel, is_dir, size, *walked))
         if listing is not None:
             fps = listing.fps             # _note, inline: this runs once per entry
             if not fps:
