@@ -1,4 +1,4 @@
-"""Sizes as operators write them: 100MiB, 1G, 512k, 1048576."""
+"""Sizes as operators write them (100MiB, 1G, 512k, 1048576) and read them (1.5 GiB)."""
 from __future__ import annotations
 
 import re
@@ -21,3 +21,12 @@ def parse(text: str) -> int:
     if value < 1:
         raise SizeError(f"bad size {text!r}: must be at least 1 byte")
     return value
+
+
+def show(n: float) -> str:
+    """A size for a terminal line: `512 B`, `1.5 KiB` ... `2.0 TiB`."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return ""

@@ -181,6 +181,6 @@ def walked(conn: Connection) -> dict:
     """How far a walk has gone (the scan's progress line): entries enqueued, their
     bytes and the directories listed, kept per producer in the same transactions."""
     row = conn.exec_driver_sql(
-        "SELECT coalesce(sum(entries), 0), coalesce(sum(bytes), 0), coalesce(sum(dirs), 0) "
-        "FROM producers").one()
-    return {"entries": row[0], "bytes": row[1], "dirs": row[2]}
+        "SELECT coalesce(sum(entries), 0), coalesce(sum(bytes), 0), coalesce(sum(dirs), 0), "
+        "min(started_ts) FROM producers").one()
+    return {"entries": row[0], "bytes": row[1], "dirs": row[2], "started": row[3]}
