@@ -4,6 +4,7 @@ after it)."""
 from __future__ import annotations
 
 import json
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -290,7 +291,9 @@ def _walk_alone(walk: Walk, ledger_path: str) -> None:
             walk.watch()
             if not walk.running():
                 break
-            time.sleep(defaults.WALK_POLL)
+            # until a producer ends (at once) or the next look at them
+            multiprocessing.connection.wait([p.sentinel for p in walk.procs],
+                                            defaults.WALK_POLL)
         if not walk.join(0):
             raise WalkFailed("the walk of SRC failed; see the log in the ledger "
                              "(`fleetsync scan` again resumes it)")

@@ -37,7 +37,7 @@ PRODUCERS = min(os.cpu_count() or 2, 6)
 # bench/README.md (walk on a slow mount); a thread costs ~100 KiB.
 WALK_THREADS = 16
 # `fleetsync scan` looks at its producers this often (a dead one is replaced, as the
-# dispatcher's loop does during a run): a fraction of a second next to any real walk.
+# dispatcher's loop does during a run), and at once when one ends.
 WALK_POLL = 0.2
 MAX_RETRIES = 3                # retries of a batch after a retryable rsync exit
 # --max-delete: a delta pass on a live tree deletes what its users deleted since the
