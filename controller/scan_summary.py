@@ -28,7 +28,7 @@ def lines(c: dict) -> list[str]:
            f"{size(c['allocated_bytes'])} allocated; {_n(sparse['files'], 'sparse file')}"
            + (f" ({size(sparse['bytes'])}, {size(sparse['allocated_bytes'])} allocated)"
               if sparse["files"] else ""),
-           f"  file sizes   {_sizes(c['size_histogram'])}"]
+           f"  file sizes   (from-below) {_sizes(c['size_histogram'])}"]
     if c["largest_dirs"]:
         out.append("  largest dirs " + ", ".join(
             f"{d['path']} ({d['entries']:,})" for d in c["largest_dirs"][:5]))
