@@ -129,9 +129,9 @@ def _refuse_unfit(conn: Connection, row, src: str | None, dest: str | None) -> N
         return
     if row.src == src and _nothing_copied(conn):
         return
-    raise LedgerError(
-        f"this ledger belongs to another migration ({row.src} -> {row.dest}); "
-        f"use another --ledger for {src} -> {dest}")
+    held = f"a scan of {row.src}" if row.dest == NO_DEST else f"{row.src} -> {row.dest}"
+    raise LedgerError(f"this ledger belongs to another migration ({held}); "
+                      f"use another --ledger for {src} -> {dest}")
 
 
 def _nothing_copied(conn: Connection) -> bool:

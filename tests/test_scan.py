@@ -267,6 +267,9 @@ def test_bad_input_is_one_line_and_changes_nothing(tmp_path):
     (tmp_path / "notes.txt").write_text("not a ledger\n")
     assert "not an SQLite database" in error_line(
         fleetsync("scan", "--src", str(src), "--ledger", str(tmp_path / "notes.txt")))
+    line = error_line(fleetsync("run", "--src", str(other), "--dest", str(tmp_path / "d"),
+                                "--ledger", str(ledger), "--no-api"))
+    assert f"another migration (a scan of {src})" in line
     # other rules than the scan's: refused as a run would refuse them
     assert "differ from the ledger's" in error_line(
         fleetsync("scan", "--src", str(src), "--ledger", str(ledger), "--exclude", "*.o"))
