@@ -13,6 +13,13 @@ more untimed walk per P for the peak RSS (parent + producers, summed, from
 
 --flat N: one directory of N empty files (bench/out/flat-N) instead of the tree:
 fpart and the walk (P = --producers), the batches it cut, the peak PSS.
+
+--old DIR: instead, this checkout's walk against another's, interleaved, --runs
+rounds: DIR holds that version as a package (`DIR/fleetsync/{controller,ledger,api}`,
+e.g. from `git archive COMMIT controller ledger api playbooks inventory`), put first
+on PYTHONPATH. Each walk runs in a `python -c` of its version into a fresh ledger
+that version made (untimed), and reports its own time from Walk.start() to join()
+and its CPU (parent + producers); then the ledger's bytes per entry of each.
 """
 from __future__ import annotations
 
@@ -44,6 +51,57 @@ walk = Walk(sys.argv[1], sys.argv[2], int(sys.argv[3]), Limits())
 walk.start()
 sys.exit(0 if walk.join() else 1)
 """
+
+
+AB_PROCESS = """
+import os, resource, sys, time
+from fleetsync.controller.walk import Walk
+from fleetsync.controller.producer import Limits
+from fleetsync.ledger import db, migration
+engine = db.writer(sys.argv[1])
+migration.open_or_create(engine, sys.argv[2], sys.argv[2] + ".dest", {})
+engine.dispose()
+c0 = sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
+         for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+t0 = time.perf_counter()
+walk = Walk(sys.argv[1], sys.argv[2], int(sys.argv[3]), Limits())
+walk.start()
+assert walk.join()
+took = time.perf_counter() - t0
+c1 = sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
+         for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print(took, c1 - c0)
+"""
+
+
+def ab(old: str, tree: str, entries: int, producers: int, runs: int) -> None:
+    """This checkout's walk against the one in `old`, interleaved (see --old)."""
+    versions = {"old": dict(os.environ, PYTHONPATH=os.path.abspath(old)), "new": None}
+    times: dict[str, list[tuple[float, float]]] = {v: [] for v in versions}
+    load = os.getloadavg()[0]
+    for _ in range(runs):
+        for name, env in versions.items():
+            ledger = os.path.join(OUT, f"walk-ab-{name}.db")
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(ledger + suffix):
+                    os.unlink(ledger + suffix)
+            out = subprocess.run([sys.executable, "-c", AB_PROCESS, ledger, tree,
+                                  str(producers)], env=env, check=True,
+                                 capture_output=True, text=True).stdout.split()
+            times[name].append((float(out[0]), float(out[1])))
+    print(f"tree {tree}: {entries:,} entries; P={producers}; {runs} rounds, old and new "
+          f"interleaved; load {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
+    for name in versions:
+        wall = statistics.median(t for t, _ in times[name])
+        cpu = statistics.median(c for _, c in times[name])
+        per = bytes_per_entry(os.path.join(OUT, f"walk-ab-{name}.db"))[1]
+        print(f"{name}: walk median {wall:.3f} s (min {min(t for t, _ in times[name]):.3f}), "
+              f"CPU median {cpu:.3f} s; ledger {per:.1f} bytes/entry after a checkpoint")
+    ratio = (statistics.median(t for t, _ in times["new"])
+             / statistics.median(t for t, _ in times["old"]))
+    cpu_ratio = (statistics.median(c for _, c in times["new"])
+                 / statistics.median(c for _, c in times["old"]))
+    print(f"new / old: wall {ratio:.2f}x, CPU {cpu_ratio:.2f}x")
 
 
 def make_tree(root: str, fanout: int = 10, levels: int = 3, files: int = 100) -> int:
@@ -153,6 +211,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--producers", default="1,2")
     ap.add_argument("--flat", type=int, default=0, metavar="N")
+    ap.add_argument("--old", metavar="DIR")
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     if args.flat:
@@ -163,6 +222,11 @@ def main() -> None:
         entries = make_tree(tree)
     ledger = os.path.join(OUT, "walk-bench.db")
     counts = [int(p) for p in args.producers.split(",")]
+    if args.old:
+        run_command(["find", tree])                  # warm the cache
+        for p in counts:
+            ab(args.old, tree, entries, p, args.runs)
+        return
     load = os.getloadavg()[0]
     run_command(["find", tree])                      # warm the cache
     walk_in_process(ledger, tree, 1)                 # and the ledger's directory

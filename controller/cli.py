@@ -1,4 +1,4 @@
-"""The `fleetsync` command line: run, verify, retry, bwlimit, backup, serve, status.
+"""The `fleetsync` command line: run, scan, verify, retry, bwlimit, backup, serve, status.
 
 The arguments are parsed here; controller/commands.py does what each command says.
 
@@ -76,8 +76,9 @@ class _Rule(argparse.Action):
                                   (self.const, values)]
 
 
-def _filter_args(p: argparse.ArgumentParser) -> None:
-    """The filter rules of the walk (README: Filters)."""
+def _filter_args(p: argparse.ArgumentParser, copy: bool = True) -> None:
+    """The filter rules of the walk (README: Filters); copy: the options of a copy
+    (run) too, which a scan has no use for."""
     p.set_defaults(filter_rules=[])
     p.add_argument("--exclude", action=_Rule, const="exclude", metavar="PATTERN",
                    help="leave out what matches PATTERN, with rsync's meaning (repeatable; "
@@ -92,6 +93,8 @@ def _filter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-default-excludes", action="store_true",
                    help="copy snapshot directories too (a new ledger excludes .snapshot*, "
                         ".zfs and .ckpt, as fpsync does)")
+    if not copy:
+        return
     p.add_argument("--change-filters", action="store_true",
                    help="resume with rules other than the ledger's: a rescan applies them "
                         "(what they now exclude stays at DEST unless --delete-excluded)")
@@ -104,15 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fleetsync", description=(
         "Migrate a huge file tree with rsync across the hosts of an Ansible inventory, "
         "with a SQLite ledger of every batch and a live JSON API."), epilog=(
-        "Exit status: 0 done, 1 some batch failed for good, 2 a usage or configuration "
-        "error (one line on stderr), 3 stopped by its window (--stop-at, --max-duration, "
-        "--max-transfer; run again to resume); run, verify and serve: 130 when interrupted "
-        "by SIGINT (Ctrl-C), 143 by SIGTERM."))
+        "Exit status: 0 done, 1 some batch failed for good (scan: some entry could not be "
+        "read), 2 a usage or configuration error (one line on stderr), 3 stopped by its "
+        "window (--stop-at, --max-duration, --max-transfer; run again to resume); run, scan, "
+        "verify and serve: 130 when interrupted by SIGINT (Ctrl-C), 143 by SIGTERM."))
     p.add_argument("--version", action="version", version=f"fleetsync {version()}",
                    help="print the installed version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # One builder a command, in the order `fleetsync --help` lists them.
-    for add in (_run_command, _verify_command, _retry_command, _bwlimit_command,
+    for add in (_run_command, _scan_command, _verify_command, _retry_command, _bwlimit_command,
                 _backup_command, _serve_command, _status_command):
         add(sub)
     return p
@@ -134,7 +137,9 @@ def _run_command(sub) -> None:
     _ledger_arg(run)
     _api_args(run)
     run.add_argument("--no-api", action="store_true", help="do not serve the API during the run")
-    _batch_args(run)
+    _walk_args(run)
+    run.add_argument("--max-retries", type=int, default=defaults.MAX_RETRIES, metavar="R",
+                     help="retries of a batch after a retryable rsync exit (default: %(default)s)")
     _worker_args(run)
 
     run.add_argument("--bwlimit", metavar="RATE|TIMETABLE",
@@ -153,17 +158,14 @@ def _run_command(sub) -> None:
                      help="after the copy, check every batch with rsync --checksum --dry-run")
 
 
-def _batch_args(run: argparse.ArgumentParser) -> None:
-    """How `run` cuts the walk into batches, and how often a batch is retried."""
-    run.add_argument("--batch-files", type=int, default=defaults.BATCH_FILES, metavar="N",
-                     help="entries per batch at most (default: %(default)s)")
-    run.add_argument("--batch-bytes", default=defaults.BATCH_BYTES_TEXT, metavar="SIZE",
-                     help="bytes per batch at most, e.g. 100MiB, 1G (default: %(default)s)")
-    run.add_argument("--producers", type=int, default=defaults.PRODUCERS, metavar="P",
-                     help="walker processes (default: the cores, at most 6: %(default)s)")
-    run.add_argument("--max-retries", type=int, default=defaults.MAX_RETRIES, metavar="R",
-                     help="retries of a batch after a retryable rsync exit (default: %(default)s)")
-
+def _walk_args(p: argparse.ArgumentParser) -> None:
+    """How the walk cuts batches and how many walk: a scan's batches are the run's."""
+    p.add_argument("--batch-files", type=int, default=defaults.BATCH_FILES, metavar="N",
+                   help="entries per batch at most (default: %(default)s)")
+    p.add_argument("--batch-bytes", default=defaults.BATCH_BYTES_TEXT, metavar="SIZE",
+                   help="bytes per batch at most, e.g. 100MiB, 1G (default: %(default)s)")
+    p.add_argument("--producers", type=int, default=defaults.PRODUCERS, metavar="P",
+                   help="walker processes (default: the cores, at most 6: %(default)s)")
 
 def _delete_args(run: argparse.ArgumentParser) -> None:
     """The deletion pass of `run` and its guard."""
@@ -181,6 +183,18 @@ def _delete_args(run: argparse.ArgumentParser) -> None:
     run.add_argument("--allow-delete", action="append", default=[], metavar="NAME",
                      help="a top-level entry of SRC that --delete may remove from DEST "
                           "although the ledger copied it before (repeatable)")
+
+
+def _scan_command(sub) -> None:
+    scan = _command(sub, "scan", help="walk SRC alone into a ledger (nothing copied) and "
+                          "print what it holds; a later run with a --dest copies from that "
+                          "walk")
+    scan.add_argument("--src", required=True, help="source directory (walked on this machine)")
+    _ledger_arg(scan)
+    scan.add_argument("--json", action="store_true",
+                      help="print the census as one JSON object on stdout")
+    _walk_args(scan)
+    _filter_args(scan, copy=False)
 
 
 def _verify_command(sub) -> None:

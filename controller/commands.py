@@ -1,8 +1,11 @@
 """What each `fleetsync` command does once controller/cli.py has parsed its arguments:
-run, verify, retry, bwlimit, backup, serve and status (one function each, named after it)."""
+run, scan, verify, retry, bwlimit, backup, serve and status (one function each, named
+after it)."""
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -13,15 +16,16 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from fleetsync.ledger import backup as backups
-from fleetsync.ledger import (bandwidth, batches, db, deletions, dirpass, entry_outcomes,
-                              filter_rules, migration, queries, runs, sizes, timetable, walkqueue)
+from fleetsync.ledger import (bandwidth, batches, census, db, deletions, dirpass,
+                              entry_outcomes, filter_rules, migration, queries, runs, sizes,
+                              timetable, walkqueue)
 from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import defaults, delete_guard, filters, inventory, progress, window
+from . import defaults, delete_guard, filters, inventory, progress, scan_summary, window
 from .dispatch import DispatchError, Dispatcher, Settings
-from .errors import UsageError
+from .errors import UsageError, WalkFailed
 from .hostrun import kill_leftovers
 from .policy import Policy
 from .producer import Limits
@@ -33,15 +37,20 @@ if TYPE_CHECKING:     # annotations only: the API's socket is bound by controlle
     from .listener import Listener
 
 
-def _check_paths(src: str, dest: str) -> tuple[str, str]:
-    """Absolute SRC and DEST, or one clear line about what is wrong."""
+def _check_src(src: str) -> str:
+    """SRC, absolute, or one clear line about what is wrong."""
     if not os.path.exists(src):
         raise UsageError(f"SRC {src} does not exist")
     if not os.path.isdir(src):
         raise UsageError(f"SRC {src} is not a directory")
     if not os.access(src, os.R_OK | os.X_OK):
         raise UsageError(f"SRC {src} is not readable")
-    src = os.path.realpath(src)
+    return os.path.realpath(src)
+
+
+def _check_paths(src: str, dest: str) -> tuple[str, str]:
+    """Absolute SRC and DEST, or one clear line about what is wrong."""
+    src = _check_src(src)
     if ":" in dest.split("/", 1)[0]:      # host:/path or rsync://: checked on the workers
         return src, dest
     dest = os.path.realpath(dest)
@@ -71,7 +80,7 @@ def _limits(args) -> Limits:
         raise UsageError("--batch-files must be at least 1")
     if args.producers < 1:
         raise UsageError("--producers must be at least 1")
-    if args.max_retries < 0:
+    if getattr(args, "max_retries", 0) < 0:
         raise UsageError("--max-retries must be 0 or more")
     return Limits(entries=args.batch_files, bytes=_size("--batch-bytes", args.batch_bytes))
 
@@ -145,7 +154,8 @@ def _filter_choice(args, mig: migration.Migration | None,
     """This run's filter rules, given the ledger's migration as read before anything
     is written (None: a new ledger); other rules than the ledger's are refused
     (unless --change-filters), so a refused run leaves the ledger as it was."""
-    return filters.choose(given, args.no_default_excludes, args.change_filters,
+    return filters.choose(given, args.no_default_excludes,
+                          getattr(args, "change_filters", False),   # scan has none
                           bool(args.filter_rules) or args.no_default_excludes,
                           None if mig is None else filter_rules.stored(mig.options),
                           mig is not None, mig is not None and mig.walk_done)
@@ -213,7 +223,11 @@ def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
     mig = migration.open_or_create(engine, plan.src, plan.dest, options)
     for line in plan.choice.says():
         print(line, file=sys.stderr)
-    if mig.repointed_from:
+    if mig.repointed_from == migration.NO_DEST:
+        print(f"fleetsync: this ledger holds a scan of {plan.src}: copying it to {plan.dest}"
+              + (" from that walk (SRC is not walked again)" if mig.walk_done else ""),
+              file=sys.stderr)
+    elif mig.repointed_from:
         print(f"fleetsync: this ledger now copies to {plan.dest}, not {mig.repointed_from} "
               "(nothing was ever copied there)", file=sys.stderr)
     killed = kill_leftovers(mig.migration_id)
@@ -310,6 +324,66 @@ def _close_run(ledger_path: str, engine, stopped: Stopped, watch: window.Watch,
         code = window.WINDOW_EXIT
     _fold_wal(ledger_path)
     return code
+
+
+def scan(args) -> int:
+    """`fleetsync scan`: the walk alone, into the ledger (no host, nothing copied), then
+    its census; a later `run` with a --dest copies from that walk. A ledger whose walk
+    is complete is not walked again (its census is printed). Exit 1 when some entry
+    could not be read, as `run` would then."""
+    src = _check_src(args.src)
+    limits = _limits(args)
+    given = filters.rules_of(args.filter_rules)     # bad rules: one line, nothing created
+    ledger_path = os.path.abspath(args.ledger)
+    db.check(ledger_path, write=True)
+    opened = migration.opening(ledger_path, src)    # another SRC: one line, nothing written
+    choice = _filter_choice(args, opened, given)
+    with _locked(ledger_path):
+        engine = db.writer(ledger_path)
+        mig = migration.open_or_create(engine, src, None, {
+            "batch_files": limits.entries, "batch_bytes": limits.bytes,
+            "filters": [str(r) for r in choice.rules]})
+        engine.dispose()
+        for line in choice.says():
+            print(line, file=sys.stderr)
+        if mig.walk_done:
+            print("fleetsync: the walk of SRC in this ledger is complete: its census "
+                  "(`fleetsync run --rescan` walks SRC again)", file=sys.stderr)
+        else:
+            _walk_alone(Walk(ledger_path, src, args.producers, Limits(
+                entries=mig.options.get("batch_files", limits.entries),
+                bytes=mig.options.get("batch_bytes", limits.bytes)),
+                filters=filters.Filters(choice.rules)), ledger_path)
+        with db.connect(ledger_path, readonly=True) as conn, conn.begin():
+            found = census.census(conn)
+        _fold_wal(ledger_path)
+    found = {"src": mig.src, "ledger": ledger_path, **found}
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        print("\n".join(scan_summary.lines(found)))
+    return 1 if found["unreadable"]["entries"] else 0
+
+
+def _walk_alone(walk: Walk, ledger_path: str) -> None:
+    """The walk, with the scan's progress line on a terminal, until it is complete;
+    a producer killed from outside is replaced (Walk.watch), as during a run."""
+    walk.start()
+    live = progress.Live(ledger_path, draw=progress.scan_line).start()
+    try:
+        while True:
+            walk.watch()
+            if not walk.running():
+                break
+            # until a producer ends (at once) or the next look at them
+            multiprocessing.connection.wait([p.sentinel for p in walk.procs],
+                                            defaults.WALK_POLL)
+        if not walk.join(0):
+            raise WalkFailed("the walk of SRC failed; see the log in the ledger "
+                             "(`fleetsync scan` again resumes it)")
+    finally:
+        live.stop()
+        walk.stop()
 
 
 def _fold_wal(ledger_path: str) -> None:
@@ -563,8 +637,6 @@ def _existing(ledger_path: str, write: bool = False) -> str:
 
 def status(args) -> int:
     """`fleetsync status`: the progress line (or, --json, the API's numbers)."""
-    import json
-
     with progress.reading(_existing(args.ledger)) as reading:
         pruned = filter_rules.pruned_count(reading.conn)
         if args.json:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:     # annotations only: producer.py imports this module
 @dataclass
 class Batch:
     """The open batch: what the next Cut holds."""
-    entries: list[tuple[bytes, int, int]] = field(default_factory=list)  # (path, is_dir, size)
+    entries: list[tuple] = field(default_factory=list)  # batches.Entry: path, is_dir, size, walked
     files: int = 0
     dirs: int = 0
     bytes: int = 0
@@ -31,7 +31,7 @@ class Batch:
     listed: list[bytes] = field(default_factory=list)   # of those, the ones listed without an error
     errors: list[EntryOutcome] = field(default_factory=list)  # per-file rows (ledger/entry_outcomes.py)
     sparse: bool = False                                # holds a file with holes
-    links: list[tuple[int, int, bytes, int]] = field(default_factory=list)  # (dev, ino, path, size)
+    links: list[tuple] = field(default_factory=list)  # (dev, ino, path, size, *walked)
     pruned: list[tuple[bytes, int, str]] = field(default_factory=list)  # left out by a rule (table pruned)
     dirs_in: set[bytes] = field(default_factory=set)   # directories in this batch (a rescan)
 
@@ -56,19 +56,20 @@ class BatchCutter:
 
     def add(self, rel: bytes, is_dir: int, size: int, dir_id: int, pos: int,
             holes: bool = False, listing: Listing | None = None, fp: int = 0,
-            force: bool = False) -> None:
+            force: bool = False, walked: tuple = (None, None, None)) -> None:
         """Add the entry at position `pos` of directory `dir_id`, cutting the batch
         before it when it would go over a limit, and after it when it is full.
         holes: a sparse file; only batches with one pay for rsync --sparse (2x CPU).
         listing, fp: its listing and fingerprint, noted after a cut before it, so that
         a cut's fingerprints are those of the positions it completes.
-        force: no cut before (a rescan's directory entry after its last position)."""
+        force: no cut before (a rescan's directory entry after its last position).
+        walked: its type, mtime and blocks (producer.walked_of(); None: not stat-ed here)."""
         lim, name_bytes, b = self.limits, len(rel) + 1, self.batch   # +1: NUL, rsync --from0
         if b.entries and not force and (b.bytes + size > lim.bytes
                                         or b.name_bytes + name_bytes > lim.name_bytes):
             self.full((dir_id, pos - 1))
             b = self.batch
-        b.entries.append((rel, is_dir, size))
+        b.entries.append((rel, is_dir, size, *walked))
         if listing is not None:
             fps = listing.fps             # Producer._note, inline: this runs once per entry
             if not fps:

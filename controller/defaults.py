@@ -36,6 +36,9 @@ PRODUCERS = min(os.cpu_count() or 2, 6)
 # (most stats slower than 0.2 ms): enough to keep a 1 ms mount busy, see
 # bench/README.md (walk on a slow mount); a thread costs ~100 KiB.
 WALK_THREADS = 16
+# `fleetsync scan` looks at its producers this often (a dead one is replaced, as the
+# dispatcher's loop does during a run), and at once when one ends.
+WALK_POLL = 0.2
 MAX_RETRIES = 3                # retries of a batch after a retryable rsync exit
 # --max-delete: a delta pass on a live tree deletes what its users deleted since the
 # last pass, well under a tenth of it; more is far more often a mistake (the wrong

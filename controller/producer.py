@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection
 
 from fleetsync.ledger.logbook import show_path
+from fleetsync.ledger.states import EntryType
 from fleetsync.ledger.walkqueue import CLAIM_MAX, Cut, Dir, WalkQueue, fingerprint
 
 from . import defaults
@@ -121,6 +122,19 @@ class Listing:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+# EntryType by st_mode >> 12 (the S_IFMT bits), as plain ints: one shift and one
+# index per entry on the walk's hot path.
+_TYPE_OF = tuple(int({stat_mod.S_IFREG: EntryType.FILE, stat_mod.S_IFDIR: EntryType.DIR,
+                      stat_mod.S_IFLNK: EntryType.SYMLINK}.get(i << 12, EntryType.OTHER))
+                 for i in range(16))
+
+
+def walked_of(st: os.stat_result) -> tuple[int, int, int]:
+    """What the ledger keeps of an entry beside its size (schema._walked): its type
+    (EntryType, as plain ints), mtime in whole seconds (st[8]) and st_blocks."""
+    return _TYPE_OF[st.st_mode >> 12], st[8], st.st_blocks
 
 
 def examine(listing: Listing, entry) -> tuple[os.stat_result | None, OSError | None]:
@@ -316,11 +330,13 @@ class Producer:
         return False
 
     def _list_here(self, listing: Listing) -> bool:
-        """The hot loop of a local walk (about 5 us an entry): a plain file of a full
-        walk is stat-ed, fingerprinted and added here; anything else goes to take().
+        """The hot loop of a local walk (about 5 us an entry): a non-directory with one
+        link, in a full walk, is stat-ed, fingerprinted and added here; anything else
+        goes to take().
         The first SLOW_SAMPLE stats are timed, then every 8th, to see a slow mount.
         True: handed to the threads."""
         stat, timer, crc32, isdir = os.stat, time.perf_counter, zlib.crc32, stat_mod.S_ISDIR
+        type_of = _TYPE_OF
         fd, dir_id, full = listing.fd, listing.d.dir_id, listing.old is None
         prefix = bytearray(listing.prefix)   # the path as bytearray: sqlite3 binds it as is
         sample, handover, pos = self.max_threads > 0, False, listing.pos
@@ -350,12 +366,14 @@ class Producer:
                         if m is not None and (rule := self.filters.decide(m, False)):
                             self.pruned.append((bytes(path), 0, str(rule)))
                             continue
-                    size = st.st_size
-                    self.add(path, 0, size, dir_id, pos, st.st_blocks * 512 < size,
+                    size, blocks = st.st_size, st.st_blocks
+                    self.add(path, 0, size, dir_id, pos, blocks * 512 < size,
                              # walkqueue.fingerprint, inline (once per entry; a test
                              # checks that they agree)
                              listing, hash((crc32(name), st.st_mode, st.st_ino, size,
-                                            st.st_mtime_ns, st.st_ctime_ns)))
+                                            st.st_mtime_ns, st.st_ctime_ns)),
+                             # walked_of(st), inline (a file, symlink or other)
+                             walked=(type_of[st.st_mode >> 12], st[8], blocks))
                 else:
                     listing.pos = pos
                     self.take(listing, pos, entry, st, None)
@@ -434,18 +452,18 @@ class Producer:
             if entry is not None:
                 self.push.append(rel)            # walked again whether or not it changed
             if changed:
-                self.add(rel, 1, 0, dir_id, pos, False, listing, fp)
+                self.add(rel, 1, 0, dir_id, pos, False, listing, fp, walked=walked_of(st))
             else:
                 self._note(listing, pos, fp)
         elif not changed:
             self._note(listing, pos, fp)
         elif st.st_nlink > 1:                    # batched by inode when the walk ends
-            self.batch.links.append((st.st_dev, st.st_ino, rel, st.st_size))
+            self.batch.links.append((st.st_dev, st.st_ino, rel, st.st_size, *walked_of(st)))
             self._note(listing, pos, fp)
             listing.queued = True
         else:
             self.add(rel, 0, st.st_size, dir_id, pos, st.st_blocks * 512 < st.st_size,
-                     listing, fp)
+                     listing, fp, walked=walked_of(st))
             # rsync writes a file through a temporary name in its directory, which
             # changes the directory's time at DEST (a subdirectory's mode does not)
             listing.queued = True

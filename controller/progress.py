@@ -13,18 +13,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fleetsync.ledger import db, estimate, lock, queries
+from fleetsync.ledger import census, db, estimate, lock, queries, sizes
 from fleetsync.ledger.states import RunState
 
 log = logging.getLogger(__name__)
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return ""
+_size = sizes.show
 
 
 def _duration(sec: float) -> str:
@@ -75,6 +70,15 @@ def line(conn, held: bool | None = None, now: float | None = None) -> str:
     return f"{head}  {rate}/s  ETA {left}"
 
 
+def scan_line(conn, now: float | None = None) -> str:
+    """`fleetsync scan`'s line: what its walk enqueued so far, and how fast."""
+    now = time.time() if now is None else now
+    w = census.walked(conn)
+    rate = w["entries"] / (now - w["started"]) if w["started"] and now > w["started"] else 0
+    return (f"scan: {w['entries']:,} entries  {w['dirs']:,} directories listed  "
+            f"{_size(w['bytes'])}  {rate:,.0f} entries/s")
+
+
 @dataclass
 class Reading:
     """`fleetsync status`'s view of a ledger: one read transaction, and whether a run
@@ -101,10 +105,12 @@ def reading(ledger_path: str) -> Iterator[Reading]:
 
 
 class Live:
-    """Redraws the line on stderr every second while a run goes on (terminals only)."""
+    """Redraws the line on stderr every second while a run goes on (terminals only).
+    draw: the line, from a read connection (default: the run's, with its lock held)."""
 
-    def __init__(self, ledger_path: str, stream=sys.stderr):
+    def __init__(self, ledger_path: str, stream=sys.stderr, draw=None):
         self.ledger_path, self.stream = ledger_path, stream
+        self.draw = draw or (lambda conn: line(conn, held=True))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
 
@@ -118,7 +124,7 @@ class Live:
         while not self._stop.wait(1.0):
             try:
                 with engine.connect() as conn, conn.begin():
-                    text = line(conn, held=True)
+                    text = self.draw(conn)
                 self.stream.write("\r\033[K" + text)
                 self.stream.flush()
             except Exception as e:   # a busy or vanished ledger: skip one redraw

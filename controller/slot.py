@@ -200,6 +200,20 @@ def window_closed(stop_at: float | None) -> bool:
     return stop_at is not None and clock.now() >= stop_at
 
 
+def _work_in_sight(look, mode: OutcomeKind, closed: bool) -> tuple[int, bool]:
+    """The batches waiting for a claim (copy or verify), and whether all are done; a
+    closed window sees none and waits for its stop."""
+    if closed:
+        return 0, False
+    if mode is OutcomeKind.VERIFY:
+        with look.begin():
+            counts = verify.counts(look)
+        pending, running = counts[VerifyState.PENDING], counts[VerifyState.RUNNING]
+        return pending, pending == running == 0
+    left = batches.work_left(look)
+    return left.pending, left.finished
+
+
 def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: str,
                  rsync_options: list[str], mode: OutcomeKind = OutcomeKind.COPY,
                  delete: DeleteMode = DeleteMode.OFF, lanes: int = 1,
@@ -226,16 +240,7 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
             _held_back(conn, look, pace, worker_id, "the run's window closed" if closed else None)
             # A waiting slot reads the counters; only a batch in sight is worth the
             # write lock of a claim.
-            if mode is OutcomeKind.VERIFY:
-                with look.begin():
-                    counts = verify.counts(look)
-                pending, running = counts[VerifyState.PENDING], counts[VerifyState.RUNNING]
-                finished = pending == running == 0
-            else:
-                left = batches.work_left(look)
-                pending, finished = left.pending, left.finished
-            if closed:
-                pending, finished = 0, False      # wait for the stop, claim nothing
+            pending, finished = _work_in_sight(look, mode, closed)
             fleet_slots = workers.total_slots(look) if pending else 0
             jobs, pace.carry = pace.carry or [], None
             if pending and not jobs:

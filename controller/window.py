@@ -144,7 +144,7 @@ class Watch(threading.Thread):
             sent, self._after = runs.sent_after(conn, self._after)
             self._sent += sent
             if self._sent >= w.max_transfer:
-                return f"{sizes.shown(self._sent)} sent"
+                return f"{sizes.show(self._sent)} sent"
         return None
 
     def _close(self, conn, why: str) -> None:
@@ -179,5 +179,5 @@ def summary(ledger_path: str, watch: Watch) -> str:
     left = [counts[s.value] for s in (BatchState.PENDING, BatchState.RUNNING)]
     n, size = sum(c["batches"] for c in left), sum(c["bytes"] for c in left)
     return (f"fleetsync: stopped by its window ({watch.window.said}: {watch.closed}); "
-            f"{n} batches ({sizes.shown(size)}) left, and the "
+            f"{n} batches ({sizes.show(size)}) left, and the "
             "directory pass; run again to resume")

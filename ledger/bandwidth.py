@@ -72,7 +72,7 @@ def window(conn: Connection, now: float | None = None) -> dict:
 
 def _per_second(cap: int | None) -> str:
     # Not "/s": the status line shows a rate ("/s") only while a run goes on.
-    return "off" if cap is None else sizes.shown(cap) + " per second"
+    return "off" if cap is None else sizes.show(cap) + " per second"
 
 
 def line(conn: Connection, now: float | None = None) -> str:

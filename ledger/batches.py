@@ -36,8 +36,12 @@ _INSERT_BATCH = ("INSERT INTO batches(file_count, directory_count, estimated_byt
                  "checksum, producer_id, created_ts) VALUES (?, ?, ?, ?, ?, ?, ?) "
                  "RETURNING task_id")
 ROWS_PER_INSERT = 100
-_INSERT_ROW = "INSERT INTO batch_files(task_id, path, is_dir, size) VALUES (?1, ?, ?, ?)"
-_INSERT_ROWS = _INSERT_ROW + ", (?1, ?, ?, ?)" * (ROWS_PER_INSERT - 1)
+_INSERT_ROW = ("INSERT INTO batch_files(task_id, path, is_dir, size, type, mtime, blocks) "
+               "VALUES (?1, ?, ?, ?, ?, ?, ?)")
+_INSERT_ROWS = _INSERT_ROW + ", (?1, ?, ?, ?, ?, ?, ?)" * (ROWS_PER_INSERT - 1)
+# An entry as the walk hands it in: (path, is_dir, size, type, mtime, blocks), the
+# last three as schema._walked says (None where the walk did not see the entry's stat).
+Entry = tuple[bytes, int, int, int | None, int | None, int | None]
 
 
 @dataclass
@@ -75,10 +79,11 @@ def errors_json(errors: list[str]) -> str:
     return json.dumps(kept)
 
 
-def create(where: sqlite3.Cursor | Connection, entries: list[tuple[bytes, int, int]],
+def create(where: sqlite3.Cursor | Connection, entries: list[Entry],
            file_count: int, directory_count: int, estimated_bytes: int, compare: int,
            created_ts: float, sparse: bool = False, producer_id: int | None = None) -> int:
-    """-> pending: a new batch, its row and its batch_files rows (path, is_dir, size),
+    """-> pending: a new batch, its row and its batch_files rows (Entry: path, is_dir,
+    size, type, mtime, blocks),
     inside the caller's transaction; returns its task_id. compare: states.Compare
     (column checksum). where: the walk's raw cursor (its hot path: no SQLAlchemy
     layer per batch), or a Connection whose DBAPI connection (the same transaction)
@@ -92,8 +97,7 @@ def create(where: sqlite3.Cursor | Connection, entries: list[tuple[bytes, int, i
     return task_id
 
 
-def _insert_entries(cur: sqlite3.Cursor, task_id: int,
-                    entries: list[tuple[bytes, int, int]]) -> None:
+def _insert_entries(cur: sqlite3.Cursor, task_id: int, entries: list[Entry]) -> None:
     """The batch's rows in batch_files, the walk's hottest statement.
 
     Sent ROWS_PER_INSERT at a time in one multi-row INSERT, they cost

@@ -11,3 +11,7 @@ ENTRIES_PAGE = 1000        # default page of entries in /batches/<task_id>
 # A run is live while its controller's heartbeat (written every second) is younger
 # than this: a loaded controller may miss a few, a dead one is seen within seconds.
 LIVE_AFTER_HEARTBEAT = 15.0
+# `fleetsync scan` (ledger/census.py) names this many examples of each kind (largest
+# directories, odd names, unreadable and excluded entries): enough to act on, and a
+# JSON answer of bounded size whatever the tree.
+CENSUS_EXAMPLES = 20

@@ -19,6 +19,11 @@ from . import batches
 from .states import Compare
 
 
+# The links not batched yet, with what the walk recorded of each (schema._walked).
+_STAGED = ("SELECT dev, ino, path, size, type, mtime, blocks FROM hardlinks "
+           "WHERE task_id IS NULL")
+
+
 def cut_batches(conn: Connection, limits, compare: Compare = Compare.QUICK) -> int:
     """After the walk: the staged hard links become batches, every link of an inode
     in the same batch (rsync -H keeps them linked there), cut at inode boundaries
@@ -28,29 +33,29 @@ def cut_batches(conn: Connection, limits, compare: Compare = Compare.QUICK) -> i
     made = 0
     while True:
         with conn.begin():
-            rows = conn.execute(text(
-                "SELECT dev, ino, path, size FROM hardlinks WHERE task_id IS NULL "
-                "ORDER BY dev, ino LIMIT :n"), {"n": limits.entries * 4}).all()
+            rows = conn.execute(text(_STAGED + " ORDER BY dev, ino LIMIT :n"),
+                                {"n": limits.entries * 4}).all()
             if not rows:
                 return made
             batch, names, size, last = [], 0, 0, None
-            for dev, ino, path, sz in rows:
+            for dev, ino, path, sz, *walked in rows:
                 if (dev, ino) != last and batch and (
                         len(batch) >= limits.entries or size + sz > limits.bytes
                         or names + len(path) + 1 > limits.name_bytes):
                     break
-                batch.append((dev, ino, bytes(path), sz))
+                batch.append((dev, ino, bytes(path), sz, *walked))
                 names, size, last = names + len(path) + 1, size + sz, (dev, ino)
             else:
                 if len(rows) == limits.entries * 4:   # the last inode may go on: take it whole
-                    rest = conn.execute(text(
-                        "SELECT dev, ino, path, size FROM hardlinks WHERE task_id IS NULL "
-                        "AND dev = :d AND ino = :i"), {"d": last[0], "i": last[1]}).all()
+                    rest = conn.execute(text(_STAGED + " AND dev = :d AND ino = :i"),
+                                        {"d": last[0], "i": last[1]}).all()
                     seen = {b[2] for b in batch}
-                    batch += [(d, i, bytes(p), z) for d, i, p, z in rest if bytes(p) not in seen]
-            task_id = batches.create(conn, [(p, 0, z) for _, _, p, z in batch], len(batch),
-                                     0, sum(b[3] for b in batch), int(compare), time.time())
+                    batch += [(d, i, bytes(p), z, *w) for d, i, p, z, *w in rest
+                              if bytes(p) not in seen]
+            task_id = batches.create(conn, [(p, 0, z, *w) for _, _, p, z, *w in batch],
+                                     len(batch), 0, sum(b[3] for b in batch), int(compare),
+                                     time.time())
             conn.execute(text("UPDATE hardlinks SET task_id = :t WHERE dev = :d AND ino = :i "
                               "AND path = :p"),
-                         [{"t": task_id, "d": d, "i": i, "p": p} for d, i, p, _ in batch])
+                         [{"t": task_id, "d": d, "i": i, "p": p} for d, i, p, *_ in batch])
             made += 1

@@ -26,6 +26,11 @@ from .states import BatchState, RunState
 
 
 
+# The DEST of a ledger that `fleetsync scan` made: none yet. The first `run` with a
+# --dest adopts the scan (a ledger that copied nothing follows a new DEST).
+NO_DEST = ""
+
+
 @dataclass
 class Migration:
     migration_id: str
@@ -59,7 +64,8 @@ def opening(path: str, src: str | None = None, dest: str | None = None) -> Migra
     """The ledger's migration, read with mode=ro before a command writes anything
     (None: no ledger there yet, or one still empty). A ledger written by a newer
     fleetsync is refused (LedgerError), and so, given src and dest, is one of another
-    migration, as open_or_create would refuse it. A command decides here whether it
+    migration, as open_or_create would refuse it; given src alone (a scan, which has
+    no DEST), one of another SRC. A command decides here whether it
     goes on, so a refusal leaves the file byte for byte as it was: the writer's first
     connection would switch it to WAL (ledger/db.py), and a ledger in WAL mode cannot
     be read where its directory is read-only (an auditor's)."""
@@ -73,10 +79,11 @@ def opening(path: str, src: str | None = None, dest: str | None = None) -> Migra
     return _row_to_migration(row) if row is not None else None
 
 
-def open_or_create(engine: Engine, src: str, dest: str, options: dict) -> Migration:
+def open_or_create(engine: Engine, src: str, dest: str | None, options: dict) -> Migration:
     """The ledger's migration, created on first use; another SRC/DEST is refused
     (a run has refused it already with opening(), before it wrote anything: here
-    for a ledger another run created in between).
+    for a ledger another run created in between). dest None: a scan, which walks
+    SRC alone; a new ledger's DEST is then NO_DEST until a run adopts the scan.
 
     A ledger to which nothing was ever copied (no attempt at all: every host
     refused it at its preflight, e.g. a mistyped DEST) may be pointed at another
@@ -89,12 +96,13 @@ def open_or_create(engine: Engine, src: str, dest: str, options: dict) -> Migrat
             if row is None:
                 conn.execute(insert(migration).values(
                     id=1, migration_id=str(uuid.uuid4()), schema_version=schema.SCHEMA_VERSION,
-                    src=src, dest=dest, options=json.dumps(options, sort_keys=True),
+                    src=src, dest=NO_DEST if dest is None else dest,
+                    options=json.dumps(options, sort_keys=True),
                     created_ts=time.time()))
                 row = conn.execute(select(migration)).first()
             else:
                 _refuse_unfit(conn, row, src, dest)
-            if row.dest != dest:
+            if dest is not None and row.dest != dest:
                 conn.execute(update(migration).where(migration.c.dest == row.dest)
                              .values(dest=dest))
                 repointed = row.dest
@@ -114,11 +122,16 @@ def _refuse_unfit(conn: Connection, row, src: str | None, dest: str | None) -> N
             "use that fleetsync")
     if src is None or (row.src, row.dest) == (src, dest):
         return
+    if dest is None:                 # a scan: SRC alone
+        if row.src != src:
+            raise LedgerError(f"this ledger belongs to another SRC ({row.src}); use "
+                              f"another --ledger to scan {src}")
+        return
     if row.src == src and _nothing_copied(conn):
         return
-    raise LedgerError(
-        f"this ledger belongs to another migration ({row.src} -> {row.dest}); "
-        f"use another --ledger for {src} -> {dest}")
+    held = f"a scan of {row.src}" if row.dest == NO_DEST else f"{row.src} -> {row.dest}"
+    raise LedgerError(f"this ledger belongs to another migration ({held}); "
+                      f"use another --ledger for {src} -> {dest}")
 
 
 def _nothing_copied(conn: Connection) -> bool:

@@ -102,6 +102,20 @@ pruned = Table(
     sqlite_with_rowid=False,
 )
 
+# What the walk records of each entry beside its size, for `fleetsync scan` and the
+# report (issues 22, 23). NULL in rows of a ledger written before them (added by
+# create() with ALTER TABLE: an older fleetsync still writes such a ledger, its rows
+# NULL there). Small integers: ~7 bytes an entry (bench/README.md, walk).
+def _walked() -> list[Column]:
+    return [
+        Column("type", Integer),    # states.EntryType: 0 file, 1 dir, 2 symlink, 3 other
+        Column("mtime", Integer),   # lstat st_mtime, whole seconds since the epoch
+        Column("blocks", Integer),  # lstat st_blocks: 512-byte units allocated (du's)
+    ]
+
+
+WALKED = [c.name for c in _walked()]
+
 # Entries with more than one link wait here during the walk; when it ends they
 # are cut into batches by inode, so all links of a file travel in one rsync -H.
 hardlinks = Table(
@@ -111,6 +125,7 @@ hardlinks = Table(
     Column("path", LargeBinary, primary_key=True),    # relative to SRC
     Column("size", Integer, nullable=False),
     Column("task_id", Integer),                       # the batch it went into
+    *_walked(),                                       # type, mtime, blocks, as above
     sqlite_with_rowid=False,
 )
 
@@ -139,6 +154,7 @@ batch_files = Table(
     Column("path", LargeBinary, primary_key=True),    # relative to SRC
     Column("is_dir", Integer, nullable=False),
     Column("size", Integer, nullable=False),          # lstat size
+    *_walked(),                                       # type, mtime, blocks (see _walked)
     sqlite_with_rowid=False,
 )
 
@@ -478,6 +494,16 @@ def no_such_table(error: Exception) -> bool:
     return "no such table" in str(error)
 
 
+def _add_walked_columns(conn: Connection) -> None:
+    """A ledger written before the walk recorded type, mtime and blocks gets the
+    columns (NULL in its rows): ALTER TABLE ADD COLUMN rewrites no row."""
+    for table in (batch_files, hardlinks):
+        have = {r[1] for r in conn.execute(text(f"PRAGMA table_info({table.name})"))}
+        for column in WALKED:
+            if column not in have:
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column} INTEGER"))
+
+
 def create(target: Engine | Connection) -> None:
     """Create every table, index and trigger; safe to run on an existing ledger. One
     transaction (the caller's, given a connection inside one): a reader, `fleetsync
@@ -488,6 +514,7 @@ def create(target: Engine | Connection) -> None:
         return
     conn = target
     metadata.create_all(conn)
+    _add_walked_columns(conn)
     # Marks the file as a fleetsync ledger (ledger/db.py: check refuses others).
     conn.execute(text(f"PRAGMA application_id = {APPLICATION_ID}"))
     for ddl in _EXTRA_DDL:

@@ -1,5 +1,6 @@
-"""Sizes as operators write them: 100MiB, 1G, 512k, 1048576 (the options, the
-bandwidth timetable the ledger keeps: so here, where the ledger and the API read it)."""
+"""Sizes as operators write them (100MiB, 1G, 512k, 1048576) and read them (1.5 GiB):
+the options, the bandwidth timetable the ledger keeps, the census (so here, where
+the ledger and the API read them)."""
 from __future__ import annotations
 
 import re
@@ -24,11 +25,12 @@ def parse(text: str) -> int:
     return value
 
 
-def shown(count: int) -> str:
-    """A size for a person, in binary units: 512 B, 1.5 MiB."""
+def show(count: float) -> str:
+    """A size for a person, in binary units: 512 B, 1.5 MiB, 32 KiB (the progress line,
+    the scan's census, the caps of a timetable)."""
     value, unit = float(count), "B"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":
             break
         value /= 1024
-    return f"{value:.4g} {unit}"
+    return f"{value:.4g} {unit}" if value < 10000 else f"{value:.0f} {unit}"   # no 1e+04

@@ -29,6 +29,16 @@ class Compare(enum.IntEnum):
     #                changed files differ anyway and would be read twice for nothing.
 
 
+class EntryType(enum.IntEnum):
+    """What an entry of SRC is, as the walk's lstat saw it (columns batch_files.type
+    and hardlinks.type). Not a state machine: a kind, kept small (0 and 1 take no
+    bytes in a SQLite record; NULL: a row written before the walk recorded it)."""
+    FILE = 0       # a regular file
+    DIR = 1        # a directory
+    SYMLINK = 2    # a symbolic link (never followed)
+    OTHER = 3      # a fifo, a socket, a device
+
+
 class LogLevel(str, enum.Enum):
     """The level of a row of table log (/logs serves warnings and errors)."""
     INFO = "info"          # a normal event worth a line: a host joined, a batch requeued

@@ -147,4 +147,4 @@ def rate_at(timetable: Timetable, when: float) -> tuple[int | None, float | None
 
 def shown(bytes_per_sec: int | None) -> str:
     """A rate for a person: off, or bytes/s in binary units."""
-    return "off" if bytes_per_sec is None else sizes.shown(bytes_per_sec) + "/s"
+    return "off" if bytes_per_sec is None else sizes.show(bytes_per_sec) + "/s"

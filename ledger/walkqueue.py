@@ -72,7 +72,8 @@ class Dir:
 @dataclass
 class Cut:
     """One batch as the walk cut it, and the walk progress it completes."""
-    entries: list[tuple[bytes, int, int]]   # (path, is_dir, size)
+    entries: list[tuple]                    # batches.Entry: (path, is_dir, size, type,
+    #                                         mtime, blocks)
     file_count: int
     directory_count: int
     estimated_bytes: int
@@ -80,7 +81,8 @@ class Cut:
     partial: tuple[int, int] | None         # (dir_id, offset) of the directory cut in the middle
     errors: list = field(default_factory=list)  # walk errors (entry_outcomes.EntryOutcome)
     sparse: bool = False                    # holds a file with holes
-    links: list[tuple[int, int, bytes, int]] = field(default_factory=list)  # (dev, ino, path, size)
+    links: list[tuple] = field(default_factory=list)  # (dev, ino, path, size, type, mtime,
+    #                                                   blocks)
     prints: list[tuple[bytes, int, bytes]] = field(default_factory=list)  # (dir path, first
     # position, fingerprints of the entries from there, as array('q') bytes)
     listed: list[bytes] = field(default_factory=list)  # directories listed in full, no error
@@ -266,8 +268,10 @@ class WalkQueue:
                         (cut.partial[1], cut.partial[0]))
         if cut.links:
             # Seen again by a --rescan (the inode changed): batched again.
-            cur.executemany("INSERT INTO hardlinks(dev, ino, path, size) VALUES (?, ?, ?, ?) "
-                            "ON CONFLICT DO UPDATE SET size = excluded.size, task_id = NULL",
+            cur.executemany("INSERT INTO hardlinks(dev, ino, path, size, type, mtime, blocks) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                            "size = excluded.size, type = excluded.type, "
+                            "mtime = excluded.mtime, blocks = excluded.blocks, task_id = NULL",
                             cut.links)
         if cut.pruned:      # seen again after a crash: the same row
             cur.executemany("INSERT OR REPLACE INTO pruned(path, is_dir, rule, ts) "

@@ -24,10 +24,10 @@ def new_ledger(path: str, n_batches: int):
     migration.open_or_create(engine, "/src", "/dest", {})
     cuts = []
     for i in range(n_batches):
-        entries = [(b"b%d/d" % i, 1, 0)] + [(b"b%d/f%d" % (i, j), 0, 10 * j + i)
-                                            for j in range(i % 4 + 1)]
+        entries = [(b"b%d/d" % i, 1, 0, 1, 1000, 8)] + [
+            (b"b%d/f%d" % (i, j), 0, 10 * j + i, 0, 1000 + j, j) for j in range(i % 4 + 1)]
         files = entries[1:]
-        cuts.append(Cut(entries, len(files), 1, sum(s for _, _, s in files), [], None))
+        cuts.append(Cut(entries, len(files), 1, sum(e[2] for e in files), [], None))
     with engine.connect() as conn:
         WalkQueue(conn, 1, 1).sync([], cuts, 0)
     return engine
@@ -285,8 +285,9 @@ def _batch_rows(engine) -> tuple[list[tuple], list[tuple]]:
         return (read(conn, "SELECT task_id, state, file_count, directory_count, "
                            "estimated_bytes, retry_count, claim, checksum, sparse, worker_id, "
                            "producer_id, created_ts FROM batches ORDER BY task_id"),
-                [(t, bytes(p), d, s) for t, p, d, s in read(
-                    conn, "SELECT task_id, path, is_dir, size FROM batch_files "
+                [(t, bytes(p), *rest) for t, p, *rest in read(
+                    conn, "SELECT task_id, path, is_dir, size, type, mtime, blocks "
+                          "FROM batch_files "
                           "ORDER BY task_id, path")])
 
 
@@ -296,9 +297,9 @@ def test_one_creator_of_batches_gives_the_same_rows_on_a_cursor_and_a_connection
     batch_files rows (more than one multi-row INSERT's worth, and a remainder)."""
     from fleetsync.ledger import logbook
     from fleetsync.ledger.states import Compare
-    entries = [(b"d", 1, 0)] + [(bytearray(b"d/f%03d" % j), 0, j) for j in range(
-        batches.ROWS_PER_INSERT * 2 + 7)]
-    args = (entries, len(entries) - 1, 1, sum(s for _, _, s in entries), int(Compare.ALWAYS),
+    entries = [(b"d", 1, 0, 1, 5, 8)] + [(bytearray(b"d/f%03d" % j), 0, j, j % 4, 10 + j, j)
+                                         for j in range(batches.ROWS_PER_INSERT * 2 + 7)]
+    args = (entries, len(entries) - 1, 1, sum(e[2] for e in entries), int(Compare.ALWAYS),
             1234.5, True, 7)
     engines = []
     for name, raw in (("cursor", True), ("connection", False)):
@@ -314,7 +315,7 @@ def test_one_creator_of_batches_gives_the_same_rows_on_a_cursor_and_a_connection
     assert rows == rows2 == [(1, "pending", len(entries) - 1, 1, args[3], 0, 0,
                               int(Compare.ALWAYS), 1, None, 7, 1234.5)]
     assert files == files2 and len(files) == len(entries)
-    assert files[0] == (1, b"d", 1, 0)
+    assert files[0] == (1, b"d", 1, 0, 1, 5, 8)
     logs = []
     for e in engines:
         with e.connect() as conn:

@@ -123,5 +123,5 @@ def test_status_window_shows_the_cap_in_force_on_the_moved_clock(tmp_path, make_
     assert not {"bwlimit", "cap"} & call(app, "/status").json.keys()  # /status as it was
 
 
-def test_sizes_shown():
-    assert [sizes.shown(n) for n in (512, 1536, 10 * M)] == ["512 B", "1.5 KiB", "10 MiB"]
+def test_sizes_show():
+    assert [sizes.show(n) for n in (512, 1536, 10 * M)] == ["512 B", "1.5 KiB", "10 MiB"]
