@@ -15,7 +15,7 @@ from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import defaults, delete_guard, filters, inventory, progress, sizes
+from . import changelist, defaults, delete_guard, filters, inventory, progress, sizes
 from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError
 from .hostrun import kill_leftovers
@@ -96,6 +96,7 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     given = filters.rules_of(args.filter_rules)     # bad rules: one line, nothing created
     if args.delete_excluded and delete is DeleteMode.OFF:
         raise UsageError("--delete-excluded goes with --delete (or --delete-dry-run)")
+    listed = _change_list(args, src)     # a bad list: one line, nothing created
     hosts = inventory.with_slots(
         (loading or inventory.Loading(args.inventory, limit=args.limit)).result(), args.slots)
     ledger_path = os.path.abspath(args.ledger)
@@ -106,12 +107,14 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     if opened is not None and delete is DeleteMode.ON:
         _guard_top_level(args, ledger_path, src)
     choice = _filter_choice(args, opened, given)
+    if listed is not None and opened is not None:
+        _check_list_fits(ledger_path, opened)
     # One run per ledger, held until this process ends: a second run would kill
     # this one's rsyncs as leftovers and fight over its batches.
     with _locked(ledger_path):
         try:
             return _run(args, src, dest, limits, bwlimit, delete, hosts, ledger_path, api,
-                        choice)
+                        choice, listed)
         except (DispatchError, inventory.InventoryError):
             # Refused once it had begun (no host passed its preflight, say): the
             # ledger is left as a finished run leaves it, in rollback-journal mode,
@@ -131,6 +134,34 @@ def _filter_choice(args, mig: migration.Migration | None,
                           mig is not None, mig is not None and mig.walk_done)
 
 
+def _change_list(args, src: str) -> list[bytes] | None:
+    """--files-from's paths (controller/changelist.py), read and checked before
+    anything is created; None without it."""
+    if args.from0 and not args.files_from:
+        raise UsageError("--from0 goes with --files-from")
+    if not args.files_from:
+        return None
+    for given, option in ((args.rescan, "--rescan"), (args.change_filters, "--change-filters")):
+        if given:
+            raise UsageError(f"--files-from queues the listed entries alone; {option} walks "
+                             "all of SRC: give one or the other")
+    return changelist.read(args.files_from, args.from0, src)
+
+
+def _check_list_fits(ledger_path: str, mig: migration.Migration) -> None:
+    """A change list goes on from a walk that ended (or none): a walk cut short,
+    or a rescan owed to changed rules, must be resumed first (it would batch the
+    hard links it holds aside before it has seen all of their names)."""
+    if filter_rules.rescan_owed(mig.options):
+        raise UsageError("--files-from: the filter rules changed and their rescan has not "
+                         "run: resume with `fleetsync run` first")
+    with db.connect(ledger_path, readonly=True) as conn:
+        begun = walkqueue.begun(conn)
+    if begun and not mig.walk_done:
+        raise UsageError("--files-from: the walk of SRC is not finished: resume it with "
+                         "`fleetsync run` first")
+
+
 def _locked(ledger_path: str) -> LedgerLock:
     """The ledger's lock (refused in one line when a live run holds it); a stale
     lock of a dead run is taken over, and said so."""
@@ -142,7 +173,8 @@ def _locked(ledger_path: str) -> LedgerLock:
 
 
 def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete: DeleteMode,
-         hosts, ledger_path: str, api, choice: filters.Choice) -> int:
+         hosts, ledger_path: str, api, choice: filters.Choice,
+         listed: list[bytes] | None = None) -> int:
     options = {"batch_files": limits.entries, "batch_bytes": limits.bytes,
                "filters": [str(r) for r in choice.rules]}   # a new ledger's rules
     engine = db.writer(ledger_path)
@@ -171,7 +203,9 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
         print(f"fleetsync: resumed: {len(released)} batches of the last run wait again",
               file=sys.stderr)
     walk = None
-    if not mig.walk_done or args.rescan or owed:
+    if listed is not None:       # the listed entries alone; SRC is not walked
+        _queue_list(args, src, ledger_path, mig, limits, choice, delete, listed)
+    elif not mig.walk_done or args.rescan or owed:
         walk = Walk(ledger_path, src, args.producers, Limits(**{
             "entries": mig.options.get("batch_files", limits.entries),
             "bytes": mig.options.get("batch_bytes", limits.bytes)}),
@@ -227,6 +261,20 @@ def _run(args, src: str, dest: str, limits: Limits, bwlimit: int | None, delete:
     if refused is not None:
         raise refused
     return code
+
+
+def _queue_list(args, src: str, ledger_path: str, mig: migration.Migration, limits: Limits,
+                choice: filters.Choice, delete: DeleteMode, listed: list[bytes]) -> None:
+    """The change list's entries into batches, cut by the ledger's own limits; its
+    directory pass covers its own batches' directories (with --delete too)."""
+    with db.connect(ledger_path) as conn:
+        migration.pass_after_copied(conn)      # before its batches exist
+        selection = changelist.queue(conn, src, listed, Limits(
+            entries=mig.options.get("batch_files", limits.entries),
+            bytes=mig.options.get("batch_bytes", limits.bytes)),
+            filters.Filters(choice.rules), delete is not DeleteMode.OFF)
+    print(selection.line(args.files_from, delete is not DeleteMode.OFF), file=sys.stderr,
+          flush=True)
 
 
 def _fold_wal(ledger_path: str) -> None:
