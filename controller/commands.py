@@ -107,8 +107,8 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     if opened is not None and delete is DeleteMode.ON:
         _guard_top_level(args, ledger_path, src)
     choice = _filter_choice(args, opened, given)
-    if listed is not None and opened is not None:
-        _check_list_fits(ledger_path, opened)
+    if listed is not None:
+        _check_list_fits(opened)
     # One run per ledger, held until this process ends: a second run would kill
     # this one's rsyncs as leftovers and fight over its batches.
     with _locked(ledger_path):
@@ -148,18 +148,17 @@ def _change_list(args, src: str) -> list[bytes] | None:
     return changelist.read(args.files_from, args.from0, src)
 
 
-def _check_list_fits(ledger_path: str, mig: migration.Migration) -> None:
-    """A change list goes on from a walk that ended (or none): a walk cut short,
-    or a rescan owed to changed rules, must be resumed first (it would batch the
-    hard links it holds aside before it has seen all of their names)."""
+def _check_list_fits(mig: migration.Migration | None) -> None:
+    """A change list brings a complete copy up to date: a ledger whose walk of SRC
+    never ended (or a new one) would count the list's entries as all of SRC, and
+    a rescan owed to changed rules must run first."""
+    if mig is None or not mig.walk_done:
+        raise UsageError("--files-from: the ledger holds no complete walk of SRC: copy it "
+                         "in full first (`fleetsync run` without --files-from); a change "
+                         "list then brings that copy up to date")
     if filter_rules.rescan_owed(mig.options):
         raise UsageError("--files-from: the filter rules changed and their rescan has not "
                          "run: resume with `fleetsync run` first")
-    with db.connect(ledger_path, readonly=True) as conn:
-        begun = walkqueue.begun(conn)
-    if begun and not mig.walk_done:
-        raise UsageError("--files-from: the walk of SRC is not finished: resume it with "
-                         "`fleetsync run` first")
 
 
 def _locked(ledger_path: str) -> LedgerLock:

@@ -144,12 +144,6 @@ def entries_seen(conn: Connection) -> int:
         "SELECT coalesce(sum(length(prints)), 0) / 8 FROM walk_prints WHERE old = 0").scalar()
 
 
-def begun(conn: Connection) -> bool:
-    """Some walk has queued SRC (a ledger only change lists have filled has none)."""
-    with conn.begin():
-        return bool(conn.exec_driver_sql("SELECT EXISTS (SELECT 1 FROM walk_dirs)").scalar())
-
-
 def walk_finished(conn: Connection) -> bool:
     """No directory waits and none is being listed."""
     with conn.begin():
