@@ -1,10 +1,11 @@
 """Selection time of a change list next to a full rescan of the same tree.
 
-    .venv/bin/python bench/changelist.py [--entries 200000] [--listed 10000] [--runs 5]
-                                         [--producers 2] [--tree DIR]
+    .venv/bin/python bench/changelist.py [--entries 1000000] [--per-dir 100] [--listed 10000]
+                                         [--runs 5] [--producers 2] [--tree DIR]
 
-Makes (or reuses) a tree of 1000 directories (10 x 10 x 10) holding --entries
-empty files between them, under bench/out/; walks it once into a base ledger (the
+Makes (or reuses) a tree under bench/out/ of --entries empty files, --per-dir in
+each leaf directory, the leaves 10 to a directory above them (the shape of
+bench/walk.py's tree: 1,000,000 files are 10 x 10 x 10 x 10 directories of 100); walks it once into a base ledger (the
 default excludes as rules, as a new ledger has them); then changes --listed files
 spread over the tree (their mtime, so a rescan finds them) and writes their paths,
 absolute, as `find SRC -newer` would, to a list.
@@ -22,6 +23,8 @@ average (`uptime`) before and after.
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import os
 import random
 import shutil
@@ -102,14 +105,16 @@ def _queued(ledger: str) -> tuple[int, int]:
         con.close()
 
 
-def prepare(tree: str, entries: int, listed: int, producers: int) -> tuple[str, str]:
+def prepare(tree: str, entries: int, per_dir: int, listed: int,
+            producers: int) -> tuple[str, str]:
     """The tree, its base ledger (walked, checkpointed) and the list of changed files."""
-    files = max(1, entries // 1000)
+    files = per_dir
+    levels = max(1, round(math.log10(max(1, entries // per_dir))))
     t0 = time.perf_counter()
-    count = make_tree(tree, 10, 3, files)
+    count = make_tree(tree, 10, levels, files)
     print(f"tree {tree}: {count:,} entries ({time.perf_counter() - t0:.0f} s to make or find)",
           flush=True)
-    base = os.path.join(OUT, f"changelist-base-{count}.db")
+    base = os.path.join(OUT, f"changelist-base-{os.path.basename(tree)}.db")
     if not os.path.exists(base):
         fresh_ledger(base + ".tmp", tree)
         secs, _ = _python(FIRST_WALK, base + ".tmp", tree, str(producers))
@@ -123,8 +128,8 @@ def prepare(tree: str, entries: int, listed: int, producers: int) -> tuple[str, 
         print(f"base walk: {secs:.1f} s", flush=True)
     # the changes: --listed files spread over the tree, newer than the base walk
     rng = random.Random(22)
-    leaves = sorted(os.path.join(tree, f"d{a}", f"d{b}", f"d{c}")
-                    for a in range(10) for b in range(10) for c in range(10))
+    leaves = sorted(os.path.join(tree, *(f"d{i}" for i in digits))
+                    for digits in itertools.product(range(10), repeat=levels))
     picked = sorted({(rng.choice(leaves), rng.randrange(files)) for _ in range(listed * 2)})
     picked = rng.sample(picked, listed)
     now = time.time() + 5
@@ -139,15 +144,16 @@ def prepare(tree: str, entries: int, listed: int, producers: int) -> tuple[str, 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--entries", type=int, default=200_000)
+    ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--per-dir", type=int, default=100)
     ap.add_argument("--listed", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--producers", type=int, default=2)
     ap.add_argument("--tree")
     a = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
-    tree = a.tree or os.path.join(OUT, f"tree-{a.entries // 1000}k-files")
-    base, list_path = prepare(tree, a.entries, a.listed, a.producers)
+    tree = a.tree or os.path.join(OUT, f"tree-{a.entries // 1000}k-files-{a.per_dir}")
+    base, list_path = prepare(tree, a.entries, a.per_dir, a.listed, a.producers)
     load0 = os.getloadavg()
     ledger = os.path.join(OUT, "changelist-run.db")
     times: dict[str, list[float]] = {"rescan": [], "list": []}
@@ -168,7 +174,8 @@ def main() -> None:
     load1 = os.getloadavg()
     med = {k: statistics.median(v) for k, v in times.items()}
     imed = {k: statistics.median(v) for k, v in inner.items()}
-    print(f"\n{a.listed:,} listed paths, tree of {a.entries:,} files, P={a.producers}, "
+    print(f"\n{a.listed:,} listed paths, tree of {a.entries:,} files ({a.per_dir} a "
+          f"directory), P={a.producers}, "
           f"median of {a.runs}, whole processes:")
     for name, label in (("rescan", "rescan (walk of the tree)"), ("list", "change list")):
         b, e = queued[name]
