@@ -154,6 +154,14 @@ def _run_command(sub) -> None:
                           "from the last walk (name, type, mode, inode, size, mtime, ctime); "
                           "with --delete, deletions reach DEST too")
     _filter_args(run)
+    run.add_argument("--files-from", metavar="FILE",
+                     help="queue only the entries FILE lists (one path a line, relative to "
+                          "SRC or absolute under it; '-': standard input), stat-ing them "
+                          "instead of walking SRC: a listed directory is its own entry, not "
+                          "its subtree (README: Change lists)")
+    run.add_argument("--from0", action="store_true",
+                     help="--files-from's paths are separated by NULs, not newlines "
+                          "(find -print0; a name may then hold a newline)")
     run.add_argument("--verify", action="store_true",
                      help="after the copy, check every batch with rsync --checksum --dry-run")
 

@@ -23,7 +23,8 @@ from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import defaults, delete_guard, filters, inventory, progress, scan_summary, window
+from . import (changelist, defaults, delete_guard, filters, inventory, progress, scan_summary,
+               window)
 from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError, WalkFailed
 from .hostrun import kill_leftovers
@@ -123,6 +124,7 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     given = filters.rules_of(args.filter_rules)     # bad rules: one line, nothing created
     if args.delete_excluded and delete is DeleteMode.OFF:
         raise UsageError("--delete-excluded goes with --delete (or --delete-dry-run)")
+    listed = _change_list(args, src)     # a bad list: one line, nothing created
     hosts = inventory.with_slots(
         (loading or inventory.Loading(args.inventory, limit=args.limit)).result(), args.slots)
     ledger_path = os.path.abspath(args.ledger)
@@ -133,6 +135,8 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     if opened is not None and delete is DeleteMode.ON:
         _guard_top_level(args, ledger_path, src)
     choice = _filter_choice(args, opened, given)
+    if listed is not None:
+        _check_list_fits(opened)
     # One run per ledger, held until this process ends: a second run would kill
     # this one's rsyncs as leftovers and fight over its batches.
     with _locked(ledger_path):
@@ -140,7 +144,7 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
             return _run(_RunPlan(args=args, src=src, dest=dest, limits=limits,
                                  bwlimit=bwlimit, window=run_window, delete=delete,
                                  hosts=hosts, ledger_path=ledger_path, api=api,
-                                 choice=choice))
+                                 choice=choice, listed=listed))
         except (DispatchError, inventory.InventoryError):
             # Refused once it had begun (no host passed its preflight, say): the
             # ledger is left as a finished run leaves it, in rollback-journal mode,
@@ -159,6 +163,33 @@ def _filter_choice(args, mig: migration.Migration | None,
                           bool(args.filter_rules) or args.no_default_excludes,
                           None if mig is None else filter_rules.stored(mig.options),
                           mig is not None, mig is not None and mig.walk_done)
+
+
+def _change_list(args, src: str) -> list[bytes] | None:
+    """--files-from's paths (controller/changelist.py), read and checked before
+    anything is created; None without it."""
+    if args.from0 and not args.files_from:
+        raise UsageError("--from0 goes with --files-from")
+    if not args.files_from:
+        return None
+    for given, option in ((args.rescan, "--rescan"), (args.change_filters, "--change-filters")):
+        if given:
+            raise UsageError(f"--files-from queues the listed entries alone; {option} walks "
+                             "all of SRC: give one or the other")
+    return changelist.read(args.files_from, args.from0, src)
+
+
+def _check_list_fits(mig: migration.Migration | None) -> None:
+    """A change list brings a complete copy up to date: a ledger whose walk of SRC
+    never ended (or a new one) would count the list's entries as all of SRC, and
+    a rescan owed to changed rules must run first."""
+    if mig is None or not mig.walk_done:
+        raise UsageError("--files-from: the ledger holds no complete walk of SRC: copy it "
+                         "in full first (`fleetsync run` without --files-from); a change "
+                         "list then brings that copy up to date")
+    if filter_rules.rescan_owed(mig.options):
+        raise UsageError("--files-from: the filter rules changed and their rescan has not "
+                         "run: resume with `fleetsync run` first")
 
 
 def _locked(ledger_path: str) -> LedgerLock:
@@ -186,6 +217,7 @@ class _RunPlan:
     ledger_path: str
     api: Listener | None                 # the API's bound socket; None for --no-api
     choice: filters.Choice
+    listed: list[bytes] | None = None    # --files-from's paths: queued alone, no walk
 
 
 def _run(plan: _RunPlan) -> int:
@@ -253,7 +285,11 @@ def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
 
 def _start_walk(plan: _RunPlan, engine, mig: migration.Migration, owed: bool) -> Walk | None:
     """The walk of SRC, started: when the ledger's first walk is not done, --rescan asks
-    for one, or changed filter rules owe one; None when the ledger's walk stands."""
+    for one, or changed filter rules owe one; None when the ledger's walk stands, or
+    when a change list's entries are queued instead (SRC is not walked)."""
+    if plan.listed is not None:
+        _queue_list(plan, mig)
+        return None
     if mig.walk_done and not plan.args.rescan and not owed:
         return None
     walk = Walk(plan.ledger_path, plan.src, plan.args.producers, Limits(**{
@@ -384,6 +420,19 @@ def _walk_alone(walk: Walk, ledger_path: str) -> None:
     finally:
         live.stop()
         walk.stop()
+
+
+def _queue_list(plan: _RunPlan, mig: migration.Migration) -> None:
+    """The change list's entries into batches, cut by the ledger's own limits; its
+    directory pass covers its own batches' directories (with --delete too)."""
+    deleting = plan.delete is not DeleteMode.OFF
+    with db.connect(plan.ledger_path) as conn:
+        migration.pass_after_copied(conn)      # before its batches exist
+        selection = changelist.queue(conn, plan.src, plan.listed, Limits(
+            entries=mig.options.get("batch_files", plan.limits.entries),
+            bytes=mig.options.get("batch_bytes", plan.limits.bytes)),
+            filters.Filters(plan.choice.rules), deleting)
+    print(selection.line(plan.args.files_from, deleting), file=sys.stderr, flush=True)
 
 
 def _fold_wal(ledger_path: str) -> None:

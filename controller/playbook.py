@@ -54,6 +54,7 @@ FLAGS = {
     "fleetsync_no_default_excludes": "--no-default-excludes",
     "fleetsync_change_filters": "--change-filters",
     "fleetsync_delete_excluded": "--delete-excluded",
+    "fleetsync_from0": "--from0",
 }
 # The first release's names, read for one more release with a warning.
 OLD_NAMES = {
@@ -162,6 +163,8 @@ def command(given: dict, python: str, inventory: str, cwd: str) -> Run:
     argv += [f"--filter={r}" for r in filter_rules(v.get("fleetsync_filters"))]
     if str(v.get("fleetsync_exclude_from", "")).strip():
         argv += ["--exclude-from", _absolute(str(v["fleetsync_exclude_from"]), cwd)]
+    if str(v.get("fleetsync_files_from", "")).strip():
+        argv += ["--files-from", _absolute(str(v["fleetsync_files_from"]), cwd)]
     # The token is not in the command line (ps shows it): the task passes it in
     # FLEETSYNC_TOKEN.
     return Run(argv, src, dest, warnings, _api(v))

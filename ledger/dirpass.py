@@ -18,6 +18,7 @@ import time
 
 from sqlalchemy import Connection, text
 
+from .migration import PASS_AFTER
 from .states import AttemptStatus
 
 # A batch with one of these attempts may have had an rsync killed mid-file.
@@ -38,13 +39,22 @@ def next_part(conn: Connection, delete: bool = False) -> list[bytes] | None:
     listed it (walk_dirs), the cursor a dir_id. DEST may hold, in any of them, what
     an earlier run without --delete left behind, so the dry run that the bound
     checks and the real pass that deletes walk the very same set (run restarts the
-    pass before each)."""
+    pass before each).
+    A change list's run (migration.pass_after_copied): the directories of its own
+    batches, with or without --delete."""
     with conn.begin():   # BEGIN IMMEDIATE: one slot at a time moves the cursor
         cursor, done = conn.execute(text(
             "SELECT coalesce(dirs_pass_cursor, 0), dirs_pass_done_ts FROM migration")).one()
         if done is not None:
             return None
-        part, cursor = (_tree_part if delete else _batch_part)(conn, cursor)
+        # A change list's run: only its batches' directories, with --delete too
+        # (ledger/migration.py, pass_after_copied).
+        floor = conn.execute(text(
+            f"SELECT json_extract(options, '$.{PASS_AFTER}') FROM migration")).scalar()
+        if floor is not None:
+            part, cursor = _batch_part(conn, max(cursor, floor), walked=False)
+        else:
+            part, cursor = (_tree_part if delete else _batch_part)(conn, cursor)
         if not part:
             conn.execute(text("UPDATE migration SET dirs_pass_done_ts = :t"), {"t": time.time()})
             return None
@@ -52,13 +62,16 @@ def next_part(conn: Connection, delete: bool = False) -> list[bytes] | None:
     return part
 
 
-def _batch_part(conn: Connection, cursor: int) -> tuple[list[bytes], int]:
+def _batch_part(conn: Connection, cursor: int, walked: bool = True
+                ) -> tuple[list[bytes], int]:
     # A directory batched by an earlier walk and gone from SRC since is no longer
     # in walk_dirs (a rescan lists the tree anew): rsync would only fail on it.
+    # walked false: a change list's batches, whose directories it stat-ed itself
+    # (a new one is in no walk's walk_dirs).
     rows = conn.execute(text(
         "SELECT task_id, path FROM batch_files WHERE task_id > :c AND is_dir = 1 "
-        "AND (path = x'2e' OR path IN (SELECT path FROM walk_dirs)) "
-        "ORDER BY task_id, path"), {"c": cursor})
+        + ("AND (path = x'2e' OR path IN (SELECT path FROM walk_dirs)) " if walked else "")
+        + "ORDER BY task_id, path"), {"c": cursor})
     part, size = [], 0
     for task_id, group in itertools.groupby(rows, key=lambda r: r[0]):
         dirs = [bytes(path) for _, path in group]

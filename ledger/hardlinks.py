@@ -59,3 +59,15 @@ def cut_batches(conn: Connection, limits, compare: Compare = Compare.QUICK) -> i
                               "AND path = :p"),
                          [{"t": task_id, "d": d, "i": i, "p": p} for d, i, p, *_ in batch])
             made += 1
+
+
+def bring_names(conn: Connection, inodes: list[tuple[int, int]]) -> int:
+    """A change list named one link of these inodes: every name the ledger knows for
+    each waits again, so that cut_batches puts them in one batch and rsync -H keeps
+    them linked at DEST (a link batched alone would arrive as a copy of its own)."""
+    if not inodes:
+        return 0
+    with conn.begin():
+        return sum(conn.execute(text(
+            "UPDATE hardlinks SET task_id = NULL WHERE dev = :d AND ino = :i"),
+            {"d": d, "i": i}).rowcount for d, i in set(inodes))

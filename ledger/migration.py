@@ -154,7 +154,9 @@ def start_run(conn: Connection) -> None:
         conn.execute(update(migration).values(
             elapsed_before=migration.c.elapsed_before + extra,
             run_started_ts=now, run_heartbeat_ts=now, finished_ts=None,
-            dirs_pass_cursor=None, dirs_pass_done_ts=None))
+            dirs_pass_cursor=None, dirs_pass_done_ts=None,
+            # a change list's narrower pass was that run's alone (pass_after_copied)
+            options=func.json_remove(migration.c.options, f"$.{PASS_AFTER}")))
 
 
 def heartbeat(conn: Connection) -> None:
@@ -232,6 +234,33 @@ def set_walk_done(conn: Connection) -> None:
         conn.execute(update(migration).values(walk_done=1))
 
 
+# The options key of a change list's directory pass (ledger/dirpass.py reads it).
+PASS_AFTER = "dirs_pass_after"
+
+
+def _copied_through():
+    """The last task_id before which every batch succeeded (0: none): the batches
+    after it are those a cutover pass (a rescan, a change list) queues or resumes."""
+    last = func.max(batches.c.task_id)
+    first_unfinished = func.min(case(
+        (batches.c.state != BatchState.SUCCEEDED.value, batches.c.task_id)))
+    return select(func.min(func.coalesce(last, 0),
+                           func.coalesce(first_unfinished - 1, last, 0))).scalar_subquery()
+
+
+def pass_after_copied(conn: Connection) -> None:
+    """A change list's run (controller/changelist.py): its directory pass, with
+    --delete too, covers only the directories of the batches after those already
+    copied, not every directory of SRC (which would cost the walk the list spares).
+    Kept in the options until the next run starts, so a lost host's restart of the
+    pass starts from there again."""
+    with conn.begin():
+        floor = conn.execute(select(_copied_through())).scalar_one()
+        conn.execute(update(migration).values(
+            dirs_pass_cursor=floor,
+            options=func.json_set(migration.c.options, f"$.{PASS_AFTER}", floor)))
+
+
 # ctime of an entry changed just as the previous walk started may be a tick older.
 RESCAN_MARGIN = 1.0
 
@@ -253,12 +282,7 @@ def begin_walk(conn: Connection, rescan: bool) -> bool:
             # The directory pass of a cutover starts after the batches already copied:
             # the rescan queues every directory it must set again (the directory of a
             # queued file, a directory that changed or lost an entry).
-            last = func.max(batches.c.task_id)
-            first_unfinished = func.min(case(
-                (batches.c.state != BatchState.SUCCEEDED.value, batches.c.task_id)))
-            conn.execute(update(migration).values(dirs_pass_cursor=select(func.min(
-                func.coalesce(last, 0), func.coalesce(first_unfinished - 1, last, 0)))
-                .scalar_subquery()))
+            conn.execute(update(migration).values(dirs_pass_cursor=_copied_through()))
             walkqueue.restart(conn)
             return True
         if row.scan_started_ts is None:

@@ -97,6 +97,7 @@ def test_every_run_option_reaches_fleetsync_run(tmp_path):
                  "-e", "fleetsync_delete_dry_run=false", "-e", "fleetsync_items_per_run=50",
                  "-e", "fleetsync_no_default_excludes=true", "-e", "fleetsync_change_filters=1",
                  "-e", "fleetsync_delete_excluded=yes", "-e", "fleetsync_exclude_from=ex.txt",
+                 "-e", "fleetsync_files_from=changes", "-e", "fleetsync_from0=true",
                  "-e", '{"fleetsync_filters": ["-_*.tmp", "+_keep"]}',
                  "-e", "fleetsync_rsync_options='-A -X'", cwd=tmp_path / "work", check=True)
     assert r.returncode == 0, r.stdout[-3000:]
@@ -110,8 +111,9 @@ def test_every_run_option_reaches_fleetsync_run(tmp_path):
                     "--bwlimit", "10MiB", "--bind", "127.0.0.2", "--port", "18109",
                     "--slots", "3", "--items-per-run", "50", "--delete", "--verify", "--rescan",
                     "--no-api", "--no-default-excludes", "--change-filters", "--delete-excluded",
-                    "--rsync-option=-A", "--rsync-option=-X", "--filter=-_*.tmp",
-                    "--filter=+_keep", "--exclude-from", str(tmp_path / "work" / "ex.txt")]
+                    "--from0", "--rsync-option=-A", "--rsync-option=-X", "--filter=-_*.tmp",
+                    "--filter=+_keep", "--exclude-from", str(tmp_path / "work" / "ex.txt"),
+                    "--files-from", str(tmp_path / "work" / "changes")]
     assert "WARNING" not in r.stdout + r.stderr
 
 
