@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import pytest
 
@@ -23,3 +24,15 @@ def make_ledger(tmp_path):
     yield make
     for engine in engines:
         engine.dispose()
+
+
+@pytest.fixture
+def open_to_nobody(tmp_path):
+    """tmp_path (and the way to it) usable by nobody while the test runs."""
+    dirs = [tmp_path, tmp_path.parent, tmp_path.parent.parent]
+    modes = [stat.S_IMODE(os.stat(d).st_mode) for d in dirs]
+    for d in dirs:
+        os.chmod(d, 0o777 if d == tmp_path else 0o755)
+    yield
+    for d, mode in zip(dirs, modes):
+        os.chmod(d, mode)

@@ -11,8 +11,6 @@ import stat
 import sys
 import traceback
 
-import pytest
-
 from fleetsync.controller import cli, commands, scan_summary  # noqa: F401  (the same)
 from fleetsync.ledger import census  # noqa: F401
 
@@ -129,18 +127,6 @@ def scan_as_nobody(args: list[str], out: str) -> int:
         finally:
             os._exit(code)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-
-
-@pytest.fixture
-def open_to_nobody(tmp_path):
-    """tmp_path (and the way to it) usable by nobody while the test runs."""
-    dirs = [tmp_path, tmp_path.parent, tmp_path.parent.parent]
-    modes = [stat.S_IMODE(os.stat(d).st_mode) for d in dirs]
-    for d in dirs:
-        os.chmod(d, 0o777 if d == tmp_path else 0o755)
-    yield
-    for d, mode in zip(dirs, modes):
-        os.chmod(d, mode)
 
 
 def test_the_census_is_what_the_tree_holds(tmp_path, open_to_nobody):

@@ -235,18 +235,6 @@ def _walk_as_nobody(ledger: str, src: bytes) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
-@pytest.fixture
-def open_to_nobody(tmp_path):
-    """tmp_path (and the way to it) usable by nobody while the test runs."""
-    dirs = [tmp_path, tmp_path.parent, tmp_path.parent.parent]
-    modes = [stat.S_IMODE(os.stat(d).st_mode) for d in dirs]
-    for d in dirs:
-        os.chmod(d, 0o777 if d == tmp_path else 0o755)
-    yield
-    for d, mode in zip(dirs, modes):
-        os.chmod(d, mode)
-
-
 def test_an_unreadable_directory_is_logged_and_the_walk_goes_on(tmp_path, make_ledger,
                                                                  open_to_nobody, mode):
     # Root reads any directory: the walk runs as nobody (uid 65534) in a child instead.
