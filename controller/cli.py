@@ -315,10 +315,17 @@ def _api_args(p: argparse.ArgumentParser) -> None:
     token.add_argument("--token", metavar="T",
                        help="the bearer token itself; every user of this machine sees it in "
                             "`ps`: prefer --token-file or $" + TOKEN_ENV)
+    token.add_argument("--no-token", action="store_true",
+                       help="serve an address other than loopback without a token (anyone who "
+                            "reaches the port reads every path name in the ledger); without it "
+                            "such an address needs a token")
 
 
 def _token(args: argparse.Namespace) -> str | None:
-    """The API's token: --token (said to be visible), --token-file, $FLEETSYNC_TOKEN."""
+    """The API's token: --token (said to be visible), --token-file, $FLEETSYNC_TOKEN;
+    None with --no-token (whatever the environment holds)."""
+    if args.no_token:
+        return None
     if args.token is not None:
         if not args.token:
             # `--token "$TOKEN"` with TOKEN unset: an open API the operator did not mean.
@@ -339,6 +346,16 @@ def _token(args: argparse.Namespace) -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
+def _check_open(args: argparse.Namespace, api) -> None:
+    """An API on an address others can reach (api: its bound Listener) serves every
+    path name of the ledger: refused without a token, unless --no-token says it is
+    meant."""
+    if args.token is None and not args.no_token and api.open:
+        raise UsageError(f"--bind {args.bind} is reachable from other machines and the API "
+                         "has no token: give --token-file PATH (or $" + TOKEN_ENV + "), or "
+                         "--no-token to serve every path name of the ledger to anyone")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     api = None
@@ -349,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                 from .listener import Listener
                 # Bound first: a bad port or address is one line before anything is created.
                 api = Listener(args.bind, args.port)
+                _check_open(args, api)
         if args.command == "run":
             from . import inventory
             # The slowest check next, in the background, while the imports go on.

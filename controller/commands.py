@@ -106,8 +106,8 @@ def _start_api(api, args, ledger_path: str) -> None:
     """The API in a process of its own (a dashboard polling hard shares no GIL with
     the dispatcher; it ends with this process, also on kill -9), on the socket
     controller/cli.py bound before anything was created."""
-    url = api.start_process(ledger_path, args.token)
-    print(f"fleetsync: API at {url}", file=sys.stderr, flush=True)
+    api.start_process(ledger_path, args.token)
+    print(f"fleetsync: API at {api.says(args.token)}", file=sys.stderr, flush=True)
 
 
 def run(args, loading: inventory.Loading | None = None, api=None) -> int:
@@ -667,8 +667,9 @@ def serve(args, api) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    url = api.start(make_app(ledger_path, token=args.token))
-    print(f"fleetsync: serving the API of {ledger_path} at {url}", flush=True)
+    api.start(make_app(ledger_path, token=args.token))
+    print(f"fleetsync: serving the API of {ledger_path} at {api.says(args.token)}",
+          flush=True)
     while not stopped.wait(1.0):   # a timeout: signal handlers run between waits
         pass
     api.stop()

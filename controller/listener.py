@@ -10,6 +10,7 @@ early clients in the listen backlog.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import sys
@@ -44,8 +45,17 @@ class Listener:
                              f"{e.strerror or e}{_hint(e)}") from None
         bound_host, bound_port = self.sock.getsockname()[:2]
         self.url = url(bound_host, bound_port)   # the real port, also for --port 0
+        # reachable from other machines (anything but loopback): it needs a token
+        self.open = not ipaddress.ip_address(bound_host.split("%")[0]).is_loopback
         self.server = None
         self.url_path: str | None = None         # url_file() while a run's API serves
+
+    def says(self, token: str | None) -> str:
+        """The URL and its guard, for the line that gives it at start."""
+        if token:
+            return f"{self.url} (a token required)"
+        return f"{self.url} (no token: " + ("open to whoever reaches it)" if self.open
+                                             else "this machine alone reaches it)")
 
     def start(self, app) -> str:
         """Serve app from a background thread; returns the URL it answers on."""

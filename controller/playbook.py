@@ -51,6 +51,7 @@ FLAGS = {
     "fleetsync_verify": "--verify",
     "fleetsync_rescan": "--rescan",
     "fleetsync_no_api": "--no-api",
+    "fleetsync_no_token": "--no-token",
     "fleetsync_no_default_excludes": "--no-default-excludes",
     "fleetsync_change_filters": "--change-filters",
     "fleetsync_delete_excluded": "--delete-excluded",

@@ -151,6 +151,49 @@ def test_serve_exits_143_on_sigterm(finished):
         p.wait()
 
 
+def _no_token_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != cli.TOKEN_ENV}
+
+
+def test_an_api_others_can_reach_needs_a_token(tmp_path, finished):
+    """Issue 27, item 4: an address other than loopback without a token is one line,
+    exit 2, for serve and for run (no ledger created)."""
+    bind = "0.0.0.0"
+    r = fleetsync("serve", "--ledger", finished, "--bind", bind, "--port", "0",
+                  env=_no_token_env())
+    assert "--no-token" in one_line_error(r)
+    ledger = tmp_path / "new.db"
+    r = fleetsync("run", "--src", small_tree(tmp_path), "--dest", str(tmp_path / "dest"),
+                  "--ledger", str(ledger), "--bind", bind, "--port", "0", env=_no_token_env())
+    assert "--no-token" in one_line_error(r)
+    assert not ledger.exists() and not (tmp_path / "dest").exists()
+
+
+@pytest.mark.parametrize("guard", ["--no-token", "--token-file"])
+def test_an_open_address_serves_with_a_token_or_no_token_said(tmp_path, finished, guard):
+    """--no-token serves the open address (and says so); a token file serves it too,
+    and the first line says a token is required."""
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    extra = ["--no-token"] if guard == "--no-token" else ["--token-file", str(token)]
+    p = popen("serve", "--ledger", finished, "--bind", "0.0.0.0", "--port", "0", *extra,
+              env=_no_token_env())
+    try:
+        first = p.stdout.readline()
+        m = re.search(rb":(\d+) \((.*)\)$", first.strip())
+        assert m, first
+        url = f"http://127.0.0.1:{int(m.group(1))}/status"
+        if guard == "--no-token":
+            assert m.group(2).startswith(b"no token"), first
+            assert get(url)[0] == 200
+        else:
+            assert m.group(2) == b"a token required", first
+            assert get(url)[0] == 401 and get(url, "s3cret")[0] == 200
+    finally:
+        p.kill()
+        p.wait()
+
+
 @pytest.fixture
 def busy_port():
     with socket.socket() as s:
