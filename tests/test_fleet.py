@@ -111,8 +111,8 @@ class Run:
 
     def args(self, *extra: str, dest: str | None = None) -> list[str]:
         return ["run", "--src", self.src, "--dest", dest or self.dest, "--ledger", self.ledger,
-                "--inventory", self.inv, "--bind", "0.0.0.0", "--port", str(free_port()),
-                "--batch-files", "20", *extra]
+                "--inventory", self.inv, "--bind", "0.0.0.0", "--no-token",
+                "--port", str(free_port()), "--batch-files", "20", *extra]
 
     started: list[subprocess.Popen] = []     # ended by _no_run_outlives_its_test
 
@@ -184,7 +184,8 @@ def test_migrate_playbook_on_the_lab(tmp_path, make_lab):
     r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
                         "-i", run.inv, playbook, "-e", f"src={run.src}", "-e", f"dest={run.dest}",
                         "-e", f"ledger={run.ledger}", "-e", "batch_files=20",
-                        "-e", "bind=0.0.0.0", "-e", f"port={free_port()}"],
+                        "-e", "bind=0.0.0.0", "-e", "fleetsync_no_token=true",
+                        "-e", f"port={free_port()}"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     run.assert_complete(r.returncode, r.stdout[-3000:], r.stderr)
     assert sorted(run.per_host()) == ["h1", "h2", "h3"]
