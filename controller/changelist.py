@@ -167,8 +167,7 @@ class _Selector:
         self.delete = delete
         self.dirs_added: set[bytes] = set()
         self.excluded_dirs: dict[bytes, object] = {b"": None}
-        self.inodes: list[tuple[int, int]] = []
-        self.staged = 0                        # listed names with other links
+        self.inodes: list[tuple[int, int]] = []   # of the listed names with other links
         self.sel = Selection()
 
     def _excluded_dir(self, d: bytes):
@@ -210,7 +209,6 @@ class _Selector:
         elif st.st_nlink > 1:                 # batched with its other names (cut_batches)
             b.links.append((st.st_dev, st.st_ino, rel, st.st_size, *walked_of(st)))
             self.inodes.append((st.st_dev, st.st_ino))
-            self.staged += 1
         else:
             self.batcher.add(rel, 0, st.st_size, 0, pos, st.st_blocks * 512 < st.st_size,
                              walked=walked_of(st))
@@ -248,7 +246,7 @@ def queue(conn: Connection, src: str, listed: list[bytes], limits: Limits,
         selector.take(pos, rel)
     b, sel = selector.batcher, selector.sel
     sel.listed = len(listed)
-    staged = selector.staged
+    staged = len(selector.inodes)
     b.close_batch(None)            # its partial position names no directory (dir_id 0)
     b.hand_in(wait=True)
     linked = hardlinks.bring_names(conn, selector.inodes)

@@ -250,9 +250,8 @@ def _run(plan: _RunPlan) -> int:
 def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
     """The ledger's migration, opened (or created) for this run, the run begun and the
     batches of a dead run released; and whether changed filter rules owe a rescan."""
-    options = {"batch_files": plan.limits.entries, "batch_bytes": plan.limits.bytes,
-               "filters": [str(r) for r in plan.choice.rules]}   # a new ledger's rules
-    mig = migration.open_or_create(engine, plan.src, plan.dest, options)
+    mig = migration.open_or_create(engine, plan.src, plan.dest,
+                                   _new_options(plan.limits, plan.choice))
     for line in plan.choice.says():
         print(line, file=sys.stderr)
     if mig.repointed_from == migration.NO_DEST:
@@ -292,15 +291,40 @@ def _start_walk(plan: _RunPlan, engine, mig: migration.Migration, owed: bool) ->
         return None
     if mig.walk_done and not plan.args.rescan and not owed:
         return None
-    walk = Walk(plan.ledger_path, plan.src, plan.args.producers, Limits(**{
-        "entries": mig.options.get("batch_files", plan.limits.entries),
-        "bytes": mig.options.get("batch_bytes", plan.limits.bytes)}),
-        rescan=plan.args.rescan or owed, filters=filters.Filters(plan.choice.rules))
+    walk = Walk(plan.ledger_path, plan.src, plan.args.producers,
+                _ledger_limits(mig, plan.limits), rescan=plan.args.rescan or owed,
+                filters=filters.Filters(plan.choice.rules))
     walk.start()
     if owed:
         with engine.connect() as conn:
             filter_rules.rescan_begun(conn)
     return walk
+
+
+def _queue_list(plan: _RunPlan, mig: migration.Migration) -> None:
+    """The change list's entries into batches, cut by the ledger's own limits; its
+    directory pass covers its own batches' directories (with --delete too)."""
+    deleting = plan.delete is not DeleteMode.OFF
+    with db.connect(plan.ledger_path) as conn:
+        migration.pass_after_copied(conn)      # before its batches exist
+        selection = changelist.queue(conn, plan.src, plan.listed,
+                                     _ledger_limits(mig, plan.limits),
+                                     filters.Filters(plan.choice.rules), deleting)
+    print(selection.line(plan.args.files_from, deleting), file=sys.stderr, flush=True)
+
+
+def _new_options(limits: Limits, choice: filters.Choice) -> dict:
+    """A new ledger's options: its batch limits and its filter rules (an existing
+    ledger keeps its own)."""
+    return {"batch_files": limits.entries, "batch_bytes": limits.bytes,
+            "filters": [str(r) for r in choice.rules]}
+
+
+def _ledger_limits(mig: migration.Migration, given: Limits) -> Limits:
+    """The ledger's batch limits (a walk resumed or a list queued cuts as the first
+    walk did); `given` where the ledger has none."""
+    return Limits(entries=mig.options.get("batch_files", given.entries),
+                  bytes=mig.options.get("batch_bytes", given.bytes))
 
 
 @contextmanager
@@ -376,9 +400,7 @@ def scan(args) -> int:
     choice = _filter_choice(args, opened, given)
     with _locked(ledger_path):
         engine = db.writer(ledger_path)
-        mig = migration.open_or_create(engine, src, None, {
-            "batch_files": limits.entries, "batch_bytes": limits.bytes,
-            "filters": [str(r) for r in choice.rules]})
+        mig = migration.open_or_create(engine, src, None, _new_options(limits, choice))
         engine.dispose()
         for line in choice.says():
             print(line, file=sys.stderr)
@@ -386,10 +408,8 @@ def scan(args) -> int:
             print("fleetsync: the walk of SRC in this ledger is complete: its census "
                   "(`fleetsync run --rescan` walks SRC again)", file=sys.stderr)
         else:
-            _walk_alone(Walk(ledger_path, src, args.producers, Limits(
-                entries=mig.options.get("batch_files", limits.entries),
-                bytes=mig.options.get("batch_bytes", limits.bytes)),
-                filters=filters.Filters(choice.rules)), ledger_path)
+            _walk_alone(Walk(ledger_path, src, args.producers, _ledger_limits(mig, limits),
+                             filters=filters.Filters(choice.rules)), ledger_path)
         with db.connect(ledger_path, readonly=True) as conn, conn.begin():
             found = census.census(conn)
         _fold_wal(ledger_path)
@@ -421,18 +441,6 @@ def _walk_alone(walk: Walk, ledger_path: str) -> None:
         live.stop()
         walk.stop()
 
-
-def _queue_list(plan: _RunPlan, mig: migration.Migration) -> None:
-    """The change list's entries into batches, cut by the ledger's own limits; its
-    directory pass covers its own batches' directories (with --delete too)."""
-    deleting = plan.delete is not DeleteMode.OFF
-    with db.connect(plan.ledger_path) as conn:
-        migration.pass_after_copied(conn)      # before its batches exist
-        selection = changelist.queue(conn, plan.src, plan.listed, Limits(
-            entries=mig.options.get("batch_files", plan.limits.entries),
-            bytes=mig.options.get("batch_bytes", plan.limits.bytes)),
-            filters.Filters(plan.choice.rules), deleting)
-    print(selection.line(plan.args.files_from, deleting), file=sys.stderr, flush=True)
 
 
 def _fold_wal(ledger_path: str) -> None:

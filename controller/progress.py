@@ -19,8 +19,6 @@ from fleetsync.ledger.states import RunState
 log = logging.getLogger(__name__)
 
 
-_size = sizes.show
-
 
 def _duration(sec: float) -> str:
     sec = int(sec)
@@ -43,10 +41,10 @@ def line(conn, held: bool | None = None, now: float | None = None) -> str:
     now = time.time() if now is None else now
     est = estimate.estimate(conn, now=now, held=held)
     tp = queries.throughput(conn, now)
-    flight = f" (+{_size(est['bytes_in_flight'])} in flight)" if est["bytes_in_flight"] else ""
+    flight = f" (+{sizes.show(est['bytes_in_flight'])} in flight)" if est["bytes_in_flight"] else ""
     head = (f"batches {est['batches_done']}/{est['batches_total']} "
             f"({est['batches_failed']} failed)  files {tp['files_processed']:,}  "
-            f"{_size(est['bytes_done'])}{flight}/{_size(est['bytes_total'])}  "
+            f"{sizes.show(est['bytes_done'])}{flight}/{sizes.show(est['bytes_total'])}  "
             f"{est['percent']:.1f} %")
     state = RunState(est["state"])
     # Not running: no rate or ETA (nothing moves, and an average would read as a speed).
@@ -63,7 +61,7 @@ def line(conn, held: bool | None = None, now: float | None = None) -> str:
         n = est["batches_waiting"]
         return (f"{head}  not running ({n} batch{'' if n == 1 else 'es'} waiting; "
                 f"`fleetsync run` copies {'it' if n == 1 else 'them'})")
-    rate = "?" if est["bytes_per_sec"] is None else _size(est["bytes_per_sec"])
+    rate = "?" if est["bytes_per_sec"] is None else sizes.show(est["bytes_per_sec"])
     eta = est["eta_sec"]
     # Under a second left by the estimate: the last results (or the directory pass) land.
     left = "?" if eta is None else "finishing" if eta < 1 else _duration(eta)
@@ -76,7 +74,7 @@ def scan_line(conn, now: float | None = None) -> str:
     w = census.walked(conn)
     rate = w["entries"] / (now - w["started"]) if w["started"] and now > w["started"] else 0
     return (f"scan: {w['entries']:,} entries  {w['dirs']:,} directories listed  "
-            f"{_size(w['bytes'])}  {rate:,.0f} entries/s")
+            f"{sizes.show(w['bytes'])}  {rate:,.0f} entries/s")
 
 
 @dataclass
