@@ -148,6 +148,19 @@ batches = Table(
     Column("finished_ts", Float),
 )
 
+# What custody records of each file (issue 23): SRC's full-file checksum, taken
+# from the copy's own rsync, and what `fleetsync verify` found at DEST. NULL until
+# recorded; added by create() with ALTER TABLE to an older ledger, like _walked.
+def _custody() -> list[Column]:
+    return [
+        Column("checksum", LargeBinary),  # raw digest of SRC's bytes; the algorithm is
+                                          # migration.options' checksum_choice (xxh128)
+        Column("verified", Integer),      # states.FileVerdict; NULL: not checked
+    ]
+
+
+CUSTODY = {c.name: c.type.compile() for c in _custody()}
+
 batch_files = Table(
     "batch_files", metadata,
     Column("task_id", Integer, primary_key=True),
@@ -155,6 +168,7 @@ batch_files = Table(
     Column("is_dir", Integer, nullable=False),
     Column("size", Integer, nullable=False),          # lstat size
     *_walked(),                                       # type, mtime, blocks (see _walked)
+    *_custody(),                                      # checksum, verified (see _custody)
     sqlite_with_rowid=False,
 )
 
@@ -494,14 +508,17 @@ def no_such_table(error: Exception) -> bool:
     return "no such table" in str(error)
 
 
-def _add_walked_columns(conn: Connection) -> None:
-    """A ledger written before the walk recorded type, mtime and blocks gets the
-    columns (NULL in its rows): ALTER TABLE ADD COLUMN rewrites no row."""
-    for table in (batch_files, hardlinks):
+def _add_columns(conn: Connection) -> None:
+    """A ledger written before the walk recorded type, mtime and blocks (or before
+    custody recorded checksums) gets the columns, NULL in its rows: ALTER TABLE ADD
+    COLUMN rewrites no row."""
+    added = [(batch_files, {c: "INTEGER" for c in WALKED} | CUSTODY),
+             (hardlinks, {c: "INTEGER" for c in WALKED})]
+    for table, columns in added:
         have = {r[1] for r in conn.execute(text(f"PRAGMA table_info({table.name})"))}
-        for column in WALKED:
+        for column, kind in columns.items():
             if column not in have:
-                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column} INTEGER"))
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column} {kind}"))
 
 
 def create(target: Engine | Connection) -> None:
@@ -514,7 +531,7 @@ def create(target: Engine | Connection) -> None:
         return
     conn = target
     metadata.create_all(conn)
-    _add_walked_columns(conn)
+    _add_columns(conn)
     # Marks the file as a fleetsync ledger (ledger/db.py: check refuses others).
     conn.execute(text(f"PRAGMA application_id = {APPLICATION_ID}"))
     for ddl in _EXTRA_DDL:

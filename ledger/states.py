@@ -67,6 +67,15 @@ class VerifyState(str, enum.Enum):
                            # the old copy; checked again once the new copy succeeded
 
 
+class FileVerdict(enum.IntEnum):
+    """One file of a succeeded batch, checked at DEST against SRC's recorded checksum
+    (batch_files.verified; NULL: not checked)."""
+    SAME = 0        # DEST's checksum equals the one recorded from SRC
+    DIFFERS = 1     # DEST holds other bytes
+    MISSING = 2     # nothing (or not a regular file) at DEST under its name
+    UNRECORDED = 3  # no checksum of SRC was recorded for it: nothing to compare with
+
+
 class WorkerState(str, enum.Enum):
     UP = "up"        # answered its preflight
     LOST = "lost"    # unreachable or silent; tried again after its back-off
