@@ -31,6 +31,7 @@ import errno
 import logging
 import os
 import queue
+import re
 import shutil
 import signal
 import tempfile
@@ -252,6 +253,9 @@ def _bytes_read(pid: int) -> int | None:
     return None
 
 
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")    # Ansible's terminal colours
+
+
 class FleetRun:
     def __init__(self, hosts: list[inventory.Host], extravars: dict, events: queue.Queue,
                  items: int):
@@ -263,6 +267,7 @@ class FleetRun:
         self._cancel = False
         self._pid: int | None = None
         self.ended = False
+        self.error = ""     # Ansible's own last error line, for a run that fails as a whole
 
     def start(self) -> None:
         # The marker in the directory name puts it in ansible-playbook's command line,
@@ -291,7 +296,7 @@ class FleetRun:
                 forks=len(self.members), quiet=True,
                 event_handler=self._on_event, cancel_callback=lambda: self._cancel,
                 settings={"pexpect_timeout": 1, "suppress_ansible_output": True})
-            status = f"{r.status} rc={r.rc}"
+            status = f"{r.status} rc={r.rc}" + (f": {self.error}" if r.rc and self.error else "")
         except Exception as e:  # run() raises OSError, CallbackError, pexpect TIMEOUT
             status = f"error: {type(e).__name__}: {e}"
         finally:
@@ -306,6 +311,10 @@ class FleetRun:
                 self._pid = ev["pid"]
             data = ev.get("event_data") or {}
             member = self.members.get(data.get("host"))
+            if member is None and "ERROR" in (ev.get("stdout") or ""):
+                # Ansible failing before any host ran (no /dev/shm, a bad config) says
+                # why only here: its line goes into the run's status, so the log has it.
+                self.error = " ".join(_COLOUR.sub("", ev["stdout"]).split())[:300]
             if member is not None:
                 self.events.put_nowait(Event(member, ev.get("event", ""), data.get("task"),
                                              data.get("res") or {}, time.time()))
