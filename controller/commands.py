@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from fleetsync.ledger import backup as backups
 from fleetsync.ledger import (bandwidth, batches, census, db, deletions, dirpass,
                               entry_outcomes, filter_rules, migration, queries, runs, sizes,
-                              timetable, walkqueue)
+                              space, timetable, walkqueue)
 from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
@@ -138,8 +138,9 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     if listed is not None:
         _check_list_fits(opened)
     # One run per ledger, held until this process ends: a second run would kill
-    # this one's rsyncs as leftovers and fight over its batches.
-    with _locked(ledger_path):
+    # this one's rsyncs as leftovers and fight over its batches. A full ledger disk
+    # stops the run whole (its processes ended by the steps' own clean-up): one line.
+    with _locked(ledger_path), space.stops_when_full(ledger_path):
         try:
             return _run(_RunPlan(args=args, src=src, dest=dest, limits=limits,
                                  bwlimit=bwlimit, window=run_window, delete=delete,
@@ -224,6 +225,7 @@ def _run(plan: _RunPlan) -> int:
     """The run, in steps: open the migration, walk, dispatch the passes, close the run."""
     engine = db.writer(plan.ledger_path)
     mig, owed = _open_migration(plan, engine)
+    _say_room(plan.ledger_path, engine)
     walk = _start_walk(plan, engine, mig, owed)
     if plan.delete is not DeleteMode.OFF:
         # The pass the bound is checked on covers every directory of SRC, not only
@@ -280,6 +282,15 @@ def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
         print(f"fleetsync: resumed: {len(released)} batches of the last run wait again",
               file=sys.stderr)
     return mig, owed
+
+
+def _say_room(ledger_path: str, engine) -> None:
+    """A ledger's filesystem with less room than the migration is expected to need is
+    said at the start (and in /metrics), not first found when it fills (exit 4)."""
+    with engine.connect() as conn, conn.begin():
+        found = space.room(conn, ledger_path)
+    if found is not None and found.short:
+        print("fleetsync: " + found.warning(), file=sys.stderr)
 
 
 def _start_walk(plan: _RunPlan, engine, mig: migration.Migration, owed: bool) -> Walk | None:
@@ -398,7 +409,7 @@ def scan(args) -> int:
     db.check(ledger_path, write=True)
     opened = migration.opening(ledger_path, src)    # another SRC: one line, nothing written
     choice = _filter_choice(args, opened, given)
-    with _locked(ledger_path):
+    with _locked(ledger_path), space.stops_when_full(ledger_path):
         engine = db.writer(ledger_path)
         mig = migration.open_or_create(engine, src, None, _new_options(limits, choice))
         engine.dispose()
@@ -571,7 +582,8 @@ def verify(args) -> int:
         raise UsageError(f"{args.ledger} holds no migration")
     args.inventory = _verify_inventory(ledger_path, args.inventory)
     hosts = inventory.with_slots(inventory.load(args.inventory, limit=args.limit), args.slots)
-    with _locked(ledger_path):     # it kills leftovers of the migration: never a live run's
+    # the lock: it kills leftovers of the migration, never a live run's
+    with _locked(ledger_path), space.stops_when_full(ledger_path):
         kill_leftovers(mig.migration_id)
         counts, stopped, checked = _verify(_settings(args, ledger_path), hosts, args.resume)
     verdicts = sum(counts[s] for s in (VerifyState.VERIFIED, VerifyState.DIFFERS,

@@ -12,7 +12,7 @@ import signal
 import sys
 import traceback
 
-from fleetsync.ledger import db, hardlinks, logbook, migration, producers, walkqueue
+from fleetsync.ledger import db, hardlinks, logbook, migration, producers, space, walkqueue
 from fleetsync.ledger.states import Compare, LogLevel
 
 from . import processes
@@ -20,6 +20,7 @@ from .filters import Filters
 from .producer import Limits, Producer
 
 MAX_RESTARTS = 3      # producers replaced in one run before the walk is given up
+LEDGER_FULL = 4       # a producer's exit status when the ledger's disk is full
 
 
 def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits: Limits,
@@ -27,18 +28,33 @@ def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits:
              filters: Filters | None) -> None:
     if not processes.die_with(parent_pid, signal.SIGKILL):
         os._exit(1)
-    with db.connect(ledger_path) as conn:
-        try:
-            Producer(conn, src, producer_id, limits, count, rescan, threads, filters).run()
-            producers.finish(conn, producer_id)
-        except Exception:
-            traceback.print_exc(file=sys.stderr)
-            # Its directories go back to the queue, from their offsets, so the other
-            # producers neither wait for them forever nor skip what was not enqueued.
-            walkqueue.release_claims(conn, producer_id)
-            logbook.add(conn, LogLevel.ERROR, f"producer {producer_id} crashed: "
-                        + traceback.format_exc().strip().splitlines()[-1])
-            os._exit(3)
+    try:
+        with db.connect(ledger_path) as conn:
+            _walk_part(conn, src, producer_id, count, limits, rescan, threads, filters)
+    except Exception as e:
+        if not space.full(e):
+            raise
+        # Nothing can be written, not even the log: the controller says it, once.
+        os._exit(LEDGER_FULL)
+
+
+def _walk_part(conn, src: bytes, producer_id: int, count: int, limits: Limits,
+               rescan: bool, threads: int | None, filters: Filters | None) -> None:
+    """One producer's part of the walk, its end recorded; a crash (but a full ledger
+    disk, which the caller handles) is logged and its directories released."""
+    try:
+        Producer(conn, src, producer_id, limits, count, rescan, threads, filters).run()
+        producers.finish(conn, producer_id)
+    except Exception as e:
+        if space.full(e):
+            raise
+        traceback.print_exc(file=sys.stderr)
+        # Its directories go back to the queue, from their offsets, so the other
+        # producers neither wait for them forever nor skip what was not enqueued.
+        walkqueue.release_claims(conn, producer_id)
+        logbook.add(conn, LogLevel.ERROR, f"producer {producer_id} crashed: "
+                    + traceback.format_exc().strip().splitlines()[-1])
+        os._exit(3)
 
 
 class Walk:
@@ -74,7 +90,11 @@ class Walk:
 
     def watch(self) -> None:
         """A producer killed from outside (the OOM killer, kill -9) can release nothing:
-        its directories go back to the queue and a new producer takes its place."""
+        its directories go back to the queue and a new producer takes its place. One
+        that found the ledger's disk full stops the walk (LedgerFull): a new one would
+        find it full too."""
+        if any(p.exitcode == LEDGER_FULL for p in self.procs):
+            raise space.full_error(self.ledger_path)
         for i, p in enumerate(self.procs):
             if p.is_alive() or p.exitcode == 0 or self.restarts >= MAX_RESTARTS:
                 continue
