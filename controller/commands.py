@@ -28,6 +28,7 @@ from . import (changelist, defaults, delete_guard, filters, inventory, progress,
 from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError, WalkFailed
 from .hostrun import kill_leftovers
+from .integrity import IntegrityCheck
 from .policy import Policy
 from .producer import Limits
 from .resources import DEFAULT_INVENTORY
@@ -140,7 +141,7 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     # One run per ledger, held until this process ends: a second run would kill
     # this one's rsyncs as leftovers and fight over its batches. A full ledger disk
     # stops the run whole (its processes ended by the steps' own clean-up): one line.
-    with _locked(ledger_path), space.stops_when_full(ledger_path):
+    with _locked(ledger_path), db.faults_in_one_line(ledger_path):
         try:
             return _run(_RunPlan(args=args, src=src, dest=dest, limits=limits,
                                  bwlimit=bwlimit, window=run_window, delete=delete,
@@ -345,6 +346,8 @@ def _dispatching(plan: _RunPlan, settings: Settings, walk: Walk | None, engine,
     window's watch, for the passes; all of them (and the walk and the API) end with the
     block, however it ends."""
     dispatcher = Dispatcher(settings, walk, plan.hosts)
+    # The ledger's integrity, checked beside the copy: it never delays the first rsync.
+    dispatcher.integrity = IntegrityCheck(plan.ledger_path).start()
     live = progress.Live(plan.ledger_path).start()
     stopped = _stop_on_signals()
     stopped.dispatcher = dispatcher
@@ -373,6 +376,8 @@ def _passes(plan: _RunPlan, settings: Settings, dispatcher: Dispatcher, started:
     """The copy; then, unless a signal stopped it, the delete pass (--delete, raises
     DeleteRefused over --max-delete) and the checks (--verify)."""
     dispatcher.run()
+    if not stopped.is_set():       # a stopped run is checked at its next start
+        dispatcher.integrity.raise_if_damaged(wait=True)
     if plan.delete is DeleteMode.ON and not stopped.is_set():
         _delete_within_bound(plan.args, settings, dispatcher.hosts, started, stopped)
     if plan.args.verify and not stopped.is_set():
@@ -409,7 +414,7 @@ def scan(args) -> int:
     db.check(ledger_path, write=True)
     opened = migration.opening(ledger_path, src)    # another SRC: one line, nothing written
     choice = _filter_choice(args, opened, given)
-    with _locked(ledger_path), space.stops_when_full(ledger_path):
+    with _locked(ledger_path), db.faults_in_one_line(ledger_path):
         engine = db.writer(ledger_path)
         mig = migration.open_or_create(engine, src, None, _new_options(limits, choice))
         engine.dispose()
@@ -580,10 +585,11 @@ def verify(args) -> int:
     mig = migration.opening(ledger_path)      # read only: a refusal changes nothing
     if mig is None:
         raise UsageError(f"{args.ledger} holds no migration")
+    db.check_integrity(ledger_path)           # its verdicts rest on the batches' rows
     args.inventory = _verify_inventory(ledger_path, args.inventory)
     hosts = inventory.with_slots(inventory.load(args.inventory, limit=args.limit), args.slots)
     # the lock: it kills leftovers of the migration, never a live run's
-    with _locked(ledger_path), space.stops_when_full(ledger_path):
+    with _locked(ledger_path), db.faults_in_one_line(ledger_path):
         kill_leftovers(mig.migration_id)
         counts, stopped, checked = _verify(_settings(args, ledger_path), hosts, args.resume)
     verdicts = sum(counts[s] for s in (VerifyState.VERIFIED, VerifyState.DIFFERS,
@@ -706,8 +712,11 @@ def _existing(ledger_path: str, write: bool = False) -> str:
 
 
 def status(args) -> int:
-    """`fleetsync status`: the progress line (or, --json, the API's numbers)."""
-    with progress.reading(_existing(args.ledger)) as reading:
+    """`fleetsync status`: the progress line (or, --json, the API's numbers), of a
+    ledger whose integrity was checked first (a damaged one: one line, exit 2)."""
+    ledger_path = _existing(args.ledger)
+    db.check_integrity(ledger_path)
+    with progress.reading(ledger_path) as reading:
         pruned = filter_rules.pruned_count(reading.conn)
         if args.json:
             print(json.dumps({**reading.summary(), "pruned": pruned,

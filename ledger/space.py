@@ -5,14 +5,13 @@ A full ledger disk is not bad input and not a bug: every writer of the run (the
 controller, its walkers, the claims in ansible-playbook) gets SQLITE_FULL at its next
 commit, nothing committed is lost, and the next run resumes once space is freed. So
 the writers recognise it here (full()) and the run stops whole, in one line
-(LedgerFull, exit status 4), rather than each printing a traceback.
+(LedgerFull, exit status 4: db.faults_in_one_line), rather than each printing a
+traceback.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -42,19 +41,6 @@ def full(exc: BaseException) -> bool:
     code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
     return code is not None and (code & 0xFF == sqlite3.SQLITE_FULL
                                  or code == _SQLITE_IOERR_SHMSIZE)
-
-
-@contextlib.contextmanager
-def stops_when_full(ledger_path: str) -> Iterator[None]:
-    """A full ledger disk met inside the block, by any writer, is said in one line
-    (LedgerFull); the block's own clean-up has run by then (stopping the run's
-    processes), and every other error goes on as it was."""
-    try:
-        yield
-    except Exception as e:
-        if full(e):
-            raise full_error(ledger_path) from None
-        raise
 
 
 def mount_point(path: str) -> str:
