@@ -23,8 +23,8 @@ from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import (changelist, defaults, delete_guard, filters, inventory, progress, scan_summary,
-               window)
+from . import (changelist, defaults, delete_guard, filters, inventory, processes, progress,
+               scan_summary, window)
 from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError, WalkFailed
 from .hostrun import kill_leftovers
@@ -264,7 +264,7 @@ def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
     elif mig.repointed_from:
         print(f"fleetsync: this ledger now copies to {plan.dest}, not {mig.repointed_from} "
               "(nothing was ever copied there)", file=sys.stderr)
-    killed = kill_leftovers(mig.migration_id)
+    killed = _kill_leftovers(mig.migration_id)
     if killed:
         print(f"fleetsync: stopped {killed} processes left by an earlier run", file=sys.stderr)
     with engine.connect() as conn:
@@ -292,6 +292,15 @@ def _say_room(ledger_path: str, engine) -> None:
         found = space.room(conn, ledger_path)
     if found is not None and found.short:
         print("fleetsync: " + found.warning(), file=sys.stderr)
+
+
+def _kill_leftovers(migration_id: str) -> int:
+    """hostrun.kill_leftovers, said to be partial when /proc hides other users'
+    processes from this one (hidepid): their leftovers cannot be seen."""
+    hidden = processes.hiding()
+    if hidden:
+        print(f"fleetsync: warning: {hidden}", file=sys.stderr)
+    return kill_leftovers(migration_id)
 
 
 def _start_walk(plan: _RunPlan, engine, mig: migration.Migration, owed: bool) -> Walk | None:
@@ -590,7 +599,7 @@ def verify(args) -> int:
     hosts = inventory.with_slots(inventory.load(args.inventory, limit=args.limit), args.slots)
     # the lock: it kills leftovers of the migration, never a live run's
     with _locked(ledger_path), db.faults_in_one_line(ledger_path):
-        kill_leftovers(mig.migration_id)
+        _kill_leftovers(mig.migration_id)
         counts, stopped, checked = _verify(_settings(args, ledger_path), hosts, args.resume)
     verdicts = sum(counts[s] for s in (VerifyState.VERIFIED, VerifyState.DIFFERS,
                                         VerifyState.ERROR))
