@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from fleetsync.ledger import backup as backups
 from fleetsync.ledger import (bandwidth, batches, census, db, deletions, dirpass,
-                              entry_outcomes, filter_rules, migration, queries, runs, sizes,
-                              space, timetable, walkqueue)
+                              entry_outcomes, faults, filter_rules, migration, queries, runs,
+                              sizes, space, timetable, walkqueue)
 from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
@@ -139,9 +139,10 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     if listed is not None:
         _check_list_fits(opened)
     # One run per ledger, held until this process ends: a second run would kill
-    # this one's rsyncs as leftovers and fight over its batches. A full ledger disk
-    # stops the run whole (its processes ended by the steps' own clean-up): one line.
-    with _locked(ledger_path), db.faults_in_one_line(ledger_path):
+    # this one's rsyncs as leftovers and fight over its batches. A full or damaged
+    # ledger stops the run whole (its processes ended by the steps' own clean-up),
+    # said in one line.
+    with _locked(ledger_path), faults.in_one_line(ledger_path):
         try:
             return _run(_RunPlan(args=args, src=src, dest=dest, limits=limits,
                                  bwlimit=bwlimit, window=run_window, delete=delete,
@@ -423,7 +424,7 @@ def scan(args) -> int:
     db.check(ledger_path, write=True)
     opened = migration.opening(ledger_path, src)    # another SRC: one line, nothing written
     choice = _filter_choice(args, opened, given)
-    with _locked(ledger_path), db.faults_in_one_line(ledger_path):
+    with _locked(ledger_path), faults.in_one_line(ledger_path):
         engine = db.writer(ledger_path)
         mig = migration.open_or_create(engine, src, None, _new_options(limits, choice))
         engine.dispose()
@@ -598,7 +599,7 @@ def verify(args) -> int:
     args.inventory = _verify_inventory(ledger_path, args.inventory)
     hosts = inventory.with_slots(inventory.load(args.inventory, limit=args.limit), args.slots)
     # the lock: it kills leftovers of the migration, never a live run's
-    with _locked(ledger_path), db.faults_in_one_line(ledger_path):
+    with _locked(ledger_path), faults.in_one_line(ledger_path):
         _kill_leftovers(mig.migration_id)
         counts, stopped, checked = _verify(_settings(args, ledger_path), hosts, args.resume)
     verdicts = sum(counts[s] for s in (VerifyState.VERIFIED, VerifyState.DIFFERS,

@@ -17,7 +17,6 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from . import space
 from .errors import FleetsyncError
 
 BUSY_TIMEOUT_MS = 60_000
@@ -205,11 +204,17 @@ def check_integrity(path: str) -> None:
         raise damaged_error(path, problems)
 
 
-def damaged(exc: BaseException) -> bool:
-    """exc (or the sqlite3 error it wraps) says the ledger's file is damaged."""
+def sqlite_code(exc: BaseException) -> int | None:
+    """The SQLite (extended) result code of exc, or of the sqlite3 error SQLAlchemy
+    wrapped in it; None for any other error."""
     if isinstance(exc, DBAPIError):
         exc = exc.orig
-    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    return getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+
+
+def damaged(exc: BaseException) -> bool:
+    """exc (or the sqlite3 error it wraps) says the ledger's file is damaged."""
+    code = sqlite_code(exc)
     return code is not None and code & 0xFF in _DAMAGED
 
 
@@ -225,19 +230,3 @@ def damaged_error(path: str, problems: list[str]) -> LedgerDamaged:
         "`fleetsync backup` (with no -wal or -shm file of the damaged one beside it; a run "
         "resumes from that copy, and copies again what it had not recorded), or start a "
         "new ledger")
-
-
-@contextlib.contextmanager
-def faults_in_one_line(path: str) -> Iterator[None]:
-    """A ledger fault met inside the block, by any of its writers or readers, said in
-    one line: its disk full (space.LedgerFull, exit 4) or its file damaged
-    (LedgerDamaged). The block's own clean-up (stopping the run's processes) has run
-    by then; every other error goes on as it was."""
-    try:
-        yield
-    except Exception as e:
-        if space.full(e):
-            raise space.full_error(path) from None
-        if damaged(e):
-            raise damaged_error(path, [str(getattr(e, "orig", e))]) from None
-        raise

@@ -5,7 +5,7 @@ A full ledger disk is not bad input and not a bug: every writer of the run (the
 controller, its walkers, the claims in ansible-playbook) gets SQLITE_FULL at its next
 commit, nothing committed is lost, and the next run resumes once space is freed. So
 the writers recognise it here (full()) and the run stops whole, in one line
-(LedgerFull, exit status 4: db.faults_in_one_line), rather than each printing a
+(LedgerFull, exit status 4: ledger/faults.py), rather than each printing a
 traceback.
 """
 from __future__ import annotations
@@ -15,9 +15,8 @@ import sqlite3
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
 
-from . import sizes
+from . import db, sizes
 from .defaults import LEDGER_BYTES_PER_ENTRY
 from .errors import CannotGoOn
 
@@ -36,9 +35,7 @@ class LedgerFull(CannotGoOn):
 def full(exc: BaseException) -> bool:
     """exc (or the sqlite3 error it wraps) says the ledger's disk is full. An OSError
     ENOSPC is not taken for it: it may come from another filesystem ($TMPDIR)."""
-    if isinstance(exc, DBAPIError):
-        exc = exc.orig
-    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    code = db.sqlite_code(exc)
     return code is not None and (code & 0xFF == sqlite3.SQLITE_FULL
                                  or code == _SQLITE_IOERR_SHMSIZE)
 
