@@ -652,6 +652,7 @@ def _summary(ledger_path: str, stopped: int, delete: DeleteMode = DeleteMode.OFF
         deleted = deletions.count(conn, dry_run, since)
         missing, vanished = queries.not_arrived(conn)
         pruned = filter_rules.pruned_count(conn)
+        full = space.dest_full(conn) if st["failed_batches"] else None
     print(f"fleetsync: {st['completed_batches']} of {st['total_batches']} batches succeeded, "
           f"{st['failed_batches']} failed, {st['queue_depth']} waiting; "
           + _arrival(missing, vanished)
@@ -662,6 +663,8 @@ def _summary(ledger_path: str, stopped: int, delete: DeleteMode = DeleteMode.OFF
           + (" (stopped)" if stopped else ""))
     if pruned:
         print(f"fleetsync: {_pruned(pruned)}")
+    if full is not None:
+        print(f"fleetsync: {full.advice()}")
     if delete is DeleteMode.OFF:
         with db.connect(ledger_path, readonly=True) as conn:
             blocked = entry_outcomes.in_the_way(conn)

@@ -1,5 +1,6 @@
 """The room the ledger has on its filesystem: what the walk is expected to need, and
-the one line said when that filesystem is full.
+the one line said when that filesystem is full; and the batches that failed on a
+full DEST, for the run's summary.
 
 A full ledger disk is not bad input and not a bug: every writer of the run (the
 controller, its walkers, the claims in ansible-playbook) gets SQLITE_FULL at its next
@@ -10,6 +11,7 @@ traceback.
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from sqlalchemy import Connection
 from . import db, sizes
 from .defaults import LEDGER_BYTES_PER_ENTRY
 from .errors import CannotGoOn
+from .states import BatchState
 
 # SQLite cannot grow the -shm file on a full filesystem (it writes every new page of
 # it rather than risk a SIGBUS): the same cause as SQLITE_FULL.
@@ -119,3 +122,38 @@ def room(conn: Connection, ledger_path: str | None = None) -> Room | None:
     folder = os.path.dirname(os.path.abspath(ledger_path))
     return Room(mount_point(folder), _free(folder)[0], max(0, per_entry * entries - size),
                 entries, per_entry, counted)
+
+
+# rsync's words for ENOSPC (strerror), in a failed attempt's error lines.
+_NO_SPACE = "No space left on device"
+
+
+@dataclass(frozen=True)
+class DestFull:
+    """Failed batches whose last attempt ran out of space at DEST: how many, and one
+    of them (its worker and rsync's line) as the example the summary names."""
+    batches: int
+    worker_id: str
+    line: str
+
+    def advice(self) -> str:
+        return (f"{self.batches} failed batches ran out of space at DEST (host "
+                f"{self.worker_id}: {self.line}): free space on DEST's filesystem, then "
+                "`fleetsync retry --failed` and run again (a full DEST is not waited "
+                "out: its batches fail once their retries are spent)")
+
+
+def dest_full(conn: Connection) -> DestFull | None:
+    """The batches that failed (for good) on a full DEST, read once at a run's end: a
+    walk of the failed batches and their last attempt each."""
+    rows = conn.exec_driver_sql(
+        "SELECT a.worker_id, a.errors FROM batches b JOIN attempts a ON a.attempt_id = "
+        "(SELECT max(attempt_id) FROM attempts WHERE task_id = b.task_id) "
+        # the state spelt out, as the partial index batches_failed is: it serves then
+        f"WHERE b.state = '{BatchState.FAILED.value}' AND a.errors LIKE ?",
+        (f"%{_NO_SPACE}%",)).all()
+    if not rows:
+        return None
+    worker_id, errors = rows[0]
+    line = next(e for e in json.loads(errors) if _NO_SPACE in e)
+    return DestFull(len(rows), worker_id, line)

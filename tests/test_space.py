@@ -178,3 +178,34 @@ def test_the_playbooks_outcome_names_exit_4_and_fails_the_play(tmp_path, small_f
     assert said.startswith("fleetsync exit 4, could not go on: fleetsync: error: the ledger's "
                            f"filesystem {os.path.dirname(ledger)} is full"), said
     assert said.endswith("(fix the cause, then run the playbook again to resume)"), said
+
+
+def test_a_full_dest_is_named_in_the_summary_with_what_to_do(tmp_path, small_fs):
+    """Issue 27, item 2 (its summary alone): DEST on 20 MiB, 50 MiB to copy. The
+    summary names rsync's reason and the host, and says what to do; done, the copy is
+    exact. (Entries that arrived before the disk filled still count as not arrived:
+    see the README.)"""
+    src = tmp_path / "src"
+    _tree(src, 5, 100, 100 * 1024)
+    dest = os.path.join(small_fs("20m"), "dest")
+    ledger = str(tmp_path / "l.db")
+    r = fleetsync("run", "--src", str(src), "--dest", dest, "--ledger", ledger, "--no-api",
+                  "--max-retries", "0")
+    assert r.returncode == 1, r.stderr.decode()[-3000:]
+    (worker,), = query(ledger, "SELECT worker_id FROM workers")
+    (failed,), = query(ledger, "SELECT count(*) FROM batches WHERE state = 'failed'")
+    said = [line for line in r.stdout.decode().splitlines() if "space at DEST" in line]
+    assert failed >= 1 and len(said) == 1, r.stdout.decode()
+    assert said[0].startswith(f"fleetsync: {failed} failed batches ran out of space at "
+                              f"DEST (host {worker}: rsync: [receiver] write failed on "
+                              f"\"{dest}/"), said
+    assert said[0].endswith("No space left on device (28)): free space on DEST's filesystem, "
+                            "then `fleetsync retry --failed` and run again (a full DEST is "
+                            "not waited out: its batches fail once their retries are spent)")
+
+    subprocess.run(["mount", "-o", "remount,size=128m", os.path.dirname(dest)], check=True)
+    assert fleetsync("retry", "--ledger", ledger, "--failed").returncode == 0
+    r = fleetsync("run", "--src", str(src), "--dest", dest, "--ledger", ledger, "--no-api")
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert "space at DEST" not in r.stdout.decode()
+    assert snapshot(bytes(src)) == snapshot(os.fsencode(dest))
