@@ -129,7 +129,7 @@ def test_a_ledger_disk_that_fills_during_the_copy_stops_ansible_and_resumes_exac
     _tree(src, 20, 50, 20_000)
     mount = small_fs("16m")
     ledger = os.path.join(mount, "l.db")
-    p = _run(tmp_path, ledger, src, "--batch-files", "20", "--bwlimit", "2M")
+    p = _run(tmp_path, ledger, src, "--batch-files", "20", "--bwlimit", "1M")   # ~20 s of copy
     eventually(lambda: _copied(ledger), "a batch copied", proc=p)
     filler = _fill(mount)
     out, err = (s.decode() for s in p.communicate(timeout=300))
