@@ -16,7 +16,7 @@ import time
 
 from sqlalchemy import Connection
 
-from fleetsync.ledger import queries
+from fleetsync.ledger import queries, space
 from fleetsync.ledger.states import AttemptStatus, WorkerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -73,7 +73,24 @@ def render(conn: Connection, now: float | None = None) -> str:
             [(_labels(worker_id=w), ts) for w, ts in beats])
     _counters(lines, conn)
     _workers(lines, conn, now)
+    _room(lines, conn)
     return "\n".join(lines) + "\n"
+
+
+def _room(lines: list[str], conn: Connection) -> None:
+    """The ledger's filesystem: a full one stops the run (exit 4), so an alert can
+    fire before (ledger/space.py: the need is an estimate)."""
+    room = space.room(conn)
+    if room is None:
+        return
+    _metric(lines, "ledger_free_bytes", f"Free bytes on the ledger's filesystem "
+            f"({_label(room.filesystem)}).", [("", room.free)])
+    _metric(lines, "ledger_needed_bytes", "What the ledger is expected to grow by: "
+            "entries (the walk's count, else SRC's used inodes) x bytes per entry, less "
+            "its size now.", [("", room.needed)])
+    _metric(lines, "ledger_space_short", "1 when the ledger's filesystem has less free "
+            "space than the ledger is expected to need (the run warned at start).",
+            [("", int(room.short))])
 
 
 def _counters(lines: list[str], conn: Connection) -> None:

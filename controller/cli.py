@@ -3,8 +3,9 @@
 The arguments are parsed here; controller/commands.py does what each command says.
 
 Exit status: 0 every batch succeeded, 1 some batch failed for good, 2 a usage
-or configuration error, said in one line on stderr; `run`, `verify` and `serve`: 130
-when interrupted by SIGINT (Ctrl-C), 143 by SIGTERM.
+or configuration error, said in one line on stderr; 3 stopped by its window, 4 the run
+could not go on (a full ledger disk): fix the cause and run again to resume; `run`,
+`verify` and `serve`: 130 when interrupted by SIGINT (Ctrl-C), 143 by SIGTERM.
 """
 from __future__ import annotations
 
@@ -109,8 +110,10 @@ def _parser() -> argparse.ArgumentParser:
         "with a SQLite ledger of every batch and a live JSON API."), epilog=(
         "Exit status: 0 done, 1 some batch failed for good (scan: some entry could not be "
         "read), 2 a usage or configuration error (one line on stderr), 3 stopped by its "
-        "window (--stop-at, --max-duration, --max-transfer; run again to resume); run, scan, "
-        "verify and serve: 130 when interrupted by SIGINT (Ctrl-C), 143 by SIGTERM."))
+        "window (--stop-at, --max-duration, --max-transfer; run again to resume), 4 the run "
+        "could not go on (its ledger's disk is full, said in one line): fix the cause and "
+        "run again to resume; run, scan, verify and serve: 130 when interrupted by SIGINT "
+        "(Ctrl-C), 143 by SIGTERM."))
     p.add_argument("--version", action="version", version=f"fleetsync {version()}",
                    help="print the installed version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -379,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(commands, args.command)(args)
     except FleetsyncError as e:     # bad input, an unusable ledger or inventory, a run that cannot go on
         print(f"fleetsync: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_status
     except KeyboardInterrupt:
         return 130
     finally:

@@ -17,17 +17,18 @@ from typing import TYPE_CHECKING
 
 from fleetsync.ledger import backup as backups
 from fleetsync.ledger import (bandwidth, batches, census, db, deletions, dirpass,
-                              entry_outcomes, filter_rules, migration, queries, runs, sizes,
-                              timetable, walkqueue)
+                              entry_outcomes, faults, filter_rules, migration, queries, runs,
+                              sizes, space, timetable, walkqueue)
 from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
-from . import (changelist, defaults, delete_guard, filters, inventory, progress, scan_summary,
-               window)
+from . import (changelist, defaults, delete_guard, filters, inventory, processes, progress,
+               scan_summary, window)
 from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError, WalkFailed
 from .hostrun import kill_leftovers
+from .integrity import IntegrityCheck
 from .policy import Policy
 from .producer import Limits
 from .resources import DEFAULT_INVENTORY
@@ -138,8 +139,10 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     if listed is not None:
         _check_list_fits(opened)
     # One run per ledger, held until this process ends: a second run would kill
-    # this one's rsyncs as leftovers and fight over its batches.
-    with _locked(ledger_path):
+    # this one's rsyncs as leftovers and fight over its batches. A full or damaged
+    # ledger stops the run whole (its processes ended by the steps' own clean-up),
+    # said in one line.
+    with _locked(ledger_path), faults.in_one_line(ledger_path):
         try:
             return _run(_RunPlan(args=args, src=src, dest=dest, limits=limits,
                                  bwlimit=bwlimit, window=run_window, delete=delete,
@@ -224,6 +227,7 @@ def _run(plan: _RunPlan) -> int:
     """The run, in steps: open the migration, walk, dispatch the passes, close the run."""
     engine = db.writer(plan.ledger_path)
     mig, owed = _open_migration(plan, engine)
+    _say_room(plan.ledger_path, engine)
     walk = _start_walk(plan, engine, mig, owed)
     if plan.delete is not DeleteMode.OFF:
         # The pass the bound is checked on covers every directory of SRC, not only
@@ -261,7 +265,7 @@ def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
     elif mig.repointed_from:
         print(f"fleetsync: this ledger now copies to {plan.dest}, not {mig.repointed_from} "
               "(nothing was ever copied there)", file=sys.stderr)
-    killed = kill_leftovers(mig.migration_id)
+    killed = _kill_leftovers(mig.migration_id)
     if killed:
         print(f"fleetsync: stopped {killed} processes left by an earlier run", file=sys.stderr)
     with engine.connect() as conn:
@@ -280,6 +284,24 @@ def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
         print(f"fleetsync: resumed: {len(released)} batches of the last run wait again",
               file=sys.stderr)
     return mig, owed
+
+
+def _say_room(ledger_path: str, engine) -> None:
+    """A ledger's filesystem with less room than the migration is expected to need is
+    said at the start (and in /metrics), not first found when it fills (exit 4)."""
+    with engine.connect() as conn, conn.begin():
+        found = space.room(conn, ledger_path)
+    if found is not None and found.short:
+        print("fleetsync: " + found.warning(), file=sys.stderr)
+
+
+def _kill_leftovers(migration_id: str) -> int:
+    """hostrun.kill_leftovers, said to be partial when /proc hides other users'
+    processes from this one (hidepid): their leftovers cannot be seen."""
+    hidden = processes.hiding()
+    if hidden:
+        print(f"fleetsync: warning: {hidden}", file=sys.stderr)
+    return kill_leftovers(migration_id)
 
 
 def _start_walk(plan: _RunPlan, engine, mig: migration.Migration, owed: bool) -> Walk | None:
@@ -334,6 +356,8 @@ def _dispatching(plan: _RunPlan, settings: Settings, walk: Walk | None, engine,
     window's watch, for the passes; all of them (and the walk and the API) end with the
     block, however it ends."""
     dispatcher = Dispatcher(settings, walk, plan.hosts)
+    # The ledger's integrity, checked beside the copy: it never delays the first rsync.
+    dispatcher.integrity = IntegrityCheck(plan.ledger_path).start()
     live = progress.Live(plan.ledger_path).start()
     stopped = _stop_on_signals()
     stopped.dispatcher = dispatcher
@@ -362,6 +386,8 @@ def _passes(plan: _RunPlan, settings: Settings, dispatcher: Dispatcher, started:
     """The copy; then, unless a signal stopped it, the delete pass (--delete, raises
     DeleteRefused over --max-delete) and the checks (--verify)."""
     dispatcher.run()
+    if not stopped.is_set():       # a stopped run is checked at its next start
+        dispatcher.integrity.raise_if_damaged(wait=True)
     if plan.delete is DeleteMode.ON and not stopped.is_set():
         _delete_within_bound(plan.args, settings, dispatcher.hosts, started, stopped)
     if plan.args.verify and not stopped.is_set():
@@ -398,7 +424,7 @@ def scan(args) -> int:
     db.check(ledger_path, write=True)
     opened = migration.opening(ledger_path, src)    # another SRC: one line, nothing written
     choice = _filter_choice(args, opened, given)
-    with _locked(ledger_path):
+    with _locked(ledger_path), faults.in_one_line(ledger_path):
         engine = db.writer(ledger_path)
         mig = migration.open_or_create(engine, src, None, _new_options(limits, choice))
         engine.dispose()
@@ -569,10 +595,12 @@ def verify(args) -> int:
     mig = migration.opening(ledger_path)      # read only: a refusal changes nothing
     if mig is None:
         raise UsageError(f"{args.ledger} holds no migration")
+    db.check_integrity(ledger_path)           # its verdicts rest on the batches' rows
     args.inventory = _verify_inventory(ledger_path, args.inventory)
     hosts = inventory.with_slots(inventory.load(args.inventory, limit=args.limit), args.slots)
-    with _locked(ledger_path):     # it kills leftovers of the migration: never a live run's
-        kill_leftovers(mig.migration_id)
+    # the lock: it kills leftovers of the migration, never a live run's
+    with _locked(ledger_path), faults.in_one_line(ledger_path):
+        _kill_leftovers(mig.migration_id)
         counts, stopped, checked = _verify(_settings(args, ledger_path), hosts, args.resume)
     verdicts = sum(counts[s] for s in (VerifyState.VERIFIED, VerifyState.DIFFERS,
                                         VerifyState.ERROR))
@@ -624,6 +652,7 @@ def _summary(ledger_path: str, stopped: int, delete: DeleteMode = DeleteMode.OFF
         deleted = deletions.count(conn, dry_run, since)
         missing, vanished = queries.not_arrived(conn)
         pruned = filter_rules.pruned_count(conn)
+        full = space.dest_full(conn) if st["failed_batches"] else None
     print(f"fleetsync: {st['completed_batches']} of {st['total_batches']} batches succeeded, "
           f"{st['failed_batches']} failed, {st['queue_depth']} waiting; "
           + _arrival(missing, vanished)
@@ -634,6 +663,8 @@ def _summary(ledger_path: str, stopped: int, delete: DeleteMode = DeleteMode.OFF
           + (" (stopped)" if stopped else ""))
     if pruned:
         print(f"fleetsync: {_pruned(pruned)}")
+    if full is not None:
+        print(f"fleetsync: {full.advice()}")
     if delete is DeleteMode.OFF:
         with db.connect(ledger_path, readonly=True) as conn:
             blocked = entry_outcomes.in_the_way(conn)
@@ -694,8 +725,11 @@ def _existing(ledger_path: str, write: bool = False) -> str:
 
 
 def status(args) -> int:
-    """`fleetsync status`: the progress line (or, --json, the API's numbers)."""
-    with progress.reading(_existing(args.ledger)) as reading:
+    """`fleetsync status`: the progress line (or, --json, the API's numbers), of a
+    ledger whose integrity was checked first (a damaged one: one line, exit 2)."""
+    ledger_path = _existing(args.ledger)
+    db.check_integrity(ledger_path)
+    with progress.reading(ledger_path) as reading:
         pruned = filter_rules.pruned_count(reading.conn)
         if args.json:
             print(json.dumps({**reading.summary(), "pruned": pruned,

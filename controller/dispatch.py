@@ -28,6 +28,7 @@ from . import defaults, inventory, outcome, processes, protocol, rsync
 from .backoff import Backoff
 from .hostrun import (BATCHES_TASK, PREFLIGHT_TASK, Event, EventKind, FleetRun, HostRun,
                       close_masters, stop_now)
+from .integrity import IntegrityCheck
 from .inventory_watch import InventoryWatch
 from .policy import Policy
 from .preflights import Preflights
@@ -96,6 +97,9 @@ class Dispatcher:
         self.inventory = InventoryWatch(settings.inventory_path, settings.limit, settings.slots,
                                         read=bool(hosts))
         self._next_beat = 0.0
+        # The ledger's integrity check of this run (controller/integrity.py), when it
+        # runs beside the copy: a damaged ledger stops the dispatch at once.
+        self.integrity: IntegrityCheck | None = None
 
     # -- the loop ---------------------------------------------------------------
     def run(self, mode: OutcomeKind = OutcomeKind.COPY) -> None:
@@ -117,6 +121,8 @@ class Dispatcher:
 
     def _loop(self) -> None:
         while True:
+            if self.integrity is not None:
+                self.integrity.raise_if_damaged()
             now = time.time()
             if self.inventory.due(now):
                 self._reload_inventory()

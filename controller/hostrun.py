@@ -191,14 +191,15 @@ class HostRun:
             if self._worker is None:
                 return False
         pid, start = self._worker
-        if processes.start_time(pid) != start:     # that worker has ended
-            self._worker = self._read = None
-            return False
         try:
+            if processes.start_time(pid) != start:     # that worker has ended
+                self._worker = self._read = None
+                return False
             read = _bytes_read(pid)
         except PermissionError as e:
             # /proc/PID/io needs ptrace access (kernel.yama.ptrace_scope 2 or 3
-            # denies it): the host is then heard as over paramiko, when items end.
+            # denies it; hidepid=1 the whole of /proc/PID for another user's worker):
+            # the host is then heard as over paramiko, when items end.
             log.warning("cannot hear the beats of host %s: %s", self.host.name, e)
             self._deaf = True
             return False
@@ -214,7 +215,11 @@ class HostRun:
         finds its output gone at its next beat (or gets the signal) and stops its
         rsyncs (rsync.item_command). Returns how many processes were signalled."""
         worker = self._worker or _worker_of(worker_file(self.stop_file))
-        if worker is None or processes.start_time(worker[0]) != worker[1]:
+        try:
+            if worker is None or processes.start_time(worker[0]) != worker[1]:
+                return 0
+        except PermissionError as e:     # another user's worker: not ours to signal
+            log.warning("cannot end the item of host %s: %s", self.host.name, e)
             return 0
         return _signal(processes.children().get(worker[0], []), signal.SIGTERM)
 

@@ -2,8 +2,13 @@
 
 One place reads /proc for the controller (leftovers of dead runs, its ssh masters,
 whether the controller of a dispatch still runs), and for the lab and benches that
-look for the processes a run left. A process that ends while it is read is skipped:
-it is not there any more, which is what every caller asks.
+look for the processes a run left. A process that ends while it is read (ENOENT,
+ESRCH) is skipped: it is not there any more, which is what every caller asks. One
+that /proc will not let this user read (EACCES, EPERM: /proc mounted with
+hidepid=1, another user's process) has not ended: its readers raise PermissionError,
+and matching() and children(), which cannot know it, leave it out. With hidepid=2
+another user's processes are not even listed, and look ended: hiding() reads /proc's
+mount options and says so, for a run to warn at its start.
 """
 from __future__ import annotations
 
@@ -22,12 +27,22 @@ def pids() -> Iterator[int]:
             yield int(name)
 
 
+# What /proc answers for a process that has ended (or is ending): gone. Any other
+# error, PermissionError first, is raised: that process may still run.
+_ENDED = (FileNotFoundError, ProcessLookupError)
+# The mount options of /proc that hide other users' processes (hidepid=1, 2 or 4
+# in the names the kernel shows since 5.8): 0 and off hide nothing.
+_HIDING = {"1", "2", "4", "noaccess", "invisible", "ptraceable"}
+MOUNTINFO = "/proc/self/mountinfo"
+
+
 def command_line(pid: int) -> bytes | None:
-    """Its command line, NUL-separated; None when it has ended."""
+    """Its command line, NUL-separated; None when it has ended (PermissionError when
+    it cannot be read)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read()
-    except OSError:
+    except _ENDED:
         return None
 
 
@@ -38,19 +53,28 @@ def argv(pid: int) -> list[bytes] | None:
 
 
 def matching(*marks: bytes) -> list[int]:
-    """Processes (but this one) whose command line holds one of marks."""
+    """Processes (but this one) whose command line holds one of marks; those this
+    user cannot read are left out (it could not signal them either)."""
     return [pid for pid in pids()
-            if any(m in (command_line(pid) or b"") for m in marks)]
+            if any(m in (_readable_command_line(pid) or b"") for m in marks)]
+
+
+def _readable_command_line(pid: int) -> bytes | None:
+    try:
+        return command_line(pid)
+    except PermissionError:      # another user's, behind hidepid: hiding() says so
+        return None
 
 
 def stat(pid: int) -> list[str] | None:
     """The fields of /proc/PID/stat after the command name (state first, so the
     parent is [1] and the start time in clock ticks [19]); None when it has ended.
-    The name is cut at its last ')': it may hold spaces and parentheses."""
+    The name is cut at its last ')': it may hold spaces and parentheses.
+    PermissionError when it cannot be read."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    except (*_ENDED, IndexError):      # IndexError: read empty, as it ended
         return None
 
 
@@ -58,7 +82,10 @@ def children() -> dict[int, list[int]]:
     """Each parent's children, of every process but this one."""
     kids: dict[int, list[int]] = {}
     for pid in pids():
-        fields = stat(pid)
+        try:
+            fields = stat(pid)
+        except PermissionError:      # another user's, behind hidepid: hiding() says so
+            continue
         if fields:
             kids.setdefault(int(fields[1]), []).append(pid)
     return kids
@@ -70,20 +97,21 @@ def with_children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             return [pid, *(int(p) for p in f.read().split())]
-    except OSError:
+    except _ENDED:
         return [pid]
 
 
 def memory_kib(pid: int, field: str) -> int:
     """One memory figure of a process, in KiB: Pss from smaps_rollup, or a line of
-    status (VmRSS, VmHWM...); 0 when it has ended."""
+    status (VmRSS, VmHWM...); 0 when it has ended (PermissionError when it cannot
+    be read)."""
     name = "smaps_rollup" if field == "Pss" else "status"
     try:
         with open(f"/proc/{pid}/{name}") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
-    except OSError:
+    except _ENDED:
         pass
     return 0
 
@@ -99,6 +127,43 @@ def cpu_seconds(pid: int) -> float | None:
     """The CPU time it has used (user and system); None when it has ended."""
     fields = stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else None
+
+
+def proc_options(mountinfo: str) -> dict[str, str]:
+    """The options of the last mount on /proc (the one this process sees) in
+    mountinfo, the text of /proc/self/mountinfo: the mount's own and (after the ' - ',
+    where the kernel shows hidepid and gid since 5.8) its filesystem's."""
+    options: dict[str, str] = {}
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[4] != "/proc":
+            continue
+        words = fields[5].split(",")
+        if "-" in fields[6:]:
+            words += ",".join(fields[fields.index("-", 6) + 3:]).split(",")
+        options = dict(w.partition("=")[::2] for w in words if w)
+    return options
+
+
+def hiding(mountinfo: str | None = None) -> str | None:
+    """Why this process may not see every process of the machine, in a line; None
+    when it sees them all (/proc hides none, or it runs as root, or it is in the
+    group that /proc's gid= option exempts)."""
+    if mountinfo is None:
+        with open(MOUNTINFO) as f:
+            mountinfo = f.read()
+    options = proc_options(mountinfo)
+    value = options.get("hidepid")
+    if value not in _HIDING or os.geteuid() == 0:
+        return None
+    gid = options.get("gid", "")
+    if gid.isdigit() and int(gid) in {*os.getgroups(), os.getegid()}:
+        return None
+    hidden = "not listed" if value in ("2", "invisible") else "listed but cannot be read"
+    return (f"/proc is mounted with hidepid={value}: other users' processes are {hidden} "
+            f"for uid {os.geteuid()}, so leftovers of an earlier run under another user "
+            "go unseen and unstopped (run as root, or as a member of the group of "
+            "/proc's gid= option)")
 
 
 def die_with(parent_pid: int, sig: int) -> bool:

@@ -130,7 +130,14 @@ def controller_alive(controller: str | None) -> bool:
     if not controller:
         return True
     pid, _, start = controller.partition(":")
-    return pid.isdigit() and processes.start_time(int(pid)) == start
+    if not pid.isdigit():
+        return False
+    try:
+        return processes.start_time(int(pid)) == start
+    except PermissionError:
+        # Behind hidepid=1 (a controller of another user): it has not ended, and only
+        # an ended one stops the claims; the ledger still counts each batch once.
+        return True
 
 
 def _copy_jobs(conn, cap: int | None, worker_id: str, n: int) -> list[rsync.Job]:

@@ -12,7 +12,7 @@ import signal
 import sys
 import traceback
 
-from fleetsync.ledger import db, hardlinks, logbook, migration, producers, walkqueue
+from fleetsync.ledger import db, hardlinks, logbook, migration, producers, space, walkqueue
 from fleetsync.ledger.states import Compare, LogLevel
 
 from . import processes
@@ -20,6 +20,8 @@ from .filters import Filters
 from .producer import Limits, Producer
 
 MAX_RESTARTS = 3      # producers replaced in one run before the walk is given up
+LEDGER_FULL = 4       # a producer's exit status when the ledger's disk is full
+LEDGER_DAMAGED = 5    # ... when the ledger's file is damaged
 
 
 def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits: Limits,
@@ -27,18 +29,35 @@ def _produce(ledger_path: str, src: bytes, producer_id: int, count: int, limits:
              filters: Filters | None) -> None:
     if not processes.die_with(parent_pid, signal.SIGKILL):
         os._exit(1)
-    with db.connect(ledger_path) as conn:
-        try:
-            Producer(conn, src, producer_id, limits, count, rescan, threads, filters).run()
-            producers.finish(conn, producer_id)
-        except Exception:
-            traceback.print_exc(file=sys.stderr)
-            # Its directories go back to the queue, from their offsets, so the other
-            # producers neither wait for them forever nor skip what was not enqueued.
-            walkqueue.release_claims(conn, producer_id)
-            logbook.add(conn, LogLevel.ERROR, f"producer {producer_id} crashed: "
-                        + traceback.format_exc().strip().splitlines()[-1])
-            os._exit(3)
+    try:
+        with db.connect(ledger_path) as conn:
+            _walk_part(conn, src, producer_id, count, limits, rescan, threads, filters)
+    except Exception as e:
+        # Nothing can be written, not even the log: the controller says it, once.
+        if space.full(e):
+            os._exit(LEDGER_FULL)
+        if db.damaged(e):
+            os._exit(LEDGER_DAMAGED)
+        raise
+
+
+def _walk_part(conn, src: bytes, producer_id: int, count: int, limits: Limits,
+               rescan: bool, threads: int | None, filters: Filters | None) -> None:
+    """One producer's part of the walk, its end recorded; a crash (but a full or
+    damaged ledger, which the caller handles) is logged and its directories released."""
+    try:
+        Producer(conn, src, producer_id, limits, count, rescan, threads, filters).run()
+        producers.finish(conn, producer_id)
+    except Exception as e:
+        if space.full(e) or db.damaged(e):
+            raise
+        traceback.print_exc(file=sys.stderr)
+        # Its directories go back to the queue, from their offsets, so the other
+        # producers neither wait for them forever nor skip what was not enqueued.
+        walkqueue.release_claims(conn, producer_id)
+        logbook.add(conn, LogLevel.ERROR, f"producer {producer_id} crashed: "
+                    + traceback.format_exc().strip().splitlines()[-1])
+        os._exit(3)
 
 
 class Walk:
@@ -74,7 +93,14 @@ class Walk:
 
     def watch(self) -> None:
         """A producer killed from outside (the OOM killer, kill -9) can release nothing:
-        its directories go back to the queue and a new producer takes its place."""
+        its directories go back to the queue and a new producer takes its place. One
+        that found the ledger's disk full, or its file damaged, stops the walk in one
+        line: a new one would find the same."""
+        ended = {p.exitcode for p in self.procs}
+        if LEDGER_FULL in ended:
+            raise space.full_error(self.ledger_path)
+        if LEDGER_DAMAGED in ended:
+            raise db.damaged_error(self.ledger_path, ["a walker read a damaged page"])
         for i, p in enumerate(self.procs):
             if p.is_alive() or p.exitcode == 0 or self.restarts >= MAX_RESTARTS:
                 continue

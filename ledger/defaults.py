@@ -15,3 +15,8 @@ LIVE_AFTER_HEARTBEAT = 15.0
 # directories, odd names, unreadable and excluded entries): enough to act on, and a
 # JSON answer of bounded size whatever the tree.
 CENSUS_EXAMPLES = 20
+# What one entry of SRC costs the ledger once it is copied (its batch_files row and
+# indexes, its share of batches, attempts and the log): ~1.3 GiB at 10M entries of
+# ordinary path lengths. The ledger's own figure (its size over its entries) is used
+# when larger: long names cost more.
+LEDGER_BYTES_PER_ENTRY = 140

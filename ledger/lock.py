@@ -20,6 +20,7 @@ import os
 import socket
 import struct
 
+from . import space
 from .db import LedgerError
 
 
@@ -31,6 +32,7 @@ class LedgerLock:
     """Held from acquire() to release() (or the end of the process)."""
 
     def __init__(self, ledger_path: str):
+        self.ledger_path = ledger_path
         self.path = lock_path(ledger_path)
         self.fd: int | None = None
         self.stale: str | None = None     # "pid N on host H" of a dead run taken over
@@ -53,7 +55,13 @@ class LedgerLock:
         # Locked: whoever the file still names is dead (or lost the lock with its host).
         self.stale = _read(fd) or None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        except OSError as e:
+            os.close(fd)
+            if e.errno == errno.ENOSPC:      # the ledger's filesystem: it shares the folder
+                raise space.full_error(self.ledger_path) from None
+            raise
         self.fd = fd
         return self
 

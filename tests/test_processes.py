@@ -2,12 +2,17 @@
 killer, the dead-controller check and the lab all rest on."""
 from __future__ import annotations
 
+import errno
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
+
+import pytest
 
 from fleetsync.controller import processes
 
@@ -70,3 +75,83 @@ def test_a_process_that_asked_dies_with_its_parent(tmp_path):
         middle.kill()
         middle.wait()
     assert (processes.stat(pid) or ["Z"])[0] == "Z"
+
+
+# -- issue 27, item 5: a /proc that hides processes (hidepid) ---------------------------
+MOUNTINFO = (
+    "22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw\n"
+    "30 22 0:40 / /proc/sys/fs/binfmt_misc rw,relatime - binfmt_misc binfmt_misc rw\n"
+    "41 1 0:44 / /mnt/other rw - tmpfs tmpfs rw,hidepid=2\n")
+
+
+@pytest.mark.parametrize("line, hidepid, gid", [
+    ("", None, None),                                                      # hides nothing
+    ("88 22 0:73 / /proc rw,relatime - proc proc rw,hidepid=2,gid=27\n", "2", "27"),  # < 5.8
+    ("88 22 0:73 / /proc rw,relatime - proc proc rw,hidepid=invisible\n", "invisible", None),
+    ("88 22 0:73 / /proc rw,hidepid=1 - proc proc rw\n", "1", None),      # a mount option
+    ("88 22 0:73 / /proc rw,relatime - proc proc rw,hidepid=2\n"
+     "89 88 0:74 / /proc rw,relatime - proc proc rw\n", None, None),      # the last mount is seen
+])
+def test_procs_mount_options_are_read_from_mountinfo(line, hidepid, gid):
+    """The parser at its boundary: the options of the last mount on /proc, the kernel's
+    old numbers and new names; another mount's hidepid is not /proc's."""
+    options = processes.proc_options(MOUNTINFO + line)
+    assert (options.get("hidepid"), options.get("gid")) == (hidepid, gid)
+
+
+HIDDEN_SCRIPT = """
+import json, os, subprocess, sys, time
+from fleetsync.controller import processes
+root_pid, mark = int(sys.argv[1]), sys.argv[2]
+out = {"uid": os.geteuid(), "hiding": processes.hiding(), "listed": root_pid in processes.pids()}
+try:
+    out["root"] = processes.command_line(root_pid)
+    out["root"] = out["root"] and out["root"].decode(errors="replace")
+except PermissionError as e:
+    out["root"] = f"PermissionError {e.errno}"
+ended = subprocess.Popen(["true"]); ended.wait()
+out["ended"] = processes.command_line(ended.pid)
+own = subprocess.Popen(["sh", "-c", "sleep 60; :", mark],    # its own, with the mark
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+while mark.encode() not in (processes.command_line(own.pid) or b""):
+    time.sleep(0.01)
+out["own"] = processes.matching(mark.encode()) == [own.pid]
+out["root_matched"] = processes.matching(b"pytest")
+out["children"] = own.pid in processes.children()[os.getpid()]
+own.kill(); own.wait()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("option", ["hidepid=1", "hidepid=2", "hidepid=2,gid=65534"])
+def test_a_hidden_process_is_told_from_one_that_ended_on_a_real_hidepid_proc(option):
+    """A private mount namespace (unshare -m) with its own /proc mounted with hidepid;
+    a process of uid nobody reads it: a warning from the mount options (none in the
+    exempt group), PermissionError for a live process of root's (hidepid=1), not
+    listed at all (hidepid=2), None for one that ended; its own are found."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv"):
+        pytest.skip("needs root, unshare and setpriv (a mount namespace, uid nobody)")
+    mark = f"fleetsync-test:{uuid.uuid4().hex}"
+    shell = (f"mount -t proc -o {option} proc /proc && exec setpriv --reuid=65534 "
+             f"--regid=65534 --init-groups \"$@\"")
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", shell, "sh",
+                        sys.executable, "-c", HIDDEN_SCRIPT, str(os.getpid()), mark],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0 and "mount" in r.stderr:
+        pytest.skip(f"cannot mount a private /proc here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["uid"] == 65534
+    assert got["ended"] is None and got["own"] and got["children"]
+    if option == "hidepid=2,gid=65534":        # nobody's group sees everything
+        assert got["hiding"] is None and got["listed"] and "pytest" in got["root"]
+        assert os.getpid() in got["root_matched"]
+        return
+    assert got["root_matched"] == []           # left out, and no error
+    if option == "hidepid=1":
+        assert got["listed"] and got["root"] == f"PermissionError {errno.EPERM}"
+        assert got["hiding"].startswith("/proc is mounted with hidepid=noaccess: other "
+                                         "users' processes are listed but cannot be read"), got
+    else:
+        assert not got["listed"]
+        assert "hidepid=invisible: other users' processes are not listed" in got["hiding"]

@@ -1,0 +1,211 @@
+"""A ledger whose disk fills (issue 27, item 1): the real `fleetsync run` on a real
+small filesystem (a tmpfs of 1 MiB, or one filled during the copy), one line and
+exit 4, no process of the run left, and the resume after space is freed exact.
+Needs root (mount); skipped with the reason otherwise."""
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import subprocess
+
+import pytest
+
+from fleetsync.api import make_app
+from fleetsync.controller import processes
+from fleetsync.ledger import db, space
+
+from .support import eventually, fleetsync, free_port, popen, query, snapshot
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """small_fs(size) -> a directory on a tmpfs of that size, unmounted afterwards."""
+    mounted = []
+
+    def mount(size: str) -> str:
+        where = str(tmp_path / f"fs{len(mounted)}")
+        os.mkdir(where)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", where],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs (root needed): {r.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", where], check=False)
+
+
+def _tree(root, dirs: int, files: int, size: int) -> None:
+    for d in range(dirs):
+        os.makedirs(os.path.join(root, f"d{d}"))
+        for i in range(files):
+            with open(os.path.join(root, f"d{d}", f"f{i}"), "wb") as f:
+                f.write(bytes([i % 251]) * size)
+
+
+def _fill(folder: str) -> str:
+    """A file that takes every free byte of folder's filesystem."""
+    path = os.path.join(folder, "filler")
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while f.write(b"\0" * 4096):
+                pass
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    return path
+
+
+def _stopped_in_one_line(out: str, err: str, mount: str) -> None:
+    """Exit 4's one line names the filesystem; no traceback from any process."""
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("fleetsync: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert f"the ledger's filesystem {mount} is full" in errors[0]
+    assert "run again to resume" in errors[0]
+    assert "Traceback" not in err + out and "OperationalError" not in err + out, err
+
+
+def _nothing_left(ledger: str, pid: int) -> None:
+    """No process of the run: its walkers (forks carrying its command line), its API,
+    its ansible-playbook and ssh (the migration's marker on their command lines)."""
+    (mig_id,), = query(ledger, "SELECT migration_id FROM migration")
+    marks = (f"fleetsync:{mig_id}".encode(), ledger.encode())
+    eventually(lambda: not processes.matching(*marks), "every process of the run to end")
+    assert processes.stat(pid) is None
+
+
+def _copied(ledger: str) -> bool:
+    """A batch succeeded (False while the run is still making the ledger's tables)."""
+    try:
+        return bool(query(ledger, "SELECT 1 FROM attempts WHERE status = 'success'"))
+    except sqlite3.OperationalError:
+        return False
+
+
+def _run(tmp_path, ledger: str, src, *extra: str) -> subprocess.Popen:
+    return popen("run", "--src", str(src), "--dest", str(tmp_path / "dest"), "--ledger", ledger,
+                 "--port", str(free_port()), *extra)
+
+
+def test_a_1_mib_ledger_disk_stops_the_walk_in_one_line_and_the_resume_is_exact(
+        tmp_path, small_fs):
+    """The issue's case: 20,000 files, the ledger on 1 MiB. Warned at the start (the
+    estimate from SRC's used inodes: SRC has a filesystem of its own here), stopped in
+    one line, exit 4; exact once freed, without the warning."""
+    src = os.path.join(small_fs("128m"), "src")      # a 4 KiB page a file
+    _tree(src, 100, 200, 1)
+    mount = small_fs("1m")
+    ledger = os.path.join(mount, "l.db")
+    p = _run(tmp_path, ledger, src)
+    out, err = (s.decode() for s in p.communicate(timeout=300))
+    assert p.returncode == 4, err
+    _stopped_in_one_line(out, err, mount)
+    assert f"warning: the ledger's filesystem {mount} has" in err
+    _nothing_left(ledger, p.pid)
+    # the API says it too, from the ledger as the run left it
+    r = fleetsync("status", "--ledger", ledger)
+    assert r.returncode == 0, r.stderr
+    body = b"".join(make_app(ledger)({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics"},
+                                     lambda *a: None)).decode()
+    assert "fleetsync_ledger_space_short 1" in body
+
+    subprocess.run(["mount", "-o", "remount,size=64m", mount], check=True)
+    r = fleetsync("run", "--src", str(src), "--dest", str(tmp_path / "dest"),
+                  "--ledger", ledger, "--no-api")
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert "warning: the ledger's filesystem" not in r.stderr.decode()
+    assert snapshot(os.fsencode(src)) == snapshot(bytes(tmp_path / "dest"))
+
+
+def test_a_ledger_disk_that_fills_during_the_copy_stops_ansible_and_resumes_exact(
+        tmp_path, small_fs):
+    """The disk fills once batches are being copied (a batch succeeded): the claims,
+    the results and the heartbeats can no longer be written; ansible-playbook, its
+    rsyncs and the API stop with the run, and the resume copies the rest."""
+    src = tmp_path / "src"
+    _tree(src, 20, 50, 20_000)
+    mount = small_fs("16m")
+    ledger = os.path.join(mount, "l.db")
+    p = _run(tmp_path, ledger, src, "--batch-files", "20", "--bwlimit", "1M")   # ~20 s of copy
+    eventually(lambda: _copied(ledger), "a batch copied", proc=p)
+    filler = _fill(mount)
+    out, err = (s.decode() for s in p.communicate(timeout=300))
+    assert p.returncode == 4, err
+    _stopped_in_one_line(out, err, mount)
+    _nothing_left(ledger, p.pid)
+
+    os.unlink(filler)
+    r = fleetsync("run", "--src", str(src), "--dest", str(tmp_path / "dest"),
+                  "--ledger", ledger, "--no-api")
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert snapshot(bytes(src)) == snapshot(bytes(tmp_path / "dest"))
+
+
+def test_room_counts_the_walk_where_the_ledger_has_one(tmp_path, make_ledger, small_fs):
+    """Entries: SRC's used inodes before a complete walk (SRC on a filesystem of its
+    own, which nothing else changes meanwhile); the walk's count after it (SRC itself
+    included); the need is what the ledger is expected to add to its size now."""
+    src = os.path.join(small_fs("1m"), "src")
+    _tree(src, 2, 3, 1)
+    ledger = make_ledger(src)
+    with db.connect(ledger, readonly=True) as conn, conn.begin():
+        before = space.room(conn)
+    st = os.statvfs(src)
+    assert before.counted == "SRC's used inodes"
+    assert before.entries == st.f_files - st.f_ffree
+    r = fleetsync("scan", "--src", src, "--ledger", ledger)
+    assert r.returncode == 0, r.stderr
+    with db.connect(ledger, readonly=True) as conn, conn.begin():
+        after = space.room(conn)
+    assert (after.counted, after.entries) == ("the walk's count", 1 + 2 + 6)
+    assert after.needed == max(0, 8 * after.per_entry - os.path.getsize(ledger))
+    assert after.filesystem == space.mount_point(str(tmp_path)) and after.free > 0
+
+
+def test_the_playbooks_outcome_names_exit_4_and_fails_the_play(tmp_path, small_fs):
+    """migrate.yml's Outcome: fleetsync's one line, and what to do; ansible-playbook 2."""
+    from .test_playbook import local_inventory, outcome, playbook
+    src = os.path.join(small_fs("128m"), "src")
+    _tree(src, 100, 200, 1)
+    ledger = os.path.join(small_fs("1m"), "l.db")
+    r = playbook(local_inventory(tmp_path), "-e", f"src={src}", "-e", f"dest={tmp_path / 'd'}",
+                 "-e", f"fleetsync_ledger={ledger}", "-e", "fleetsync_no_api=true")
+    assert r.returncode == 2, r.stdout[-3000:]
+    said = outcome(r)
+    assert said.startswith("fleetsync exit 4, could not go on: fleetsync: error: the ledger's "
+                           f"filesystem {os.path.dirname(ledger)} is full"), said
+    assert said.endswith("(fix the cause, then run the playbook again to resume)"), said
+
+
+def test_a_full_dest_is_named_in_the_summary_with_what_to_do(tmp_path, small_fs):
+    """Issue 27, item 2 (its summary alone): DEST on 20 MiB, 50 MiB to copy. The
+    summary names rsync's reason and the host, and says what to do; done, the copy is
+    exact. (Entries that arrived before the disk filled still count as not arrived:
+    see the README.)"""
+    src = tmp_path / "src"
+    _tree(src, 5, 100, 100 * 1024)
+    dest = os.path.join(small_fs("20m"), "dest")
+    ledger = str(tmp_path / "l.db")
+    r = fleetsync("run", "--src", str(src), "--dest", dest, "--ledger", ledger, "--no-api",
+                  "--max-retries", "0")
+    assert r.returncode == 1, r.stderr.decode()[-3000:]
+    (worker,), = query(ledger, "SELECT worker_id FROM workers")
+    (failed,), = query(ledger, "SELECT count(*) FROM batches WHERE state = 'failed'")
+    said = [line for line in r.stdout.decode().splitlines() if "space at DEST" in line]
+    assert failed >= 1 and len(said) == 1, r.stdout.decode()
+    assert said[0].startswith(f"fleetsync: {failed} failed batches ran out of space at "
+                              f"DEST (host {worker}: rsync: [receiver] write failed on "
+                              f"\"{dest}/"), said
+    assert said[0].endswith("No space left on device (28)): free space on DEST's filesystem, "
+                            "then `fleetsync retry --failed` and run again (a full DEST is "
+                            "not waited out: its batches fail once their retries are spent)")
+
+    subprocess.run(["mount", "-o", "remount,size=128m", os.path.dirname(dest)], check=True)
+    assert fleetsync("retry", "--ledger", ledger, "--failed").returncode == 0
+    r = fleetsync("run", "--src", str(src), "--dest", dest, "--ledger", ledger, "--no-api")
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert "space at DEST" not in r.stdout.decode()
+    assert snapshot(bytes(src)) == snapshot(os.fsencode(dest))
