@@ -11,8 +11,13 @@ A worker's output mixes rsync's own lines with ours, which start with MARK:
   @@fleetsync error WHY                             the preflight failed, and why
   @@fleetsync killed leftover PID                   the preflight killed a dead run's process
 
-Between begin and end, rsync's itemized lines (a check's differences, a deletion's
-entries) start with ITEM. While an item runs, the host prints BEAT's empty lines,
+Between begin and end, rsync's itemized lines (a deletion's entries) start with
+ITEM, and SUM's lines carry a full-file checksum (a copy's, of SRC; a verify's, of
+DEST):
+
+  @@C HEX NAME                                      HEX: the checksum of NAME (as rsync
+                                                    prints names: \#ooo for odd bytes)
+ While an item runs, the host prints BEAT's empty lines,
 which nobody parses: their bytes alone say the host is alive (controller/hostrun.py).
 
 Writers: the shell fragments controller/rsync.py and controller/slot.py emit come
@@ -28,12 +33,18 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from fleetsync.ledger import logbook
 from fleetsync.ledger.states import OutcomeKind
 
 MARK = "@@fleetsync"
 ITEM = "@@I "     # rsync's itemized lines (what differs, what is deleted)
 ITEMIZE = f"--out-format={ITEM}%i %n"    # the rsync option that writes them
 BEAT = "printf '\\n'"    # the shell that writes one beat (an empty line)
+SUM = "@@C "      # a file's full-file checksum and its name
+# What rsync prints for every entry it sends (a copy) or lists (a checksum pass):
+# SUM, the 11 characters of %i, then %C (hex, or blanks when rsync has none) and
+# the name. rsync.sums() keeps only the lines with a checksum, as `@@C HEX NAME`.
+SUM_FORMAT = f"--out-format={SUM}%i %C %n"
 
 
 class Kind(Enum):
@@ -97,6 +108,7 @@ class End:
 _BEGIN = re.compile(rf"^{prefix(Kind.BEGIN)} task=(\d+) claim=(\d+) kind=(\w+) start=([\d.]+)",
                     re.M)
 _END = re.compile(rf"^{prefix(Kind.END)} task=(\d+) claim=(\d+) rc=(\d+) end=([\d.]+)", re.M)
+_SUM = re.compile(rf"^{SUM}((?:[0-9a-f]{{2}})+) (.+)$")
 _KILLED = re.compile(rf"^{prefix(Kind.KILLED)} leftover (\d+)")
 
 
@@ -115,6 +127,18 @@ def first_end(text: str) -> End | None:
 def itemized(lines: list[str]) -> list[str]:
     """rsync's itemized lines among these, without their prefix."""
     return [line[len(ITEM):] for line in lines if line.startswith(ITEM)]
+
+
+def sums(lines: list[str]) -> dict[bytes, bytes]:
+    """The checksums among these lines (`@@C HEX NAME`), raw, by name decoded from
+    rsync's escapes; the first line of a name says it (a copy's own %C comes before
+    a checksum pass's). A digest of zeros (a dry run's %C) is none."""
+    found: dict[bytes, bytes] = {}
+    for line in lines:
+        m = _SUM.match(line) if line.startswith(SUM) else None
+        if m and m[1].strip("0"):
+            found.setdefault(logbook.rsync_unescape(m[2]), bytes.fromhex(m[1]))
+    return found
 
 
 def says(stdout: str, kind: Kind) -> bool:

@@ -15,3 +15,7 @@ LIVE_AFTER_HEARTBEAT = 15.0
 # directories, odd names, unreadable and excluded entries): enough to act on, and a
 # JSON answer of bounded size whatever the tree.
 CENSUS_EXAMPLES = 20
+# The checksum a new ledger records of every file (ledger/custody.py): rsync's own
+# transfer checksum, so recording it while copying reads nothing more; `xxhsum -H2`
+# checks it. A ledger keeps the algorithm it was created with.
+CHECKSUM_CHOICE = "xxh128"
