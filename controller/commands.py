@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from fleetsync.ledger import backup as backups
 from fleetsync.ledger import (bandwidth, batches, census, custody, db, deletions, dirpass,
-                              entry_outcomes, filter_rules, migration, queries, runs, sizes,
-                              timetable, walkqueue)
+                              entry_outcomes, filter_rules, logbook, migration, queries, runs,
+                              sizes, timetable, walkqueue)
 from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
@@ -387,6 +387,8 @@ def _passes(plan: _RunPlan, settings: Settings, dispatcher: Dispatcher, started:
         _delete_within_bound(plan.args, settings, dispatcher.hosts, started, stopped)
     if plan.args.verify and not stopped.is_set():
         _verify(settings, dispatcher.hosts, resume=False, stopped=stopped)
+        for line in _problem_lines(settings.ledger_path):
+            print(line, file=sys.stderr)
 
 
 def _close_run(ledger_path: str, engine, stopped: Stopped, watch: window.Watch,
@@ -597,8 +599,9 @@ def _verify(settings: Settings, hosts, resume: bool, stopped: Stopped | None = N
 
 
 def verify(args) -> int:
-    """`fleetsync verify`: check succeeded batches with rsync's checksums (a dry run):
-    every one, as DEST is now, or with --resume what a stopped verify left."""
+    """`fleetsync verify`: hash the files of succeeded batches at DEST and compare
+    with SRC's recorded checksums: every batch, as DEST is now, or with --resume what
+    a stopped verify left. Names the files that are not intact."""
     ledger_path = _existing(args.ledger, write=True)
     mig = migration.opening(ledger_path)      # read only: a refusal changes nothing
     if mig is None:
@@ -619,6 +622,8 @@ def verify(args) -> int:
           + (f", {verdicts - checked} verdicts kept from the verify it resumed"
              if args.resume else "")
           + (" (stopped)" if stopped else ""))
+    for line in _problem_lines(ledger_path):
+        print(line)
     if args.requeue and counts[VerifyState.DIFFERS]:
         with db.connect(ledger_path) as conn:
             ids = verifications.requeue_differences(conn)
@@ -629,6 +634,23 @@ def verify(args) -> int:
         return 128 + stopped
     unsettled = (VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.PENDING, VerifyState.STALE)
     return 1 if any(counts[s] for s in unsettled) else 0
+
+
+def _problem_lines(ledger_path: str) -> list[str]:
+    """The files a verify did not find intact, named (the first NAMED_PROBLEMS; the
+    view custody_problems holds them all)."""
+    with db.connect(ledger_path, readonly=True) as conn, conn.begin():
+        counts, named = custody.problems(conn, defaults.NAMED_PROBLEMS)
+    if not counts:
+        return []
+    total = sum(counts.values())
+    lines = [f"fleetsync: {total} files are not proven intact at DEST: "
+             + ", ".join(f"{n} {problem}" for problem, n in sorted(counts.items()))]
+    lines += [f"  {problem}: {logbook.show_path(path)}" for problem, path in named]
+    if total > len(named):
+        lines.append(f"  ... {total - len(named)} more: sqlite3 {ledger_path} "
+                     "'SELECT * FROM custody_problems'")
+    return lines
 
 
 def _verify_inventory(ledger_path: str, given: str | None) -> str:

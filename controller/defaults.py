@@ -68,3 +68,6 @@ DEFAULT_EXCLUDES = ("- .snapshot*", "- .zfs", "- .ckpt")
 # The checksum a new ledger records of each file: the ledger's own default (a ledger
 # older than custody takes it too), said here for the command line.
 CHECKSUM_CHOICE = ledger_defaults.CHECKSUM_CHOICE
+# A verify's summary names this many files that are not intact (the view
+# custody_problems names them all): enough to act on, bounded however many differ.
+NAMED_PROBLEMS = 20

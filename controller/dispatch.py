@@ -20,7 +20,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from fleetsync.ledger import batches, db, dirpass, logbook, migration, verify, workers
+from fleetsync.ledger import (batches, custody, db, dirpass, logbook, migration, verify,
+                              workers)
 from fleetsync.ledger.errors import FleetsyncError
 from fleetsync.ledger.states import DeleteMode, LogLevel, OutcomeKind, VerifyState
 
@@ -207,7 +208,8 @@ class Dispatcher:
                 "fleetsync_mode": self.mode.value, "fleetsync_delete": self.settings.delete.value,
                 "fleetsync_beat": beat_seconds(self.settings.heartbeat_timeout),
                 "fleetsync_window_stop_at": self.settings.window_stop_at,
-                "fleetsync_verify_rate": self.settings.verify_rate}
+                "fleetsync_verify_rate": self.settings.verify_rate,
+                "fleetsync_checksum_choice": custody.choice(self.mig.options)}
 
     def _lose(self, run: HostRun, why: str) -> None:
         """The host is gone for now: its batches wait again, it rests before a retry."""

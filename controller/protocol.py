@@ -16,7 +16,7 @@ ITEM, and SUM's lines carry a full-file checksum (a copy's, of SRC; a verify's, 
 DEST):
 
   @@C HEX NAME                                      HEX: the checksum of NAME (as rsync
-                                                    prints names: \#ooo for odd bytes)
+                                                    prints names: \\#ooo for odd bytes)
  While an item runs, the host prints BEAT's empty lines,
 which nobody parses: their bytes alone say the host is alive (controller/hostrun.py).
 
