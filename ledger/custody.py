@@ -6,8 +6,10 @@ The algorithm is the migration's, fixed when its ledger is created (the options'
 A digest is stored raw (16 bytes for xxh128 and md5, 20 for sha1), half the bytes
 of its hex.
 
-SQL style: SQLAlchemy text() with executemany: one UPDATE per recorded file, keyed
-by the table's own primary key (task_id, path), in the caller's transaction.
+SQL style: SQLAlchemy text(), but the per-file writes go to the driver's executemany
+with plain tuples (exec_driver_sql): one UPDATE per file, keyed by the table's own
+primary key (task_id, path), in the caller's transaction; SQLAlchemy's parameter
+building cost more than SQLite's own work there (bench/custody.py).
 """
 from __future__ import annotations
 
@@ -49,20 +51,25 @@ def hex_width(name: str) -> int:
 
 def record(conn: Connection, task_id: int, sums: dict[bytes, bytes]) -> None:
     """SRC's checksums of entries of one batch that arrived (inside the caller's
-    transaction, the batch's transition); a new copy's checksum drops the verdict
-    of the old one. Then the hard links of the batch that got none (rsync sends an
-    inode once, under one of its names) take their group's."""
+    transaction, the batch's transition). A new copy of the batch drops the verdicts
+    of the old one (a later verify checks it again). Then the hard links of the
+    batch that got none (rsync sends an inode once, under one of its names) take
+    their group's."""
     if sums:
-        conn.execute(text("UPDATE batch_files SET checksum = :c, verified = NULL "
-                          "WHERE task_id = :t AND path = :p"),
-                     [{"t": task_id, "p": p, "c": c} for p, c in sums.items()])
+        # The driver's executemany with plain tuples, and only the checksum set:
+        # SQLAlchemy's parameter dicts, or setting `verified` in the same UPDATE
+        # (its partial index), cost more than SQLite's 500 updates (bench/custody.py).
+        conn.exec_driver_sql("UPDATE batch_files SET checksum = ? WHERE task_id = ? AND path = ?",
+                             [(c, task_id, p) for p, c in sums.items()])
+    conn.execute(text("UPDATE batch_files SET verified = NULL WHERE task_id = :t "
+                      "AND verified IS NOT NULL"), {"t": task_id})
     conn.execute(text(
         "UPDATE batch_files SET checksum = ("
         "  SELECT f.checksum FROM hardlinks h JOIN hardlinks g ON g.dev = h.dev "
         "  AND g.ino = h.ino AND g.task_id = h.task_id JOIN batch_files f "
         "  ON f.task_id = g.task_id AND f.path = g.path "
         "  WHERE h.task_id = batch_files.task_id AND h.path = batch_files.path "
-        "  AND f.checksum IS NOT NULL LIMIT 1), verified = NULL "
+        "  AND f.checksum IS NOT NULL LIMIT 1) "
         "WHERE task_id = :t AND checksum IS NULL "
         "AND path IN (SELECT path FROM hardlinks WHERE task_id = :t)"), {"t": task_id})
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 
+from fleetsync.api.app import make_app
 from fleetsync.controller import protocol, rsync, slot
 from fleetsync.ledger import batches, custody, db, migration
 from fleetsync.ledger.batches import Report
@@ -13,6 +14,7 @@ from fleetsync.ledger.entry_outcomes import EntryOutcome
 from fleetsync.ledger.states import EntryClass, FileVerdict, OutcomeKind
 
 from .support import error_line, fleetsync, make_odd_tree, ok, query
+from .test_api import call
 from .test_playbook import _preflight
 
 
@@ -61,6 +63,15 @@ def test_every_transferred_files_checksum_is_md5sum_of_src(tmp_path):
                  "AND (is_dir = 1 OR type != 0)") == [(0,)]
     assert query(ledger, "SELECT json_extract(options, '$.checksum_choice') "
                  "FROM migration") == [("md5",)]
+    # /batches/<id> shows them (added keys): `md5:HEX`, null where none.
+    app = make_app(str(ledger))
+    shown = {}
+    for (task_id,) in query(ledger, "SELECT task_id FROM batches"):
+        for e in call(app, f"/batches/{task_id}").json["entries"]:
+            shown[bytes.fromhex(e["path_hex"])] = (e["checksum"], e["verified"])
+    assert {p: c for p, (c, _) in shown.items() if c} == {
+        p: "md5:" + c.hex() for p, c in recorded.items()}
+    assert {v for _, v in shown.values()} == {None}
 
 
 def test_files_already_at_dest_get_srcs_checksum_xxh128_as_xxhsum_says(tmp_path):
