@@ -2,7 +2,7 @@
 verify by file against rsync's checksum dry run (issue 23's figures).
 
     flock /tmp/fleetsync-bench.lock .venv/bin/python bench/custody.py [--batches 200] \
-        [--runs 3] [--files 20000] [--out bench/out] [--skip-verify]
+        [--runs 3] [--files 20000] [--out bench/out] [--skip-verify] [--skip-controller]
 
 1. The controller's work per batch for its result, on one core, in this process:
    parsing a 500-file batch's framed output (controller/outcome.py) and recording it
@@ -180,10 +180,12 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=20_000)
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     ap.add_argument("--skip-verify", action="store_true")
+    ap.add_argument("--skip-controller", action="store_true")
     args = ap.parse_args()
     print(f"load: {open('/proc/loadavg').read().strip()}")
-    with tempfile.TemporaryDirectory() as work:
-        controller_cost(args.batches, args.runs, work)
+    if not args.skip_controller:
+        with tempfile.TemporaryDirectory() as work:
+            controller_cost(args.batches, args.runs, work)
     if not args.skip_verify:
         verify_vs_rsync(args.files, args.runs, args.out)
     print(f"load: {open('/proc/loadavg').read().strip()}")

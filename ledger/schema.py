@@ -247,7 +247,7 @@ verifications = Table(
     Column("worker_id", Text),
     Column("checked_ts", Float),
     Column("exit_code", Integer),
-    Column("differences", Text, nullable=False, server_default="[]"),  # rsync's itemized lines
+    Column("differences", Text, nullable=False, server_default="[]"),  # its first files not intact
 )
 
 verify_counts = Table(
