@@ -24,7 +24,7 @@ Writers: the shell fragments controller/rsync.py and controller/slot.py emit com
 from here. playbooks/preflight.sh.j2 (worker, error, killed), dispatch.yml and
 migrate.yml (worker, stop, error) keep the text in place, where Ansible reads it;
 tests/test_protocol.py checks that text against this module.
-Readers: controller/outcome.py (begin, end, itemized lines) and
+Readers: controller/outcome.py (begin, end, itemized and checksum lines) and
 controller/dispatch.py (stop, idle, worker, error, killed) call the parsers below.
 """
 from __future__ import annotations
