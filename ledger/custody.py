@@ -107,8 +107,9 @@ def verdicts(recorded: dict[bytes, bytes | None], found: dict[bytes, bytes]
 
 def record_verdicts(conn: Connection, task_id: int, found: dict[bytes, FileVerdict]) -> None:
     """What a verify found of each file (inside the caller's transaction)."""
-    conn.execute(text("UPDATE batch_files SET verified = :v WHERE task_id = :t AND path = :p"),
-                 [{"t": task_id, "p": p, "v": int(v)} for p, v in found.items()])
+    if found:     # a batch of directories alone has no file to judge
+        conn.exec_driver_sql("UPDATE batch_files SET verified = ? WHERE task_id = ? AND path = ?",
+                             [(int(v), task_id, p) for p, v in found.items()])
 
 
 def problems(conn: Connection, limit: int) -> tuple[dict[str, int], list[tuple[str, bytes]]]:

@@ -256,3 +256,53 @@ def test_a_verify_job_reads_dest_alone_and_names_what_is_missing(tmp_path):
     [found] = outcome.parse_all(out)
     assert found.kind is OutcomeKind.VERIFY and found.rsync_exit_code == 24
     assert found.sums == _tool_sums(["md5sum"], os.fsencode(dest), [b"here"])
+
+
+def test_a_verify_killed_9_resumes_and_keeps_each_files_verdict(tmp_path):
+    """kill -9 of a paced verify (--verify-rate) once some batches have verdicts:
+    `verify --resume` keeps them, checks the rest, and every file of every batch
+    ends with its verdict (the batch's and its files' are written together)."""
+    import signal
+
+    from .support import eventually, popen
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    src.mkdir()
+    for i in range(16):
+        (src / f"f{i:02}").write_bytes(os.urandom(16 << 10))
+    _run(src, dest, ledger, "--batch-files", "2")
+    [(total,)] = query(ledger, "SELECT count(*) FROM batches WHERE state = 'succeeded'")
+    # 32 KiB a batch, 64 KiB/s shared by the 4 slots: each check lasts ~2 s.
+    p = popen("verify", "--ledger", str(ledger), "--verify-rate", "64KiB")
+
+    def some_checked():
+        done = query(ledger, "SELECT count(*) FROM verifications WHERE state = 'verified'")
+        return done[0][0] >= 1
+    eventually(some_checked, "a first verdict", proc=p)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    [(kept,)] = query(ledger, "SELECT count(*) FROM verifications WHERE state = 'verified'")
+    assert kept < total, "the verify ended before it was killed: nothing to resume"
+    # A batch's verdict and its files' are one transaction.
+    assert query(ledger, "SELECT count(*) FROM verifications v JOIN batch_files f "
+                 "USING (task_id) WHERE v.state = 'verified' AND f.is_dir = 0 "
+                 "AND f.verified IS NULL") == [(0,)]
+    r = fleetsync("verify", "--ledger", str(ledger), "--resume")
+    out = r.stdout.decode()
+    assert r.returncode == 0, out + r.stderr.decode()
+    assert f"{total} batches verified, 0 differ" in out, out
+    assert f"this verify checked {total - kept}, {kept} verdicts kept" in out, out
+    assert query(ledger, "SELECT count(*) FROM batch_files WHERE verified = ?",
+                 int(FileVerdict.SAME)) == [(16,)]
+
+
+def test_a_batch_of_directories_alone_is_verified(tmp_path):
+    """A batch with no regular file (here: an empty directory alone) has nothing to
+    hash: verified, nothing named."""
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    (src / "empty").mkdir(parents=True)
+    (src / "f").write_text("f")
+    _run(src, dest, ledger, "--batch-files", "1")
+    r = fleetsync("verify", "--ledger", str(ledger))
+    assert r.returncode == 0, r.stdout + r.stderr
+    [(total,)] = query(ledger, "SELECT count(*) FROM batches")
+    assert f"{total} batches verified, 0 differ" in r.stdout.decode()
