@@ -165,7 +165,8 @@ def _run_command(sub) -> None:
     run.add_argument("--checksum-choice", metavar="ALGO",
                      help="the checksum of every file recorded while copying, as rsync names "
                           "it: xxh128 (rsync's own, checked with `xxhsum -H2`), md5 or sha1 "
-                          f"(default for a new ledger: {defaults.CHECKSUM_CHOICE}; a ledger keeps its own)")
+                          f"(default for a new ledger: {defaults.CHECKSUM_CHOICE}; a ledger "
+                          "keeps its own)")
     run.add_argument("--verify", action="store_true",
                      help="after the copy, verify every file: hash DEST on the workers and "
                           "compare with the checksums recorded from SRC (as `fleetsync verify`)")

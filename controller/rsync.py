@@ -232,6 +232,7 @@ class Job:
     sums: str | None = None   # the checksum algorithm to record (None: record none)
     regular: int = 0          # its regular files: a copy owes this many checksums
     pace: int | None = None   # a verify's reads of DEST, in bytes per second at most
+    parts: list = None        # ...read in these parts (pace_parts)
 
     def listed(self) -> tuple[str, int]:
         """The encoded list and its length (computed once: it also sizes the item)."""
@@ -255,6 +256,40 @@ def _job_case(n: int, job: Job, src: str, dest: str, mark: str) -> str:
             f"{protocol.end(job.task_id, job.claim)};;")
 
 
+def _verify_body(job: Job, dest: str, lst: str, out: str, seconds: int) -> str:
+    """DEST's checksums, computed as the copy computed SRC's (one parser, any name
+    rsync can name, a remote DEST too), into out. Paced (job.pace): the list is read
+    in parts of about a second's worth at the pace (job.parts: (files, bytes) each),
+    each followed by a sleep that brings it up to its bytes at the pace, so that DEST
+    is never read faster than the pace for longer than one part. rc: the worst exit
+    (one other than 0, 23 or 24 wins: the check could not run)."""
+    sums = _sum_pass(job.sums, dest, f"{lst}p" if job.pace else lst)
+    if not job.pace:
+        return f"timeout -k 30 {seconds} {sums} > {out} 2>&1; rc=$?"
+    parts = " ".join(f"{n}:{b}" for n, b in job.parts)
+    return (f": > {out}; rc=0; s=1; for c in {parts}; do n=${{c%%:*}}; b=${{c#*:}}; "
+            f"s0=$(date +%s.%N); tail -z -n +$s {lst} | head -z -n $n > {lst}p; "
+            f"timeout -k 30 {seconds} {sums} >> {out} 2>&1; r=$?; "
+            "case $r in 0) ;; 23|24) [ $rc -eq 0 ] && rc=$r;; *) rc=$r;; esac; "
+            f"s=$((s + n)); sleep $(awk -v s0=$s0 -v now=$(date +%s.%N) -v b=$b "
+            f"'BEGIN {{w = b / {job.pace} - (now - s0); print (w > 0 ? w : 0)}}'); done; "
+            f"rm -f {lst}p")
+
+
+def pace_parts(sizes: list[int], pace: int) -> list[tuple[int, int]]:
+    """A paced verify's list in parts of about a second's worth at the pace (at
+    least one file each), in order: (files, bytes) of each."""
+    parts, n, b = [], 0, 0
+    for size in sizes:
+        n, b = n + 1, b + size
+        if b >= pace:
+            parts.append((n, b))
+            n, b = 0, 0
+    if n:
+        parts.append((n, b))
+    return parts
+
+
 # A line of a copy's output that accounts for a regular file's checksum: one with
 # %C, or a hard link's second name (it takes its group's).
 _SUMMED = f"^{protocol.SUM}(hf|.f......... [0-9a-f])"
@@ -264,16 +299,7 @@ def _job_body(job: Job, src: str, dest: str, mark: str, lst: str, out: str,
               seconds: int) -> str:
     """The shell that runs one job's rsync into out, leaving its exit code in rc."""
     if job.kind is OutcomeKind.VERIFY:
-        # DEST's checksums, computed as the copy computed SRC's: one parser, any
-        # name rsync can name, a remote DEST too. Paced: the job lasts at least
-        # its bytes at `pace` (a sleep after its read).
-        body = (f"s0=$(date +%s.%N); timeout -k 30 {seconds} "
-                f"{_sum_pass(job.sums, dest, lst)} > {out} 2>&1; rc=$?")
-        if job.pace:
-            body += (f"; sleep $(awk -v s0=$s0 -v now=$(date +%s.%N) 'BEGIN {{w = "
-                     f"{job.estimated_bytes} / {job.pace} - (now - s0); "
-                     "print (w > 0 ? w : 0)}')")
-        return body
+        return _verify_body(job, dest, lst, out, seconds)
     options = [*job.options, *(sum_options(job.sums) if job.sums else []), "--stats"]
     rsync = _rsync(options, src, dest, mark, ["--from0", f"--files-from={lst}"])
     body = f"timeout -k 30 {seconds} {rsync} > {out} 2>&1; rc=$?"

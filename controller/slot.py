@@ -163,9 +163,11 @@ def _verify_jobs(conn, worker_id: str, n: int, algorithm: str,
             break
         with conn.begin():
             files = custody.regular_files(conn, claimed.task_id)
+        sizes = [s for _, _, s in files]
         jobs.append(rsync.Job(claimed.task_id, claimed.claim_no, [p for p, _, _ in files], [],
-                              sum(s for _, _, s in files), OutcomeKind.VERIFY,
-                              sums=algorithm, regular=len(files), pace=pace))
+                              sum(sizes), OutcomeKind.VERIFY, sums=algorithm,
+                              regular=len(files), pace=pace,
+                              parts=rsync.pace_parts(sizes, pace) if pace else None))
     return jobs
 
 

@@ -306,3 +306,24 @@ def test_a_batch_of_directories_alone_is_verified(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     [(total,)] = query(ledger, "SELECT count(*) FROM batches")
     assert f"{total} batches verified, 0 differ" in r.stdout.decode()
+
+
+def test_a_paced_verify_reads_its_list_in_parts_and_hashes_every_file(tmp_path):
+    """--verify-rate's parts (rsync.pace_parts): about a second's worth each, every
+    file in exactly one; the paced job's shell hashes them all, missing ones named by
+    their absence, with the worst exit."""
+    assert rsync.pace_parts([10, 10, 10, 50, 5], 20) == [(2, 20), (2, 60), (1, 5)]
+    assert rsync.pace_parts([], 20) == []
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    names = [b"a", b"b", b"gone", b"c"]
+    for n in names[:2] + names[3:]:
+        (dest / n.decode()).write_bytes(n * 100)
+    job = rsync.Job(3, 1, names, [], 400, OutcomeKind.VERIFY, sums="md5", regular=4,
+                    pace=1 << 20, parts=rsync.pace_parts([100] * 4, 150))
+    cmd = rsync.item_command([job], "/nonexistent-src", str(dest), "m", 1)
+    out = subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True).stdout
+    from fleetsync.controller import outcome
+    [found] = outcome.parse_all(out)
+    assert found.rsync_exit_code == 24, out
+    assert found.sums == _tool_sums(["md5sum"], os.fsencode(dest), [b"a", b"b", b"c"])
