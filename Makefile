@@ -6,9 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # What fleetsync runs with, and what only the tests need (the dashboard test
 # renders the page in headless Chromium and reads the screenshot with tesseract;
-# tests/test_metrics.py checks monitoring/ and /metrics with promtool, from `prometheus`).
+# tests/test_metrics.py checks monitoring/ and /metrics with promtool, from `prometheus`;
+# tests/test_custody.py checks the recorded xxh128 checksums with xxhsum, from `xxhash`).
 DEBS      := rsync openssh-server openssh-client sqlite3 fpart iproute2 procps python3-venv
-TEST_DEBS := chromium tesseract-ocr fonts-dejavu-core prometheus
+TEST_DEBS := chromium tesseract-ocr fonts-dejavu-core prometheus xxhash
 # ansible-lint in a venv of its own (requirements-lint.txt says why).
 LINT_VENV := .venv-lint
 # Only the benchmarks' slow mount (bench/slowfs.py) needs FUSE: not make demo/test.

@@ -5,7 +5,7 @@ import re
 
 from fleetsync.ledger.queries import RETAINED_LIMIT
 from fleetsync.ledger.schema import AttemptStatus, BatchState
-from fleetsync.ledger.states import LogLevel, RunState, WorkerState
+from fleetsync.ledger.states import FileVerdict, LogLevel, RunState, WorkerState
 
 INT = {"type": "integer"}
 NUM = {"type": "number"}
@@ -96,7 +96,12 @@ SCHEMAS = {
         "entries": {"type": "array", "items": _obj({
             "path": {**STR, "description": "UTF-8, with \\xNN escapes for other bytes"},
             "path_hex": {**STR, "description": "the exact path bytes, hex"},
-            "is_dir": {"type": "boolean"}, "size": INT})},
+            "is_dir": {"type": "boolean"}, "size": INT,
+            "checksum": {**_nullable(STR), "description": "SRC's checksum recorded while "
+                         "copying, ALGO:HEX (rsync's name: xxh128, md5, sha1)"},
+            "verified": {**_nullable({"type": "string", "enum": [
+                *(v.name.lower() for v in FileVerdict), None]}),
+                "description": "what the last verify found at DEST (null: not checked)"}})},
         "entries_total": INT,
         "attempts": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}}}),
     "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}),

@@ -12,7 +12,8 @@ every copy is checked against SRC. Prints the median wall time of each tool,
 the ratios, fleetsync's Ansible overhead per batch from its ledger, and how soon
 its first rsync started (the first attempt's start_ts, taken on the worker, minus
 the launch of `fleetsync run`). --old adds `fleetsync-old`: the same command run
-from another checkout (e.g. a worktree of an earlier commit), interleaved.
+from another checkout (e.g. a worktree of an earlier commit), interleaved;
+`--only fleetsync-md5` is fleetsync recording md5 rather than xxh128 (issue 23).
 """
 from __future__ import annotations
 
@@ -81,14 +82,15 @@ FIRST: dict[str, list[float]] = {}
 OLD: list[str] = []
 
 
-def run_fleetsync(src, dest, work, name="fleetsync", env=None):
+def run_fleetsync(src, dest, work, name="fleetsync", env=None, extra=()):
     ledger = os.path.join(work, "fleetsync.db")
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(ledger + suffix):
             os.unlink(ledger + suffix)
     launched = time.time()
     subprocess.run([*FLEETSYNC, "run", "--src", src, "--dest", dest, "--ledger", ledger,
-                    "--port", "0"], check=True, cwd=REPO, stdout=subprocess.DEVNULL, env=env)
+                    "--port", "0", *extra], check=True, cwd=REPO, stdout=subprocess.DEVNULL,
+                   env=env)
     db = sqlite3.connect(ledger)
     first = db.execute("SELECT min(start_ts) FROM attempts").fetchone()[0]
     db.close()
@@ -106,8 +108,14 @@ def run_fleetsync_old(src, dest, work):
     run_fleetsync(src, dest, work, "fleetsync-old", dict(os.environ, PYTHONPATH=base))
 
 
+def run_fleetsync_md5(src, dest, work):
+    """fleetsync recording md5 instead of rsync's own xxh128 (issue 23's figures)."""
+    run_fleetsync(src, dest, work, "fleetsync-md5", extra=("--checksum-choice", "md5"))
+
+
 PEERS = {"rsync -a": run_rsync, "fpsync -n 2": run_fpsync, "xargs -P 4": run_xargs,
-         "fleetsync": run_fleetsync, "fleetsync-old": run_fleetsync_old}
+         "fleetsync": run_fleetsync, "fleetsync-old": run_fleetsync_old,
+         "fleetsync-md5": run_fleetsync_md5}
 
 
 def overhead(ledger: str) -> dict[str, float]:
@@ -161,7 +169,7 @@ def main() -> None:
                  if name in FIRST else "")
         print(f"  {name:13s} {m:6.2f} s{first}")
     if "fleetsync" in med:
-        for peer in ("fpsync -n 2", "xargs -P 4", "rsync -a", "fleetsync-old"):
+        for peer in ("fpsync -n 2", "xargs -P 4", "rsync -a", "fleetsync-old", "fleetsync-md5"):
             if peer in med:
                 print(f"  fleetsync / {peer}: {med['fleetsync'] / med[peer]:.2f}")
         o = overhead(os.path.join(work, "fleetsync.db"))

@@ -165,8 +165,15 @@ def _run_command(sub) -> None:
     run.add_argument("--from0", action="store_true",
                      help="--files-from's paths are separated by NULs, not newlines "
                           "(find -print0; a name may then hold a newline)")
+    run.add_argument("--checksum-choice", metavar="ALGO",
+                     help="the checksum of every file recorded while copying, as rsync names "
+                          "it: xxh128 (rsync's own, checked with `xxhsum -H2`), md5 or sha1 "
+                          f"(default for a new ledger: {defaults.CHECKSUM_CHOICE}; a ledger "
+                          "keeps its own)")
     run.add_argument("--verify", action="store_true",
-                     help="after the copy, check every batch with rsync --checksum --dry-run")
+                     help="after the copy, verify every file: hash DEST on the workers and "
+                          "compare with the checksums recorded from SRC (as `fleetsync verify`)")
+    _verify_rate_arg(run)
 
 
 def _walk_args(p: argparse.ArgumentParser) -> None:
@@ -208,9 +215,16 @@ def _scan_command(sub) -> None:
     _filter_args(scan, copy=False)
 
 
+def _verify_rate_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verify-rate", metavar="RATE",
+                   help="a verify reads DEST at most this fast, for the whole fleet, e.g. "
+                        "200MiB (per second; shared by the slots; default: unbounded)")
+
+
 def _verify_command(sub) -> None:
-    ver = _command(sub, "verify", help="check succeeded batches on the workers with rsync's "
-                         "checksums (dry run); record per batch: verified, or what differs")
+    ver = _command(sub, "verify", help="verify by file: hash DEST's files on the workers and "
+                         "compare with the checksums recorded from SRC while copying; name "
+                         "each file that differs, is missing or has no recorded checksum")
     _ledger_arg(ver)
     ver.add_argument("--inventory", metavar="INV",
                      help="Ansible inventory of the workers that check (default: the one the "
@@ -224,7 +238,9 @@ def _verify_command(sub) -> None:
                        help="check every succeeded batch afresh: what verify does without "
                             "--resume (kept for scripts written when it did not)")
     ver.add_argument("--requeue", action="store_true",
-                     help="put batches that differ back in the queue for `fleetsync run`")
+                     help="put batches that differ back in the queue for `fleetsync run` "
+                          "(their next copy compares checksums and records the missing ones)")
+    _verify_rate_arg(ver)
     _worker_args(ver)
 
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from fleetsync.ledger import backup as backups
-from fleetsync.ledger import (bandwidth, batches, census, db, deletions, dirpass,
-                              entry_outcomes, faults, filter_rules, migration, queries, runs,
-                              sizes, space, timetable, walkqueue)
+from fleetsync.ledger import (bandwidth, batches, census, custody, db, deletions, dirpass,
+                              entry_outcomes, faults, filter_rules, logbook, migration, queries,
+                              runs, sizes, space, timetable, walkqueue)
 from fleetsync.ledger.lock import LedgerLock
 from fleetsync.ledger import verify as verifications
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
@@ -116,6 +116,9 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     loading: the inventory, when the caller started reading it already; api: the
     API's bound socket (controller/listener.py), None for --no-api."""
     src, dest = _check_paths(args.src, args.dest)
+    if args.checksum_choice is not None:
+        custody.check(args.checksum_choice)     # at once: before the inventory is read
+    _verify_rate(args)
     limits = _limits(args)
     bwlimit = _timetable("--bwlimit", args.bwlimit) if args.bwlimit else None
     run_window = window.from_args(args)       # this run's alone: not stored
@@ -136,6 +139,7 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     if opened is not None and delete is DeleteMode.ON:
         _guard_top_level(args, ledger_path, src)
     choice = _filter_choice(args, opened, given)
+    algorithm = _checksum_choice(args.checksum_choice, opened)
     if listed is not None:
         _check_list_fits(opened)
     # One run per ledger, held until this process ends: a second run would kill
@@ -147,13 +151,28 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
             return _run(_RunPlan(args=args, src=src, dest=dest, limits=limits,
                                  bwlimit=bwlimit, window=run_window, delete=delete,
                                  hosts=hosts, ledger_path=ledger_path, api=api,
-                                 choice=choice, listed=listed))
+                                 choice=choice, listed=listed, algorithm=algorithm))
         except (DispatchError, inventory.InventoryError):
             # Refused once it had begun (no host passed its preflight, say): the
             # ledger is left as a finished run leaves it, in rollback-journal mode,
             # so that a reader who may not write beside it can still open it.
             _fold_wal(ledger_path)
             raise
+
+
+def _checksum_choice(given: str | None, mig: migration.Migration | None) -> str:
+    """The checksum this run records: --checksum-choice (an unknown one: one line),
+    else the ledger's, else the default. A ledger keeps the algorithm it recorded
+    first (one ledger never holds two kinds of digest): another is refused before
+    anything is written."""
+    if given is not None:
+        custody.check(given)
+    kept = None if mig is None else mig.options.get(custody.OPTION)
+    if kept is not None and given is not None and given != kept:
+        raise custody.ChecksumChoiceError(
+            f"this ledger records {kept} checksums (fixed when its migration began): "
+            f"--checksum-choice {given} needs another --ledger")
+    return kept or given or defaults.CHECKSUM_CHOICE
 
 
 def _filter_choice(args, mig: migration.Migration | None,
@@ -221,6 +240,7 @@ class _RunPlan:
     api: Listener | None                 # the API's bound socket; None for --no-api
     choice: filters.Choice
     listed: list[bytes] | None = None    # --files-from's paths: queued alone, no walk
+    algorithm: str = defaults.CHECKSUM_CHOICE   # the checksums recorded (ledger/custody.py)
 
 
 def _run(plan: _RunPlan) -> int:
@@ -271,6 +291,7 @@ def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
     with engine.connect() as conn:
         migration.start_run(conn)
         runs.record(conn, os.path.abspath(plan.args.inventory))
+        migration.keep_option(conn, custody.OPTION, plan.algorithm)
         if plan.bwlimit is not None:
             bandwidth.store(conn, plan.bwlimit)
         if plan.choice.change:
@@ -392,6 +413,8 @@ def _passes(plan: _RunPlan, settings: Settings, dispatcher: Dispatcher, started:
         _delete_within_bound(plan.args, settings, dispatcher.hosts, started, stopped)
     if plan.args.verify and not stopped.is_set():
         _verify(settings, dispatcher.hosts, resume=False, stopped=stopped)
+        for line in _problem_lines(settings.ledger_path):
+            print(line, file=sys.stderr)
 
 
 def _close_run(ledger_path: str, engine, stopped: Stopped, watch: window.Watch,
@@ -524,13 +547,26 @@ def _copy_what_was_in_the_way(settings: Settings, hosts, stopped: Stopped) -> No
     stopped.dispatch(Dispatcher(replace(settings, delete=DeleteMode.OFF), None, hosts))
 
 
+def _verify_rate(args) -> int | None:
+    """--verify-rate in bytes per second (None: unbounded); a bad one is one line."""
+    if not args.verify_rate:
+        return None
+    try:
+        rate = sizes.parse(args.verify_rate)
+    except sizes.SizeError as e:
+        raise UsageError(f"--verify-rate {args.verify_rate!r}: {e}") from None
+    if rate <= 0:
+        raise UsageError(f"--verify-rate {args.verify_rate!r}: give a rate above 0, e.g. 200MiB")
+    return rate
+
+
 def _settings(args, ledger_path: str) -> Settings:
     return Settings(ledger_path, os.path.abspath(args.inventory),
                     Policy(max_retries=getattr(args, "max_retries", Policy.max_retries)),
                     [*DEFAULT_RSYNC_OPTIONS, *args.rsync_option],
                     items_per_run=args.items_per_run,
                     heartbeat_timeout=args.heartbeat_timeout, slots=args.slots,
-                    limit=args.limit)
+                    limit=args.limit, verify_rate=_verify_rate(args))
 
 
 class Stopped(threading.Event):
@@ -589,8 +625,9 @@ def _verify(settings: Settings, hosts, resume: bool, stopped: Stopped | None = N
 
 
 def verify(args) -> int:
-    """`fleetsync verify`: check succeeded batches with rsync's checksums (a dry run):
-    every one, as DEST is now, or with --resume what a stopped verify left."""
+    """`fleetsync verify`: hash the files of succeeded batches at DEST and compare
+    with SRC's recorded checksums: every batch, as DEST is now, or with --resume what
+    a stopped verify left. Names the files that are not intact."""
     ledger_path = _existing(args.ledger, write=True)
     mig = migration.opening(ledger_path)      # read only: a refusal changes nothing
     if mig is None:
@@ -613,6 +650,8 @@ def verify(args) -> int:
           + (f", {verdicts - checked} verdicts kept from the verify it resumed"
              if args.resume else "")
           + (" (stopped)" if stopped else ""))
+    for line in _problem_lines(ledger_path):
+        print(line)
     if args.requeue and counts[VerifyState.DIFFERS]:
         with db.connect(ledger_path) as conn:
             ids = verifications.requeue_differences(conn)
@@ -623,6 +662,23 @@ def verify(args) -> int:
         return 128 + stopped
     unsettled = (VerifyState.DIFFERS, VerifyState.ERROR, VerifyState.PENDING, VerifyState.STALE)
     return 1 if any(counts[s] for s in unsettled) else 0
+
+
+def _problem_lines(ledger_path: str) -> list[str]:
+    """The files a verify did not find intact, named (the first NAMED_PROBLEMS; the
+    view custody_problems holds them all)."""
+    with db.connect(ledger_path, readonly=True) as conn, conn.begin():
+        counts, named = custody.problems(conn, defaults.NAMED_PROBLEMS)
+    if not counts:
+        return []
+    total = sum(counts.values())
+    lines = [f"fleetsync: {total} files are not proven intact at DEST: "
+             + ", ".join(f"{n} {problem}" for problem, n in sorted(counts.items()))]
+    lines += [f"  {problem}: {logbook.show_path(path)}" for problem, path in named]
+    if total > len(named):
+        lines.append(f"  ... {total - len(named)} more: sqlite3 {ledger_path} "
+                     "'SELECT * FROM custody_problems'")
+    return lines
 
 
 def _verify_inventory(ledger_path: str, given: str | None) -> str:

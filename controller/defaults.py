@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 
 from fleetsync.api import defaults as api_defaults
+from fleetsync.ledger import defaults as ledger_defaults
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -63,3 +64,10 @@ API_HOST, API_PORT = api_defaults.HOST, api_defaults.PORT   # the API's own (api
 # ZFS (.zfs), and of IBM Spectrum Scale / some NAS (.ckpt). Copying them copies every
 # snapshot of the tree again. Name patterns (no slash): at any depth, any type.
 DEFAULT_EXCLUDES = ("- .snapshot*", "- .zfs", "- .ckpt")
+
+# The checksum a new ledger records of each file: the ledger's own default (a ledger
+# older than custody takes it too), said here for the command line.
+CHECKSUM_CHOICE = ledger_defaults.CHECKSUM_CHOICE
+# A verify's summary names this many files that are not intact (the view
+# custody_problems names them all): enough to act on, bounded however many differ.
+NAMED_PROBLEMS = 20

@@ -20,7 +20,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from fleetsync.ledger import batches, db, dirpass, logbook, migration, verify, workers
+from fleetsync.ledger import (batches, custody, db, dirpass, logbook, migration, verify,
+                              workers)
 from fleetsync.ledger.errors import FleetsyncError
 from fleetsync.ledger.states import DeleteMode, LogLevel, OutcomeKind, VerifyState
 
@@ -62,6 +63,8 @@ class Settings:
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     # The run's window (controller/window.py): no claim from then on (the windows' clock).
     window_stop_at: float | None = None
+    # --verify-rate: the fleet's bound on a verify's reads of DEST, bytes per second.
+    verify_rate: int | None = None
 
 
 class Dispatcher:
@@ -210,7 +213,9 @@ class Dispatcher:
                 "fleetsync_rsync_options": self.settings.rsync_options,
                 "fleetsync_mode": self.mode.value, "fleetsync_delete": self.settings.delete.value,
                 "fleetsync_beat": beat_seconds(self.settings.heartbeat_timeout),
-                "fleetsync_window_stop_at": self.settings.window_stop_at}
+                "fleetsync_window_stop_at": self.settings.window_stop_at,
+                "fleetsync_verify_rate": self.settings.verify_rate,
+                "fleetsync_checksum_choice": custody.choice(self.mig.options)}
 
     def _lose(self, run: HostRun, why: str) -> None:
         """The host is gone for now: its batches wait again, it rests before a retry."""

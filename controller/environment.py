@@ -20,6 +20,9 @@ SSH_ARGS = ("-o ControlMaster=auto -o ControlPersist=900s -o ServerAliveInterval
             "-o ServerAliveCountMax=3 -o ConnectTimeout=10")
 
 
+MAX_EVENT_RES = 16 << 20
+
+
 def control_dir(migration_id: str) -> str:
     """Where the ssh masters of a migration keep their sockets (short: a socket path
     may take 107 bytes, and ssh adds 17 while it creates one)."""
@@ -38,6 +41,9 @@ def ansible_env(migration_id: str | None = None) -> dict[str, str]:
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
         "ANSIBLE_LOCALHOST_WARNING": "False",
+        # An item's result larger than this is dropped by ansible-runner ({}); an
+        # item's output is bounded well below it (controller/rsync.py: ITEM_OUTPUT_BYTES).
+        "MAX_EVENT_RES": str(MAX_EVENT_RES),
     }
     if migration_id:
         env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = control_dir(migration_id)

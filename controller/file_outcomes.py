@@ -91,7 +91,8 @@ def record_batch(conn: Connection, out: Outcome, worker_id: str, policy: Policy,
                  src: str, dest: str) -> None:
     """The batch's transition for this outcome, with its per-file rows."""
     report = Report(out.task_id, out.claim_no, worker_id, out.rsync_exit_code,
-                    out.bytes_sent, out.bytes_received, out.start_ts, out.end_ts, out.errors)
+                    out.bytes_sent, out.bytes_received, out.start_ts, out.end_ts, out.errors,
+                    checksums=out.sums)
     used = batches.retry_count_of(conn, out.task_id)
     found, mapped_all = [], True
     if out.file_errors or out.rsync_exit_code != 0:

@@ -50,6 +50,7 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
     file_errors: list[FileError] = field(default_factory=list)   # per-file error lines
     other_errors: list[str] = field(default_factory=list)  # error lines naming no file
+    sums: dict[bytes, bytes] = field(default_factory=dict)  # checksums by entry (SUM lines)
 
 
 _STAT = re.compile(r"^Total bytes (sent|received): ([\d,]+)", re.M)
@@ -88,6 +89,7 @@ def _parse_one(begin: protocol.Begin, text: str) -> Outcome:
         elif not line.startswith("rsync error:"):    # the summary of the lines above
             out.other_errors.append(line)
     out.itemized = protocol.itemized(lines)
+    out.sums = protocol.sums(lines)
     if out.rsync_exit_code == 23 and _only_vanished(out.errors):
         # rsync says 23 for a listed file that no longer exists; it is the same
         # event as exit 24 ("vanished source files") and gets the same policy.

@@ -41,6 +41,8 @@ VALUED = {
     "fleetsync_port": "--port",
     "fleetsync_slots": "--slots",
     "fleetsync_items_per_run": "--items-per-run",
+    "fleetsync_checksum_choice": "--checksum-choice",
+    "fleetsync_verify_rate": "--verify-rate",
     # ansible-playbook's own --limit: the hosts of the play are the hosts of the copy.
     "ansible_limit": "--limit",
 }

@@ -11,15 +11,20 @@ A worker's output mixes rsync's own lines with ours, which start with MARK:
   @@fleetsync error WHY                             the preflight failed, and why
   @@fleetsync killed leftover PID                   the preflight killed a dead run's process
 
-Between begin and end, rsync's itemized lines (a check's differences, a deletion's
-entries) start with ITEM. While an item runs, the host prints BEAT's empty lines,
+Between begin and end, rsync's itemized lines (a deletion's entries) start with
+ITEM, and SUM's lines carry a full-file checksum (a copy's, of SRC; a verify's, of
+DEST):
+
+  @@C HEX NAME                                      HEX: the checksum of NAME (as rsync
+                                                    prints names: \\#ooo for odd bytes)
+ While an item runs, the host prints BEAT's empty lines,
 which nobody parses: their bytes alone say the host is alive (controller/hostrun.py).
 
 Writers: the shell fragments controller/rsync.py and controller/slot.py emit come
 from here. playbooks/preflight.sh.j2 (worker, error, killed), dispatch.yml and
 migrate.yml (worker, stop, error) keep the text in place, where Ansible reads it;
 tests/test_protocol.py checks that text against this module.
-Readers: controller/outcome.py (begin, end, itemized lines) and
+Readers: controller/outcome.py (begin, end, itemized and checksum lines) and
 controller/dispatch.py (stop, idle, worker, error, killed) call the parsers below.
 """
 from __future__ import annotations
@@ -28,12 +33,18 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from fleetsync.ledger import logbook
 from fleetsync.ledger.states import OutcomeKind
 
 MARK = "@@fleetsync"
 ITEM = "@@I "     # rsync's itemized lines (what differs, what is deleted)
 ITEMIZE = f"--out-format={ITEM}%i %n"    # the rsync option that writes them
 BEAT = "printf '\\n'"    # the shell that writes one beat (an empty line)
+SUM = "@@C "      # a file's full-file checksum and its name
+# What rsync prints for every entry it sends (a copy) or lists (a checksum pass):
+# SUM, the 11 characters of %i, then %C (hex, or blanks when rsync has none) and
+# the name. rsync.sums() keeps only the lines with a checksum, as `@@C HEX NAME`.
+SUM_FORMAT = f"--out-format={SUM}%i %C %n"
 
 
 class Kind(Enum):
@@ -115,6 +126,28 @@ def first_end(text: str) -> End | None:
 def itemized(lines: list[str]) -> list[str]:
     """rsync's itemized lines among these, without their prefix."""
     return [line[len(ITEM):] for line in lines if line.startswith(ITEM)]
+
+
+def sums(lines: list[str]) -> dict[bytes, bytes]:
+    """The checksums among these lines (`@@C HEX NAME`), raw, by name decoded from
+    rsync's escapes; the first line of a name says it (a copy's own %C comes before
+    a checksum pass's). A digest of zeros (a dry run's %C) is none. A split and
+    bytes.fromhex, no regex: this runs for every file copied (bench/custody.py)."""
+    found: dict[bytes, bytes] = {}
+    start = len(SUM)
+    for line in lines:
+        if not line.startswith(SUM):
+            continue
+        digest, _, name = line[start:].partition(" ")
+        try:
+            raw = bytes.fromhex(digest)
+        except ValueError:
+            continue
+        if name and raw.strip(b"\0"):
+            path = (logbook.rsync_unescape(name) if "\\" in name
+                    else name.encode("utf-8", "surrogateescape"))
+            found.setdefault(path, raw)
+    return found
 
 
 def says(stdout: str, kind: Kind) -> bool:

@@ -24,7 +24,7 @@ class Recorder:
     def record(self, out: Outcome, worker_id: str) -> None:
         if out.kind is OutcomeKind.VERIFY:
             verify.record(self.conn, out.task_id, out.claim_no, out.rsync_exit_code,
-                          out.itemized, out.errors)
+                          out.sums, out.errors)
         elif out.kind in (OutcomeKind.DIRS, OutcomeKind.DELETE, OutcomeKind.CLEAN):
             self._record_pass(out, worker_id)
         else:

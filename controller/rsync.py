@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from fleetsync.ledger.states import Compare, DeleteMode, OutcomeKind
 
-from fleetsync.ledger import sizes
+from fleetsync.ledger import custody, sizes
 
 from . import protocol
 
@@ -185,9 +185,20 @@ def root_command(src: str, dest: str, options: list[str], mark: str) -> str:
     ])
 
 
-# Verification: rsync compares whole-file checksums and only lists (one line per
-# entry that differs, --dry-run) what a copy would change.
-VERIFY_OPTIONS = ["--checksum", "--dry-run", protocol.ITEMIZE]
+def sum_options(algorithm: str) -> list[str]:
+    """What a copy's rsync adds to record SRC's checksums: the algorithm of its
+    transfer checksums, and a line per entry it sends, with %C (protocol.SUM_FORMAT)."""
+    return [f"--checksum-choice={algorithm}", protocol.SUM_FORMAT]
+
+
+def _sum_pass(algorithm: str, root: str, lst: str) -> str:
+    """A checksum pass: rsync reads the listed files under root and prints their
+    checksums (-c against an empty directory, never created: a dry run in which the
+    sender alone reads, once). The same lines as a copy's %C, and every name of a
+    hard link gets one."""
+    return (f"rsync -a -c -n --checksum-choice={algorithm} {shlex.quote(protocol.SUM_FORMAT)} "
+            f"--timeout={IO_TIMEOUT} --from0 --files-from={lst} -- "
+            f'{shlex.quote(_trailing(root))} "$d/e/"')
 
 
 OUTPUT_CAP = 4000      # characters of one batch's rsync lines (beyond its --stats totals)
@@ -198,7 +209,12 @@ OUTPUT_CAP = 4000      # characters of one batch's rsync lines (beyond its --sta
 # names need not be UTF-8.
 _STATS_NOISE = ("^(Number of |Total file size|Total transferred file size|Literal data|"
                 "Matched data|File list |sent [0-9,.]+ bytes|total size is |$)")
-_CAP = (f"LC_ALL=C awk -v max={OUTPUT_CAP} '/^Total bytes (sent|received): / {{print; next}} "
+# A checksum line (protocol.SUM_FORMAT) is kept whole, without its %i, when it has
+# a checksum (others: dropped); its bytes are bounded by the item's size
+# (controller/slot.py: _fit), not by the cap.
+_CAP = (f"LC_ALL=C awk -v max={OUTPUT_CAP} '/^{protocol.SUM}/ {{s = substr($0, 17); "
+        f"if (s ~ /^[0-9a-f]+ /) print \"{protocol.SUM}\" s; next}} "
+        "/^Total bytes (sent|received): / {print; next} "
         f"/{_STATS_NOISE}/ {{next}} "
         "n + length($0) < max {print; n += length($0) + 1; next} {cut++} "
         "END {if (cut) print \"fleetsync: \" cut \" more lines of rsync output not shown\"}'")
@@ -213,6 +229,10 @@ class Job:
     options: list[str]        # this batch's rsync options (bwlimit, checksum, sparse...)
     estimated_bytes: int
     kind: OutcomeKind = OutcomeKind.COPY
+    sums: str | None = None   # the checksum algorithm to record (None: record none)
+    regular: int = 0          # its regular files: a copy owes this many checksums
+    pace: int | None = None   # a verify's reads of DEST, in bytes per second at most
+    parts: list = None        # ...read in these parts (pace_parts)
 
     def listed(self) -> tuple[str, int]:
         """The encoded list and its length (computed once: it also sizes the item)."""
@@ -227,15 +247,90 @@ def _job_case(n: int, job: Job, src: str, dest: str, mark: str) -> str:
     b64, length = job.listed()
     lst, out = f'"$d/l{n}"', f'"$d/r{n}"'
     seconds = batch_seconds(job.estimated_bytes, capped_rate(job.options))
-    rsync = _rsync([*job.options, "--stats"], src, dest, mark,
-                   ["--from0", f"--files-from={lst}"])
     return (f"{n}) {protocol.begin(job.task_id, job.claim, job.kind)}; "
             f"echo {b64} | base64 -d | gzip -dc > {lst}; "
             f'if ! [ "$(wc -c < {lst})" -eq {length} ]; then '
             f"echo 'fleetsync: the file list arrived damaged'; rc={LIST_DAMAGED}; "
-            f"else timeout -k 30 {seconds} {rsync} > {out} 2>&1; "
-            f"rc=$?; cap {out}; fi; rm -f {lst} {out}; "
+            f"else {_job_body(job, src, dest, mark, lst, out, seconds)}; "
+            f"cap {out}; fi; rm -f {lst} {out} {out}s; "
             f"{protocol.end(job.task_id, job.claim)};;")
+
+
+def _verify_body(job: Job, dest: str, lst: str, out: str, seconds: int) -> str:
+    """DEST's checksums, computed as the copy computed SRC's (one parser, any name
+    rsync can name, a remote DEST too), into out. Paced (job.pace): the list is read
+    in parts of about a second's worth at the pace (job.parts: (files, bytes) each),
+    each followed by a sleep that brings it up to its bytes at the pace, so that DEST
+    is never read faster than the pace for longer than one part. rc: the worst exit
+    (one other than 0, 23 or 24 wins: the check could not run)."""
+    sums = _sum_pass(job.sums, dest, f"{lst}p" if job.pace else lst)
+    if not job.pace:
+        return f"timeout -k 30 {seconds} {sums} > {out} 2>&1; rc=$?"
+    parts = " ".join(f"{n}:{b}" for n, b in job.parts)
+    return (f": > {out}; rc=0; s=1; for c in {parts}; do n=${{c%%:*}}; b=${{c#*:}}; "
+            f"s0=$(date +%s.%N); tail -z -n +$s {lst} | head -z -n $n > {lst}p; "
+            f"timeout -k 30 {seconds} {sums} >> {out} 2>&1; r=$?; "
+            "case $r in 0) ;; 23|24) [ $rc -eq 0 ] && rc=$r;; *) rc=$r;; esac; "
+            f"s=$((s + n)); sleep $(awk -v s0=$s0 -v now=$(date +%s.%N) -v b=$b "
+            f"'BEGIN {{w = b / {job.pace} - (now - s0); print (w > 0 ? w : 0)}}'); done; "
+            f"rm -f {lst}p")
+
+
+def pace_parts(sizes: list[int], pace: int) -> list[tuple[int, int]]:
+    """A paced verify's list in parts of about a second's worth at the pace (at
+    least one file each), in order: (files, bytes) of each."""
+    parts, n, b = [], 0, 0
+    for size in sizes:
+        n, b = n + 1, b + size
+        if b >= pace:
+            parts.append((n, b))
+            n, b = 0, 0
+    if n:
+        parts.append((n, b))
+    return parts
+
+
+# A line of a copy's output that accounts for a regular file's checksum: one with
+# %C, or a hard link's second name (it takes its group's).
+_SUMMED = f"^{protocol.SUM}(hf|.f......... [0-9a-f])"
+
+
+def _job_body(job: Job, src: str, dest: str, mark: str, lst: str, out: str,
+              seconds: int) -> str:
+    """The shell that runs one job's rsync into out, leaving its exit code in rc."""
+    if job.kind is OutcomeKind.VERIFY:
+        return _verify_body(job, dest, lst, out, seconds)
+    options = [*job.options, *(sum_options(job.sums) if job.sums else []), "--stats"]
+    rsync = _rsync(options, src, dest, mark, ["--from0", f"--files-from={lst}"])
+    body = f"timeout -k 30 {seconds} {rsync} > {out} 2>&1; rc=$?"
+    if job.sums and job.regular:
+        # The files rsync did not send (already at DEST) got no %C: a checksum pass
+        # of SRC gives them theirs, only when some are owed.
+        body += (f"; case $rc in 0|23|24) if [ \"$(LC_ALL=C grep -c -E '{_SUMMED}' {out})\" "
+                 f"-lt {job.regular} ]; then timeout -k 30 {seconds} "
+                 f"{_sum_pass(job.sums, src, lst)} > {out}s 2>&1; "
+                 f"LC_ALL=C grep -a '^{protocol.SUM}' {out}s >> {out}; fi;; esac")
+    return body
+
+
+# An item's output travels in one Ansible result, whose text ansible-runner drops
+# (res {}: its exit code lost) past MAX_EVENT_RES characters; the result holds the
+# output twice (stdout, stdout_lines). controller/environment.py raises that limit
+# to 16 M, and an item is cut (controller/slot.py) so that its output, at most,
+# stays under ITEM_OUTPUT_BYTES: every checksum line reaches the controller.
+ITEM_OUTPUT_BYTES = 2 << 20
+_PLAIN = bytes(range(0x20, 0x7f)).replace(b"\\", b"")   # rsync prints them as they are
+
+
+def output_bound(job: Job) -> int:
+    """The most a job prints: OUTPUT_CAP and its --stats totals, and a checksum line
+    per regular file, twice for a copy (its %C, then a checksum pass), each name at
+    its longest as rsync prints it (an odd byte as the 5 characters of \\#ooo)."""
+    if not job.sums:
+        return OUTPUT_CAP + 200
+    per = len(protocol.SUM) + 2 * custody.ALGORITHMS[job.sums] + 2
+    names = sum(len(p) + 4 * len(p.translate(None, _PLAIN)) + per for p in job.paths)
+    return OUTPUT_CAP + 200 + names * (1 if job.kind is OutcomeKind.VERIFY else 2)
 
 
 def item_dir_prefix(migration_id: str, run_token: str) -> str:

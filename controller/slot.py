@@ -17,8 +17,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from fleetsync.ledger import (bandwidth, batches, clock, db, dirpass, filter_rules, migration,
-                              timetable, verify, workers)
+from fleetsync.ledger import (bandwidth, batches, clock, custody, db, dirpass, filter_rules,
+                              migration, timetable, verify, workers)
 from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
 from . import processes, rsync
@@ -140,7 +140,8 @@ def controller_alive(controller: str | None) -> bool:
         return True
 
 
-def _copy_jobs(conn, cap: int | None, worker_id: str, n: int) -> list[rsync.Job]:
+def _copy_jobs(conn, cap: int | None, worker_id: str, n: int, algorithm: str
+               ) -> list[rsync.Job]:
     claimed = batches.claim(conn, worker_id, n)
     if not claimed:
         return []
@@ -148,32 +149,43 @@ def _copy_jobs(conn, cap: int | None, worker_id: str, n: int) -> list[rsync.Job]
     jobs = []
     for c in claimed:
         paths, size = _batch_files(conn, c.task_id)
+        with conn.begin():
+            regular = custody.regular_paths(conn, c.task_id)
         jobs.append(rsync.Job(c.task_id, c.claim_no, paths,
                               share + rsync.COMPARE_OPTIONS[c.compare]
-                              + (["--sparse"] if c.sparse else []), size))
+                              + (["--sparse"] if c.sparse else []), size,
+                              sums=algorithm, regular=len(regular.intersection(paths))))
     return jobs
 
 
-def _verify_jobs(conn, worker_id: str, n: int) -> list[rsync.Job]:
+def _verify_jobs(conn, worker_id: str, n: int, algorithm: str,
+                 rate: int | None) -> list[rsync.Job]:
+    """Checks of succeeded batches: their regular files, hashed at DEST; rate: the
+    fleet's bound on DEST reads, shared by its slots (as bwlimit_options shares a cap)."""
+    pace = rate and max(1, rate // max(1, workers.total_slots(conn)))
     jobs = []
     while len(jobs) < n:
         claimed = verify.claim(conn, worker_id)
         if not claimed:
             break
-        paths, size = _batch_files(conn, claimed.task_id)
-        jobs.append(rsync.Job(claimed.task_id, claimed.claim_no, paths,
-                              list(rsync.VERIFY_OPTIONS),
-                              size * 2, OutcomeKind.VERIFY))
+        with conn.begin():
+            files = custody.regular_files(conn, claimed.task_id)
+        sizes = [s for _, _, s in files]
+        jobs.append(rsync.Job(claimed.task_id, claimed.claim_no, [p for p, _, _ in files], [],
+                              sum(sizes), OutcomeKind.VERIFY, sums=algorithm,
+                              regular=len(files), pace=pace,
+                              parts=rsync.pace_parts(sizes, pace) if pace else None))
     return jobs
 
 
 def _fit(jobs: list[rsync.Job]) -> tuple[list[rsync.Job], list[rsync.Job] | None]:
-    """The first jobs whose lists fit one item (at least one); the rest stay claimed
-    and ride in the next item."""
-    total = 0
+    """The first jobs whose lists fit one item, and whose output at most fits one
+    result (at least one job); the rest stay claimed and ride in the next item."""
+    total = output = 0
     for i, job in enumerate(jobs):
         total += len(job.listed()[0])
-        if total > ITEM_LIST_BYTES and i > 0:
+        output += rsync.output_bound(job)
+        if (total > ITEM_LIST_BYTES or output > rsync.ITEM_OUTPUT_BYTES) and i > 0:
             return jobs[:i], jobs[i:]
     return jobs, None
 
@@ -225,7 +237,7 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
                  rsync_options: list[str], mode: OutcomeKind = OutcomeKind.COPY,
                  delete: DeleteMode = DeleteMode.OFF, lanes: int = 1,
                  controller: str | None = None, beat: float = rsync.BEAT_SECONDS,
-                 stop_at: float | None = None) -> str:
+                 stop_at: float | None = None, verify_rate: int | None = None) -> str:
     """Claim the next batches for this host and return the command that runs them
     (lanes: its slots); when every batch is done, the hosts share the directory
     pass; then STOP. Verify mode checks succeeded batches the same way. From stop_at
@@ -252,11 +264,12 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
             jobs, pace.carry = pace.carry or [], None
             if pending and not jobs:
                 n = _how_many(pace, lanes, pending, lanes, fleet_slots)
+                algorithm = custody.choice(mig.options)
                 if mode is OutcomeKind.VERIFY:
-                    jobs = _verify_jobs(conn, worker_id, n)
+                    jobs = _verify_jobs(conn, worker_id, n, algorithm, verify_rate)
                 else:
                     pace.cap = _cap_now(look)
-                    jobs = _copy_jobs(conn, pace.cap, worker_id, n)
+                    jobs = _copy_jobs(conn, pace.cap, worker_id, n, algorithm)
                 for job in jobs:
                     job.options = rsync_options + job.options
             if jobs:

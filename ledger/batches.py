@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from . import entry_outcomes, logbook
+from . import custody, entry_outcomes, logbook
 from .entry_outcomes import EntryOutcome
 from .schema import attempts, batch_counts, batch_files, batches, migration
 from .states import AttemptStatus, BatchState, Compare, EntryClass, LogLevel
@@ -69,6 +69,10 @@ class Report:
     # attempt says so entry by entry: then every other entry it sent arrived.
     file_outcomes: list[EntryOutcome] = field(default_factory=list)
     rest_arrived: bool = False
+    # SRC's checksums the attempt's rsync printed (ledger/custody.py), by entry: kept
+    # only for the entries the outcome says arrived (rsync prints %C before its write
+    # can still fail).
+    checksums: dict[bytes, bytes] = field(default_factory=dict)
 
 
 def errors_json(errors: list[str]) -> str:
@@ -168,6 +172,10 @@ def _finish(conn: Connection, report: Report, new_state: BatchState,
             known = report.rest_arrived or new_state is BatchState.SUCCEEDED
             entry_outcomes.record_attempt(conn, report.task_id, attempt_id, copied,
                                           report.file_outcomes, report.rest_arrived, known, now)
+            if known and status is not AttemptStatus.STOPPED:
+                failed = {o.path for o in report.file_outcomes}
+                custody.record(conn, report.task_id, {p: c for p, c in report.checksums.items()
+                                                      if p not in failed})
         lines = [message] if message else []
         if report.file_outcomes:
             vanished = all(o.cls is EntryClass.VANISHED for o in report.file_outcomes)

@@ -20,3 +20,7 @@ CENSUS_EXAMPLES = 20
 # ordinary path lengths. The ledger's own figure (its size over its entries) is used
 # when larger: long names cost more.
 LEDGER_BYTES_PER_ENTRY = 140
+# The checksum a new ledger records of every file (ledger/custody.py): rsync's own
+# transfer checksum, so recording it while copying reads nothing more; `xxhsum -H2`
+# checks it. A ledger keeps the algorithm it was created with.
+CHECKSUM_CHOICE = "xxh128"

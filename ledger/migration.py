@@ -261,6 +261,16 @@ def pass_after_copied(conn: Connection) -> None:
             options=func.json_set(migration.c.options, f"$.{PASS_AFTER}", floor)))
 
 
+def keep_option(conn: Connection, key: str, value) -> None:
+    """An option fixed once written (the checksum algorithm, ledger/custody.py): a
+    ledger created before the option existed gets it here, at its first run that
+    knows it; a ledger that has it keeps its own."""
+    with conn.begin():
+        conn.execute(update(migration).where(
+            func.json_extract(migration.c.options, f"$.{key}").is_(None))
+            .values(options=func.json_set(migration.c.options, f"$.{key}", value)))
+
+
 # ctime of an entry changed just as the previous walk started may be a tick older.
 RESCAN_MARGIN = 1.0
 

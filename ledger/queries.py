@@ -27,9 +27,9 @@ from sqlalchemy import Connection
 from . import entry_outcomes as _entry_outcomes
 from . import migration as _migration
 from . import schema as _schema
-from .defaults import ENTRIES_PAGE, LOGS_LIMIT, RESULTS_PAGE, RETAINED_LIMIT
+from .defaults import CHECKSUM_CHOICE, ENTRIES_PAGE, LOGS_LIMIT, RESULTS_PAGE, RETAINED_LIMIT
 from .logbook import show_path
-from .states import (AttemptStatus, BatchState, EntryClass, EntrySource, LogLevel,
+from .states import (AttemptStatus, BatchState, EntryClass, EntrySource, FileVerdict, LogLevel,
                      ProducerState, WorkerState)
 
 GIB = 1024 ** 3
@@ -364,10 +364,7 @@ def batch(conn: Connection, task_id: int, limit: int = ENTRIES_PAGE,
     found = _rows(conn, _BATCH, {"t": task_id})
     if not found:
         return None
-    entries = [{"path": show_path(bytes(p)), "path_hex": bytes(p).hex(),
-                "is_dir": bool(d), "size": s}
-               for p, d, s in _rows(conn, _ENTRIES, {"t": task_id, "limit": limit,
-                                                     "offset": offset})]
+    entries = _entries(conn, task_id, limit, offset)
     return {"batch": dict(zip(_BATCH_COLUMNS, found[0])), "entries": entries,
             "entries_total": _value(conn, _ENTRY_COUNT, {"t": task_id}),
             # Added key (issue 10): its entries that did not arrive, and why ("open":
@@ -375,6 +372,31 @@ def batch(conn: Connection, task_id: int, limit: int = ENTRIES_PAGE,
             "failed_entries": _failed_entries(conn, task_id),
             "attempts": _results(conn, "WHERE a.task_id = :t ORDER BY a.attempt_id",
                                  {"t": task_id})}
+
+
+_CUSTODY_ENTRIES = ("SELECT path, is_dir, size, checksum, verified FROM batch_files "
+                    "WHERE task_id = :t ORDER BY path LIMIT :limit OFFSET :offset")
+_CHECKSUM_CHOICE = "SELECT json_extract(options, '$.checksum_choice') FROM migration"
+# Added keys of each entry (issue 23): SRC's checksum recorded while copying, as
+# `ALGO:HEX` with rsync's name of the algorithm (null: none recorded), and what the
+# last verify found at DEST (null: not checked).
+_VERDICTS = {v.value: v.name.lower() for v in FileVerdict}
+
+
+def _entries(conn: Connection, task_id: int, limit: int, offset: int) -> list[dict]:
+    args = {"t": task_id, "limit": limit, "offset": offset}
+    try:
+        rows = _rows(conn, _CUSTODY_ENTRIES, args)
+        algorithm = _value(conn, _CHECKSUM_CHOICE, {}) or CHECKSUM_CHOICE
+    except sqlite3.OperationalError as e:
+        if "no such column" not in str(e):
+            raise
+        # A ledger older than custody, served read-only (no one added its columns).
+        rows = [(*r, None, None) for r in _rows(conn, _ENTRIES, args)]
+        algorithm = CHECKSUM_CHOICE
+    return [{"path": show_path(bytes(p)), "path_hex": bytes(p).hex(), "is_dir": bool(d),
+             "size": s, "checksum": None if c is None else f"{algorithm}:{bytes(c).hex()}",
+             "verified": _VERDICTS.get(v)} for p, d, s, c, v in rows]
 
 
 _FAILED_ENTRIES = ("SELECT path, class, reason, errno, source, attempt_id, settled_ts "

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 
 from .db import APPLICATION_ID
-from .states import AttemptStatus, BatchState, EntryClass, VerifyState, WalkDirState
+from .states import AttemptStatus, BatchState, EntryClass, FileVerdict, VerifyState, WalkDirState
 
 __all__ = ["AttemptStatus", "BatchState", "create", "metadata"]
 
@@ -247,7 +247,7 @@ verifications = Table(
     Column("worker_id", Text),
     Column("checked_ts", Float),
     Column("exit_code", Integer),
-    Column("differences", Text, nullable=False, server_default="[]"),  # rsync's itemized lines
+    Column("differences", Text, nullable=False, server_default="[]"),  # its first files not intact
 )
 
 verify_counts = Table(
@@ -382,6 +382,18 @@ _MISSING_ENTRIES_VIEW = f"""CREATE VIEW IF NOT EXISTS missing_entries AS
          SELECT 1 FROM entry_outcomes o WHERE o.task_id = b.task_id
          AND o.settled_ts IS NULL AND o.rest_arrived = 1)"""
 
+# Every file a verify did not find intact, named (ledger/custody.py): the per-file
+# verdicts other than SAME; the partial index keeps it cheap at millions of files.
+_CUSTODY_PROBLEMS_VIEW = f"""CREATE VIEW IF NOT EXISTS custody_problems AS
+   SELECT f.path, CAST(f.path AS TEXT) AS path_text, f.task_id,
+          CASE f.verified WHEN {int(FileVerdict.DIFFERS)} THEN 'differs'
+                          WHEN {int(FileVerdict.MISSING)} THEN 'missing'
+                          ELSE 'unrecorded' END AS problem,
+          lower(hex(f.checksum)) AS src_checksum
+   FROM batch_files f
+   WHERE f.verified IN ({int(FileVerdict.DIFFERS)}, {int(FileVerdict.MISSING)},
+                        {int(FileVerdict.UNRECORDED)})"""
+
 _ENTRY_OUTCOMES_DDL = [
     "CREATE INDEX IF NOT EXISTS entry_outcomes_open ON entry_outcomes(task_id) "
     "WHERE settled_ts IS NULL",
@@ -390,6 +402,10 @@ _ENTRY_OUTCOMES_DDL = [
     "CREATE INDEX IF NOT EXISTS batches_failed ON batches(task_id) "
     f"WHERE state = '{BatchState.FAILED.value}'",
     _MISSING_ENTRIES_VIEW,
+    "CREATE INDEX IF NOT EXISTS batch_files_problems ON batch_files(task_id, path) "
+    f"WHERE verified IN ({int(FileVerdict.DIFFERS)}, {int(FileVerdict.MISSING)}, "
+    f"{int(FileVerdict.UNRECORDED)})",
+    _CUSTODY_PROBLEMS_VIEW,
 ]
 # -- end of per-file outcomes ---------------------------------------------------------
 
@@ -398,6 +414,9 @@ _EXTRA_DDL = [
     "CREATE INDEX IF NOT EXISTS walk_dirs_pending ON walk_dirs(dir_id) "
     f"WHERE state = '{WalkDirState.PENDING.value}'",
     "CREATE INDEX IF NOT EXISTS hardlinks_waiting ON hardlinks(dev, ino) WHERE task_id IS NULL",
+    # a batch's hard links, when its checksums are recorded (ledger/custody.py)
+    "CREATE INDEX IF NOT EXISTS hardlinks_batched ON hardlinks(task_id, path) "
+    "WHERE task_id IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS walk_dirs_claimed ON walk_dirs(dir_id) "
     f"WHERE state = '{WalkDirState.CLAIMED.value}'",
     "CREATE INDEX IF NOT EXISTS batches_waiting ON batches(task_id) "

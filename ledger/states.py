@@ -57,12 +57,13 @@ class AttemptStatus(str, enum.Enum):
 
 
 class VerifyState(str, enum.Enum):
-    """A succeeded batch checked again with rsync --checksum --dry-run."""
+    """A succeeded batch verified by file: its files hashed at DEST, compared with the
+    checksums recorded from SRC (FileVerdict, each file's)."""
     PENDING = "pending"    # to be checked
     RUNNING = "running"    # a slot checks it now
-    VERIFIED = "verified"  # DEST holds the same bytes
-    DIFFERS = "differs"    # rsync listed entries a copy would change
-    ERROR = "error"        # the check itself failed (rsync exit != 0)
+    VERIFIED = "verified"  # every file of it is the same at DEST
+    DIFFERS = "differs"    # a file differs, is missing, or has no checksum recorded
+    ERROR = "error"        # the check itself failed (its rsync exit: not 0, 23 or 24)
     STALE = "stale"        # the batch went back in the queue since: the verdict was about
                            # the old copy; checked again once the new copy succeeded
 

@@ -1,4 +1,9 @@
-"""Verification of succeeded batches: rsync's checksum dry-run on a worker.
+"""Verification of succeeded batches, by file: a worker hashes the batch's regular
+files at DEST (controller/rsync.py), and each file's digest is compared with SRC's,
+recorded while copying (ledger/custody.py). Each file gets its verdict
+(batch_files.verified, states.FileVerdict) and the batch's derives from them:
+verified when every file is the same, differs when one differs, is missing or has
+no recorded checksum (the view custody_problems names them).
 
 One row per batch checked, with the same guarded transitions as batches
 (pending -> running -> verified | differs | error; a lost host's checks go back
@@ -15,9 +20,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
-from . import logbook
+from . import custody, logbook
 from .batches import errors_json, requeue
-from .states import BatchState, Compare, VerifyState
+from .states import BatchState, Compare, FileVerdict, VerifyState
 
 _SUCCEEDED = BatchState.SUCCEEDED.value
 _PENDING, _RUNNING = VerifyState.PENDING.value, VerifyState.RUNNING.value
@@ -71,22 +76,40 @@ def claim(conn: Connection, worker_id: str) -> Claim | None:
     return Claim(row.task_id, row.claim) if row else None
 
 
+# rsync's exits of a hashing pass that still hashed what it could read: 23 (some
+# names could not be read: missing at DEST) and 24 (vanished while it read).
+_HASHED = (0, 23, 24)
+
+
 def record(conn: Connection, task_id: int, claim_no: int, exit_code: int | None,
-           differences: list[str], errors: list[str]) -> bool:
-    """running -> verified | differs | error, for this claim only.
-    differences: rsync's itemized lines, one per entry a copy would change."""
-    state = (VerifyState.ERROR if exit_code != 0
-             else VerifyState.DIFFERS if differences else VerifyState.VERIFIED)
-    # Names as every other answer shows them (logbook.show_path: \xNN), not as rsync
-    # printed them (\#ooo).
-    shown = [logbook.show_rsync_line(line) for line in differences + errors]
+           found: dict[bytes, bytes], errors: list[str]) -> bool:
+    """running -> verified | differs | error, for this claim only, with the verdict
+    of each regular file. found: DEST's digests by path; an exit other than
+    _HASHED means the check could not run (its errors say why; no file verdict)."""
     with conn.begin():
-        return conn.execute(text(
+        row = conn.execute(text("SELECT 1 FROM verifications WHERE task_id = :id "
+                                "AND claim = :c AND state = :r"),
+                           {"id": task_id, "c": claim_no, "r": _RUNNING}).first()
+        if row is None:
+            return False
+        named: list[str] = []
+        if exit_code in _HASHED:
+            files = custody.regular_files(conn, task_id)
+            verdicts = custody.verdicts({p: c for p, c, _ in files}, found)
+            custody.record_verdicts(conn, task_id, verdicts)
+            named = [f"{v.name.lower()}: {logbook.show_path(p)}"
+                     for p, v in verdicts.items() if v is not FileVerdict.SAME]
+            state = VerifyState.DIFFERS if named else VerifyState.VERIFIED
+        else:
+            state = VerifyState.ERROR
+            named = [logbook.show_rsync_line(line) for line in errors]
+        conn.execute(text(
             "UPDATE verifications SET state = :s, checked_ts = :t, exit_code = :e, "
             "differences = :d WHERE task_id = :id AND claim = :c AND state = :r"),
             {"s": state.value, "t": time.time(), "e": exit_code,
-             "d": errors_json(shown), "id": task_id, "c": claim_no,
-             "r": _RUNNING}).rowcount == 1
+             "d": errors_json(named),     # its first lines; custody_problems: all
+             "id": task_id, "c": claim_no, "r": _RUNNING})
+        return True
 
 
 def release_worker(conn: Connection, worker_id: str | None) -> int:

@@ -27,6 +27,11 @@ def _number(value):
     return None if value in (None, "", "None") else float(value)
 
 
+def _whole(value):
+    """An extra variable that is a whole number or unset."""
+    return None if value in (None, "", "None") else int(value)
+
+
 class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
         from fleetsync.controller import protocol, rsync, slot
@@ -48,6 +53,7 @@ class LookupModule(LookupBase):
                                       lanes=int(v.get("fleetsync_lanes", 1)),
                                       controller=v.get("fleetsync_controller"),
                                       beat=float(v.get("fleetsync_beat", rsync.BEAT_SECONDS)),
-                                      stop_at=_number(v.get("fleetsync_window_stop_at")))]
+                                      stop_at=_number(v.get("fleetsync_window_stop_at")),
+                                      verify_rate=_whole(v.get("fleetsync_verify_rate")))]
         except Exception as e:  # an exception here would fail the host; say why instead
             raise AnsibleError(f"fleetsync_claim: {type(e).__name__}: {e}") from e
