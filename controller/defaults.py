@@ -63,3 +63,9 @@ API_HOST, API_PORT = api_defaults.HOST, api_defaults.PORT   # the API's own (api
 # ZFS (.zfs), and of IBM Spectrum Scale / some NAS (.ckpt). Copying them copies every
 # snapshot of the tree again. Name patterns (no slash): at any depth, any type.
 DEFAULT_EXCLUDES = ("- .snapshot*", "- .zfs", "- .ckpt")
+
+# `fleetsync report --format html` (controller/report_html.py): the failures it lists
+# and the rows of its table, at most. A browser shows 10,000 rows of a table at once
+# (about 3 MB of HTML); the CSV, complete, is the record of every entry.
+REPORT_FAILURES = 10_000
+REPORT_TABLE_ROWS = 10_000

@@ -15,3 +15,9 @@ LIVE_AFTER_HEARTBEAT = 15.0
 # directories, odd names, unreadable and excluded entries): enough to act on, and a
 # JSON answer of bounded size whatever the tree.
 CENSUS_EXAMPLES = 20
+# The checksum algorithm of a ledger whose options name none (issue 23): rsync's own
+# transfer checksum, what custody records by default.
+CHECKSUM_CHOICE = "xxh128"
+# `fleetsync report` plots the throughput over the migration's span in this many
+# equal spans of time: fine enough to show a stall, a plot of bounded size.
+REPORT_BUCKETS = 60
