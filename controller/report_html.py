@@ -33,12 +33,14 @@ def _e(value) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def _table(head: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
-    cells = "".join(f"<th>{_e(h)}</th>" for h in head)
+def _table(head: list[str] | None, rows: list[list], numeric: set[int] = frozenset()) -> str:
+    """A table; head None: rows of (name, value), no header row."""
+    cells = "".join(f"<th>{_e(h)}</th>" for h in head or [])
+    cells = f"<tr>{cells}</tr>" if cells else ""
     body = "".join("<tr>" + "".join(
         f'<td{" class=n" if i in numeric else ""}>{_e(v)}</td>' for i, v in enumerate(r))
         + "</tr>" for r in rows)
-    return f"<table><tr>{cells}</tr>{body}</table>"
+    return f"<table>{cells}{body}</table>"
 
 
 def _bars(values: list[float], labels: list[str], unit: str, title: str) -> str:
@@ -66,7 +68,7 @@ def _over_time(throughput: dict) -> str:
     width = throughput["width_sec"]
     rates = [b / width / 2 ** 20 for b in throughput["bytes"]]
     labels = [utc(throughput["start_ts"] + i * width)[11:19] for i in range(len(rates))]
-    return (_bars(rates, labels, "MiB/s", f"bytes of succeeded batches per {width:,.1f} s, "
+    return (_bars(rates, labels, "MiB/s", f"bytes of succeeded batches per {width:,.3g} s, "
                   "by the time their copy ended (UTC)"))
 
 
@@ -74,7 +76,10 @@ def _per_worker(hosts: list[dict]) -> str:
     done = [h for h in hosts if h["batches"]]
     if not done:
         return "<p>No worker has finished a batch yet.</p>"
-    return _bars([h["mib_per_second"] or 0.0 for h in done], [h["host"] for h in done],
+    # From bytes and seconds, not the view's rounded rate (0.0 for a small tree).
+    rates = [(h["bytes"] or 0) / 2 ** 20 / h["wall_seconds"] if h["wall_seconds"] else 0.0
+             for h in done]
+    return _bars(rates, [h["host"] for h in done],
                  "MiB/s", "per worker: wall-clock rate of its succeeded batches")
 
 
@@ -98,7 +103,7 @@ def _summary(header: dict, tally: Tally, csv_sha) -> str:
         rows.append(["CSV SHA-256", f"{csv_sha[0]}  {csv_sha[1]}"])
     outcomes = [[o, f"{c['entries']:,}", sizes.show(c["bytes"])]
                 for o, c in tally.outcomes.items()]
-    return (_table(["", ""], rows) + "<h2>Outcomes</h2>"
+    return (_table(None, rows) + "<h2>Outcomes</h2>"
             + _table(["outcome", "entries", "bytes"], outcomes, {1, 2})
             + _table(["type", "entries"], [[t, f"{n:,}"] for t, n in tally.types.items()], {1})
             + _table(["verified", "entries"], [[v, f"{n:,}"] for v, n in
