@@ -51,10 +51,17 @@ def _utc_second(second: int) -> str:
         "%Y-%m-%dT%H:%M:%SZ")
 
 
+# Outcomes written with their reason; those the HTML lists as failures.
+_WITH_REASON = {ReportOutcome.NOT_ARRIVED, ReportOutcome.EXCLUDED}
+_FAILED = {ReportOutcome.NOT_ARRIVED, ReportOutcome.VANISHED}
+_DIR = EntryType.DIR
+
+
 def fields(e: Entry, algorithm: str) -> dict:
     """One row's columns (COLUMNS), as every format writes them."""
-    outcome = e.outcome.value + (f": {e.reason}" if e.reason and e.outcome in (
-        ReportOutcome.NOT_ARRIVED, ReportOutcome.EXCLUDED) else "")
+    outcome = e.outcome.value
+    if e.reason and e.outcome in _WITH_REASON:
+        outcome = f"{outcome}: {e.reason}"
     verified = "not checked" if e.verified is None else VERDICTS[e.verified]
     return {"path": escape_path(e.path), "type": TYPES.get(e.type, ""), "size": e.size,
             "mtime": e.mtime, "outcome": outcome,
@@ -68,7 +75,7 @@ class Tally:
     outcome, the first failures and the first rows for the HTML (bounded)."""
 
     def __init__(self, keep_rows: int = 0):
-        self.outcomes = {o.value: {"entries": 0, "bytes": 0} for o in ReportOutcome}
+        self.outcomes = {o: {"entries": 0, "bytes": 0} for o in ReportOutcome}
         self.types = {name: 0 for name in (*TYPES.values(), "unknown")}
         self.verified = {word: 0 for word in dict.fromkeys(VERDICTS.values())}
         self.entries = 0
@@ -78,17 +85,18 @@ class Tally:
 
     def add(self, e: Entry, row: dict) -> None:
         self.entries += 1
-        counted = self.outcomes[e.outcome.value]
+        counted = self.outcomes[e.outcome]
         counted["entries"] += 1
-        counted["bytes"] += (e.size or 0) if e.type is not EntryType.DIR else 0
+        counted["bytes"] += (e.size or 0) if e.type is not _DIR else 0
         self.types[row["type"] or "unknown"] += 1
         self.verified[row["verified"]] += 1
-        if e.outcome in (ReportOutcome.NOT_ARRIVED, ReportOutcome.VANISHED) and \
-                len(self.failures) < REPORT_FAILURES:
+        if e.outcome in _FAILED and len(self.failures) < REPORT_FAILURES:
             self.failures.append(row)
         if len(self.rows) < self.keep_rows:
             self.rows.append(row)
 
     def summary(self) -> dict:
-        return {"entries": self.entries, "outcomes": self.outcomes, "types": self.types,
+        return {"entries": self.entries,
+                "outcomes": {o.value: counted for o, counted in self.outcomes.items()},
+                "types": self.types,
                 "verified": self.verified}

@@ -101,7 +101,7 @@ def _summary(header: dict, tally: Tally, csv_sha) -> str:
                      "(view missing_entries, path NULL)"])
     if csv_sha:
         rows.append(["CSV SHA-256", f"{csv_sha[0]}  {csv_sha[1]}"])
-    outcomes = [[o, f"{c['entries']:,}", sizes.show(c["bytes"])]
+    outcomes = [[o.value, f"{c['entries']:,}", sizes.show(c["bytes"])]
                 for o, c in tally.outcomes.items()]
     return (_table(None, rows) + "<h2>Outcomes</h2>"
             + _table(["outcome", "entries", "bytes"], outcomes, {1, 2})
@@ -116,8 +116,8 @@ def page(header: dict, tally: Tally, hosts: list[dict], throughput: dict,
     live = ('<p class="live">A run was writing this ledger when the report was made: it '
             f"is of one moment ({_e(header['generated_at'])}), not of the migration's end."
             "</p>") if header.get("live") else ""
-    failed = tally.outcomes[ReportOutcome.NOT_ARRIVED.value]["entries"] \
-        + tally.outcomes[ReportOutcome.VANISHED.value]["entries"]
+    failed = tally.outcomes[ReportOutcome.NOT_ARRIVED]["entries"] \
+        + tally.outcomes[ReportOutcome.VANISHED]["entries"]
     shown = len(tally.rows)
     host_rows = [[h["host"], h["worker_id"], h["state"], h["batches"] or 0, h["files"] or 0,
                   sizes.show(h["bytes"] or 0), h["mib_per_second"]] for h in hosts]

@@ -36,6 +36,7 @@ from .states import BatchState, EntryClass, EntryType, ReportOutcome
 # The outcome of an entry whose batch has not copied it yet, by the batch's state.
 _NOT_YET = {BatchState.PENDING.value: "waiting to be copied (its batch is pending)",
             BatchState.RUNNING.value: "being copied (its batch is running)"}
+_ARRIVED = ReportOutcome.ARRIVED
 _LINK_WAITS = "waiting to be batched (a hard link: batched once the walk ends)"
 _FETCH = 2000          # rows a cursor fetches at a time
 
@@ -106,6 +107,8 @@ def entries(conn: Connection) -> Iterator[Entry]:
 
 def _entry(path: bytes, rows: list[tuple[int, tuple]]) -> Entry:
     """The one row of a path from what each stream holds of it."""
+    if len(rows) == 1 and rows[0][0] == _FILE:     # most paths: one batch, nothing else
+        return _from_batch(path, rows[0][1], *_outcome(rows[0][1], (), None, None))
     files = [r for t, r in rows if t == _FILE]
     missing = [r for t, r in rows if t == _MISS]
     pruned = next((r for t, r in rows if t == _PRUNE), None)
@@ -113,11 +116,7 @@ def _entry(path: bytes, rows: list[tuple[int, tuple]]) -> Entry:
     last = files[-1] if files else None          # ordered by task_id: the latest batch
     outcome, reason = _outcome(last, missing, pruned, link)
     if last is not None:
-        _, task_id, is_dir, kind, size, mtime, checksum, verified, _, worker, attempt, end = last
-        kind = _type(kind, is_dir)
-        copied = end if outcome is ReportOutcome.ARRIVED else None
-        return Entry(path, kind, size, mtime, outcome, reason, checksum and bytes(checksum),
-                     verified, worker, task_id, attempt, copied)
+        return _from_batch(path, last, outcome, reason)
     if link is not None:
         _, size, kind, mtime = link
         return Entry(path, _type(kind, 0), size, mtime, outcome, reason,
@@ -127,6 +126,14 @@ def _entry(path: bytes, rows: list[tuple[int, tuple]]) -> Entry:
 
 
 _TYPES = tuple(EntryType)     # by value: EntryType(kind) costs a microsecond a row
+
+
+def _from_batch(path: bytes, last: tuple, outcome: ReportOutcome, reason: str) -> Entry:
+    """A row from the path's latest batch (a row of _FILES)."""
+    _, task_id, is_dir, kind, size, mtime, checksum, verified, _, worker, attempt, end = last
+    copied = end if outcome is _ARRIVED else None
+    return Entry(path, _type(kind, is_dir), size, mtime, outcome, reason,
+                 checksum and bytes(checksum), verified, worker, task_id, attempt, copied)
 
 
 def _type(kind: int | None, is_dir: int) -> EntryType | None:
@@ -151,5 +158,5 @@ def _outcome(last, missing, pruned, link) -> tuple[ReportOutcome, str]:
         state = last[8]
         if state in _NOT_YET:
             return ReportOutcome.NOT_ARRIVED, _NOT_YET[state]
-        return ReportOutcome.ARRIVED, ""
+        return _ARRIVED, ""
     return ReportOutcome.NOT_ARRIVED, _LINK_WAITS    # only `hardlinks` holds it
