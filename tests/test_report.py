@@ -11,12 +11,13 @@ import hashlib
 import io
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 
 from fleetsync.ledger.lock import LedgerLock
 
-from .support import error_line, fleetsync, ok, query, run_tree
+from .support import error_line, eventually, fleetsync, ok, popen, query, run_tree
 
 # Names a tree can hold that break naive reports: not UTF-8, a newline, a tab, a
 # backslash that looks like an escape, CSV's comma and quote, a leading dash.
@@ -181,6 +182,40 @@ def test_a_path_copied_again_is_reported_from_its_latest_batch(tmp_path):
     rows = {r["path"]: r for r in rows_of(report(tmp_path / "l.db").stdout.decode())}
     assert len(rows) == 5                                   # one row per path
     assert rows["f2"]["task_id"] == str(batches[-1]) and rows["f2"]["size"] == "15"
+
+
+def succeeded(ledger: str) -> int:
+    """Batches succeeded so far (0 while the run has not made its tables yet)."""
+    try:
+        return query(ledger, "SELECT batches FROM batch_counts WHERE state = 'succeeded'")[0][0]
+    except (sqlite3.OperationalError, IndexError):
+        return 0
+
+
+def test_a_report_during_a_real_run_says_so(tmp_path):
+    """A run copying at 20 KiB/s for the whole fleet (40 s at least) is reported while
+    it goes on: said on stderr and in the header; every row is of that moment."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i:02d}").write_bytes(b"x" * 20_000)
+    ledger = str(tmp_path / "l.db")
+    p = popen("run", "--src", str(src), "--dest", str(tmp_path / "dest"), "--ledger", ledger,
+              "--no-api", "--batch-files", "1", "--bwlimit", "20KiB")
+    try:
+        eventually(lambda: succeeded(ledger) > 0, "a batch succeeded", 240, p)
+        r = report(ledger, "--format", "json")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(240)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"warning: a run is writing" in r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["header"]["live"] is True and doc["header"]["run_state"] == "running"
+    assert len(doc["rows"]) == 41 and doc["summary"]["outcomes"]["arrived"]["entries"] >= 1
+    assert all(row["outcome"] in ("arrived", "not arrived: waiting to be copied (its batch is "
+                                  "pending)", "not arrived: being copied (its batch is running)")
+               for row in doc["rows"]), doc["rows"]
 
 
 def test_a_ledger_a_run_holds_is_reported_as_one_moment(tmp_path):
