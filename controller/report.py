@@ -98,7 +98,10 @@ def _target(path: str | None) -> Iterator[_Sink]:
         sys.stdout.buffer.flush()
         return
     folder, name = os.path.split(os.path.abspath(path))
-    fd, part = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    try:
+        fd, part = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    except OSError as e:
+        raise UsageError(f"cannot write beside {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             sink = _Sink(f)
@@ -106,11 +109,20 @@ def _target(path: str | None) -> Iterator[_Sink]:
             digest = sink.hexdigest()        # the last text written, then its hash
         os.chmod(part, 0o644)
         os.replace(part, path)
+        with open(path + ".sha256", "w", encoding="utf-8") as f:
+            f.write(f"{digest}  {name}\n")
+    except OSError as e:          # a full disk, a quota: one line, no half report
+        _remove(part)
+        raise UsageError(f"cannot write {path}: {e.strerror}") from None
     except BaseException:
-        os.unlink(part)
+        _remove(part)
         raise
-    with open(path + ".sha256", "w", encoding="utf-8") as f:
-        f.write(f"{digest}  {name}\n")
+
+
+def _remove(part: str) -> None:
+    """The unfinished file, if it is still there (renamed: the report is whole)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(part)
 
 
 def run(args) -> int:
