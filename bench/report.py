@@ -14,8 +14,8 @@ for real), and 1,000 pruned entries. Then, per round, interleaved:
 - the floor: the sqlite3 shell dumping the same table joined with its batches as
   CSV (`sqlite3 -csv`), no order, no outcome, no escaping: what reading the rows costs.
 
-Each as a child process; its wall time and its peak resident memory (GNU time's
-%M). Medians, the ratio to the floor, rows/s, the load average. Memory
+Each as a child process; its wall time, its CPU time and its peak resident memory
+(GNU time's %U %S %M). Medians, the ratio to the floor, rows/s, the load average. Memory
 that stays flat from 100,000 to 1,000,000 entries is the streaming's proof.
 """
 from __future__ import annotations
@@ -94,17 +94,19 @@ def build(path: str, entries: int) -> float:
     return time.perf_counter() - t
 
 
-def measure(argv: list[str], stdout=subprocess.DEVNULL) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB) of one child process. The peak is GNU time's %M:
-    os.wait4 on a child of this process would report this process's own peak too
-    (Linux keeps the peak of the memory a child had before its exec, ours)."""
+def measure(argv: list[str], stdout=subprocess.DEVNULL) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS in MiB) of one child process, by GNU time
+    (%U %S %M): os.wait4 on a child of this process would report this process's own
+    peak too (Linux keeps the peak of the memory a child had before its exec, ours).
+    CPU time is what a loaded machine changes least."""
     t = time.perf_counter()
-    r = subprocess.run(["/usr/bin/time", "-f", "%M", *argv], stdout=stdout,
+    r = subprocess.run(["/usr/bin/time", "-f", "%U %S %M", *argv], stdout=stdout,
                        stderr=subprocess.PIPE, cwd=REPO)
     wall = time.perf_counter() - t
     err = r.stderr.decode().strip().splitlines()
     assert r.returncode == 0, (argv, err)
-    return wall, int(err[-1]) / 1024
+    user, system, peak = err[-1].split()
+    return wall, float(user) + float(system), int(peak) / 1024
 
 
 def load() -> str:
@@ -141,13 +143,16 @@ def main() -> int:
         with open(csv_file, "rb") as f:
             rows = sum(1 for _ in f) - 1
         assert rows == entries + PRUNED, rows
-        floor = statistics.median(w for w, _ in got["floor sqlite3 -csv"])
+        floor = statistics.median(w for w, _, _ in got["floor sqlite3 -csv"])
         for k, runs in got.items():
-            wall = statistics.median(w for w, _ in runs)
-            rss = max(m for _, m in runs)
-            print(f"  {k:20s} median {wall:6.2f} s  {rows / wall:>10,.0f} rows/s  "
-                  f"x{wall / floor:4.1f} the floor  peak RSS {rss:6.1f} MiB  "
-                  f"(runs: {', '.join(f'{w:.2f}' for w, _ in runs)})", flush=True)
+            wall = statistics.median(w for w, _, _ in runs)
+            cpu = statistics.median(c for _, c, _ in runs)
+            rss = max(m for _, _, m in runs)
+            print(f"  {k:20s} wall {wall:6.2f} s ({rows / wall:>9,.0f} rows/s, "
+                  f"x{wall / floor:4.1f} the floor)  CPU {cpu:6.2f} s "
+                  f"({rows / cpu:>9,.0f} rows/s)  peak RSS "
+                  f"{rss:6.1f} MiB  (walls: {', '.join(f'{w:.2f}' for w, _, _ in runs)})",
+                  flush=True)
         print(f"  load average after each round: {', '.join(loads)}; CSV {rows:,} rows, "
               f"{os.path.getsize(csv_file) / 2**20:,.0f} MiB; HTML "
               f"{os.path.getsize(html_file) / 2**20:,.1f} MiB", flush=True)

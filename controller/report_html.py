@@ -72,14 +72,17 @@ def _over_time(throughput: dict) -> str:
                   "by the time their copy ended (UTC)"))
 
 
+def _rate(host: dict) -> float:
+    """MiB/s from bytes and seconds, not the view's rate rounded to 0.1 (0.0 for a
+    small tree, or a slow one)."""
+    return (host["bytes"] or 0) / 2 ** 20 / host["wall_seconds"] if host["wall_seconds"] else 0.0
+
+
 def _per_worker(hosts: list[dict]) -> str:
     done = [h for h in hosts if h["batches"]]
     if not done:
         return "<p>No worker has finished a batch yet.</p>"
-    # From bytes and seconds, not the view's rounded rate (0.0 for a small tree).
-    rates = [(h["bytes"] or 0) / 2 ** 20 / h["wall_seconds"] if h["wall_seconds"] else 0.0
-             for h in done]
-    return _bars(rates, [h["host"] for h in done],
+    return _bars([_rate(h) for h in done], [h["host"] for h in done],
                  "MiB/s", "per worker: wall-clock rate of its succeeded batches")
 
 
@@ -120,7 +123,7 @@ def page(header: dict, tally: Tally, hosts: list[dict], throughput: dict,
         + tally.outcomes[ReportOutcome.VANISHED]["entries"]
     shown = len(tally.rows)
     host_rows = [[h["host"], h["worker_id"], h["state"], h["batches"] or 0, h["files"] or 0,
-                  sizes.show(h["bytes"] or 0), h["mib_per_second"]] for h in hosts]
+                  sizes.show(h["bytes"] or 0), f"{_rate(h):,.3g}"] for h in hosts]
     return "".join([
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f"<title>fleetsync report: {_e(header.get('src'))} to {_e(header.get('dest'))}</title>",

@@ -23,8 +23,7 @@ from .states import AttemptStatus, RunState
 
 _MIGRATION = ("SELECT migration_id, src, dest, options, created_ts, elapsed_before, "
               "run_started_ts, run_heartbeat_ts, finished_ts FROM migration")
-_HOSTS = """SELECT w.worker_id, w.host, w.state, t.batches, t.files, t.bytes,
-       t.wall_seconds, t.mib_per_second
+_HOSTS = """SELECT w.worker_id, w.host, w.state, t.batches, t.files, t.bytes, t.wall_seconds
 FROM workers w LEFT JOIN worker_throughput t USING (worker_id) ORDER BY w.host, w.worker_id"""
 _SPAN = ("SELECT min(start_ts), max(end_ts) FROM attempts WHERE status = :ok "
          "AND start_ts IS NOT NULL AND end_ts >= start_ts")
@@ -62,8 +61,7 @@ _Elapsed = namedtuple("_Elapsed", "elapsed_before run_started_ts run_heartbeat_t
 
 def hosts(conn: Connection) -> list[dict]:
     """Every worker the migration used, with its succeeded work (worker_throughput)."""
-    keys = ("worker_id", "host", "state", "batches", "files", "bytes", "wall_seconds",
-            "mib_per_second")
+    keys = ("worker_id", "host", "state", "batches", "files", "bytes", "wall_seconds")
     return [dict(zip(keys, row)) for row in _rows(conn, _HOSTS)]
 
 
