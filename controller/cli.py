@@ -1,4 +1,5 @@
-"""The `fleetsync` command line: run, scan, verify, retry, bwlimit, backup, serve, status.
+"""The `fleetsync` command line: run, scan, verify, retry, bwlimit, backup, serve, status,
+report.
 
 The arguments are parsed here; controller/commands.py does what each command says.
 
@@ -119,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # One builder a command, in the order `fleetsync --help` lists them.
     for add in (_run_command, _scan_command, _verify_command, _retry_command, _bwlimit_command,
-                _backup_command, _serve_command, _status_command):
+                _backup_command, _serve_command, _status_command, _report_command):
         add(sub)
     return p
 
@@ -281,6 +282,23 @@ def _status_command(sub) -> None:
     _ledger_arg(status)
     status.add_argument("--json", action="store_true",
                         help="print /status, /progress and /throughput as JSON")
+
+
+def _report_command(sub) -> None:
+    report = _command(sub, "report", help="write what became of every entry of SRC (arrived, "
+                           "not arrived and why, vanished, excluded), with its checksum and "
+                           "verdict, as CSV, JSON or one self-contained HTML page")
+    _ledger_arg(report)
+    report.add_argument("--format", choices=("csv", "json", "html"), default="csv",
+                        help="csv: a row per entry; json: a header, the rows, a summary; "
+                             "html: summary, plots, failures and the first rows (default: "
+                             "%(default)s)")
+    report.add_argument("-o", "--output", metavar="FILE",
+                        help="write the report to FILE (default: standard output), and its "
+                             "SHA-256 to FILE.sha256 in `sha256sum -c` form")
+    report.add_argument("--csv", metavar="FILE",
+                        help="with --format html: write the CSV to FILE too, from the same "
+                             "moment of the ledger (and FILE.sha256); the page shows its SHA-256")
 
 
 def _window_args(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ from fleetsync.ledger.states import DeleteMode, OutcomeKind, VerifyState
 
 from . import (changelist, defaults, delete_guard, filters, inventory, processes, progress,
                scan_summary, window)
+from . import report as reports
 from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError, WalkFailed
 from .hostrun import kill_leftovers
@@ -833,6 +834,11 @@ def retry(args) -> int:
     print(f"fleetsync: {len(done)} batches back in the queue; `fleetsync run` copies them"
           + (f" (waiting or running already: {left})" if left else ""))
     return 0
+
+
+def report(args) -> int:
+    """`fleetsync report`: controller/report.py writes it."""
+    return reports.run(args)
 
 
 def bwlimit(args) -> int:

@@ -71,3 +71,8 @@ CHECKSUM_CHOICE = ledger_defaults.CHECKSUM_CHOICE
 # A verify's summary names this many files that are not intact (the view
 # custody_problems names them all): enough to act on, bounded however many differ.
 NAMED_PROBLEMS = 20
+# `fleetsync report --format html` (controller/report_html.py): the failures it lists
+# and the rows of its table, at most. A browser shows 10,000 rows of a table at once
+# (about 3 MB of HTML); the CSV, complete, is the record of every entry.
+REPORT_FAILURES = 10_000
+REPORT_TABLE_ROWS = 10_000

@@ -84,6 +84,8 @@ class Run:
     dest: str
     warnings: list[str] = field(default_factory=list)
     api: str = ""          # where to watch the run, said before it starts
+    report: list[str] = field(default_factory=list)   # `fleetsync report` after it; []: none
+    report_to: str = ""    # the file it writes (fleetsync_report, absolute)
 
 
 def _absolute(path: str, cwd: str) -> str:
@@ -170,7 +172,31 @@ def command(given: dict, python: str, inventory: str, cwd: str) -> Run:
         argv += ["--files-from", _absolute(str(v["fleetsync_files_from"]), cwd)]
     # The token is not in the command line (ps shows it): the task passes it in
     # FLEETSYNC_TOKEN.
-    return Run(argv, src, dest, warnings, _api(v))
+    report = _report(v, python, cwd)
+    return Run(argv, src, dest, warnings, _api(v), report, report[-1] if report else "")
+
+
+# fleetsync_report's suffix -> `fleetsync report --format`.
+REPORT_FORMATS = {".csv": "csv", ".json": "json", ".html": "html"}
+
+
+def _report(v: dict, python: str, cwd: str) -> list[str]:
+    """fleetsync_report: PATH, the report written once the run ends (when it copied:
+    exit 0, 1 or 3; it matters most when entries did not arrive), its format from the
+    suffix; an HTML report has its CSV beside it (PATH with .csv), which it names by
+    SHA-256. The argv ends with PATH."""
+    path = str(v.get("fleetsync_report") or "").strip()
+    if not path:
+        return []
+    path = _absolute(path, cwd)
+    stem, suffix = os.path.splitext(path)
+    if suffix.lower() not in REPORT_FORMATS:
+        raise PlaybookError(f"fleetsync_report {path!r}: give a file ending in .csv, .json "
+                            "or .html (its format)")
+    fmt = REPORT_FORMATS[suffix.lower()]
+    argv = [python, "-m", "fleetsync.controller.cli", "report", "--ledger",
+            v["fleetsync_ledger"], "--format", fmt]
+    return argv + (["--csv", stem + ".csv"] if fmt == "html" else []) + ["-o", path]
 
 
 def _api(v: dict) -> str:

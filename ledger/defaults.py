@@ -24,3 +24,6 @@ LEDGER_BYTES_PER_ENTRY = 140
 # transfer checksum, so recording it while copying reads nothing more; `xxhsum -H2`
 # checks it. A ledger keeps the algorithm it was created with.
 CHECKSUM_CHOICE = "xxh128"
+# `fleetsync report` plots the throughput over the migration's span in this many
+# equal spans of time: fine enough to show a stall, a plot of bounded size.
+REPORT_BUCKETS = 60

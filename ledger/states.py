@@ -39,6 +39,15 @@ class EntryType(enum.IntEnum):
     OTHER = 3      # a fifo, a socket, a device
 
 
+class ReportOutcome(str, enum.Enum):
+    """What became of one entry of SRC, as `fleetsync report` says it (its rows are
+    read from the batches' states and missing_entries: ledger/report_rows.py)."""
+    ARRIVED = "arrived"                # its latest batch copied it, nothing says otherwise
+    NOT_ARRIVED = "not arrived"        # named by missing_entries, or not copied yet
+    VANISHED = "vanished"              # gone from SRC between the walk and its copy
+    EXCLUDED = "excluded by rule"      # a filter rule of the last walk left it out
+
+
 class LogLevel(str, enum.Enum):
     """The level of a row of table log (/logs serves warnings and errors)."""
     INFO = "info"          # a normal event worth a line: a host joined, a batch requeued

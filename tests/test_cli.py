@@ -22,7 +22,7 @@ from fleetsync.controller import cli, processes
 
 from .support import eventually, fleetsync, popen, query
 
-COMMANDS = ["run", "scan", "verify", "retry", "bwlimit", "backup", "serve", "status"]
+COMMANDS = ["run", "scan", "verify", "retry", "bwlimit", "backup", "serve", "status", "report"]
 
 
 def one_line_error(r: subprocess.CompletedProcess) -> str:

@@ -174,11 +174,29 @@ def test_outcome_1_entries_did_not_arrive(tmp_path):
     # vanished from SRC is no longer a failure: it is recorded as vanished.)
     (dest / "d" / "f4").mkdir(parents=True)
     (dest / "d" / "f4" / "in-the-way").write_text("x")
+    # fleetsync_report (issue 23): written after the copy, when it matters most.
+    (tmp_path / "audit").mkdir()
     r = playbook(local_inventory(tmp_path), "-e", f"src={src}", "-e", f"dest={dest}",
                  "-e", f"fleetsync_ledger={ledger}", "-e", "fleetsync_max_retries=0",
-                 "-e", "fleetsync_no_api=true")
+                 "-e", "fleetsync_no_api=true", "-e", "fleetsync_report=audit/r.html",
+                 cwd=tmp_path)
     assert r.returncode == 2, r.stdout[-3000:]
     assert outcome(r).startswith("fleetsync exit 1, entries did not arrive: fleetsync: "), outcome(r)
+    assert outcome(r).endswith(f"; report written: {tmp_path / 'audit' / 'r.html'}"), outcome(r)
+    table = (tmp_path / "audit" / "r.csv").read_text()
+    [f4] = [ln.split(",") for ln in table.splitlines() if ln.startswith("d/f4,")]
+    assert f4[1:3] == ["file", "1"] and f4[4].startswith("not arrived: could not make way")
+    assert subprocess.run(["sha256sum", "-c", "r.csv.sha256", "r.html.sha256"],
+                          cwd=tmp_path / "audit", capture_output=True).returncode == 0
+    assert "r.csv" in (tmp_path / "audit" / "r.html").read_text()
+
+
+def test_a_report_path_needs_a_known_suffix(tmp_path):
+    r = playbook(local_inventory(tmp_path), "-e", "src=/s", "-e", "dest=/d",
+                 "-e", "fleetsync_report=/audit/r.txt", check=True)
+    assert r.returncode == 2
+    assert ("fleetsync: fleetsync_report '/audit/r.txt': give a file ending in .csv, .json "
+            "or .html") in r.stdout + r.stderr
 
 
 def test_outcome_2_refused_in_one_line(tmp_path):
