@@ -3,7 +3,7 @@ second with the hosts idle or paced, per Ansible loop item, per batch; by proces
 
     flock /tmp/fleetsync-bench.lock .venv/bin/python bench/fleet_cost.py \\
         [--hosts 1,4,16] [--modes idle,paced,busy] [--runs 1] [--seconds 30] \\
-        [--rate 128] [--files 10000] [--old CHECKOUT] [--out bench/out]
+        [--rate 128] [--files 10000] [--local] [--old CHECKOUT] [--out bench/out]
 
 Needs root (the lab of tests/lab.py, as bench/fleet.py). Three shapes of run, each a
 `fleetsync run` over ssh on N lab hosts with 2 slots each, interleaved per run:
@@ -27,6 +27,11 @@ the last host joined (workers.first_seen_ts) to the first host's last rsync end 
 host ran out of work yet; idle: to the long batch's end), and split by process kind. Items are counted as the
 distinct (worker, claimed_ts) of the batches claimed in the window (one claim per
 item), batches by their rsync's end. PSS is the peak of the tree's sum, and per kind.
+
+With --local the hosts are --hosts aliases of this machine (ansible_connection=local,
+each with its own fleetsync_state_dir, so its own worker identity): no root, no sshd,
+no ssh masters; what a host costs Ansible and fleetsync alone (idle and paced shapes;
+the paced rsyncs then run on this machine).
 
 With --old, each run is followed by the same run of another checkout (e.g. `git
 archive` of an earlier commit), its package put first on PYTHONPATH.
@@ -71,6 +76,15 @@ def make_files(root: str, count: int, size: int) -> None:
         with open(os.path.join(root, "d", f"f{i:04d}"), "wb") as f:
             f.write(os.urandom(size))
     open(done, "w").close()
+
+
+def local_inventory(path: str, n: int, work: str) -> None:
+    """n aliases of this machine (local connection, a worker identity each): the
+    controller's per-host cost without ssh, sshd or a lab (--local)."""
+    with open(path, "w") as f:
+        f.write("[movers]\n" + "".join(
+            f"h{i} ansible_connection=local fleetsync_slots=2 "
+            f"fleetsync_state_dir={work}/state/h{i}\n" for i in range(1, n + 1)))
 
 
 def kind(pid: int, root: int, parent: int, cmd: bytes, parent_cmd: bytes) -> str:
@@ -147,14 +161,17 @@ def one_run(lab: Lab, n: int, mode: str, src: str, work: str, args, code: str = 
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(ledger + suffix):
             os.unlink(ledger + suffix)
-    lab.inventory(inv, lab.hosts[:n], fleetsync_slots=2)
+    if lab is None:
+        local_inventory(inv, n, work)
+    else:
+        lab.inventory(inv, lab.hosts[:n], fleetsync_slots=2)
     cmd = [sys.executable, "-m", "fleetsync.controller.cli", "run", "--src", src, "--dest", dest,
            "--ledger", ledger, "--inventory", inv, "--port", "0"]
     if mode == "busy":
         cmd += ["--batch-files", "20"]
     else:
         cmd += ["--batch-files", "1", f"--rsync-option=--bwlimit={args.rate}"]
-    env = lab.env()
+    env = lab.env() if lab else dict(os.environ)
     if code != REPO:     # the other checkout's package first (bench/fleet.py's old_package)
         env["PYTHONPATH"] = old_package(code)
     p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
@@ -164,7 +181,7 @@ def one_run(lab: Lab, n: int, mode: str, src: str, work: str, args, code: str = 
     _, status, ru = os.wait4(p.pid, 0)
     sampler.stop.set()
     sampler.join()
-    for pid in lab.ssh_masters():     # the next run starts without masters
+    for pid in lab.ssh_masters() if lab else []:     # the next run starts without masters
         try:
             os.kill(pid, 9)
         except OSError:
@@ -209,11 +226,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0, help="a paced slot's work")
     ap.add_argument("--rate", type=int, default=128, help="a paced rsync's KiB/s")
     ap.add_argument("--files", type=int, default=10_000, help="busy: files of 100 B")
+    ap.add_argument("--local", action="store_true",
+                    help="hosts are aliases of this machine (local connection), no lab")
     ap.add_argument("--old", help="another checkout run interleaved (the code before)")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # the lab is removed at exit
-    why = lab_or_skip()
+    why = None if args.local else lab_or_skip()
     if why:
         raise SystemExit(f"bench/fleet_cost: cannot run the lab here: {why}")
     sizes = [int(x) for x in args.hosts.split(",")]
@@ -233,16 +252,18 @@ def main() -> None:
                 make_files(src, 1 if mode == "idle" else 4 * n, size if mode == "idle" else size // 2)
     print(f"{os.cpu_count()} cores, load {open('/proc/loadavg').read().split()[:3]}; paced "
           f"rsyncs at {args.rate} KiB/s, {args.seconds:.0f} s of work per slot", flush=True)
-    lab = Lab()
+    lab = None if args.local else Lab()
     try:
-        lab.add(max(sizes))
+        if lab:
+            lab.add(max(sizes))
         for _ in range(args.runs):
             for n in sizes:
                 for mode in modes:
                     for code in [REPO] + ([os.path.abspath(args.old)] if args.old else []):
                         show(one_run(lab, n, mode, srcs[(mode, n)], work, args, code))
     finally:
-        lab.close()
+        if lab:
+            lab.close()
 
 
 if __name__ == "__main__":
