@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import resource
 import shutil
 import statistics
@@ -99,6 +100,7 @@ def reader(path: str, stop) -> None:
 def one(template: str, workdir: str, writers: int, limit: int) -> tuple[float, float]:
     """(results per second, writers' CPU ms per result) of one round at W writers."""
     path = os.path.join(workdir, f"w{writers}.db")
+    _remove(path)      # a WAL left by the last round would be replayed into the copy
     shutil.copy(template, path)
     for suffix in ("-wal", "-shm"):
         if os.path.exists(template + suffix):
@@ -111,20 +113,36 @@ def one(template: str, workdir: str, writers: int, limit: int) -> tuple[float, f
     t0 = time.perf_counter()
     for p in procs:
         p.start()
-    results = [counts.get() for _ in procs]
+    results = []
+    while len(results) < len(procs):
+        try:
+            results.append(counts.get(timeout=1))
+        except queue.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):   # a writer died: say so
+                stop.set()
+                raise SystemExit(f"bench/ledger_rate: a writer failed at W={writers}")
     wall = time.perf_counter() - t0
     for p in procs:
         p.join()
     stop.set()
     watch.join()
-    os.unlink(path)
+    _remove(path)
     done = sum(r[0] for r in results)
     return done / wall, 1000 * sum(r[1] for r in results) / max(done, 1)
+
+
+def _remove(path: str) -> None:
+    """A ledger copy and its -wal and -shm (the API reader, read-only, closes last and
+    cannot remove the WAL)."""
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
 
 
 def floor(template: str, workdir: str, n: int) -> float:
     """Bare commits per second: one single-row UPDATE per transaction, one writer."""
     path = os.path.join(workdir, "floor.db")
+    _remove(path)
     shutil.copy(template, path)
     engine = db.writer(path)
     with engine.connect() as conn:
@@ -136,7 +154,7 @@ def floor(template: str, workdir: str, n: int) -> float:
             raw.execute("COMMIT")
         rate = n / (time.perf_counter() - t0)
     engine.dispose()
-    os.unlink(path)
+    _remove(path)
     return rate
 
 

@@ -25,7 +25,14 @@ from . import processes, rsync
 from .hostrun import worker_file
 from .protocol import IDLE, STOP   # what a slot answers when it has no batch to run
 
-IDLE_WAIT = 5.0     # seconds a slot waits for work before it reports idle (one raw item)
+# Seconds a slot waits for work before it reports idle (one raw item). An idle item
+# costs the controller ~40 ms of CPU (Ansible's item, an ssh client, its events and
+# ansible-playbook's hand-over); every 5 s, with a counters read every POLL, an idle
+# host cost ~11 ms of CPU a second, 4x a paced host (bench/fleet_cost.py). The wait
+# sees work, a stop, a lost controller or the host leaving within POLL (it reads the
+# counters again only when the ledger changed: db.data_version); the worker's reads
+# of /proc keep the host heard; only a dead idle host is noticed later, by this item.
+IDLE_WAIT = 30.0
 POLL = 0.1          # a waiting slot looks at the counters this often (a read, no lock)
 # An item carries about this many seconds of the host's work: its results wait in
 # the item until it ends, so this bounds how late they reach the ledger; a host
@@ -250,6 +257,7 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
         conn.rollback()
         mark = rsync.marker(mig.migration_id, run_token)
         deadline = time.monotonic() + IDLE_WAIT
+        seen, sight = None, (0, False)     # what the last read saw, and when
         while True:
             if os.path.exists(stop_file) or not controller_alive(controller):
                 _held_back(conn, look, pace, worker_id, "the host stops")
@@ -257,9 +265,13 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
                 return STOP
             closed = window_closed(stop_at)
             _held_back(conn, look, pace, worker_id, "the run's window closed" if closed else None)
-            # A waiting slot reads the counters; only a batch in sight is worth the
+            # A waiting slot reads the counters when the ledger changed (or the
+            # window closed) since it last did; only a batch in sight is worth the
             # write lock of a claim.
-            pending, finished = _work_in_sight(look, mode, closed)
+            now_seen = (db.data_version(look), closed)
+            if now_seen != seen:
+                sight, seen = _work_in_sight(look, mode, closed), now_seen
+            pending, finished = sight
             fleet_slots = workers.total_slots(look) if pending else 0
             jobs, pace.carry = pace.carry or [], None
             if pending and not jobs:

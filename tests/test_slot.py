@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
+import time
 
 from fleetsync.controller import hostrun, processes, rsync, slot
 from fleetsync.controller.walk import Walk
@@ -66,6 +68,35 @@ def test_idle_while_others_hold_batches_and_stop_file(tmp_path, monkeypatch):
     assert nxt(path, tmp_path, worker="w2") == slot.IDLE   # running elsewhere: wait
     (tmp_path / "stop").touch()
     assert nxt(path, tmp_path, worker="w2") == slot.STOP
+
+
+def test_a_waiting_slot_rereads_the_ledger_only_when_it_changed(tmp_path):
+    path, engine = ledger_with_batches(tmp_path, files=2, per_batch=10)
+    with db.reader(path).connect() as look, engine.connect() as conn:
+        before = db.data_version(look)
+        batches.work_left(look)            # its own reads change nothing
+        assert db.data_version(look) == before
+        batches.claim(conn, "w1", 1)
+        assert db.data_version(look) != before
+
+
+def test_a_waiting_slot_takes_a_lost_hosts_batch_at_once(tmp_path):
+    """While w2 waits for work (nothing pending, w1 holds the batch), w1 is lost and its
+    batch goes back to waiting: w2's wait, which reads the counters again only when the
+    ledger changed, takes it, long before its idle item is due (IDLE_WAIT)."""
+    path, engine = ledger_with_batches(tmp_path, files=2, per_batch=10)
+    assert "task=1" in nxt(path, tmp_path)
+
+    def lose_w1():
+        time.sleep(0.5)           # w2 is waiting by then
+        with engine.connect() as conn:
+            batches.release_worker(conn, "w1", "lost")
+
+    loser = threading.Thread(target=lose_w1)
+    loser.start()
+    cmd = nxt(path, tmp_path, worker="w2")
+    loser.join()
+    assert tasks_of(cmd) == [1]
 
 
 def test_the_fleet_bandwidth_cap_is_shared_and_live(tmp_path):
