@@ -358,7 +358,7 @@ def _check_open(args: argparse.Namespace, api) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    api = None
+    api = ahead = None
     try:
         if args.command in ("run", "serve"):
             args.token = _token(args)
@@ -368,11 +368,16 @@ def main(argv: list[str] | None = None) -> int:
                 api = Listener(args.bind, args.port)
                 _check_open(args, api)
         if args.command == "run":
+            # The dispatch's Ansible first: it reads the inventory (the slowest check)
+            # in the background while the imports and the checks go on.
+            ahead = _ahead(args)
             from . import inventory
-            # The slowest check next, in the background, while the imports go on.
-            loading = inventory.Loading(args.inventory, limit=args.limit)
+            from .hostrun import HostsRead
+            # Read once, by the run started ahead; else by ansible-inventory.
+            loading = (HostsRead(ahead, args.inventory) if ahead is not None
+                       else inventory.Loading(args.inventory, limit=args.limit))
             from . import commands
-            return commands.run(args, loading, api)
+            return commands.run(args, loading, api, ahead)
         from . import commands
         if args.command == "serve":
             return commands.serve(args, api)
@@ -383,8 +388,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        if ahead is not None:
+            ahead.drop()       # not adopted (the run was refused): it ends, nothing left
         if api is not None:
             api.stop()
+
+
+def _ahead(args: argparse.Namespace):
+    """The dispatch's Ansible (hostrun.FleetRun.ahead), started at launch on the
+    operator's inventory, betting on the ledger's migration id (or a new ledger's);
+    None when the inventory is not there (the run refuses it)."""
+    if not os.path.exists(args.inventory):
+        return None
+    from fleetsync.ledger import identity
+
+    from .hostrun import FleetRun
+    migration_id = identity.migration_id(args.ledger) or identity.new_migration_id()
+    return FleetRun.ahead(args.inventory, args.limit, migration_id)
 
 
 def entry() -> None:

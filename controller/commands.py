@@ -27,7 +27,7 @@ from . import (changelist, defaults, delete_guard, filters, inventory, progress,
                window)
 from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError, WalkFailed
-from .hostrun import kill_leftovers
+from .hostrun import FleetRun, kill_leftovers
 from .policy import Policy
 from .producer import Limits
 from .resources import DEFAULT_INVENTORY
@@ -110,10 +110,13 @@ def _start_api(api, args, ledger_path: str) -> None:
     print(f"fleetsync: API at {api.says(args.token)}", file=sys.stderr, flush=True)
 
 
-def run(args, loading: inventory.Loading | None = None, api=None) -> int:
+def run(args, loading: inventory.Loading | None = None, api=None,
+        ahead: FleetRun | None = None) -> int:
     """`fleetsync run`: walk SRC, dispatch its batches, end with the directory pass.
     loading: the inventory, when the caller started reading it already; api: the
-    API's bound socket (controller/listener.py), None for --no-api."""
+    API's bound socket (controller/listener.py), None for --no-api; ahead: the
+    dispatch's Ansible, when the caller started it already (FleetRun.ahead: its
+    caller drops it if the run does not adopt it)."""
     src, dest = _check_paths(args.src, args.dest)
     limits = _limits(args)
     bwlimit = _timetable("--bwlimit", args.bwlimit) if args.bwlimit else None
@@ -144,7 +147,7 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
             return _run(_RunPlan(args=args, src=src, dest=dest, limits=limits,
                                  bwlimit=bwlimit, window=run_window, delete=delete,
                                  hosts=hosts, ledger_path=ledger_path, api=api,
-                                 choice=choice, listed=listed))
+                                 choice=choice, listed=listed, ahead=ahead))
         except (DispatchError, inventory.InventoryError):
             # Refused once it had begun (no host passed its preflight, say): the
             # ledger is left as a finished run leaves it, in rollback-journal mode,
@@ -218,6 +221,7 @@ class _RunPlan:
     api: Listener | None                 # the API's bound socket; None for --no-api
     choice: filters.Choice
     listed: list[bytes] | None = None    # --files-from's paths: queued alone, no walk
+    ahead: FleetRun | None = None        # the dispatch's Ansible, started at launch
 
 
 def _run(plan: _RunPlan) -> int:
@@ -236,6 +240,8 @@ def _run(plan: _RunPlan) -> int:
     settings = replace(_settings(plan.args, plan.ledger_path),
                        delete=DeleteMode.DRY_RUN if plan.delete is DeleteMode.ON
                        else plan.delete, window_stop_at=plan.window.stop_at)
+    if plan.ahead is not None:       # its processes carry this run's token already
+        settings = replace(settings, run_token=plan.ahead.run_token)
     started = time.time()
     try:
         with _dispatching(plan, settings, walk, engine, mig) as (dispatcher, stopped, watch):
@@ -251,7 +257,8 @@ def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
     """The ledger's migration, opened (or created) for this run, the run begun and the
     batches of a dead run released; and whether changed filter rules owe a rescan."""
     mig = migration.open_or_create(engine, plan.src, plan.dest,
-                                   _new_options(plan.limits, plan.choice))
+                                   _new_options(plan.limits, plan.choice),
+                                   plan.ahead.migration_id if plan.ahead else None)
     for line in plan.choice.says():
         print(line, file=sys.stderr)
     if mig.repointed_from == migration.NO_DEST:
@@ -261,7 +268,7 @@ def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
     elif mig.repointed_from:
         print(f"fleetsync: this ledger now copies to {plan.dest}, not {mig.repointed_from} "
               "(nothing was ever copied there)", file=sys.stderr)
-    killed = kill_leftovers(mig.migration_id)
+    killed = kill_leftovers(mig.migration_id, plan.ahead.run_token if plan.ahead else None)
     if killed:
         print(f"fleetsync: stopped {killed} processes left by an earlier run", file=sys.stderr)
     with engine.connect() as conn:
@@ -333,7 +340,7 @@ def _dispatching(plan: _RunPlan, settings: Settings, walk: Walk | None, engine,
     """The copy's dispatcher, the live progress line, the signal handlers and the
     window's watch, for the passes; all of them (and the walk and the API) end with the
     block, however it ends."""
-    dispatcher = Dispatcher(settings, walk, plan.hosts)
+    dispatcher = Dispatcher(settings, walk, plan.hosts, plan.ahead)
     live = progress.Live(plan.ledger_path).start()
     stopped = _stop_on_signals()
     stopped.dispatcher = dispatcher

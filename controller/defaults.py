@@ -63,3 +63,13 @@ API_HOST, API_PORT = api_defaults.HOST, api_defaults.PORT   # the API's own (api
 # ZFS (.zfs), and of IBM Spectrum Scale / some NAS (.ckpt). Copying them copies every
 # snapshot of the tree again. Name patterns (no slash): at any depth, any type.
 DEFAULT_EXCLUDES = ("- .snapshot*", "- .zfs", "- .ckpt")
+
+# A dispatch run started at the launch of `fleetsync run` (hostrun.FleetRun.ahead)
+# does not know its hosts yet: its forks are capped this high instead, one per host.
+FORKS_AHEAD = 1000
+# How long a dropped run started ahead is given to end (it is signalled first).
+DROP_WAIT = 5.0
+# How long reading the inventory may take (ansible-inventory, or the run started ahead),
+# and how often the wait for the latter looks.
+INVENTORY_WAIT = 120.0
+HOSTS_POLL = 0.005

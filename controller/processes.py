@@ -109,3 +109,14 @@ def die_with(parent_pid: int, sig: int) -> bool:
     if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     return os.getppid() == parent_pid
+
+
+def controller_alive(controller: str | None) -> bool:
+    """Whether the `fleetsync run` that started a dispatch still runs ("PID:START",
+    START its start time in clock ticks: a reused pid is another process). A slot of
+    a dead controller stops claiming: nothing would record what it ran. Here, not in
+    slot.py: a run's first task waits on it before the claim code is imported."""
+    if not controller:
+        return True
+    pid, _, start = controller.partition(":")
+    return pid.isdigit() and start_time(int(pid)) == start
