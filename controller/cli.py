@@ -9,7 +9,6 @@ when interrupted by SIGINT (Ctrl-C), 143 by SIGTERM.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import math
 import os
 import signal
@@ -27,10 +26,24 @@ TOKEN_ENV = "FLEETSYNC_TOKEN"
 
 def version() -> str:
     """The installed package's version (setup.cfg), as pip recorded it."""
+    import importlib.metadata     # here: see _Version
     try:
         return importlib.metadata.version("fleetsync")
     except importlib.metadata.PackageNotFoundError:   # run from a tree never installed
         return "unknown (not installed)"
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked: importlib.metadata costs ~50 ms, which
+    every `fleetsync run` would spend before its Ansible starts."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"fleetsync {version()}")
+        parser.exit()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,8 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         "read), 2 a usage or configuration error (one line on stderr), 3 stopped by its "
         "window (--stop-at, --max-duration, --max-transfer; run again to resume); run, scan, "
         "verify and serve: 130 when interrupted by SIGINT (Ctrl-C), 143 by SIGTERM."))
-    p.add_argument("--version", action="version", version=f"fleetsync {version()}",
-                   help="print the installed version and exit")
+    p.add_argument("--version", action=_Version, help="print the installed version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # One builder a command, in the order `fleetsync --help` lists them.
     for add in (_run_command, _scan_command, _verify_command, _retry_command, _bwlimit_command,
