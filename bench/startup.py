@@ -1,6 +1,6 @@
 """bench/startup: where the time goes from `fleetsync run`'s launch to its first rsync.
 
-    .venv/bin/python bench/startup.py [--runs 5] [--files 200] [--lab 4] [--out bench/out]
+    .venv/bin/python bench/startup.py [--runs 5] [--files 200] [--lab 4] [--old DIR]
 
 A small tree (--files files of 4 KiB, made once), a fresh ledger and DEST each
 round, the API on a free port as in real use. Interleaved in every round, each
@@ -15,7 +15,11 @@ timed from its own launch:
   claimed, the first rsync started (its attempt's start_ts, taken on the worker);
 - the peer: a bare `ansible-playbook` of one `raw` task (`date`) on the same
   inventory, launch to the task's command running on the host, and its wall time;
-- the floor: a plain `rsync -a` of the same tree, launch to its exit.
+- the floor: a plain `rsync -a` of the same tree, launch to its exit;
+- with --old DIR: `fleetsync-old`, the same `fleetsync run` from another version (DIR
+  holds it as a package `fleetsync`, e.g. `git archive COMMIT controller ledger api
+  playbooks inventory | tar -x -C DIR/fleetsync` and an empty `__init__.py`), first
+  on PYTHONPATH.
 
 Prints every round and the medians, with the load average before and after.
 """
@@ -103,6 +107,7 @@ def fresh(*paths: str) -> None:
 
 
 def fleetsync_round(src: str, dest: str, work: str, inv: str, env: dict) -> dict[str, float]:
+    """One `fleetsync run`, its timeline: seconds after launch."""
     ledger = os.path.join(work, "startup.db")
     fresh(dest, ledger, ledger + "-wal", ledger + "-shm")
     names = ["ansible-inventory", "ansible-playbook", "rsync --archive"]
@@ -170,6 +175,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--files", type=int, default=200)
     ap.add_argument("--lab", type=int, default=0, help="N lab hosts over ssh (root)")
+    ap.add_argument("--old", help="a directory holding another version as package fleetsync")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     args = ap.parse_args()
     src = os.path.join(args.out, f"startup-src-{args.files}")
@@ -191,13 +197,16 @@ def main() -> None:
         lab.inventory(inv, hosts, fleetsync_slots=2)
         env = dict(env, **lab.env())
     print(f"load before: {load()}; inventory {inv}; {args.files} files", flush=True)
-    rounds: dict[str, list[dict[str, float]]] = {"fleetsync": [], "ansible-playbook": [],
-                                                  "rsync -a": []}
+    tools = {"fleetsync": lambda: fleetsync_round(src, dest, work, inv, env),
+             "ansible-playbook": lambda: playbook_round(inv, work, env),
+             "rsync -a": lambda: rsync_round(src, dest)}
+    if args.old:
+        old_env = dict(env, PYTHONPATH=os.path.abspath(args.old))
+        tools["fleetsync-old"] = lambda: fleetsync_round(src, dest, work, inv, old_env)
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in tools}
     try:
         for i in range(args.runs):
-            for name, fn in (("fleetsync", lambda: fleetsync_round(src, dest, work, inv, env)),
-                             ("ansible-playbook", lambda: playbook_round(inv, work, env)),
-                             ("rsync -a", lambda: rsync_round(src, dest))):
+            for name, fn in tools.items():
                 marks = fn()
                 rounds[name].append(marks)
                 shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(marks.items(),

@@ -128,8 +128,6 @@ def run(args, loading: inventory.Loading | None = None, api=None,
     if args.delete_excluded and delete is DeleteMode.OFF:
         raise UsageError("--delete-excluded goes with --delete (or --delete-dry-run)")
     listed = _change_list(args, src)     # a bad list: one line, nothing created
-    hosts = inventory.with_slots(
-        (loading or inventory.Loading(args.inventory, limit=args.limit)).result(), args.slots)
     ledger_path = os.path.abspath(args.ledger)
     db.check(ledger_path, write=True)
     # Whether the run goes on is decided by reading alone: a refusal leaves the
@@ -140,6 +138,9 @@ def run(args, loading: inventory.Loading | None = None, api=None,
     choice = _filter_choice(args, opened, given)
     if listed is not None:
         _check_list_fits(opened)
+    # Last of the checks that write nothing: the inventory is read meanwhile.
+    hosts = inventory.with_slots(
+        (loading or inventory.Loading(args.inventory, limit=args.limit)).result(), args.slots)
     # One run per ledger, held until this process ends: a second run would kill
     # this one's rsyncs as leftovers and fight over its batches.
     with _locked(ledger_path):
