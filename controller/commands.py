@@ -235,8 +235,6 @@ def _run(plan: _RunPlan) -> int:
         # those a rescan touched (dirpass.next_part says why).
         with db.connect(plan.ledger_path) as conn:
             dirpass.restart(conn)
-    if plan.api is not None:
-        _start_api(plan.api, plan.args, plan.ledger_path)
     # --delete: the pass runs as a dry run first; the real one only within --max-delete.
     settings = replace(_settings(plan.args, plan.ledger_path),
                        delete=DeleteMode.DRY_RUN if plan.delete is DeleteMode.ON
@@ -342,6 +340,8 @@ def _dispatching(plan: _RunPlan, settings: Settings, walk: Walk | None, engine,
     window's watch, for the passes; all of them (and the walk and the API) end with the
     block, however it ends."""
     dispatcher = Dispatcher(settings, walk, plan.hosts, plan.ahead)
+    if plan.api is not None:      # after the dispatcher: its first run goes on first
+        _start_api(plan.api, plan.args, plan.ledger_path)
     live = progress.Live(plan.ledger_path).start()
     stopped = _stop_on_signals()
     stopped.dispatcher = dispatcher

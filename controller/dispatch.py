@@ -99,6 +99,10 @@ class Dispatcher:
         self.inventory = InventoryWatch(settings.inventory_path, settings.limit, settings.slots,
                                         read=bool(hosts))
         self._next_beat = 0.0
+        if ahead is not None and not self._done():
+            # It waits for its parameters: the hosts' first run goes on now, not once
+            # the caller has started the rest of the run (the API...) and the loop.
+            self._start_runs()
 
     # -- the loop ---------------------------------------------------------------
     def run(self, mode: OutcomeKind = OutcomeKind.COPY) -> None:
