@@ -374,6 +374,12 @@ class FleetRun:
         self.extravars, self.events, self.items = extravars, events, items
         self.adopted = True
         self._write_params()
+        if self.ended:
+            # Its ansible-playbook ended meanwhile (killed): its end may have found no
+            # member to tell. A second FINISHED of a host changes nothing.
+            for m in self.members.values():
+                self.events.put(Event(m, EventKind.FINISHED, None, {}, time.time(),
+                                      "ended before it was adopted"))
 
     def drop(self) -> None:
         """A run started ahead that no dispatcher took (the run was refused, or bet on
