@@ -103,11 +103,13 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _child(args) -> None:
     """The API process of `fleetsync run`: serve until the controller ends or says stop."""
-    from fleetsync.api.app import make_app
-
     _die_with_parent(args.parent_pid)
     if args.nice:
+        # Before the imports (~0.3 s of CPU): they do not compete with the way to the
+        # run's first rsync (its Ansible, its walk), which starts at the same time.
         os.nice(args.nice)
+    from fleetsync.api.app import make_app
+
     stop = threading.Event()
     # Ctrl-C reaches the whole process group; the controller then finishes its batches
     # in hand (the API should show them) and closes the lifeline when it is done.

@@ -11,7 +11,6 @@ could not go on (a full ledger disk): fix the cause and run again to resume; `ru
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import math
 import os
 import signal
@@ -29,10 +28,24 @@ TOKEN_ENV = "FLEETSYNC_TOKEN"
 
 def version() -> str:
     """The installed package's version (setup.cfg), as pip recorded it."""
+    import importlib.metadata     # here: see _Version
     try:
         return importlib.metadata.version("fleetsync")
     except importlib.metadata.PackageNotFoundError:   # run from a tree never installed
         return "unknown (not installed)"
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked: importlib.metadata costs ~50 ms, which
+    every `fleetsync run` would spend before its Ansible starts."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"fleetsync {version()}")
+        parser.exit()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,8 +128,7 @@ def _parser() -> argparse.ArgumentParser:
         "could not go on (its ledger's disk is full, said in one line): fix the cause and "
         "run again to resume; run, scan, verify and serve: 130 when interrupted by SIGINT "
         "(Ctrl-C), 143 by SIGTERM."))
-    p.add_argument("--version", action="version", version=f"fleetsync {version()}",
-                   help="print the installed version and exit")
+    p.add_argument("--version", action=_Version, help="print the installed version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # One builder a command, in the order `fleetsync --help` lists them.
     for add in (_run_command, _scan_command, _verify_command, _retry_command, _bwlimit_command,
@@ -395,7 +407,7 @@ def _check_open(args: argparse.Namespace, api) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    api = None
+    api = ahead = None
     try:
         if args.command in ("run", "serve"):
             args.token = _token(args)
@@ -405,11 +417,16 @@ def main(argv: list[str] | None = None) -> int:
                 api = Listener(args.bind, args.port)
                 _check_open(args, api)
         if args.command == "run":
+            # The dispatch's Ansible first: it reads the inventory (the slowest check)
+            # in the background while the imports and the checks go on.
+            ahead = _ahead(args)
             from . import inventory
-            # The slowest check next, in the background, while the imports go on.
-            loading = inventory.Loading(args.inventory, limit=args.limit)
+            from .hostrun import HostsRead
+            # Read once, by the run started ahead; else by ansible-inventory.
+            loading = (HostsRead(ahead, args.inventory) if ahead is not None
+                       else inventory.Loading(args.inventory, limit=args.limit))
             from . import commands
-            return commands.run(args, loading, api)
+            return commands.run(args, loading, api, ahead)
         from . import commands
         if args.command == "serve":
             return commands.serve(args, api)
@@ -420,8 +437,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        if ahead is not None:
+            ahead.drop()       # not adopted (the run was refused): it ends, nothing left
         if api is not None:
             api.stop()
+
+
+def _ahead(args: argparse.Namespace):
+    """The dispatch's Ansible (hostrun.FleetRun.ahead), started at launch on the
+    operator's inventory, betting on the ledger's migration id (or a new ledger's);
+    None when the inventory is not there (the run refuses it)."""
+    if not os.path.exists(args.inventory):
+        return None
+    from fleetsync.ledger import identity
+
+    from .hostrun import FleetRun
+    migration_id = identity.migration_id(args.ledger) or identity.new_migration_id()
+    return FleetRun.ahead(args.inventory, args.limit, migration_id)
 
 
 def entry() -> None:

@@ -28,7 +28,7 @@ from . import (changelist, defaults, delete_guard, filters, inventory, processes
 from . import report as reports
 from .dispatch import DispatchError, Dispatcher, Settings
 from .errors import UsageError, WalkFailed
-from .hostrun import kill_leftovers
+from .hostrun import FleetRun, kill_leftovers
 from .integrity import IntegrityCheck
 from .policy import Policy
 from .producer import Limits
@@ -112,10 +112,13 @@ def _start_api(api, args, ledger_path: str) -> None:
     print(f"fleetsync: API at {api.says(args.token)}", file=sys.stderr, flush=True)
 
 
-def run(args, loading: inventory.Loading | None = None, api=None) -> int:
+def run(args, loading: inventory.Loading | None = None, api=None,
+        ahead: FleetRun | None = None) -> int:
     """`fleetsync run`: walk SRC, dispatch its batches, end with the directory pass.
     loading: the inventory, when the caller started reading it already; api: the
-    API's bound socket (controller/listener.py), None for --no-api."""
+    API's bound socket (controller/listener.py), None for --no-api; ahead: the
+    dispatch's Ansible, when the caller started it already (FleetRun.ahead: its
+    caller drops it if the run does not adopt it)."""
     src, dest = _check_paths(args.src, args.dest)
     if args.checksum_choice is not None:
         custody.check(args.checksum_choice)     # at once: before the inventory is read
@@ -130,8 +133,6 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     if args.delete_excluded and delete is DeleteMode.OFF:
         raise UsageError("--delete-excluded goes with --delete (or --delete-dry-run)")
     listed = _change_list(args, src)     # a bad list: one line, nothing created
-    hosts = inventory.with_slots(
-        (loading or inventory.Loading(args.inventory, limit=args.limit)).result(), args.slots)
     ledger_path = os.path.abspath(args.ledger)
     db.check(ledger_path, write=True)
     # Whether the run goes on is decided by reading alone: a refusal leaves the
@@ -143,6 +144,9 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
     algorithm = _checksum_choice(args.checksum_choice, opened)
     if listed is not None:
         _check_list_fits(opened)
+    # Last of the checks that write nothing: the inventory is read meanwhile.
+    hosts = inventory.with_slots(
+        (loading or inventory.Loading(args.inventory, limit=args.limit)).result(), args.slots)
     # One run per ledger, held until this process ends: a second run would kill
     # this one's rsyncs as leftovers and fight over its batches. A full or damaged
     # ledger stops the run whole (its processes ended by the steps' own clean-up),
@@ -152,7 +156,8 @@ def run(args, loading: inventory.Loading | None = None, api=None) -> int:
             return _run(_RunPlan(args=args, src=src, dest=dest, limits=limits,
                                  bwlimit=bwlimit, window=run_window, delete=delete,
                                  hosts=hosts, ledger_path=ledger_path, api=api,
-                                 choice=choice, listed=listed, algorithm=algorithm))
+                                 choice=choice, listed=listed, algorithm=algorithm,
+                                 ahead=ahead))
         except (DispatchError, inventory.InventoryError):
             # Refused once it had begun (no host passed its preflight, say): the
             # ledger is left as a finished run leaves it, in rollback-journal mode,
@@ -242,6 +247,7 @@ class _RunPlan:
     choice: filters.Choice
     listed: list[bytes] | None = None    # --files-from's paths: queued alone, no walk
     algorithm: str = defaults.CHECKSUM_CHOICE   # the checksums recorded (ledger/custody.py)
+    ahead: FleetRun | None = None        # the dispatch's Ansible, started at launch
 
 
 def _run(plan: _RunPlan) -> int:
@@ -255,12 +261,12 @@ def _run(plan: _RunPlan) -> int:
         # those a rescan touched (dirpass.next_part says why).
         with db.connect(plan.ledger_path) as conn:
             dirpass.restart(conn)
-    if plan.api is not None:
-        _start_api(plan.api, plan.args, plan.ledger_path)
     # --delete: the pass runs as a dry run first; the real one only within --max-delete.
     settings = replace(_settings(plan.args, plan.ledger_path),
                        delete=DeleteMode.DRY_RUN if plan.delete is DeleteMode.ON
                        else plan.delete, window_stop_at=plan.window.stop_at)
+    if plan.ahead is not None:       # its processes carry this run's token already
+        settings = replace(settings, run_token=plan.ahead.run_token)
     started = time.time()
     try:
         with _dispatching(plan, settings, walk, engine, mig) as (dispatcher, stopped, watch):
@@ -276,7 +282,8 @@ def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
     """The ledger's migration, opened (or created) for this run, the run begun and the
     batches of a dead run released; and whether changed filter rules owe a rescan."""
     mig = migration.open_or_create(engine, plan.src, plan.dest,
-                                   _new_options(plan.limits, plan.choice))
+                                   _new_options(plan.limits, plan.choice),
+                                   plan.ahead.migration_id if plan.ahead else None)
     for line in plan.choice.says():
         print(line, file=sys.stderr)
     if mig.repointed_from == migration.NO_DEST:
@@ -286,7 +293,7 @@ def _open_migration(plan: _RunPlan, engine) -> tuple[migration.Migration, bool]:
     elif mig.repointed_from:
         print(f"fleetsync: this ledger now copies to {plan.dest}, not {mig.repointed_from} "
               "(nothing was ever copied there)", file=sys.stderr)
-    killed = _kill_leftovers(mig.migration_id)
+    killed = _kill_leftovers(mig.migration_id, plan.ahead.run_token if plan.ahead else None)
     if killed:
         print(f"fleetsync: stopped {killed} processes left by an earlier run", file=sys.stderr)
     with engine.connect() as conn:
@@ -317,13 +324,13 @@ def _say_room(ledger_path: str, engine) -> None:
         print("fleetsync: " + found.warning(), file=sys.stderr)
 
 
-def _kill_leftovers(migration_id: str) -> int:
+def _kill_leftovers(migration_id: str, spare: str | None = None) -> int:
     """hostrun.kill_leftovers, said to be partial when /proc hides other users'
     processes from this one (hidepid): their leftovers cannot be seen."""
     hidden = processes.hiding()
     if hidden:
         print(f"fleetsync: warning: {hidden}", file=sys.stderr)
-    return kill_leftovers(migration_id)
+    return kill_leftovers(migration_id, spare)
 
 
 def _start_walk(plan: _RunPlan, engine, mig: migration.Migration, owed: bool) -> Walk | None:
@@ -377,9 +384,11 @@ def _dispatching(plan: _RunPlan, settings: Settings, walk: Walk | None, engine,
     """The copy's dispatcher, the live progress line, the signal handlers and the
     window's watch, for the passes; all of them (and the walk and the API) end with the
     block, however it ends."""
-    dispatcher = Dispatcher(settings, walk, plan.hosts)
+    dispatcher = Dispatcher(settings, walk, plan.hosts, plan.ahead)
     # The ledger's integrity, checked beside the copy: it never delays the first rsync.
     dispatcher.integrity = IntegrityCheck(plan.ledger_path).start()
+    if plan.api is not None:      # after the dispatcher: its first run goes on first
+        _start_api(plan.api, plan.args, plan.ledger_path)
     live = progress.Live(plan.ledger_path).start()
     stopped = _stop_on_signals()
     stopped.dispatcher = dispatcher

@@ -76,3 +76,12 @@ NAMED_PROBLEMS = 20
 # (about 3 MB of HTML); the CSV, complete, is the record of every entry.
 REPORT_FAILURES = 10_000
 REPORT_TABLE_ROWS = 10_000
+# A dispatch run started at the launch of `fleetsync run` (hostrun.FleetRun.ahead)
+# does not know its hosts yet: its forks are capped this high instead, one per host.
+FORKS_AHEAD = 1000
+# How long a dropped run started ahead is given to end (it is signalled first).
+DROP_WAIT = 5.0
+# How long reading the inventory may take (ansible-inventory, or the run started ahead),
+# and how often the wait for the latter looks.
+INVENTORY_WAIT = 120.0
+HOSTS_POLL = 0.005

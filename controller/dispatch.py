@@ -17,7 +17,6 @@ import logging
 import os
 import queue
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from fleetsync.ledger import (batches, custody, db, dirpass, logbook, migration, verify,
@@ -25,10 +24,10 @@ from fleetsync.ledger import (batches, custody, db, dirpass, logbook, migration,
 from fleetsync.ledger.errors import FleetsyncError
 from fleetsync.ledger.states import DeleteMode, LogLevel, OutcomeKind, VerifyState
 
-from . import defaults, inventory, outcome, processes, protocol, rsync
+from . import defaults, inventory, outcome, protocol, rsync
 from .backoff import Backoff
 from .hostrun import (BATCHES_TASK, PREFLIGHT_TASK, Event, EventKind, FleetRun, HostRun,
-                      close_masters, stop_now)
+                      close_masters, stop_now, this_controller)
 from .integrity import IntegrityCheck
 from .inventory_watch import InventoryWatch
 from .policy import Policy
@@ -60,7 +59,7 @@ class Settings:
     limit: str | None = None                       # --limit: the hosts of the inventory it uses
     # This `fleetsync run`: carried in the command line of every process it starts,
     # so that the next run can tell them from its own and kill them.
-    run_token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    run_token: str = field(default_factory=rsync.new_run_token)
     # The run's window (controller/window.py): no claim from then on (the windows' clock).
     window_stop_at: float | None = None
     # --verify-rate: the fleet's bound on a verify's reads of DEST, bytes per second.
@@ -74,8 +73,12 @@ class Dispatcher:
     writes what their output says."""
 
     def __init__(self, settings: Settings, walk: Walk | None,
-                 hosts: dict[str, inventory.Host] | None = None):
+                 hosts: dict[str, inventory.Host] | None = None, ahead: FleetRun | None = None):
+        """ahead: the run `fleetsync run` started at its launch (FleetRun.ahead), which
+        the first hosts' run adopts when it fits, else drops."""
         self.settings = settings
+        self.ahead = ahead
+        self.mode = OutcomeKind.COPY
         self.walk = walk
         self.engine = db.writer(settings.ledger_path)
         self.conn = self.engine.connect()
@@ -92,7 +95,7 @@ class Dispatcher:
         self.stopping = False
         # The lookups of this dispatch stop claiming when this process is gone
         # (kill -9): nothing would record what they ran.
-        self.controller = f"{os.getpid()}:{processes.start_time(os.getpid())}"
+        self.controller = this_controller()
         _become_subreaper()
         # Hosts of earlier runs are not up until they pass this run's preflight
         # (they would shrink every rsync's share of --bwlimit).
@@ -103,6 +106,10 @@ class Dispatcher:
         # The ledger's integrity check of this run (controller/integrity.py), when it
         # runs beside the copy: a damaged ledger stops the dispatch at once.
         self.integrity: IntegrityCheck | None = None
+        if ahead is not None and not self._done():
+            # It waits for its parameters: the hosts' first run goes on now, not once
+            # the caller has started the rest of the run (the API...) and the loop.
+            self._start_runs()
 
     # -- the loop ---------------------------------------------------------------
     def run(self, mode: OutcomeKind = OutcomeKind.COPY) -> None:
@@ -115,6 +122,7 @@ class Dispatcher:
             self._stop_now()
             raise
         finally:
+            self._drop_ahead()
             close_masters(self.mig.migration_id)
 
     def _stop_now(self) -> None:
@@ -200,9 +208,23 @@ class Dispatcher:
         # Enough loop items for a full share of batches, or for the whole
         # directory pass (commands of >= 100 directories) on one host.
         items = max(self.settings.items_per_run, batches.directory_total(self.conn) // 100 + 10)
-        fleet = FleetRun(ready, self._extravars(), self.events, items)
-        fleet.start()
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and ahead.fits(self.mig.migration_id, self.settings.run_token):
+            # Its Ansible has started already and waits for these parameters.
+            ahead.adopt(ready, self._extravars(), self.events, items)
+            fleet = ahead
+        else:
+            if ahead is not None:
+                ahead.drop()
+            fleet = FleetRun(ready, self._extravars(), self.events, items)
+            fleet.start()
         self.runs.update(fleet.members)
+
+    def _drop_ahead(self) -> None:
+        """The run started ahead, when no hosts' run adopted it (nothing was left to do)."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            ahead.drop()
 
     def _extravars(self) -> dict:
         return {"fleetsync_ledger": os.path.abspath(self.settings.ledger_path),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import json
 import logging
 import os
 import queue
@@ -40,7 +41,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from . import inventory, processes, rsync
+from . import defaults, inventory, processes, rsync
 from .environment import ansible_env, control_dir
 from .resources import DISPATCH_PLAYBOOK
 
@@ -48,6 +49,10 @@ log = logging.getLogger(__name__)
 
 # The task names of playbooks/dispatch.yml (events are matched by them).
 PREFLIGHT_TASK = "Preflight"
+# The extra variable that names the file of a run's parameters (FleetRun._write_params),
+# and the one that names where a run started ahead writes the hosts it read (HostsRead).
+PARAMS_VAR = "fleetsync_params"
+HOSTS_OUT_VAR = "fleetsync_hosts_out"
 BATCHES_TASK = "Batches"
 
 
@@ -63,17 +68,23 @@ def _signal(pids: list[int], sig: int) -> int:
     return done
 
 
-def kill_leftovers(migration_id: str) -> int:
+def kill_leftovers(migration_id: str, spare: str | None = None) -> int:
     """Kill what a dead controller of this migration left on this machine (its
     ansible-playbook runs, their workers, rsyncs and ssh clients; the ssh
     ControlPersist masters of its control directory) and remove its run
-    directories. Returns how many processes were killed."""
+    directories; those of the run token `spare` (this run's, started ahead of the
+    ledger: FleetRun.ahead) are this run's own. Returns how many processes were
+    killed."""
     mark = rsync.marker(migration_id, "").encode()
-    killed = _signal(processes.matching(mark), signal.SIGKILL)
+    own = rsync.marker(migration_id, spare).encode() if spare else None
+    killed = _signal([pid for pid in processes.matching(mark)
+                      if own is None or own not in (processes.command_line(pid) or b"")],
+                     signal.SIGKILL)
     close_masters(migration_id)
     tmp = tempfile.gettempdir()
     for name in os.listdir(tmp):
-        if name.startswith(rsync.marker(migration_id, "")):
+        if name.startswith(rsync.marker(migration_id, "")) and not (
+                spare and name.startswith(rsync.marker(migration_id, spare))):
             shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
     return killed
 
@@ -261,7 +272,41 @@ def _bytes_read(pid: int) -> int | None:
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")    # Ansible's terminal colours
 
 
+def this_controller() -> str:
+    """This process as the lookups of its runs know it ("PID:START"): they stop claiming
+    once it is gone (processes.controller_alive), and so does a run that waits for it."""
+    return f"{os.getpid()}:{processes.start_time(os.getpid())}"
+
+
+class HostsRead:
+    """The inventory's hosts as the run started ahead read them: its strategy writes
+    them, with their variables, in the shape of `ansible-inventory --list`
+    (playbooks/strategy_plugins/fleetsync_free.py), so `fleetsync run` reads the
+    inventory once. A run that ends without writing them (no host matched, or the
+    inventory cannot be read) leaves it to `ansible-inventory`, which says why in
+    the words it always did. Used as inventory.Loading is (result())."""
+
+    def __init__(self, run: "FleetRun", path: str) -> None:
+        """path: the inventory as the operator named it (errors name it so)."""
+        self.run, self.path = run, path
+
+    def result(self) -> dict[str, inventory.Host]:
+        run = self.run
+        deadline = time.time() + defaults.INVENTORY_WAIT
+        while not os.path.exists(run.hosts_out):
+            if run.ended or time.time() > deadline:
+                return inventory.load(self.path, limit=run.limit)
+            time.sleep(defaults.HOSTS_POLL)
+        with open(run.hosts_out) as f:
+            return inventory.listed(self.path, f.read(), run.limit)
+
+
 class FleetRun:
+    """One ansible-playbook run of playbooks/dispatch.yml. Its parameters (the
+    dispatcher's extravars, its loop items, each host's lanes and stop file) reach
+    the play through a file of its private_data_dir, which the play's first task
+    waits for: so a run can start before they are known (FleetRun.ahead)."""
+
     def __init__(self, hosts: list[inventory.Host], extravars: dict, events: queue.Queue,
                  items: int):
         self.extravars = extravars
@@ -269,36 +314,118 @@ class FleetRun:
         self.items = items
         self.token = uuid.uuid4().hex[:12]
         self.members = {h.name: HostRun(h, self) for h in hosts}
+        self.inventory = ""
+        self.limit: str | None = None
+        self.forks = len(self.members)
+        self.hosts_out = ""       # ahead: where its strategy writes the hosts it read
+        self.adopted = True       # its parameters are the dispatcher's (ahead: once adopted)
         self._cancel = False
         self._pid: int | None = None
         self.ended = False
         self.error = ""     # Ansible's own last error line, for a run that fails as a whole
 
+    @classmethod
+    def ahead(cls, inventory_path: str, limit: str | None, migration_id: str) -> "FleetRun":
+        """A run started at the launch of `fleetsync run`, before its dispatcher (and
+        the ledger) exist: Ansible starts, reads the operator's inventory itself (within
+        --limit) and waits for its parameters, which adopt() writes, or is dropped.
+        migration_id: the ledger's, or the one a new ledger will get; the run token
+        is new, and becomes the run's (Settings.run_token)."""
+        run = cls([], {"fleetsync_migration_id": migration_id,
+                       "fleetsync_run_token": rsync.new_run_token()}, queue.Queue(), 0)
+        run.inventory, run.limit = os.path.abspath(inventory_path), limit
+        run.forks = defaults.FORKS_AHEAD
+        run.adopted = False
+        run._launch()
+        return run
+
     def start(self) -> None:
+        self.inventory = ""
+        self._launch()
+
+    def _launch(self) -> None:
         # The marker in the directory name puts it in ansible-playbook's command line,
         # so a later run can find and stop what a killed controller left behind.
-        self.dir = tempfile.mkdtemp(prefix=rsync.marker(
-            self.extravars["fleetsync_migration_id"], self.extravars["fleetsync_run_token"])
-            + "-" + self.token + "-")
+        self.dir = tempfile.mkdtemp(prefix=rsync.marker(self.migration_id, self.run_token)
+                                    + "-" + self.token + "-")
         os.mkdir(os.path.join(self.dir, "stop"), 0o700)
-        for i, m in enumerate(self.members.values()):
-            m.stop_file = os.path.join(self.dir, "stop", str(i))
-        self.inventory = os.path.join(self.dir, "inventory.json")
-        inventory.write_fleet(self.inventory, [m.host for m in self.members.values()],
-                              {n: m.stop_file for n, m in self.members.items()})
+        self.params = os.path.join(self.dir, "params.json")
+        if not self.inventory:
+            self.inventory = os.path.join(self.dir, "inventory.json")
+            inventory.write_fleet(self.inventory, [m.host for m in self.members.values()])
+        if self.adopted:
+            self._write_params()
+        else:
+            self.hosts_out = os.path.join(self.dir, "hosts.json")
         self.thread = threading.Thread(target=self._run, name=f"run-{self.token}", daemon=True)
         self.thread.start()
+
+    @property
+    def migration_id(self) -> str:
+        return self.extravars["fleetsync_migration_id"]
+
+    @property
+    def run_token(self) -> str:
+        return self.extravars["fleetsync_run_token"]
+
+    def fits(self, migration_id: str, run_token: str) -> bool:
+        """Whether this run (started ahead) can serve the dispatcher of this migration and
+        run token: it bet on the migration id before the ledger was opened."""
+        return (not self.ended and not self._cancel and self.migration_id == migration_id
+                and self.run_token == run_token)
+
+    def adopt(self, hosts: list[inventory.Host], extravars: dict, events: queue.Queue,
+              items: int) -> None:
+        """The dispatcher takes over a run started ahead: its hosts, its parameters
+        (written last: the play goes on once they are there) and its events. A host
+        of the play that is not among hosts ends there (the inventory changed between
+        the two reads of it)."""
+        self.members = {h.name: HostRun(h, self) for h in hosts}
+        self.extravars, self.events, self.items = extravars, events, items
+        self.adopted = True
+        self._write_params()
+        if self.ended:
+            # Its ansible-playbook ended meanwhile (killed): its end may have found no
+            # member to tell. A second FINISHED of a host changes nothing.
+            for m in self.members.values():
+                self.events.put(Event(m, EventKind.FINISHED, None, {}, time.time(),
+                                      "ended before it was adopted"))
+
+    def drop(self) -> None:
+        """A run started ahead that no dispatcher took (the run was refused, or bet on
+        another migration id): it ends, with whatever it started, and its directory."""
+        if self.adopted:
+            return
+        self._cancel = True
+        stop_now(self.migration_id, self.run_token)
+        self.thread.join(defaults.DROP_WAIT)
+
+    def _write_params(self) -> None:
+        """The play's parameters, whole or not at all (renamed into place)."""
+        hosts = {}
+        for i, m in enumerate(self.members.values()):
+            m.stop_file = os.path.join(self.dir, "stop", str(i))
+            hosts[m.host.name] = {"lanes": m.host.slots, "stop_file": m.stop_file}
+        params = dict(self.extravars, fleetsync_items=self.items, fleetsync_hosts=hosts)
+        with open(self.params + ".new", "w") as f:
+            json.dump(params, f)
+        os.rename(self.params + ".new", self.params)
 
     def _run(self) -> None:
         import ansible_runner
 
         status = "error"
         try:
+            if self._cancel:     # dropped before it began
+                return
             r = ansible_runner.run(
                 private_data_dir=self.dir, playbook=DISPATCH_PLAYBOOK, inventory=self.inventory,
-                extravars=dict(self.extravars, fleetsync_items=self.items),
-                envvars=ansible_env(self.extravars["fleetsync_migration_id"]),
-                forks=len(self.members), quiet=True,
+                limit=self.limit,
+                # The rest waits in self.params; the strategy ties the run to the controller.
+                extravars={PARAMS_VAR: self.params, "fleetsync_controller": this_controller(),
+                           **({HOSTS_OUT_VAR: self.hosts_out} if self.hosts_out else {})},
+                envvars=ansible_env(self.migration_id),
+                forks=self.forks, quiet=True,
                 event_handler=self._on_event, cancel_callback=lambda: self._cancel,
                 settings={"pexpect_timeout": 1, "suppress_ansible_output": True})
             status = f"{r.status} rc={r.rc}" + (f": {self.error}" if r.rc and self.error else "")

@@ -70,10 +70,11 @@ class Loading:
         if self.proc is None:
             raise InventoryError(f"inventory {self.path} does not exist")
         try:
-            stdout, stderr = self.proc.communicate(timeout=120)
+            stdout, stderr = self.proc.communicate(timeout=defaults.INVENTORY_WAIT)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            raise InventoryError(f"inventory {self.path}: ansible-inventory took over 120 s")
+            raise InventoryError(f"inventory {self.path}: ansible-inventory took over "
+                                 f"{defaults.INVENTORY_WAIT:.0f} s")
         return _hosts(self.path, self.proc.returncode, stdout, stderr, self.limit)
 
 
@@ -81,6 +82,12 @@ def load(path: str, env: dict | None = None, limit: str | None = None) -> dict[s
     """Every host of the inventory (within `limit`, an Ansible host pattern) with its
     variables; one clear error when it is broken."""
     return Loading(path, env, limit).result()
+
+
+def listed(path: str, text: str, limit: str | None = None) -> dict[str, Host]:
+    """The hosts of an inventory listed as `ansible-inventory --list` lists them (by
+    the dispatch run that read it: hostrun.HostsRead)."""
+    return _hosts(path, 0, text, "", limit)
 
 
 def _hosts(path: str, returncode: int, stdout: str, stderr: str,
@@ -147,14 +154,13 @@ def write_runtime(path: str, host: Host) -> None:
         json.dump({"all": {"hosts": host.aliases()}}, f)
 
 
-def write_fleet(path: str, hosts: list[Host], stop_files: dict[str, str]) -> None:
-    """The inventory of one dispatch run: each host once, with its lanes (slots run
-    side by side by its items) and the file that tells its lookups to stop."""
+def write_fleet(path: str, hosts: list[Host]) -> None:
+    """The inventory of one dispatch run: each host once, with its variables (its
+    lanes and stop file travel with the run's parameters, hostrun.FleetRun)."""
     entries = {}
     for h in hosts:
         v = dict(h.vars)
         v.setdefault("ansible_host", h.name)
-        entries[h.name] = dict(v, fleetsync_host=h.name, fleetsync_lanes=h.slots,
-                               fleetsync_stop_file=stop_files[h.name])
+        entries[h.name] = v
     with open(path, "w") as f:
         json.dump({"all": {"hosts": entries}}, f)

@@ -174,3 +174,21 @@ def die_with(parent_pid: int, sig: int) -> bool:
     if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     return os.getppid() == parent_pid
+
+
+def controller_alive(controller: str | None) -> bool:
+    """Whether the `fleetsync run` that started a dispatch still runs ("PID:START",
+    START its start time in clock ticks: a reused pid is another process). A slot of
+    a dead controller stops claiming: nothing would record what it ran. Here, not in
+    slot.py: a run's first task waits on it before the claim code is imported."""
+    if not controller:
+        return True
+    pid, _, start = controller.partition(":")
+    if not pid.isdigit():
+        return False
+    try:
+        return start_time(int(pid)) == start
+    except PermissionError:
+        # Behind hidepid=1 (a controller of another user): it has not ended, and only
+        # an ended one stops the claims; the ledger still counts each batch once.
+        return True

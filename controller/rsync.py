@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import re
 import shlex
+import uuid
 import zlib
 from dataclasses import dataclass
 
@@ -55,6 +56,11 @@ GUARD_FAILED = 251        # our own exit code: SRC looked empty, --delete refuse
 # How a batch's rsync decides that a file at DEST is up to date (states.Compare says why).
 COMPARE_OPTIONS = {Compare.QUICK: [], Compare.CHECKSUM: ["--checksum"],
                    Compare.ALWAYS: ["--ignore-times"]}
+
+
+def new_run_token() -> str:
+    """A `fleetsync run`'s token: with the migration id, the marker of its processes."""
+    return uuid.uuid4().hex[:12]
 
 
 def marker(migration_id: str, run_token: str) -> str:

@@ -130,23 +130,6 @@ def _how_many(pace: _Pace, lanes: int, pending: int, own_slots: int, fleet_slots
     return max(1, min(want, max(share, 1)))
 
 
-def controller_alive(controller: str | None) -> bool:
-    """Whether the `fleetsync run` that started this dispatch still runs ("PID:START",
-    START its start time in clock ticks: a reused pid is another process). A slot of
-    a dead controller stops claiming: nothing would record what it ran."""
-    if not controller:
-        return True
-    pid, _, start = controller.partition(":")
-    if not pid.isdigit():
-        return False
-    try:
-        return processes.start_time(int(pid)) == start
-    except PermissionError:
-        # Behind hidepid=1 (a controller of another user): it has not ended, and only
-        # an ended one stops the claims; the ledger still counts each batch once.
-        return True
-
-
 def _copy_jobs(conn, cap: int | None, worker_id: str, n: int, algorithm: str
                ) -> list[rsync.Job]:
     claimed = batches.claim(conn, worker_id, n)
@@ -259,7 +242,7 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
         deadline = time.monotonic() + IDLE_WAIT
         seen, sight = None, (0, False)     # what the last read saw, and when
         while True:
-            if os.path.exists(stop_file) or not controller_alive(controller):
+            if os.path.exists(stop_file) or not processes.controller_alive(controller):
                 _held_back(conn, look, pace, worker_id, "the host stops")
                 pace.since = None
                 return STOP

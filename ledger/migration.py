@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from collections import namedtuple
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, case, exists, func, insert, select, update
 
-from . import db, schema, walkqueue
+from . import db, identity, schema, walkqueue
 from .db import LedgerError
 from .defaults import LIVE_AFTER_HEARTBEAT
 from .schema import attempts, batches, deletions, migration, verifications
@@ -79,7 +78,8 @@ def opening(path: str, src: str | None = None, dest: str | None = None) -> Migra
     return _row_to_migration(row) if row is not None else None
 
 
-def open_or_create(engine: Engine, src: str, dest: str | None, options: dict) -> Migration:
+def open_or_create(engine: Engine, src: str, dest: str | None, options: dict,
+                   new_id: str | None = None) -> Migration:
     """The ledger's migration, created on first use; another SRC/DEST is refused
     (a run has refused it already with opening(), before it wrote anything: here
     for a ledger another run created in between). dest None: a scan, which walks
@@ -95,7 +95,7 @@ def open_or_create(engine: Engine, src: str, dest: str | None, options: dict) ->
             row = conn.execute(select(migration)).first()
             if row is None:
                 conn.execute(insert(migration).values(
-                    id=1, migration_id=str(uuid.uuid4()), schema_version=schema.SCHEMA_VERSION,
+                    id=1, migration_id=new_id or identity.new_migration_id(), schema_version=schema.SCHEMA_VERSION,
                     src=src, dest=NO_DEST if dest is None else dest,
                     options=json.dumps(options, sort_keys=True),
                     created_ts=time.time()))

@@ -5,6 +5,9 @@ import os
 import signal
 import sqlite3
 import stat
+import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
@@ -428,8 +431,10 @@ def test_the_dispatch_playbook_names_its_tasks_as_the_dispatcher_matches_them():
     from fleetsync.controller.resources import DISPATCH_PLAYBOOK
     with open(DISPATCH_PLAYBOOK) as f:
         [play] = yaml.safe_load(f)
-    assert [t["name"] for t in play["tasks"]] == [PREFLIGHT_TASK, BATCHES_TASK]
-    assert all("ansible.builtin.raw" in t for t in play["tasks"])
+    # The wait for the run's parameters and the hosts they leave out come first.
+    assert [t["name"] for t in play["tasks"]] == ["Parameters", "Hosts of this dispatch alone",
+                                                 PREFLIGHT_TASK, BATCHES_TASK]
+    assert all("ansible.builtin.raw" in t for t in play["tasks"][2:])
 
 
 def _marked(mid: str) -> list[str]:
@@ -591,3 +596,63 @@ def test_a_host_whose_beats_cannot_be_heard_is_given_its_batch_at_its_cap(tmp_pa
     assert silent_for("pk", 120)
     assert silent_for("ssh", 10)                   # the cap changes nothing for beats
     d.close()
+
+
+# -- issue 25: the dispatch's Ansible starts at launch, ahead of the ledger ----------------
+def test_a_run_started_ahead_fits_only_its_migration_and_ends_whole_when_dropped(tmp_path):
+    """It bet on a migration id and a run token: a dispatcher of another does not
+    adopt it; dropped, it leaves no process and no directory (it never got its
+    parameters, so nothing ran on a host)."""
+    from fleetsync.controller.hostrun import FleetRun, HostsRead
+    from fleetsync.ledger import identity
+    mid = identity.new_migration_id()
+    ahead = FleetRun.ahead(LOCAL, None, mid)
+    HostsRead(ahead, LOCAL).result()           # its ansible-playbook is up and waiting
+    assert _marked(mid)
+    assert ahead.fits(mid, ahead.run_token)
+    assert not ahead.fits(identity.new_migration_id(), ahead.run_token)
+    assert not ahead.fits(mid, "another")
+    ahead.drop()
+    assert _marked(mid) == [] and not os.path.exists(ahead.dir)
+    assert not ahead.fits(mid, ahead.run_token)
+
+
+def test_leftovers_of_a_migration_spare_this_runs_own(tmp_path):
+    """kill_leftovers kills the processes of the migration's earlier run tokens, not
+    those of the run token it is told to spare (this run's, started ahead)."""
+    from fleetsync.controller.hostrun import kill_leftovers
+    mid = "0000spare-test"
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    own = subprocess.Popen([*sleep, f"fleetsync:{mid}:mine"])
+    old = subprocess.Popen([*sleep, f"fleetsync:{mid}:old"])
+    try:
+        eventually(lambda: len(_marked(mid)) == 2)
+        assert kill_leftovers(mid, spare="mine") == 1
+        assert old.wait(5) == -signal.SIGKILL
+        assert own.poll() is None
+    finally:
+        own.kill()
+        old.kill()
+        own.wait()
+
+
+def test_a_refused_run_leaves_nothing_of_its_ansible(tmp_path):
+    """A run refused after its Ansible started (a ledger of another migration) ends
+    that Ansible: no process and no run directory of the migration remain, the
+    ledger is as it was."""
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "f").write_text("x")
+    assert fleetsync("run", "--src", str(src), "--dest", str(dest), "--ledger", str(ledger),
+                     "--no-api").returncode == 0
+    mid = query(ledger, "SELECT migration_id FROM migration")[0][0]
+    before = ledger.read_bytes()
+    other = tmp_path / "other"
+    other.mkdir()
+    r = fleetsync("run", "--src", str(other), "--dest", str(dest), "--ledger", str(ledger),
+                  "--no-api")
+    assert r.returncode == 2, r.stderr.decode()
+    assert ledger.read_bytes() == before
+    assert _marked(mid) == []
+    assert [n for n in os.listdir(tempfile.gettempdir())
+            if n.startswith(f"fleetsync:{mid}:")] == []

@@ -112,3 +112,49 @@ def test_the_example_group_vars_reach_the_example_fleet_not_local_ini(tmp_path):
     assert fleet["mover01.example.org"].vars["ansible_user"] == "fleetsync"
     assert fleet["mover01.example.org"].vars["ansible_ssh_private_key_file"] == \
         "~/.ssh/fleetsync_ed25519"
+
+
+# -- issue 25: the inventory read once, by the dispatch run started at launch ---------------
+@pytest.mark.parametrize("limit", [None, "movers:!ghost*", "mover2,z1"])
+def test_the_run_started_ahead_reads_the_hosts_ansible_inventory_lists(tmp_path, limit):
+    """What the run started at launch hands over (its strategy's hosts) is what
+    `ansible-inventory --list` says: the same hosts within the same --limit, with
+    the same variables (group_vars and host_vars included), and no extra variable
+    of the run's own."""
+    from fleetsync.controller.hostrun import FleetRun, HostsRead
+    from fleetsync.ledger import identity
+    inv = tmp_path / "inv.ini"
+    _fleet(inv, "localhost", "ghost.invalid", "mover2")
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "movers.yml").write_text("fleetsync_slots: 3\nshared: [1, 2]\n")
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "host_vars" / "mover2.yml").write_text("fleetsync_slots: 5\nodd: \"{{ x }}\"\n")
+    ahead = FleetRun.ahead(str(inv), limit, identity.new_migration_id())
+    try:
+        read = HostsRead(ahead, str(inv)).result()
+        assert ahead.hosts_out and os.path.exists(ahead.hosts_out)   # not ansible-inventory's
+    finally:
+        ahead.drop()
+    listed = inventory.load(str(inv), limit=limit)
+    assert sorted(read) == sorted(listed)
+    for name, host in listed.items():
+        assert read[name].slots == host.slots
+        assert read[name].vars == host.vars, name
+    assert read["mover2"].slots == 5
+    assert not os.path.exists(ahead.dir)
+
+
+def test_what_the_run_started_ahead_cannot_read_is_said_as_ansible_inventory_says_it(tmp_path):
+    """No host matched (a broken inventory, a --limit of no host): the run ends without
+    handing hosts over, and ansible-inventory's words are the error."""
+    from fleetsync.controller.hostrun import FleetRun, HostsRead
+    from fleetsync.ledger import identity
+    inv = tmp_path / "inv.ini"
+    _fleet(inv, "localhost")
+    ahead = FleetRun.ahead(str(inv), "nomatch", identity.new_migration_id())
+    try:
+        with pytest.raises(inventory.InventoryError,
+                           match=f"--limit nomatch matches no host of inventory {inv}"):
+            HostsRead(ahead, str(inv)).result()
+    finally:
+        ahead.drop()

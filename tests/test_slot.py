@@ -166,13 +166,13 @@ def test_a_host_takes_no_more_than_its_share_of_the_tail(tmp_path):
 def test_a_dead_controller_stops_its_hosts_claiming(tmp_path):
     path, engine = ledger_with_batches(tmp_path)
     me = f"{os.getpid()}:{processes.start_time(os.getpid())}"
-    assert slot.controller_alive(me)
+    assert processes.controller_alive(me)
     assert tasks_of(nxt(path, tmp_path, controller=me)) == [1]
     dead = subprocess.Popen(["true"])
     key = f"{dead.pid}:{processes.start_time(dead.pid)}"
     dead.wait()
-    assert not slot.controller_alive(key)
-    assert not slot.controller_alive(f"{os.getpid()}:1")       # a reused pid
+    assert not processes.controller_alive(key)
+    assert not processes.controller_alive(f"{os.getpid()}:1")       # a reused pid
     assert nxt(path, tmp_path, controller=key) == slot.STOP
 
 

@@ -34,23 +34,25 @@ def _whole(value):
 
 class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
-        from fleetsync.controller import protocol, rsync, slot
+        from fleetsync.controller import processes, protocol, rsync, slot
         from fleetsync.ledger.states import DeleteMode, OutcomeKind
 
         v = variables or {}
         try:
             worker_id = protocol.worker(str(terms[0]))
-            if not slot.controller_alive(v.get("fleetsync_controller")):
+            if not processes.controller_alive(v.get("fleetsync_controller")):
                 # Nobody records what this run does: end it (ansible-playbook, our
                 # parent, passes SIGTERM on to its workers) and claim nothing.
                 os.kill(os.getppid(), signal.SIGTERM)
                 return [slot.STOP]
+            # This host's lanes and stop file: the run's parameters (dispatch.yml).
+            host = v["fleetsync_hosts"][v["inventory_hostname"]]
             return [slot.next_command(v["fleetsync_ledger"], worker_id,
-                                      v["fleetsync_stop_file"], v["fleetsync_run_token"],
+                                      host["stop_file"], v["fleetsync_run_token"],
                                       list(v["fleetsync_rsync_options"]),
                                       OutcomeKind(v.get("fleetsync_mode", "copy")),
                                       DeleteMode(v.get("fleetsync_delete", "off")),
-                                      lanes=int(v.get("fleetsync_lanes", 1)),
+                                      lanes=int(host["lanes"]),
                                       controller=v.get("fleetsync_controller"),
                                       beat=float(v.get("fleetsync_beat", rsync.BEAT_SECONDS)),
                                       stop_at=_number(v.get("fleetsync_window_stop_at")),
