@@ -45,6 +45,17 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 _LEDGER_COLUMNS = {"migration_id", "schema_version", "src", "dest"}
 
 
+def _check_sides(path: str) -> None:
+    """A reader running as another user (root's sqlite3, say) can leave the -wal and
+    -shm files owned by it: the next writer could not use the ledger at all."""
+    for side in ("-wal", "-shm"):
+        if os.path.lexists(path + side) and not os.access(path + side, os.W_OK):
+            owner = os.stat(path + side).st_uid
+            raise LedgerError(f"cannot write {path}{side} (owned by uid {owner}: a reader "
+                              "running as another user made it; with no reader left, "
+                              "remove it or give it to this user)")
+
+
 def check(path: str, write: bool) -> None:
     """Refuse, in one line (LedgerError), a file that is not a fleetsync ledger or
     that this command cannot use, before anything opens it for writing: a writer
@@ -76,14 +87,8 @@ def check(path: str, write: bool) -> None:
     if write and not (os.access(path, os.W_OK) and os.access(folder, os.W_OK | os.X_OK)):
         raise LedgerError(f"cannot write the ledger {path} (the file and its directory, "
                           "for its -wal and -shm files, must be writable)")
-    for side in ("-wal", "-shm"):
-        # A reader running as another user (root's sqlite3, say) can leave these
-        # owned by it: the next writer could not use the ledger at all.
-        if write and os.path.lexists(path + side) and not os.access(path + side, os.W_OK):
-            owner = os.stat(path + side).st_uid
-            raise LedgerError(f"cannot write {path}{side} (owned by uid {owner}: a reader "
-                              "running as another user made it; with no reader left, "
-                              "remove it or give it to this user)")
+    if write:
+        _check_sides(path)
     try:
         con = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro",
                               uri=True)
