@@ -167,12 +167,10 @@ def run(args, loading: inventory.Loading | None = None, api=None,
 
 
 def _checksum_choice(given: str | None, mig: migration.Migration | None) -> str:
-    """The checksum this run records: --checksum-choice (an unknown one: one line),
-    else the ledger's, else the default. A ledger keeps the algorithm it recorded
-    first (one ledger never holds two kinds of digest): another is refused before
-    anything is written."""
-    if given is not None:
-        custody.check(given)
+    """The checksum this run records: --checksum-choice (already checked by run(),
+    before the inventory is read), else the ledger's, else the default. A ledger
+    keeps the algorithm it recorded first (one ledger never holds two kinds of
+    digest): another is refused before anything is written."""
     kept = None if mig is None else mig.options.get(custody.OPTION)
     if kept is not None and given is not None and given != kept:
         raise custody.ChecksumChoiceError(
