@@ -13,7 +13,9 @@ mount options and says so, for a run to warn at its start.
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
+import signal
 from collections.abc import Iterator
 
 PR_SET_PDEATHSIG = 1
@@ -174,6 +176,31 @@ def die_with(parent_pid: int, sig: int) -> bool:
     if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     return os.getppid() == parent_pid
+
+
+def end_parent_run() -> bool:
+    """SIGTERM to the ansible-playbook that forked this worker (it passes the signal
+    on to its other workers), but only while it is still this process's parent.
+    Once it has ended, os.getppid() names whoever adopted this process: init or a
+    subreaper, which must never get it (this machine's PID 1 ends every job it runs
+    on SIGTERM). The pidfd pins the process that is checked to the one signalled.
+    False when there was no such parent to signal."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return False
+    try:
+        fd = os.pidfd_open(parent.pid)
+    except ProcessLookupError:   # ended and reaped already
+        return False
+    try:
+        if os.getppid() != parent.pid:   # ended: this process was adopted
+            return False
+        signal.pidfd_send_signal(fd, signal.SIGTERM)
+        return True
+    except ProcessLookupError:   # it ended between the two
+        return False
+    finally:
+        os.close(fd)
 
 
 def controller_alive(controller: str | None) -> bool:

@@ -155,3 +155,47 @@ def test_a_hidden_process_is_told_from_one_that_ended_on_a_real_hidepid_proc(opt
     else:
         assert not got["listed"]
         assert "hidepid=invisible: other users' processes are not listed" in got["hiding"]
+
+
+# A worker (forked as Ansible forks its workers) ends its run through its parent,
+# and never signals whoever adopted it once that parent has ended: here a
+# subreaper that counts the SIGTERMs it gets, as this machine's PID 1 would get them.
+ADOPTED = r"""
+import ctypes, multiprocessing, os, signal, sys, time
+from fleetsync.controller import processes
+adopted = sys.argv[1] == "adopted"
+got = []
+signal.signal(signal.SIGTERM, lambda *_: got.append("TERM"))
+assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0       # PR_SET_CHILD_SUBREAPER
+me, (r, w) = os.getpid(), os.pipe()
+fork = multiprocessing.get_context("fork")
+
+def worker():
+    if adopted:
+        while os.getppid() != me:      # its parent has ended: adopted by `me`
+            time.sleep(0.01)
+    os.write(w, b"T" if processes.end_parent_run() else b"F")
+
+def playbook():
+    signal.signal(signal.SIGTERM, lambda *_: (os.write(w, b"+"), os._exit(0)))
+    fork.Process(target=worker).start()
+    if adopted:
+        os._exit(0)
+    signal.pause()
+
+fork.Process(target=playbook).start()
+answer = os.read(r, 1) + (b"" if adopted else os.read(r, 1))
+while True:        # reap all: the adopted worker too
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+print(answer.decode(), len(got))
+"""
+
+
+@pytest.mark.parametrize("case, printed", [("adopted", "F 0"), ("parent", "T+ 0")])
+def test_a_worker_signals_its_own_parent_never_the_one_that_adopted_it(case, printed):
+    r = subprocess.run([sys.executable, "-c", ADOPTED, case], capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == printed.split()

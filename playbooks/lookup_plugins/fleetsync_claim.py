@@ -5,8 +5,6 @@ once per item, on the controller, and hands the host whatever batches wait
 now (several, for its slots side by side). The logic lives in
 fleetsync.controller.slot; this is the shim.
 """
-import os
-import signal
 
 from ansible.errors import AnsibleError
 from ansible.plugins.lookup import LookupBase
@@ -43,7 +41,7 @@ class LookupModule(LookupBase):
             if not processes.controller_alive(v.get("fleetsync_controller")):
                 # Nobody records what this run does: end it (ansible-playbook, our
                 # parent, passes SIGTERM on to its workers) and claim nothing.
-                os.kill(os.getppid(), signal.SIGTERM)
+                processes.end_parent_run()
                 return [slot.STOP]
             # This host's lanes and stop file: the run's parameters (dispatch.yml).
             host = v["fleetsync_hosts"][v["inventory_hostname"]]

@@ -7,7 +7,6 @@ first task waits here, on the controller's side, until the file is written
 dies meanwhile, nothing would ever write it: the run ends.
 """
 import os
-import signal
 import time
 
 from ansible.errors import AnsibleError
@@ -35,7 +34,7 @@ class LookupModule(LookupBase):
         while not os.path.exists(path):
             if not processes.controller_alive(controller):
                 # ansible-playbook, our parent, passes SIGTERM on to its workers.
-                os.kill(os.getppid(), signal.SIGTERM)
+                processes.end_parent_run()
                 raise AnsibleError("fleetsync_params: the controller is gone")
             time.sleep(POLL)
         return [path]
