@@ -87,6 +87,7 @@ class Dispatcher:
         self.events: queue.Queue[Event] = queue.Queue()
         self.hosts: dict[str, inventory.Host] = hosts or {}
         self.runs: dict[str, HostRun] = {}
+        self.fleets: list[FleetRun] = []     # those not ended, closed when the dispatch ends
         self.backoff = Backoff()
         self.preflights = Preflights()
         self.recorder = Recorder(self.conn, self.mig, settings.policy, settings.delete)
@@ -123,6 +124,8 @@ class Dispatcher:
             raise
         finally:
             self._drop_ahead()
+            for fleet in self.fleets:
+                fleet.close()
             close_masters(self.mig.migration_id)
 
     def _stop_now(self) -> None:
@@ -219,6 +222,7 @@ class Dispatcher:
             fleet = FleetRun(ready, self._extravars(), self.events, items)
             fleet.start()
         self.runs.update(fleet.members)
+        self.fleets = [f for f in self.fleets if not f.ended] + [fleet]
 
     def _drop_ahead(self) -> None:
         """The run started ahead, when no hosts' run adopted it (nothing was left to do)."""

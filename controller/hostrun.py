@@ -398,7 +398,17 @@ class FleetRun:
             return
         self._cancel = True
         stop_now(self.migration_id, self.run_token)
+        self.close()
+
+    def close(self) -> None:
+        """The run ends whole before the controller exits: its thread (which removes
+        the run's directory once ansible-playbook has exited, a moment after the
+        dispatcher heard the last host's loop end) for at most DROP_WAIT; then what
+        is left of it ends (started after a sweep of drop(), or slow to end), and the
+        directory goes, once nothing is left that could write in it."""
         self.thread.join(defaults.DROP_WAIT)
+        stop_now(self.migration_id, self.run_token)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def _write_params(self) -> None:
         """The play's parameters, whole or not at all (renamed into place)."""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
+import shutil
 import socket
 import sqlite3
 import stat
@@ -70,6 +72,20 @@ def error_line(r: subprocess.CompletedProcess) -> str:
 def popen(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fleetsync.controller.cli", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def private_mounts(script: str, *mount_points: str) -> list[str]:
+    """The command line of `sh -c script` in a mount namespace of its own (args follow
+    it as $1...), where mount_points are made private first, so that what the script
+    mounts on them stays in it. Skips the test where that cannot be: not root, no
+    unshare. `unshare -m` alone would make / private, which a chroot refuses (its /
+    is no mount point): a fresh Debian chroot runs these tests too."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or subprocess.run(
+            ["unshare", "-m", "--propagation", "unchanged", "true"],
+            capture_output=True).returncode != 0:
+        pytest.skip("needs root and a mount namespace of its own (unshare -m)")
+    private = "".join(f"mount --make-rprivate {shlex.quote(m)} && " for m in mount_points)
+    return ["unshare", "-m", "--propagation", "unchanged", "sh", "-c", private + script, "sh"]
 
 
 def query(ledger, sql: str, *args) -> list[tuple]:

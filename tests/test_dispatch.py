@@ -437,8 +437,11 @@ def test_the_dispatch_playbook_names_its_tasks_as_the_dispatcher_matches_them():
     assert all("ansible.builtin.raw" in t for t in play["tasks"][2:])
 
 
-def _marked(mid: str) -> list[str]:
-    return processes.matching(f"fleetsync:{mid}:".encode())
+def _marked(mid: str) -> list[tuple[int, bytes | None]]:
+    """The processes that carry the migration's mark, with their command lines (what
+    a failure needs to say which one was left)."""
+    return [(pid, processes.command_line(pid))
+            for pid in processes.matching(f"fleetsync:{mid}:".encode())]
 
 
 def _slow_tree(src):

@@ -726,19 +726,14 @@ def test_ansible_that_cannot_start_says_why_in_the_error_line(tmp_path):
     in a container or chroot without one) names its reason in the run's one error
     line and the log, not only "failed rc=1". A private mount namespace gives this run
     a read-only /dev/shm."""
-    import shutil
     import subprocess
     import sys
 
-    from .support import REPO, error_line, query
-    if not shutil.which("unshare") or subprocess.run(
-            ["unshare", "-m", "true"], capture_output=True).returncode != 0:
-        pytest.skip("mount namespaces are not permitted here")
+    from .support import REPO, error_line, private_mounts, query
     src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
     tree(src)
-    script = ("mount --make-rprivate / && mount -t tmpfs -o ro tmpfs /dev/shm && "
-              'exec "$@"')
-    r = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", sys.executable, "-m",
+    script = 'mount -t tmpfs -o ro tmpfs /dev/shm && exec "$@"'
+    r = subprocess.run([*private_mounts(script, "/dev/shm"), sys.executable, "-m",
                         "fleetsync.controller.cli", *run_args(src, dest, ledger)],
                        cwd=REPO, capture_output=True, timeout=300)
     line = error_line(r)
