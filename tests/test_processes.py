@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -102,7 +103,8 @@ def test_procs_mount_options_are_read_from_mountinfo(line, hidepid, gid):
 
 HIDDEN_SCRIPT = """
 import json, os, subprocess, sys, time
-from fleetsync.controller import processes
+sys.path.insert(0, sys.argv[3])
+import processes
 root_pid, mark = int(sys.argv[1]), sys.argv[2]
 out = {"uid": os.geteuid(), "hiding": processes.hiding(), "listed": root_pid in processes.pids()}
 try:
@@ -136,9 +138,17 @@ def test_a_hidden_process_is_told_from_one_that_ended_on_a_real_hidepid_proc(opt
     mark = f"fleetsync-test:{uuid.uuid4().hex}"
     shell = (f"mount -t proc -o {option} proc /proc && exec setpriv --reuid=65534 "
              f"--regid=65534 --init-groups \"$@\"")
-    r = subprocess.run([*private_mounts(shell, "/proc"),
-                        sys.executable, "-c", HIDDEN_SCRIPT, str(os.getpid()), mark],
-                       capture_output=True, text=True, timeout=120)
+    # A copy of processes.py that uid nobody can read: a checkout under /root (0700)
+    # is not, and neither is the venv's site-packages there.
+    readable = tempfile.mkdtemp()
+    os.chmod(readable, 0o755)
+    shutil.copy(processes.__file__, readable)
+    try:
+        r = subprocess.run([*private_mounts(shell, "/proc"), sys.executable, "-c",
+                            HIDDEN_SCRIPT, str(os.getpid()), mark, readable],
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(readable)
     if r.returncode != 0 and "mount" in r.stderr:
         pytest.skip(f"cannot mount a private /proc here: {r.stderr.strip()}")
     assert r.returncode == 0, r.stderr
