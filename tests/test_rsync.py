@@ -9,7 +9,6 @@ import pytest
 from fleetsync.controller import outcome, processes, protocol, rsync
 
 from .support import eventually
-from .test_space import small_fs  # noqa: F401  (a fixture)
 
 
 def run_command(cmd: str) -> str:

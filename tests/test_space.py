@@ -10,33 +10,11 @@ import sqlite3
 import stat
 import subprocess
 
-import pytest
-
 from fleetsync.api import make_app
 from fleetsync.controller import processes
 from fleetsync.ledger import batches, db, space
 
 from .support import eventually, fleetsync, free_port, popen, query, snapshot
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """small_fs(size) -> a directory on a tmpfs of that size, unmounted afterwards."""
-    mounted = []
-
-    def mount(size: str) -> str:
-        where = str(tmp_path / f"fs{len(mounted)}")
-        os.mkdir(where)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", where],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs (root needed): {r.stderr.strip()}")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", where], check=False)
 
 
 def _tree(root, dirs: int, files: int, size: int) -> None:
