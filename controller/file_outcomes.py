@@ -6,6 +6,10 @@ to an entry of the batch: its path, decoded from rsync's escapes, must be SRC/ o
 DEST/ followed by the entry's exact bytes (or by the entry's directory and rsync's
 temporary name for it, `.NAME.XXXXXX`), and exactly one entry may match. Anything
 else is recorded as a line that could not be mapped, never guessed.
+
+A copy that rsync gave up on (looked_at_dest) is decided by its look at DEST
+instead: what the look names missing gets a row, every other entry it sent arrived
+(a line that named no entry stays in the attempt's errors).
 """
 from __future__ import annotations
 

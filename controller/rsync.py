@@ -319,9 +319,10 @@ def _job_body(job: Job, src: str, dest: str, mark: str, lst: str, out: str,
                 f"LC_ALL=C grep -a '^{protocol.SUM}' {out}s >> {out}; fi")
     # A batch that failed as a whole: which of its entries are at DEST whole is
     # asked of DEST (_dest_check); those that are get their checksums too.
-    return (f"{body}; case $rc in 0|23|24) {owed};; *) "
+    # Not when the item was fenced (its host declared lost: the batch waits again).
+    return (f"{body}; case $rc in 0|23|24) {owed};; *) if ! [ -e \"$d/x\" ]; then "
             f"{_dest_check(job, src, dest, mark, lst, out, seconds)}; "
-            f"[ $c -eq 0 ] && {{ {owed}; }};; esac")
+            f"[ $c -eq 0 ] && {{ {owed}; }}; fi;; esac")
 
 
 def _dest_check(job: Job, src: str, dest: str, mark: str, lst: str, out: str,
