@@ -10,6 +10,8 @@ import sqlite3
 import stat
 import subprocess
 
+import pytest
+
 from fleetsync.api import make_app
 from fleetsync.controller import processes
 from fleetsync.ledger import batches, db, space
@@ -185,24 +187,55 @@ def _whole_at_dest(src: bytes, dest: bytes, path: bytes) -> bool:
         (a.st_size, int(a.st_mtime)) == (b.st_size, int(b.st_mtime)))
 
 
-def _full_dest_run(tmp_path, small_fs, *extra: str):
-    """DEST on 20 MiB, 50 MiB to copy, hostile names: (src, dest, ledger, run)."""
+def _full_dest_run(tmp_path, mount: str, *extra: str, url: str | None = None):
+    """DEST in mount (20 MiB), 50 MiB to copy, hostile names: (src, dest, ledger, run).
+    url: DEST as the run is given it, when not the path (a daemon's module there)."""
     src = tmp_path / "src"
     _hostile_tree(src, 5, 100, 100 * 1024)
-    dest = os.path.join(small_fs("20m"), "dest")
+    dest = os.path.join(mount, "dest")
     ledger = str(tmp_path / "l.db")
-    r = fleetsync("run", "--src", str(src), "--dest", dest, "--ledger", ledger, "--no-api",
-                  *extra)
+    r = fleetsync("run", "--src", str(src), "--dest", url or dest, "--ledger", ledger,
+                  "--no-api", *extra)
     assert r.returncode == 1, r.stderr.decode()[-3000:]
     return os.fsencode(src), os.fsencode(dest), ledger, r
 
 
-def test_a_full_dest_records_what_arrived_by_looking_at_dest(tmp_path, small_fs):
+@pytest.fixture
+def daemon(tmp_path):
+    """daemon(path) -> the rsync:// URL of a module at path, served by a real rsync
+    daemon on a free port (a remote DEST), stopped afterwards."""
+    started = []
+
+    def serve(path: str) -> str:
+        port = free_port()
+        conf = tmp_path / "rsyncd.conf"
+        conf.write_text(f"use chroot = false\nuid = root\ngid = root\n[mod]\n"
+                        f"path = {path}\nread only = false\n")
+        p = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}",
+                              f"--port={port}", "--address=127.0.0.1"])
+        started.append(p)
+        url = f"rsync://127.0.0.1:{port}/mod/"
+        eventually(lambda: subprocess.run(["rsync", url], capture_output=True).returncode == 0,
+                   "the rsync daemon to answer", proc=p)
+        return url
+
+    yield serve
+    for p in started:
+        p.terminate()
+        p.wait(timeout=30)
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["path", "rsync-daemon"])
+def test_a_full_dest_records_what_arrived_by_looking_at_dest(tmp_path, small_fs, daemon,
+                                                             remote):
     """Issue 27, item 2: the entries of the failed batches that are at DEST whole are
     recorded as arrived (their checksums kept: only theirs), the others carry rsync's
     reason and the host, in missing_entries and in `fleetsync report`; the next copy
-    sends the missing entries alone."""
-    src, dest, ledger, _ = _full_dest_run(tmp_path, small_fs, "--max-retries", "0")
+    sends the missing entries alone. DEST a path on the worker, or a remote one (an
+    rsync daemon's module: the look goes through rsync's own connection)."""
+    mount = small_fs("20m")
+    url = daemon(mount) + "dest" if remote else None
+    src, dest, ledger, _ = _full_dest_run(tmp_path, mount, "--max-retries", "0", url=url)
     (worker,), = query(ledger, "SELECT worker_id FROM workers")
     failed = [t for (t,) in query(ledger, "SELECT task_id FROM batches WHERE state = 'failed'")]
     assert failed
@@ -248,7 +281,7 @@ def test_a_full_dest_is_named_in_the_summary_and_heals_after_retry_failed(
     """The summary names rsync's reason and the host, and says what to do. A plain run
     again does not send a failed batch again (the decision: README, "DEST fills
     up"); freed, `retry --failed` and a run make the copy exact, every checksum in."""
-    src, dest, ledger, r = _full_dest_run(tmp_path, small_fs)
+    src, dest, ledger, r = _full_dest_run(tmp_path, small_fs("20m"))
     (worker,), = query(ledger, "SELECT worker_id FROM workers")
     (failed,), = query(ledger, "SELECT count(*) FROM batches WHERE state = 'failed'")
     said = [line for line in r.stdout.decode().splitlines() if "space at DEST" in line]
