@@ -6,6 +6,10 @@ to an entry of the batch: its path, decoded from rsync's escapes, must be SRC/ o
 DEST/ followed by the entry's exact bytes (or by the entry's directory and rsync's
 temporary name for it, `.NAME.XXXXXX`), and exactly one entry may match. Anything
 else is recorded as a line that could not be mapped, never guessed.
+
+A copy that rsync gave up on (looked_at_dest) is decided by its look at DEST
+instead: what the look names missing gets a row, every other entry it sent arrived
+(a line that named no entry stays in the attempt's errors).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import re
 
 from sqlalchemy import Connection
 
-from fleetsync.ledger import batches
+from fleetsync.ledger import batches, hardlinks
 from fleetsync.ledger.batches import Report
 from fleetsync.ledger.entry_outcomes import EntryOutcome
 from fleetsync.ledger.states import EntryClass, EntrySource
@@ -87,6 +91,41 @@ def file_outcomes(out: Outcome, entries: set[bytes], src: str, dest: str
     return found, mapped_all
 
 
+def looked_at_dest(conn: Connection, out: Outcome, found: list[EntryOutcome],
+                   worker_id: str) -> tuple[list[EntryOutcome], bool]:
+    """(per-file rows, rest_arrived) of a copy that failed as a whole, from its look at
+    DEST (controller/rsync.py: _dest_check): a row for each entry it sent that is not
+    there whole, and for the other names of its hard links (one name alone cannot be
+    sent again: it would arrive as a file of its own); every other entry it sent
+    arrived. Each row says why, with the host. Nothing missing (rsync failed after
+    the last entry arrived): the batch stays failed as a whole, as before."""
+    sent = {p for p, _, _ in batches.entries(conn, out.task_id)} - {b"."}
+    missing = out.not_at_dest & sent
+    with conn.begin():
+        groups = hardlinks.groups_in(conn, out.task_id)
+    for group in groups:
+        if group & missing:
+            missing |= group & sent
+    if not missing:
+        return found, False
+    own = {o.path: o for o in found if o.path is not None}
+    cls, why, err = _cause(out)
+    where = f"host {worker_id}, rsync exit {out.rsync_exit_code}"
+    return [EntryOutcome(p, own[p].cls, f"{own[p].reason} ({where})", own[p].errno)
+            if p in own else
+            EntryOutcome(p, cls, f"not at DEST when its batch failed ({where}): {why}", err)
+            for p in sorted(missing)], True
+
+
+def _cause(out: Outcome) -> tuple[EntryClass, str, int | None]:
+    """Why rsync gave up on the batch, as rsync said it: its first per-file error
+    with an errno ("No space left on device (28)"), else its first other error line."""
+    for fe in out.file_errors:
+        if fe.errno is not None:
+            return classify(fe.errno, fe.sending), f"{fe.why} ({fe.errno})", fe.errno
+    return EntryClass.MAY_HEAL, (out.other_errors or out.errors or ["(no error line)"])[0], None
+
+
 def record_batch(conn: Connection, out: Outcome, worker_id: str, policy: Policy,
                  src: str, dest: str) -> None:
     """The batch's transition for this outcome, with its per-file rows."""
@@ -101,7 +140,10 @@ def record_batch(conn: Connection, out: Outcome, worker_id: str, policy: Policy,
         found, mapped_all = file_outcomes(out, entries, src, dest)
     verdict, rest_arrived = policy.entry_verdict(
         out.rsync_exit_code, used, [o.cls for o in found], mapped_all)
-    report.file_outcomes, report.rest_arrived = found, rest_arrived and mapped_all
+    rest_arrived = rest_arrived and mapped_all
+    if verdict is not Verdict.SUCCEED and not rest_arrived and out.not_at_dest:
+        found, rest_arrived = looked_at_dest(conn, out, found, worker_id)
+    report.file_outcomes, report.rest_arrived = found, rest_arrived
     if verdict is Verdict.SUCCEED:
         batches.succeed(conn, report, retries_used=used)
     elif verdict is Verdict.RETRY:

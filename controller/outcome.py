@@ -51,6 +51,9 @@ class Outcome:
     file_errors: list[FileError] = field(default_factory=list)   # per-file error lines
     other_errors: list[str] = field(default_factory=list)  # error lines naming no file
     sums: dict[bytes, bytes] = field(default_factory=dict)  # checksums by entry (SUM lines)
+    # After a copy that failed as a whole: the entries its look at DEST did not find
+    # there whole (names relative to SRC); None: no look ran, or it failed.
+    not_at_dest: set[bytes] | None = None
 
 
 _STAT = re.compile(r"^Total bytes (sent|received): ([\d,]+)", re.M)
@@ -90,6 +93,7 @@ def _parse_one(begin: protocol.Begin, text: str) -> Outcome:
             out.other_errors.append(line)
     out.itemized = protocol.itemized(lines)
     out.sums = protocol.sums(lines)
+    out.not_at_dest = protocol.not_at_dest(text, lines)
     if out.rsync_exit_code == 23 and _only_vanished(out.errors):
         # rsync says 23 for a listed file that no longer exists; it is the same
         # event as exit 24 ("vanished source files") and gets the same policy.

@@ -28,7 +28,10 @@ entry of the batch, the batch's verdict comes from its entries' classes:
 
 A line that names no entry of the batch (an implied parent directory, a name
 that cannot be told apart) or an error line that names no file at all makes the
-attempt a batch-level failure: what arrived is not known, never guessed.
+attempt a batch-level failure: what arrived is not known, never guessed. A batch
+that rsync gave up on (an exit other than 0, 23, 24: 11 on a full DEST) is then
+looked at on its worker (controller/rsync.py: _dest_check), and what its look finds
+at DEST whole arrived (controller/file_outcomes.py: looked_at_dest).
 """
 from __future__ import annotations
 

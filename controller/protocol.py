@@ -10,6 +10,8 @@ A worker's output mixes rsync's own lines with ours, which start with MARK:
   @@fleetsync worker NAME                           the preflight passed; the host's worker id
   @@fleetsync error WHY                             the preflight failed, and why
   @@fleetsync killed leftover PID                   the preflight killed a dead run's process
+  @@fleetsync checked task=T rc=R                   a failed batch's look at DEST ran (rc 0:
+                                                    its MISSING lines name all it lacks)
 
 Between begin and end, rsync's itemized lines (a deletion's entries) start with
 ITEM, and SUM's lines carry a full-file checksum (a copy's, of SRC; a verify's, of
@@ -17,6 +19,8 @@ DEST):
 
   @@C HEX NAME                                      HEX: the checksum of NAME (as rsync
                                                     prints names: \\#ooo for odd bytes)
+  @@M %i NAME                                       after a batch failed: an entry of it
+                                                    that is not at DEST whole (CHECK_FORMAT)
  While an item runs, the host prints BEAT's empty lines,
 which nobody parses: their bytes alone say the host is alive (controller/hostrun.py).
 
@@ -45,6 +49,13 @@ SUM = "@@C "      # a file's full-file checksum and its name
 # SUM, the 11 characters of %i, then %C (hex, or blanks when rsync has none) and
 # the name. rsync.sums() keeps only the lines with a checksum, as `@@C HEX NAME`.
 SUM_FORMAT = f"--out-format={SUM}%i %C %n"
+MISSING = "@@M "  # an entry a dry run would send again: not at DEST whole
+# A failed batch's look at DEST (controller/rsync.py: _dest_check) is a dry run of the
+# batch's own rsync: a line per entry it would still send or create (%i's update
+# type `>`, `c` or `h`); an entry present with only its attributes differing (`.`)
+# has arrived (a regular file's size and mtime equal SRC's: rsync's quick check).
+CHECK_FORMAT = f"--out-format={MISSING}%i %n"
+NOT_THERE = f"^{MISSING}[<>ch]"    # the update types of an entry that is not there
 
 
 class Kind(Enum):
@@ -56,6 +67,7 @@ class Kind(Enum):
     WORKER = "worker"
     ERROR = "error"
     KILLED = "killed"
+    CHECKED = "checked"
 
 
 def prefix(kind: Kind) -> str:
@@ -76,6 +88,11 @@ def end(task_id: int, claim: int, rc: str = "$rc") -> str:
     """The shell that prints a batch's end line; rc: the shell word of its exit code."""
     return (f"echo {prefix(Kind.END)} task={int(task_id)} claim={int(claim)} rc={rc} "
             "end=$(date +%s.%N)")
+
+
+def checked(task_id: int, rc: str = "$c") -> str:
+    """The shell that prints the line closing a failed batch's look at DEST."""
+    return f"echo {prefix(Kind.CHECKED)} task={int(task_id)} rc={rc}"
 
 
 STOP = f"echo {prefix(Kind.STOP)}"
@@ -108,6 +125,7 @@ class End:
 _BEGIN = re.compile(rf"^{prefix(Kind.BEGIN)} task=(\d+) claim=(\d+) kind=(\w+) start=([\d.]+)",
                     re.M)
 _END = re.compile(rf"^{prefix(Kind.END)} task=(\d+) claim=(\d+) rc=(\d+) end=([\d.]+)", re.M)
+_CHECKED = re.compile(rf"^{prefix(Kind.CHECKED)} task=(\d+) rc=(\d+)", re.M)
 _KILLED = re.compile(rf"^{prefix(Kind.KILLED)} leftover (\d+)")
 
 
@@ -147,6 +165,21 @@ def sums(lines: list[str]) -> dict[bytes, bytes]:
             path = (logbook.rsync_unescape(name) if "\\" in name
                     else name.encode("utf-8", "surrogateescape"))
             found.setdefault(path, raw)
+    return found
+
+
+def not_at_dest(text: str, lines: list[str]) -> set[bytes] | None:
+    """The entries one batch's look at DEST found missing (names relative to SRC,
+    decoded from rsync's escapes, a directory's trailing / dropped), or None when no
+    look ran or it did not end with rc 0 (then what it printed proves nothing)."""
+    m = _CHECKED.search(text)
+    if m is None or m[2] != "0":
+        return None
+    found = set()
+    for line in lines:
+        if line.startswith(MISSING):
+            name = line[len(MISSING):].partition(" ")[2]
+            found.add(logbook.rsync_unescape(name.removesuffix("/")))
     return found
 
 

@@ -258,7 +258,7 @@ def _job_case(n: int, job: Job, src: str, dest: str, mark: str) -> str:
             f'if ! [ "$(wc -c < {lst})" -eq {length} ]; then '
             f"echo 'fleetsync: the file list arrived damaged'; rc={LIST_DAMAGED}; "
             f"else {_job_body(job, src, dest, mark, lst, out, seconds)}; "
-            f"cap {out}; fi; rm -f {lst} {out} {out}s; "
+            f"cap {out}; fi; rm -f {lst} {out} {out}s {out}c; "
             f"{protocol.end(job.task_id, job.claim)};;")
 
 
@@ -309,14 +309,38 @@ def _job_body(job: Job, src: str, dest: str, mark: str, lst: str, out: str,
     options = [*job.options, *(sum_options(job.sums) if job.sums else []), "--stats"]
     rsync = _rsync(options, src, dest, mark, ["--from0", f"--files-from={lst}"])
     body = f"timeout -k 30 {seconds} {rsync} > {out} 2>&1; rc=$?"
+    owed = ":"
     if job.sums and job.regular:
         # The files rsync did not send (already at DEST) got no %C: a checksum pass
         # of SRC gives them theirs, only when some are owed.
-        body += (f"; case $rc in 0|23|24) if [ \"$(LC_ALL=C grep -c -E '{_SUMMED}' {out})\" "
-                 f"-lt {job.regular} ]; then timeout -k 30 {seconds} "
-                 f"{_sum_pass(job.sums, src, lst)} > {out}s 2>&1; "
-                 f"LC_ALL=C grep -a '^{protocol.SUM}' {out}s >> {out}; fi;; esac")
-    return body
+        owed = (f"if [ \"$(LC_ALL=C grep -c -E '{_SUMMED}' {out})\" "
+                f"-lt {job.regular} ]; then timeout -k 30 {seconds} "
+                f"{_sum_pass(job.sums, src, lst)} > {out}s 2>&1; "
+                f"LC_ALL=C grep -a '^{protocol.SUM}' {out}s >> {out}; fi")
+    # A batch that failed as a whole: which of its entries are at DEST whole is
+    # asked of DEST (_dest_check); those that are get their checksums too.
+    # Not when the item was fenced (its host declared lost: the batch waits again).
+    return (f"{body}; case $rc in 0|23|24) {owed};; *) if ! [ -e \"$d/x\" ]; then "
+            f"{_dest_check(job, src, dest, mark, lst, out, seconds)}; "
+            f"[ $c -eq 0 ] && {{ {owed}; }}; fi;; esac")
+
+
+def _dest_check(job: Job, src: str, dest: str, mark: str, lst: str, out: str,
+                seconds: int) -> str:
+    """The look at DEST after a batch failed (exit other than 0, 23, 24: rsync gave
+    up on the batch, e.g. 11 on a full DEST): a dry run of the batch's own rsync
+    (its options, so its own comparison: size and mtime by default, checksums where
+    the batch compares them), which names every listed entry it would still send or
+    create, and only those (protocol.NOT_THERE); rsync's listing of the failed copy
+    is no proof, it names a file (and prints its %C) before the write fails. One
+    pass over the list, stats of both sides and no data read (bench/dest_check.py);
+    a remote DEST is asked through rsync's own connection. Its error lines are
+    dropped (the copy's tell why), its exit code closes it: only rc 0 is believed."""
+    check = _rsync([*job.options, "--dry-run", protocol.CHECK_FORMAT], src, dest, mark,
+                   ["--from0", f"--files-from={lst}"])
+    return (f"timeout -k 30 {seconds} {check} > {out}c 2>/dev/null; c=$?; "
+            f"LC_ALL=C grep -a -E '{protocol.NOT_THERE}' {out}c; "
+            f"{protocol.checked(job.task_id)}")
 
 
 # An item's output travels in one Ansible result, whose text ansible-runner drops
@@ -329,14 +353,22 @@ _PLAIN = bytes(range(0x20, 0x7f)).replace(b"\\", b"")   # rsync prints them as t
 
 
 def output_bound(job: Job) -> int:
-    """The most a job prints: OUTPUT_CAP and its --stats totals, and a checksum line
-    per regular file, twice for a copy (its %C, then a checksum pass), each name at
-    its longest as rsync prints it (an odd byte as the 5 characters of \\#ooo)."""
+    """The most a job prints: OUTPUT_CAP and its --stats totals, a checksum line
+    per regular file, twice for a copy (its %C, then a checksum pass), and for a copy
+    a line per entry of its look at DEST, each name at its longest as rsync prints it
+    (an odd byte as the 5 characters of \\#ooo)."""
+    bound = OUTPUT_CAP + 200
+    if job.kind is OutcomeKind.COPY:     # a failed copy's look at DEST: a line per entry
+        bound += _names(job, len(protocol.MISSING) + 14) + 100
     if not job.sums:
-        return OUTPUT_CAP + 200
+        return bound
     per = len(protocol.SUM) + 2 * custody.ALGORITHMS[job.sums] + 2
-    names = sum(len(p) + 4 * len(p.translate(None, _PLAIN)) + per for p in job.paths)
-    return OUTPUT_CAP + 200 + names * (1 if job.kind is OutcomeKind.VERIFY else 2)
+    return bound + _names(job, per) * (1 if job.kind is OutcomeKind.VERIFY else 2)
+
+
+def _names(job: Job, per: int) -> int:
+    """The job's names as rsync prints them at their longest, with `per` more each."""
+    return sum(len(p) + 4 * len(p.translate(None, _PLAIN)) + per for p in job.paths)
 
 
 def item_dir_prefix(migration_id: str, run_token: str) -> str:

@@ -71,3 +71,14 @@ def bring_names(conn: Connection, inodes: list[tuple[int, int]]) -> int:
         return sum(conn.execute(text(
             "UPDATE hardlinks SET task_id = NULL WHERE dev = :d AND ino = :i"),
             {"d": d, "i": i}).rowcount for d, i in set(inodes))
+
+
+def groups_in(conn: Connection, task_id: int) -> list[set[bytes]]:
+    """The hard link groups of one batch (the names of each inode it carries), inside
+    the caller's transaction: one name of a group cannot arrive alone (a copy of it
+    alone would be a file of its own at DEST, not a link)."""
+    found: dict[tuple[int, int], set[bytes]] = {}
+    for dev, ino, path in conn.execute(text(
+            "SELECT dev, ino, path FROM hardlinks WHERE task_id = :t"), {"t": task_id}):
+        found.setdefault((dev, ino), set()).add(bytes(path))
+    return list(found.values())

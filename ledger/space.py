@@ -138,9 +138,20 @@ class DestFull:
 
     def advice(self) -> str:
         return (f"{self.batches} failed batches ran out of space at DEST (host "
-                f"{self.worker_id}: {self.line}): free space on DEST's filesystem, then "
-                "`fleetsync retry --failed` and run again (a full DEST is not waited "
-                "out: its batches fail once their retries are spent)")
+                f"{self.worker_id}: {self.line}): {DEST_FULL_ADVICE}")
+
+
+# What the operator does about a full DEST. A full DEST is a failure like any other,
+# not a condition a plain run again heals by itself: only the operator knows when
+# space is back (a run cannot tell a disk freed from one still full, or a quota from
+# a full disk), and a run again on a disk still full would spend every failed
+# batch's retries again for nothing. `retry --failed` is the one way to say "fixed,
+# send again", for every failure; and since the entries that are at DEST whole were
+# recorded as arrived (controller/rsync.py: _dest_check), it sends only the rest.
+DEST_FULL_ADVICE = ("free space on DEST's filesystem, then `fleetsync retry --failed` and "
+                    "run again: only their entries that are not at DEST are sent again (a "
+                    "full DEST is not waited out, and a run again alone does not send a "
+                    "failed batch again)")
 
 
 def dest_full(conn: Connection) -> DestFull | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
@@ -36,3 +37,24 @@ def open_to_nobody(tmp_path):
     yield
     for d, mode in zip(dirs, modes):
         os.chmod(d, mode)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """small_fs(size) -> a directory on a tmpfs of that size, unmounted afterwards
+    (tests/test_space.py, tests/test_rsync.py: full disks); skipped without root."""
+    mounted = []
+
+    def mount(size: str) -> str:
+        where = str(tmp_path / f"fs{len(mounted)}")
+        os.mkdir(where)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", where],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs (root needed): {r.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", where], check=False)

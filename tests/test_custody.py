@@ -7,7 +7,8 @@ import shutil
 import subprocess
 
 from fleetsync.api.app import make_app
-from fleetsync.controller import protocol, rsync, slot
+from fleetsync.controller import file_outcomes, outcome, protocol, rsync, slot
+from fleetsync.controller.policy import Policy
 from fleetsync.ledger import batches, custody, db, migration
 from fleetsync.ledger.batches import Report
 from fleetsync.ledger.entry_outcomes import EntryOutcome
@@ -205,6 +206,37 @@ def test_checksums_are_kept_only_for_entries_that_arrived(tmp_path):
         with conn.begin():
             got = dict(conn.exec_driver_sql("SELECT path, checksum FROM batch_files").all())
     assert got == {b"a": None, b"b": b"B" * 16, b"b2": b"B" * 16}
+
+
+def test_a_failed_batchs_look_at_dest_keeps_a_hard_link_group_whole(tmp_path):
+    """A batch that failed as a whole (exit 11), its look at DEST missing one name of
+    a hard link group and a file rsync named: the group's other name is missing too
+    (sent alone it would arrive unlinked), each row with rsync's reason and the host;
+    only the entry that arrived keeps the checksum rsync printed for it."""
+    engine = db.writer(str(tmp_path / "l.db"))
+    migration.open_or_create(engine, "/src", "/dest", {})
+    line = 'rsync: [receiver] write failed on "/dest/c": No space left on device (28)'
+    with engine.connect() as conn:
+        with conn.begin():
+            batches.create(conn, [(p, 0, 1, 0, 1, 1) for p in (b"a", b"b", b"b2", b"c")],
+                           4, 0, 4, 0, 0.0)
+            conn.exec_driver_sql("INSERT INTO hardlinks(dev, ino, path, size, task_id) "
+                                 "VALUES (1, 7, ?, 1, 1), (1, 7, ?, 1, 1)", (b"b", b"b2"))
+        [claim] = batches.claim(conn, "w", 1)
+        out = outcome.Outcome(1, claim.claim_no, 11, errors=[line],
+                              file_errors=[outcome.file_error(line)],
+                              sums={p: p * 16 for p in (b"a", b"b", b"c")},
+                              not_at_dest={b"b2", b"c", b"implied-dir"})
+        file_outcomes.record_batch(conn, out, "w", Policy(max_retries=0), "/src", "/dest")
+        with conn.begin():
+            got = dict(conn.exec_driver_sql("SELECT path, checksum FROM batch_files").all())
+            missing = dict(conn.exec_driver_sql("SELECT path, reason FROM missing_entries").all())
+    assert got == {b"a": b"a" * 16, b"b": None, b"b2": None, b"c": None}
+    where = "(host w, rsync exit 11)"
+    assert missing == {
+        b"b": f"not at DEST when its batch failed {where}: No space left on device (28)",
+        b"b2": f"not at DEST when its batch failed {where}: No space left on device (28)",
+        b"c": f"write failed on: No space left on device (28) {where}"}
 
 
 def test_an_item_is_cut_so_that_its_checksum_lines_always_fit_one_result():

@@ -154,3 +154,31 @@ def test_every_line_outside_the_module_is_one_of_its_kinds():
                 if protocol.MARK in text.replace(f"`{protocol.MARK}", "") or protocol.ITEM in text:
                     spelled.append(os.path.join(folder, name))
     assert spelled == []
+
+
+def test_a_look_at_dest_round_trips_with_real_rsync(tmp_path):
+    """CHECK_FORMAT's lines, as rsync prints them and NOT_THERE keeps them, give back
+    the exact names of what is not at DEST (a newline, bytes that are not UTF-8, a
+    backslash before #, a directory's /); an entry only its times differ on (`.d`,
+    present) is not named; a look that did not end with rc 0 proves nothing."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    names = [b"new\nline", b"\xff\xfe", b"back\\#012slash", b"dir"]
+    (src / "dir").mkdir(parents=True)
+    (src / "here").write_text("x")
+    for n in names[:3]:
+        (src / os.fsdecode(n)).write_bytes(n)
+    dest.mkdir()
+    subprocess.run(["rsync", "-a", f"{src}/here", f"{dest}/"], check=True)
+    (dest / "old").mkdir()
+    os.utime(dest, (0, 0))                       # `.d..t......`: there, times differ
+    lst = tmp_path / "lst"
+    lst.write_bytes(b"\0".join([b".", b"here", *names]) + b"\0")
+    out = sh(f"rsync -a -n {protocol.CHECK_FORMAT!r} --from0 --files-from={lst} {src}/ "
+             f"{dest}/ > {tmp_path}/c; c=$?; LC_ALL=C grep -a -E '{protocol.NOT_THERE}' "
+             f"{tmp_path}/c; {protocol.checked(4)}")
+    assert protocol.says(out, Kind.CHECKED)
+    assert protocol.not_at_dest(out, out.splitlines()) == set(names)
+    failed = out.replace(f"{protocol.prefix(Kind.CHECKED)} task=4 rc=0",
+                         f"{protocol.prefix(Kind.CHECKED)} task=4 rc=23")
+    assert protocol.not_at_dest(failed, failed.splitlines()) is None
+    assert protocol.not_at_dest("", []) is None

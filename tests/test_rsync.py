@@ -234,3 +234,41 @@ def test_an_item_whose_controller_is_gone_stops_its_rsyncs(tmp_path, how):
     dest = tmp_path / "dest"
     assert not (dest / "big").exists() and not (dest / "small").exists()
     assert os.listdir(tmp_path / "tmp") == []
+
+
+def _at_dest(src, dest, name: bytes) -> bool:
+    """At DEST with SRC's type; a regular file with SRC's size and mtime."""
+    from .test_space import _whole_at_dest
+    return _whole_at_dest(os.fsencode(src), os.fsencode(dest), name)
+
+
+def test_a_batch_that_fails_as_a_whole_is_looked_at_on_dest_names_exact(tmp_path, small_fs):
+    """DEST on 1 MiB: rsync exits 11 at a 2 MiB file. The look at DEST that follows
+    names exactly the entries that are not there whole (odd names on both sides of
+    the failure, a directory), from SRC's and DEST's stats, never from the copy's
+    own listing; a batch that succeeds gets no look, nor one whose look fails."""
+    src, dest = tmp_path / "src", os.path.join(small_fs("1m"), "dest")
+    (src / "sub").mkdir(parents=True)
+    early = [b"0nl\nx", b"0\xff\xfe", b"0back\\#012slash"]
+    late = [b"znl\ny", b"z\xfe", b"sub/f"]
+    for name in early + late:
+        (src / os.fsdecode(name)).write_bytes(b"s" * 1000)
+    (src / "big").write_bytes(os.urandom(2 << 20))
+    (src / "ok").write_text("fine")
+    names = sorted([*early, *late, b"big", b"sub"])
+    jobs = [rsync.Job(1, 1, names, ["-a"], 3 << 20, sums="xxh128", regular=7),
+            rsync.Job(2, 1, [b"ok"], ["-a"], 4, sums="xxh128", regular=1),
+            rsync.Job(3, 1, [b"ok"], ["-a", "--no-such-option"], 4)]
+    os.mkdir(dest)
+    cmd = rsync.item_command(jobs, str(src), dest, "m", 1)
+    failed, fine, broken = outcome.parse_all(run_command(cmd))
+    assert failed.rsync_exit_code == 11 and any("No space left on device (28)" in e
+                                                 for e in failed.errors)
+    missing = {n for n in names if not _at_dest(src, dest, n)}
+    assert b"big" in missing and any(n in missing for n in late)
+    assert not any(n in missing for n in early)
+    assert failed.not_at_dest == missing
+    # the arrived files' checksums are there (a pass over SRC fills in what %C lacked)
+    assert set(early) <= set(failed.sums)
+    assert (fine.rsync_exit_code, fine.not_at_dest) == (0, None)
+    assert (broken.rsync_exit_code, broken.not_at_dest) == (1, None)

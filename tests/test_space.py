@@ -7,35 +7,16 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import stat
 import subprocess
 
 import pytest
 
 from fleetsync.api import make_app
 from fleetsync.controller import processes
-from fleetsync.ledger import db, space
+from fleetsync.ledger import batches, db, space
 
 from .support import eventually, fleetsync, free_port, popen, query, snapshot
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """small_fs(size) -> a directory on a tmpfs of that size, unmounted afterwards."""
-    mounted = []
-
-    def mount(size: str) -> str:
-        where = str(tmp_path / f"fs{len(mounted)}")
-        os.mkdir(where)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", where],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs (root needed): {r.stderr.strip()}")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", where], check=False)
 
 
 def _tree(root, dirs: int, files: int, size: int) -> None:
@@ -180,32 +161,147 @@ def test_the_playbooks_outcome_names_exit_4_and_fails_the_play(tmp_path, small_f
     assert said.endswith("(fix the cause, then run the playbook again to resume)"), said
 
 
-def test_a_full_dest_is_named_in_the_summary_with_what_to_do(tmp_path, small_fs):
-    """Issue 27, item 2 (its summary alone): DEST on 20 MiB, 50 MiB to copy. The
-    summary names rsync's reason and the host, and says what to do; done, the copy is
-    exact. (Entries that arrived before the disk filled still count as not arrived:
-    see the README.)"""
+def _hostile_tree(root, dirs: int, files: int, size: int) -> None:
+    """_tree, and in each directory a name with a newline, one that is not UTF-8, a
+    symlink and an empty directory (each directory's entries sort around its files)."""
+    _tree(root, dirs, files, size)
+    for d in range(dirs):
+        here = os.path.join(os.fsencode(root), b"d%d" % d)
+        for name in (b"nl\nname", b"\xff\xfe"):
+            with open(os.path.join(here, name), "wb") as f:
+                f.write(b"h" * size)
+        os.symlink(b"f0", os.path.join(here, b"link"))
+        os.mkdir(os.path.join(here, b"empty"))
+
+
+def _whole_at_dest(src: bytes, dest: bytes, path: bytes) -> bool:
+    """The entry is at DEST with SRC's type; a regular file with SRC's size and mtime."""
+    a = os.lstat(os.path.join(src, path))
+    try:
+        b = os.lstat(os.path.join(dest, path))
+    except FileNotFoundError:
+        return False
+    if stat.S_IFMT(a.st_mode) != stat.S_IFMT(b.st_mode):
+        return False
+    return not stat.S_ISREG(a.st_mode) or (
+        (a.st_size, int(a.st_mtime)) == (b.st_size, int(b.st_mtime)))
+
+
+def _full_dest_run(tmp_path, mount: str, *extra: str, url: str | None = None):
+    """DEST in mount (20 MiB), 50 MiB to copy, hostile names: (src, dest, ledger, run).
+    url: DEST as the run is given it, when not the path (a daemon's module there)."""
     src = tmp_path / "src"
-    _tree(src, 5, 100, 100 * 1024)
-    dest = os.path.join(small_fs("20m"), "dest")
+    _hostile_tree(src, 5, 100, 100 * 1024)
+    dest = os.path.join(mount, "dest")
     ledger = str(tmp_path / "l.db")
-    r = fleetsync("run", "--src", str(src), "--dest", dest, "--ledger", ledger, "--no-api",
-                  "--max-retries", "0")
+    r = fleetsync("run", "--src", str(src), "--dest", url or dest, "--ledger", ledger,
+                  "--no-api", *extra)
     assert r.returncode == 1, r.stderr.decode()[-3000:]
+    return os.fsencode(src), os.fsencode(dest), ledger, r
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """daemon(path) -> the rsync:// URL of a module at path, served by a real rsync
+    daemon on a free port (a remote DEST), stopped afterwards."""
+    started = []
+
+    def serve(path: str) -> str:
+        port = free_port()
+        conf = tmp_path / "rsyncd.conf"
+        conf.write_text(f"use chroot = false\nuid = root\ngid = root\n[mod]\n"
+                        f"path = {path}\nread only = false\n")
+        p = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}",
+                              f"--port={port}", "--address=127.0.0.1"])
+        started.append(p)
+        url = f"rsync://127.0.0.1:{port}/mod/"
+        eventually(lambda: subprocess.run(["rsync", url], capture_output=True).returncode == 0,
+                   "the rsync daemon to answer", proc=p)
+        return url
+
+    yield serve
+    for p in started:
+        p.terminate()
+        p.wait(timeout=30)
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["path", "rsync-daemon"])
+def test_a_full_dest_records_what_arrived_by_looking_at_dest(tmp_path, small_fs, daemon,
+                                                             remote):
+    """Issue 27, item 2: the entries of the failed batches that are at DEST whole are
+    recorded as arrived (their checksums kept: only theirs), the others carry rsync's
+    reason and the host, in missing_entries and in `fleetsync report`; the next copy
+    sends the missing entries alone. DEST a path on the worker, or a remote one (an
+    rsync daemon's module: the look goes through rsync's own connection)."""
+    mount = small_fs("20m")
+    url = daemon(mount) + "dest" if remote else None
+    src, dest, ledger, _ = _full_dest_run(tmp_path, mount, "--max-retries", "0", url=url)
+    (worker,), = query(ledger, "SELECT worker_id FROM workers")
+    failed = [t for (t,) in query(ledger, "SELECT task_id FROM batches WHERE state = 'failed'")]
+    assert failed
+    listed = {bytes(p): (t, c) for p, t, c in query(
+        ledger, "SELECT path, task_id, checksum FROM batch_files")}
+    absent = {p for p in listed if not _whole_at_dest(src, dest, p)}
+    arrived = set(listed) - absent
+    # the disk filled inside a failed batch: some of its entries arrived, hostile ones too
+    assert any(listed[p][0] in failed for p in arrived) and absent
+    assert any(b"\n" in p for p in absent) and any(b"\n" in p for p in arrived)
+    assert any(b"\xff" in p for p in absent) and any(b"\xff" in p for p in arrived)
+    rows = query(ledger, "SELECT path, class, reason FROM missing_entries")
+    assert {bytes(p) for p, _, _ in rows} == absent and len(rows) == len(absent)
+    for _, cls, reason in rows:
+        assert cls == "may_heal" and "No space left on device (28)" in reason, reason
+        assert f"host {worker}, rsync exit 11" in reason, reason
+    # checksums: every regular file that arrived, and no other
+    summed = {p for p, (_, c) in listed.items() if c is not None}
+    regular = {p for p in listed if stat.S_ISREG(os.lstat(os.path.join(src, p)).st_mode)}
+    assert summed == arrived & regular
+    # the report: a row per entry, the reason in it
+    from .test_report import rows_of
+    r = fleetsync("report", "--ledger", ledger)
+    assert r.returncode == 0, r.stderr
+    by_path = {row["bytes"]: row for row in rows_of(r.stdout.decode())}
+    assert {p for p, row in by_path.items() if row["outcome"] != "arrived"} == absent
+    assert all(by_path[p]["outcome"].startswith("not arrived: not at DEST when its batch "
+                                                f"failed (host {worker}, rsync exit 11)")
+               or by_path[p]["outcome"].startswith("not arrived: write failed on: ")
+               for p in absent)
+    assert all(by_path[p]["outcome"].endswith("No space left on device (28)")
+               or by_path[p]["outcome"].endswith(f"(host {worker}, rsync exit 11)")
+               for p in absent)
+    # the next copy of a failed batch sends only its entries that are not at DEST
+    assert fleetsync("retry", "--ledger", ledger, "--failed").returncode == 0
+    with db.connect(ledger) as conn:
+        again = {p for t in failed for p, _, _ in batches.entries(conn, t)}
+    assert again == absent
+
+
+def test_a_full_dest_is_named_in_the_summary_and_heals_after_retry_failed(
+        tmp_path, small_fs):
+    """The summary names rsync's reason and the host, and says what to do. A plain run
+    again does not send a failed batch again (the decision: README, "DEST fills
+    up"); freed, `retry --failed` and a run make the copy exact, every checksum in."""
+    src, dest, ledger, r = _full_dest_run(tmp_path, small_fs("20m"))
     (worker,), = query(ledger, "SELECT worker_id FROM workers")
     (failed,), = query(ledger, "SELECT count(*) FROM batches WHERE state = 'failed'")
     said = [line for line in r.stdout.decode().splitlines() if "space at DEST" in line]
     assert failed >= 1 and len(said) == 1, r.stdout.decode()
     assert said[0].startswith(f"fleetsync: {failed} failed batches ran out of space at "
                               f"DEST (host {worker}: rsync: [receiver] write failed on "
-                              f"\"{dest}/"), said
-    assert said[0].endswith("No space left on device (28)): free space on DEST's filesystem, "
-                            "then `fleetsync retry --failed` and run again (a full DEST is "
-                            "not waited out: its batches fail once their retries are spent)")
+                              f"\"{os.fsdecode(dest)}/"), said
+    assert said[0].endswith(f"No space left on device (28)): {space.DEST_FULL_ADVICE}"), said
 
     subprocess.run(["mount", "-o", "remount,size=128m", os.path.dirname(dest)], check=True)
+    again = fleetsync("run", "--src", os.fsdecode(src), "--dest", os.fsdecode(dest),
+                      "--ledger", ledger, "--no-api")
+    assert again.returncode == 1 and "space at DEST" in again.stdout.decode()
     assert fleetsync("retry", "--ledger", ledger, "--failed").returncode == 0
-    r = fleetsync("run", "--src", str(src), "--dest", dest, "--ledger", ledger, "--no-api")
+    r = fleetsync("run", "--src", os.fsdecode(src), "--dest", os.fsdecode(dest),
+                  "--ledger", ledger, "--no-api")
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     assert "space at DEST" not in r.stdout.decode()
-    assert snapshot(bytes(src)) == snapshot(os.fsencode(dest))
+    assert snapshot(src) == snapshot(dest)
+    assert query(ledger, "SELECT count(*) FROM missing_entries") == [(0,)]
+    regular = query(ledger, "SELECT count(*), count(checksum) FROM batch_files WHERE type = "
+                    "(SELECT type FROM batch_files WHERE path = CAST('d0/f0' AS BLOB))")
+    assert regular[0][0] == 5 * 102 and regular[0][1] == regular[0][0]
