@@ -40,7 +40,7 @@ from fleetsync.ledger.states import Compare
 from .errors import UsageError
 from .file_outcomes import walk_error
 from .filters import Filters
-from .producer import Limits, Producer, walked_of
+from .producer import Limits, Producer, pruned_row, walked_of
 
 # ENOENT: gone; ENOTDIR: an ancestor is no longer a directory. Either way the path
 # names nothing in SRC now, which is what a deletion in the list looks like.
@@ -186,7 +186,7 @@ class _Selector:
         b = self.batcher.batch       # the open batch (it changes at each cut)
         rule = self._excluded_dir(os.path.dirname(rel)) if rel != b"." else None
         if rule is not None:
-            b.pruned.append((rel, 0, str(rule)))
+            b.pruned.append(pruned_row(rel, False, rule, None))
             self.sel.pruned += 1
             return
         full = self.root + b"/" + rel if rel != b"." else self.root
@@ -202,7 +202,7 @@ class _Selector:
         is_dir = stat_mod.S_ISDIR(st.st_mode)
         rule = self.filters.excluded(rel, is_dir) if self.filters and rel != b"." else None
         if rule is not None:
-            b.pruned.append((rel, int(is_dir), str(rule)))
+            b.pruned.append(pruned_row(rel, is_dir, rule, st))
             self.sel.pruned += 1
         elif is_dir:
             self._dir(pos, rel, walked_of(st))

@@ -32,7 +32,7 @@ class Batch:
     errors: list[EntryOutcome] = field(default_factory=list)  # per-file rows (ledger/entry_outcomes.py)
     sparse: bool = False                                # holds a file with holes
     links: list[tuple] = field(default_factory=list)  # (dev, ino, path, size, *walked)
-    pruned: list[tuple[bytes, int, str]] = field(default_factory=list)  # left out by a rule (table pruned)
+    pruned: list[tuple] = field(default_factory=list)  # left out by a rule (producer.pruned_row)
     dirs_in: set[bytes] = field(default_factory=set)   # directories in this batch (a rescan)
 
     def holds_anything(self) -> bool:

@@ -137,6 +137,16 @@ def walked_of(st: os.stat_result) -> tuple[int, int, int]:
     return _TYPE_OF[st.st_mode >> 12], st[8], st.st_blocks
 
 
+def pruned_row(path: bytes, is_dir: bool, rule, st: os.stat_result | None) -> tuple:
+    """A row of table pruned: what a filter rule left out, with its size, type and
+    mtime for the report (None where the entry was not looked at: beneath an
+    excluded directory of a change list)."""
+    if st is None:
+        return bytes(path), int(is_dir), str(rule), None, None, None
+    size = 0 if is_dir else st.st_size         # as a batch keeps a directory's
+    return bytes(path), int(is_dir), str(rule), size, _TYPE_OF[st.st_mode >> 12], st[8]
+
+
 def examine(listing: Listing, entry) -> tuple[os.stat_result | None, OSError | None]:
     """lstat of one entry relative to its directory's fd (any thread)."""
     try:
@@ -364,7 +374,7 @@ class Producer:
                     if match is not None:
                         m = match(name if by_name else path)
                         if m is not None and (rule := self.filters.decide(m, False)):
-                            self.pruned.append((bytes(path), 0, str(rule)))
+                            self.pruned.append(pruned_row(path, False, rule, st))
                             continue
                     size, blocks = st.st_size, st.st_blocks
                     self.add(path, 0, size, dir_id, pos, blocks * 512 < size,
@@ -438,7 +448,7 @@ class Producer:
             is_dir = stat_mod.S_ISDIR(st.st_mode)
             rule = self.filters.excluded(rel, is_dir)
             if rule is not None:     # not batched, not fingerprinted, a directory not entered
-                self.pruned.append((rel, int(is_dir), str(rule)))
+                self.pruned.append(pruned_row(rel, is_dir, rule, st))
                 return
         fp = fingerprint(name, st)
         changed = True

@@ -50,7 +50,7 @@ ORDER BY CAST(f.path AS TEXT), f.task_id"""
 _MISSING = ("SELECT path, class, reason FROM missing_entries WHERE path IS NOT NULL "
             "ORDER BY path")
 _UNMAPPED = "SELECT count(*) FROM missing_entries WHERE path IS NULL"
-_PRUNED = "SELECT path, is_dir, rule FROM pruned ORDER BY path"
+_PRUNED_KEPT = ("size", "type", "mtime")     # NULL in a ledger written before they were kept
 _WAITING = ("SELECT path, size, type, mtime FROM hardlinks WHERE task_id IS NULL "
             "ORDER BY path")
 
@@ -98,11 +98,17 @@ def entries(conn: Connection) -> Iterator[Entry]:
     """Every row of the report, in ascending byte order of the path."""
     streams = [_tagged(conn, _FILES, _FILE), _tagged(conn, _MISSING, _MISS)]
     if has_table(conn, "pruned"):
-        streams.append(_tagged(conn, _PRUNED, _PRUNE))
+        streams.append(_tagged(conn, _pruned_sql(conn), _PRUNE))
     streams.append(_tagged(conn, _WAITING, _LINK))
     merged = heapq.merge(*streams, key=lambda t: (t[0], t[1]))
     for path, group in itertools.groupby(merged, key=lambda t: t[0]):
         yield _entry(path, [(tag, row) for _, tag, row in group])
+
+
+def _pruned_sql(conn: Connection) -> str:
+    have = {r[1] for r in conn.exec_driver_sql("PRAGMA table_info(pruned)")}
+    kept = ", ".join(c if c in have else f"NULL AS {c}" for c in _PRUNED_KEPT)
+    return f"SELECT path, is_dir, rule, {kept} FROM pruned ORDER BY path"
 
 
 def _entry(path: bytes, rows: list[tuple[int, tuple]]) -> Entry:
@@ -121,8 +127,11 @@ def _entry(path: bytes, rows: list[tuple[int, tuple]]) -> Entry:
         _, size, kind, mtime = link
         return Entry(path, _type(kind, 0), size, mtime, outcome, reason,
                      None, None, None, None, None, None)
-    kind = EntryType.DIR if pruned is not None and pruned[1] else None
-    return Entry(path, kind, None, None, outcome, reason, None, None, None, None, None, None)
+    if pruned is not None:
+        _, is_dir, _, size, kind, mtime = pruned
+        return Entry(path, _type(kind, is_dir), size, mtime, outcome, reason,
+                     None, None, None, None, None, None)
+    return Entry(path, None, None, None, outcome, reason, None, None, None, None, None, None)
 
 
 _TYPES = tuple(EntryType)     # by value: EntryType(kind) costs a microsecond a row

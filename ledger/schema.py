@@ -99,6 +99,11 @@ pruned = Table(
     Column("is_dir", Integer, nullable=False),        # 1: a directory, not entered
     Column("rule", Text, nullable=False),             # the rule that excluded it, "- PATTERN"
     Column("ts", Float, nullable=False),              # when the walk saw it
+    # What the report says of it (lstat's; NULL beneath an excluded directory of a
+    # change list, and in a ledger written before they were kept).
+    Column("size", Integer),
+    Column("type", Integer),                          # states.EntryType
+    Column("mtime", Integer),                         # whole seconds since the epoch
     sqlite_with_rowid=False,
 )
 
@@ -532,7 +537,8 @@ def _add_columns(conn: Connection) -> None:
     custody recorded checksums) gets the columns, NULL in its rows: ALTER TABLE ADD
     COLUMN rewrites no row."""
     added = [(batch_files, {c: "INTEGER" for c in WALKED} | CUSTODY),
-             (hardlinks, {c: "INTEGER" for c in WALKED})]
+             (hardlinks, {c: "INTEGER" for c in WALKED}),
+             (pruned, {c: "INTEGER" for c in ("size", "type", "mtime")})]
     for table, columns in added:
         have = {r[1] for r in conn.execute(text(f"PRAGMA table_info({table.name})"))}
         for column, kind in columns.items():

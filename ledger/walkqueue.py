@@ -274,8 +274,9 @@ class WalkQueue:
                             "mtime = excluded.mtime, blocks = excluded.blocks, task_id = NULL",
                             cut.links)
         if cut.pruned:      # seen again after a crash: the same row
-            cur.executemany("INSERT OR REPLACE INTO pruned(path, is_dir, rule, ts) "
-                            "VALUES (?, ?, ?, ?)", [(*p, now) for p in cut.pruned])
+            cur.executemany("INSERT OR REPLACE INTO pruned(path, is_dir, rule, size, type, "
+                            "mtime, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [(*p, now) for p in cut.pruned])
         if cut.listed and self.unlisted_before:
             entry_outcomes.settle_listed(cur, cut.listed, now)
         if cut.errors:      # per-file rows and their log lines (ledger/entry_outcomes.py)

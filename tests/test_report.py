@@ -130,6 +130,11 @@ def test_outcomes_come_from_the_ledger_and_checksums_are_algo_hex(tmp_path):
     assert rows["y"]["outcome"] == "arrived" and rows["z"]["outcome"] == "arrived"
     assert rows["gone"]["outcome"] == "vanished" and rows["gone"]["copied_at"] == ""
     assert rows["junk.tmp"]["outcome"] == "excluded by rule: - *.tmp"
+    # An excluded entry is described as one that was copied: the walk keeps its lstat.
+    junk = os.lstat(tmp_path / "src" / "junk.tmp")
+    assert rows["y"]["type"] and (rows["junk.tmp"]["type"], rows["junk.tmp"]["size"],
+                                  rows["junk.tmp"]["mtime"]) == (
+        rows["y"]["type"], str(junk.st_size), str(int(junk.st_mtime)))
     assert rows["x"]["outcome"].startswith("not arrived: ") and "in the way" in rows["x"]["outcome"]
     assert rows["x"]["copied_at"] == "" and rows["x"]["worker"] and rows["y"]["copied_at"]
     # The one account: every path missing_entries names is reported as not there.
