@@ -329,19 +329,23 @@ class Dispatcher:
                                         for kind in (protocol.Kind.IDLE, protocol.Kind.STOP)):
                 self._unreadable(run, stdout)
         elif ev.task == BATCHES_TASK and ev.kind == EventKind.ITEM_ON_FAILED:
-            logbook.add(self.conn, LogLevel.ERROR, f"host {run.host.name}: "
-                        + _one_line(ev.res.get("msg") or "dispatch failed"),
-                        worker_id=run.worker_id)
+            # The item did not run (Ansible could not start its command): its
+            # batches would stay running for ever, and the run with them.
+            self._release(run, "its item failed",
+                          _one_line(ev.res.get("msg") or "dispatch failed"))
 
     def _unreadable(self, run: HostRun, stdout: str) -> None:
-        """A batch item whose output names no batch: which batch it ran is unknown, so
-        the host's running batches wait again rather than stay running for ever (a
+        """A batch item whose output names no batch: which batch it ran is unknown."""
+        self._release(run, "unreadable output",
+                      f"unreadable batch output ({_one_line(stdout)[:200]!r})")
+
+    def _release(self, run: HostRun, reason: str, said: str) -> None:
+        """The host's running batches wait again rather than stay running for ever (a
         report that still comes for one of them no longer matches its claim)."""
-        released = (batches.release_worker(self.conn, run.worker_id, "unreadable output")
+        released = (batches.release_worker(self.conn, run.worker_id, reason)
                     if run.worker_id else [])
-        logbook.add(self.conn, LogLevel.ERROR, f"host {run.host.name}: unreadable batch output "
-                    f"({_one_line(stdout)[:200]!r}); {len(released)} batches back to waiting",
-                    worker_id=run.worker_id)
+        logbook.add(self.conn, LogLevel.ERROR, f"host {run.host.name}: {said}; "
+                    f"{len(released)} batches back to waiting", worker_id=run.worker_id)
 
     def _preflight(self, run: HostRun, ev: Event) -> None:
         """The host's preflight passed (it works as the worker it names) or failed."""

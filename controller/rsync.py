@@ -262,6 +262,17 @@ def _job_case(n: int, job: Job, src: str, dest: str, mark: str) -> str:
             f"{protocol.end(job.task_id, job.claim)};;")
 
 
+def job_bytes(job: Job, src: str, dest: str, mark: str) -> int:
+    """What a job adds to its item's command: its branch of `j`, its list included.
+    The whole command is one argument of `sh -c`, which Linux bounds at 128 KiB
+    (MAX_ARG_STRLEN: E2BIG, "Argument list too long"): a batch of one file costs
+    more in commands than in its list."""
+    return len(_job_case(MAX_JOBS, job, src, dest, mark).encode()) + 1
+
+
+MAX_JOBS = 99    # the widest branch number job_bytes counts (slot.MAX_ITEM_BATCHES is less)
+
+
 def _verify_body(job: Job, dest: str, lst: str, out: str, seconds: int) -> str:
     """DEST's checksums, computed as the copy computed SRC's (one parser, any name
     rsync can name, a remote DEST too), into out. Paced (job.pace): the list is read

@@ -39,7 +39,9 @@ POLL = 0.1          # a waiting slot looks at the counters this often (a read, n
 # leaving the inventory starts its last claimed batches within it.
 ITEM_SECONDS = 1.5
 MAX_ITEM_BATCHES = 64          # batches in one item at most
-ITEM_LIST_BYTES = 48 * 1024    # encoded file lists in one item (the whole command: one argument, < 128 KiB)
+# The jobs' branches of one item's command (rsync.job_bytes: lists and rsync commands);
+# with the item's own shell (~2 KB) it stays under Linux's 128 KiB for one argument.
+ITEM_COMMAND_BYTES = 96 * 1024
 
 _engines: dict[tuple[str, bool], object] = {}
 
@@ -109,7 +111,7 @@ class _Pace:
     """A host's recent pace, as its lookups see it (one lookup process per host)."""
     since: float | None = None     # when the previous item was handed out
     batches: int = 0               # how many batches it carried
-    list_bytes: int = 2048         # encoded list bytes per batch, lately (bounds a claim)
+    job_bytes: int = 2048          # command bytes per batch, lately (bounds a claim)
     carry: list = None             # claimed batches that did not fit the previous item
     cap: int | None = None         # the fleet's cap when they were claimed
 
@@ -125,7 +127,7 @@ def _how_many(pace: _Pace, lanes: int, pending: int, own_slots: int, fleet_slots
     want = lanes
     if pace.since is not None and pace.batches:
         want = int(ITEM_SECONDS * pace.batches / max(now - pace.since, 0.01))
-    want = min(max(want, lanes), MAX_ITEM_BATCHES, max(1, ITEM_LIST_BYTES // pace.list_bytes))
+    want = min(max(want, lanes), MAX_ITEM_BATCHES, max(1, ITEM_COMMAND_BYTES // pace.job_bytes))
     share = math.ceil(pending * own_slots / max(fleet_slots, own_slots, 1))
     return max(1, min(want, max(share, 1)))
 
@@ -168,14 +170,16 @@ def _verify_jobs(conn, worker_id: str, n: int, algorithm: str,
     return jobs
 
 
-def _fit(jobs: list[rsync.Job]) -> tuple[list[rsync.Job], list[rsync.Job] | None]:
-    """The first jobs whose lists fit one item, and whose output at most fits one
-    result (at least one job); the rest stay claimed and ride in the next item."""
+def _fit(jobs: list[rsync.Job], sizes: list[int]
+         ) -> tuple[list[rsync.Job], list[rsync.Job] | None]:
+    """The first jobs whose commands (sizes: rsync.job_bytes) fit one item, and whose
+    output at most fits one result (at least one job); the rest stay claimed and
+    ride in the next item."""
     total = output = 0
     for i, job in enumerate(jobs):
-        total += len(job.listed()[0])
+        total += sizes[i]
         output += rsync.output_bound(job)
-        if (total > ITEM_LIST_BYTES or output > rsync.ITEM_OUTPUT_BYTES) and i > 0:
+        if (total > ITEM_COMMAND_BYTES or output > rsync.ITEM_OUTPUT_BYTES) and i > 0:
             return jobs[:i], jobs[i:]
     return jobs, None
 
@@ -268,8 +272,9 @@ def next_command(ledger_path: str, worker_id: str, stop_file: str, run_token: st
                 for job in jobs:
                     job.options = rsync_options + job.options
             if jobs:
-                jobs, pace.carry = _fit(jobs)
-                pace.list_bytes = max(256, sum(len(j.listed()[0]) for j in jobs) // len(jobs))
+                sizes = [rsync.job_bytes(j, mig.src, mig.dest, mark) for j in jobs]
+                jobs, pace.carry = _fit(jobs, sizes)
+                pace.job_bytes = max(256, sum(sizes[:len(jobs)]) // len(jobs))
                 pace.since, pace.batches = time.monotonic(), len(jobs)
                 return rsync.item_command(jobs, mig.src, mig.dest, mark, lanes,
                                           rsync.item_dir_prefix(mig.migration_id, run_token), beat)

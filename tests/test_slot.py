@@ -178,7 +178,7 @@ def test_a_dead_controller_stops_its_hosts_claiming(tmp_path):
 
 def test_batches_that_do_not_fit_one_item_ride_in_the_next(tmp_path, monkeypatch):
     path, engine = ledger_with_batches(tmp_path, files=12, per_batch=2)
-    monkeypatch.setattr(slot, "ITEM_LIST_BYTES", 1)     # every list is "too long"
+    monkeypatch.setattr(slot, "ITEM_COMMAND_BYTES", 1)     # every job is "too long"
     slot._paces.clear()
     slot._paces["w1"] = slot._Pace(since=slot.time.monotonic() - 0.01, batches=50)
     got = []
@@ -204,9 +204,9 @@ def test_batches_claimed_under_the_old_cap_wait_again_when_it_changes(tmp_path, 
     it waits again (no attempt, no retry) and is claimed with the new share; and the
     run's window closed, the host claims nothing."""
     # A host whose lists looked small claims 4 batches; only one fits its item.
-    monkeypatch.setattr(slot, "ITEM_LIST_BYTES", 40)
+    monkeypatch.setattr(slot, "ITEM_COMMAND_BYTES", 40)
     slot._paces.clear()
-    slot._paces["w1"] = slot._Pace(list_bytes=10)
+    slot._paces["w1"] = slot._Pace(job_bytes=10)
     path, engine = ledger_with_batches(tmp_path, files=8, per_batch=2)
     with engine.connect() as conn:
         workers.seen(conn, "w1", "h1", 4)
@@ -232,3 +232,22 @@ def test_batches_claimed_under_the_old_cap_wait_again_when_it_changes(tmp_path, 
                              stop_at=0.0) == slot.IDLE
     with engine.connect() as conn:
         assert [c.task_id for c in batches.running_claims(conn, "w1")] == [1, 2]
+
+
+def test_an_item_of_many_one_file_batches_stays_one_argument_that_runs(tmp_path):
+    """A host that takes many batches of one file each: its item's command (one
+    argument of `sh -c`, at most 128 KiB on Linux) is bounded by the jobs' whole
+    commands, not by their lists alone (64 such batches made 'Argument list too
+    long' and the run waited forever). The command runs with real rsync."""
+    deep = tmp_path / ("a-long-directory-name-" * 8)     # an operator's paths are long
+    deep.mkdir()
+    path, engine = ledger_with_batches(deep, files=300, per_batch=1)
+    slot._paces.clear()
+    slot._paces["w1"] = slot._Pace(since=slot.time.monotonic() - 0.01, batches=500)
+    cmd = slot.next_command(path, "w1", str(tmp_path / "stop"), "tok",
+                            ["-a", "--partial-dir=.fleetsync-partial"], lanes=4)
+    tasks = tasks_of(cmd)
+    assert len(tasks) > 4 and len(cmd.encode()) < 128 * 1024
+    r = subprocess.run(["sh", "-c", cmd], capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()[-500:]
+    assert r.stdout.decode().count("@@fleetsync end ") == len(tasks)
