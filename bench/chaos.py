@@ -44,6 +44,7 @@ host; what ended it) and the result; exits 1 on any mismatch, 2 on bad arguments
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import random
@@ -74,11 +75,14 @@ class Failed(Exception):
 
 
 # -- the tree -------------------------------------------------------------------------------
-def make_tree(src: bytes, entries: int, rng: random.Random, tag: bytes, large_kib: int) -> None:
+def make_tree(src: bytes, entries: int, rng: random.Random, tag: bytes, large_kib: int,
+              paced: bool = False) -> None:
     """SRC: the odd tree, then small files up to `entries` entries, hard links, sparse
-    and large files. Every directory name carries `tag` (see Soak.ours)."""
+    and large files. Every directory name carries `tag` (see Soak.ours). paced: the
+    odd tree's 32 MiB sparse file is made --large-kib long (rsync sends its holes as
+    zeros: at a paced rsync's rate 32 MiB would last minutes)."""
     make_odd_tree(os.path.join(src, b"odd-" + tag))
-    if large_kib < 1024:        # a paced run: the odd tree's 32 MiB sparse file made small
+    if paced:
         sparse = os.path.join(src, b"odd-" + tag, b"sparse")
         st = os.stat(sparse)
         os.truncate(sparse, large_kib << 10)
@@ -121,6 +125,26 @@ def tree_bytes(root: bytes) -> int:
             st = os.lstat(os.path.join(d, f))
             total += st.st_size if stat.S_ISREG(st.st_mode) else 0
     return total
+
+
+def fill(path: str) -> None:
+    """A file that takes its filesystem's free space; the copy running beside may take
+    some first (ENOSPC): then half as much is asked, until less than 64 KiB is free."""
+    with open(path, "wb") as out:
+        want = None
+        while True:
+            st = os.statvfs(os.path.dirname(path))
+            free = st.f_bavail * st.f_frsize
+            if free < 64 << 10:
+                return
+            want = min(want or free, free)
+            try:
+                os.posix_fallocate(out.fileno(), os.fstat(out.fileno()).st_size, want)
+                want = None
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                want //= 2
 
 
 def regular_files(root: bytes) -> list[bytes]:
@@ -317,9 +341,7 @@ class Soak:
     def dest_full(self, f: dict) -> str:
         """Fill DEST's filesystem (a file beside DEST) until an attempt fails, then free it."""
         t = time.time()
-        st = os.statvfs(os.path.dirname(self.filler))
-        with open(self.filler, "wb") as out:
-            os.posix_fallocate(out.fileno(), 0, max(4096, st.f_bavail * st.f_frsize - 4096))
+        fill(self.filler)
         try:
             hit = self.wait(lambda: q(self.ledger, "SELECT 1 FROM attempts WHERE status IN "
                                       "('retry', 'failed') AND end_ts > ?", t), 90)
@@ -456,7 +478,7 @@ def soak(args, seed: int) -> dict:
     try:
         rng = random.Random(seed)
         make_tree(os.fsencode(os.path.join(work, "src")), args.entries, rng, b"%d" % seed,
-                  args.large_kib)
+                  args.large_kib, paced=bool(args.pace))
         os.mkdir(destfs)
         size = 2 * tree_bytes(os.fsencode(os.path.join(work, "src"))) + (64 << 20)
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "fslchaos", destfs],
@@ -521,8 +543,8 @@ def parse(argv: list[str]):
     p.add_argument("--bwlimit", help="fleet bandwidth cap of the runs (paces a small tree)")
     p.add_argument("--churn", type=int, default=5, help="files changed/removed/added per src_churn")
     p.add_argument("--large-kib", type=int, default=16384,
-                   help="KiB of each of the 3 large files (under 1024: the odd tree's "
-                   "32 MiB sparse file shrinks to it too, for a paced run)")
+                   help="KiB of each of the 3 large files (and with --pace of the odd "
+                   "tree's sparse file, 32 MiB otherwise)")
     p.add_argument("--pace", type=int, help="KiB/s of each rsync (its --bwlimit): batches of "
                    "a small tree last long enough for the faults")
     p.add_argument("--delete", action="store_true", help="end with run --rescan --delete")
