@@ -237,6 +237,7 @@ class Soak:
         self.proc: subprocess.Popen | None = None
         self.t0 = time.monotonic()
         self.runs = []            # (command, exit status) of every fleetsync the bench ran
+        self.ended: set[int] = set()     # pids of the runs counted in self.runs
 
     def run_args(self, *extra: str) -> list[str]:
         a = self.args
@@ -284,7 +285,9 @@ class Soak:
         rc = self.proc.poll()
         if rc is None:
             return True
-        self.runs.append(("run", rc))
+        if self.proc.pid not in self.ended:
+            self.ended.add(self.proc.pid)
+            self.runs.append(("run", rc))
         failed = one(self.ledger, "SELECT count(*) FROM batches WHERE state='failed'")
         if rc == 0 and not failed:
             return False
@@ -310,6 +313,7 @@ class Soak:
     def controller_kill(self, f: dict) -> str:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+        self.ended.add(self.proc.pid)
         self.runs.append(("run (killed)", self.proc.returncode))
         self.start()
         return "resumed"
