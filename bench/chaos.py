@@ -118,12 +118,14 @@ def make_tree(src: bytes, entries: int, rng: random.Random, tag: bytes, large_ki
 
 
 def tree_bytes(root: bytes) -> int:
-    """Apparent bytes of the regular files under root (what DEST may need, holes and all)."""
+    """What a copy of root may take on a tmpfs: every entry a page at least, regular
+    files their apparent size in pages (holes and all: a batch may write them out)."""
     total = 0
-    for d, _, files in os.walk(root):
-        for f in files:
+    for d, dirs, files in os.walk(root):
+        for f in files + dirs:
             st = os.lstat(os.path.join(d, f))
-            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+            total += max(4096, -(-st.st_size // 4096) * 4096) if stat.S_ISREG(st.st_mode) \
+                else 4096
     return total
 
 
