@@ -327,3 +327,32 @@ def test_a_paced_verify_reads_its_list_in_parts_and_hashes_every_file(tmp_path):
     [found] = outcome.parse_all(out)
     assert found.rsync_exit_code == 24, out
     assert found.sums == _tool_sums(["md5sum"], os.fsencode(dest), [b"a", b"b", b"c"])
+
+
+def test_a_file_changed_and_copied_again_by_a_rescan_is_verified_in_its_latest_batch(
+        tmp_path):
+    """A file of SRC rewritten after its copy (the cutover's usual case) is queued
+    again by `run --rescan`, whose batch records its new checksum: verify judges it by
+    that batch alone, not by its first batch's checksum of the old contents (found by
+    bench/chaos.py: every file a rescan copied again was named 'differs', exit 1)."""
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    (src / "d").mkdir(parents=True)
+    for i in range(6):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(3000 + i))
+    _run(src, dest, ledger, "--batch-files", "3")
+    (src / "d" / "f1").write_bytes(os.urandom(5000))
+    _run(src, dest, ledger, "--batch-files", "3", "--rescan")
+    assert query(ledger, "SELECT count(*) FROM batch_files WHERE path = ?", b"d/f1") == [(2,)]
+    r = fleetsync("verify", "--ledger", str(ledger))
+    out = r.stdout.decode()
+    assert r.returncode == 0, out + r.stderr.decode()
+    assert query(ledger, "SELECT count(*) FROM custody_problems") == [(0,)]
+    # A file flipped at DEST is still named, in its latest batch.
+    flipped = dest / "d" / "f1"
+    st = os.stat(flipped)
+    flipped.write_bytes(b"x" * 5000)
+    os.utime(flipped, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = fleetsync("verify", "--ledger", str(ledger))
+    assert r.returncode == 1 and "  differs: d/f1\n" in r.stdout.decode(), r.stdout
+    [(latest,)] = query(ledger, "SELECT max(task_id) FROM batch_files WHERE path = ?", b"d/f1")
+    assert query(ledger, "SELECT task_id FROM custody_problems") == [(latest,)]
