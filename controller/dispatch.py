@@ -87,6 +87,7 @@ class Dispatcher:
         self.events: queue.Queue[Event] = queue.Queue()
         self.hosts: dict[str, inventory.Host] = hosts or {}
         self.runs: dict[str, HostRun] = {}
+        self.fleets: list[FleetRun] = []     # every run started: _wait_fleets
         self.backoff = Backoff()
         self.preflights = Preflights()
         self.recorder = Recorder(self.conn, self.mig, settings.policy, settings.delete)
@@ -123,7 +124,18 @@ class Dispatcher:
             raise
         finally:
             self._drop_ahead()
+            self._wait_fleets()
             close_masters(self.mig.migration_id)
+
+    def _wait_fleets(self) -> None:
+        """Each run's thread to its end: the loop ends once every host's play has, but
+        the thread removes the run's directory only when ansible-playbook has exited
+        (its threads are daemons: a command that returned at once, as verify does,
+        left /tmp/fleetsync:MID:TOKEN-... behind every time)."""
+        for fleet in self.fleets:
+            if not fleet.wait_ended(defaults.DROP_WAIT):
+                log.warning("the run %s did not end within %s s: its directory %s may stay",
+                            fleet.token, defaults.DROP_WAIT, fleet.dir)
 
     def _stop_now(self) -> None:
         for fleet in {id(r.fleet): r.fleet for r in self.runs.values() if r.fleet}.values():
@@ -218,6 +230,7 @@ class Dispatcher:
                 ahead.drop()
             fleet = FleetRun(ready, self._extravars(), self.events, items)
             fleet.start()
+        self.fleets.append(fleet)
         self.runs.update(fleet.members)
 
     def _drop_ahead(self) -> None:

@@ -400,6 +400,11 @@ class FleetRun:
         stop_now(self.migration_id, self.run_token)
         self.thread.join(defaults.DROP_WAIT)
 
+    def wait_ended(self, timeout: float) -> bool:
+        """Its thread has ended (its directory removed), waiting up to timeout s."""
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
     def _write_params(self) -> None:
         """The play's parameters, whole or not at all (renamed into place)."""
         hosts = {}

@@ -376,3 +376,22 @@ def test_a_file_removed_from_src_and_deleted_from_dest_is_not_missing_to_verify(
     assert query(ledger, "SELECT path FROM deletions WHERE dry_run = 0") == [("d/f1",)]
     r = fleetsync("verify", "--ledger", str(ledger))
     assert r.returncode == 0, r.stdout.decode()
+
+
+def test_verify_and_run_leave_no_directory_of_their_ansible_run(tmp_path):
+    """Each ansible-playbook run has a directory /tmp/fleetsync:MID:TOKEN-..., removed by
+    its thread once the playbook has exited; the command waits for that before it
+    returns (found by bench/chaos.py: `fleetsync verify` left its directory every time)."""
+    import tempfile
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    (src / "d").mkdir(parents=True)
+    for i in range(20):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(100 + i))
+    _run(src, dest, ledger, "--batch-files", "5")
+    [(mid,)] = query(ledger, "SELECT migration_id FROM migration")
+
+    def left() -> list[str]:
+        return [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"fleetsync:{mid}:")]
+    assert left() == []
+    ok(fleetsync("verify", "--ledger", str(ledger)))
+    assert left() == []
