@@ -17,7 +17,7 @@ from sqlalchemy import Connection, text
 
 from .defaults import CHECKSUM_CHOICE
 from .errors import FleetsyncError
-from .states import FileVerdict
+from .states import BatchState, FileVerdict
 
 # rsync's names (--checksum-choice) of the algorithms fleetsync records, and the
 # length of their digests in bytes. md5 and sha1 for auditors who want the standard
@@ -86,10 +86,21 @@ def regular_paths(conn: Connection, task_id: int) -> set[bytes]:
     return {bytes(p) for p, in conn.execute(text("SELECT path " + _REGULAR), {"t": task_id})}
 
 
+# A later batch that succeeded copied the path again (a rescan queued it: SRC changed
+# after this batch's copy): its checksum, not this batch's, is what DEST must hold.
+# Found through the index on CAST(path AS TEXT) (the text of a name is its bytes).
+_COPIED_AGAIN = (" AND NOT EXISTS (SELECT 1 FROM batch_files l JOIN batches b "
+                 f"ON b.task_id = l.task_id AND b.state = '{BatchState.SUCCEEDED.value}' "
+                 "WHERE CAST(l.path AS TEXT) = CAST(batch_files.path AS TEXT) "
+                 "AND l.path = batch_files.path AND l.task_id > batch_files.task_id)")
+
+
 def regular_files(conn: Connection, task_id: int) -> list[tuple[bytes, bytes | None, int]]:
-    """regular_paths as (path, SRC's recorded checksum or None, size), by path."""
+    """What a verify of the batch hashes at DEST: regular_paths but those a later
+    batch copied again, as (path, SRC's recorded checksum or None, size), by path."""
     return [(bytes(p), None if c is None else bytes(c), s) for p, c, s in conn.execute(
-        text("SELECT path, checksum, size " + _REGULAR + " ORDER BY path"), {"t": task_id})]
+        text("SELECT path, checksum, size " + _REGULAR + _COPIED_AGAIN + " ORDER BY path"),
+        {"t": task_id})]
 
 
 def verdicts(recorded: dict[bytes, bytes | None], found: dict[bytes, bytes]

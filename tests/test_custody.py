@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 
+import pytest
+
 from fleetsync.api.app import make_app
 from fleetsync.controller import file_outcomes, outcome, protocol, rsync, slot
 from fleetsync.controller.policy import Policy
@@ -359,3 +361,69 @@ def test_a_paced_verify_reads_its_list_in_parts_and_hashes_every_file(tmp_path):
     [found] = outcome.parse_all(out)
     assert found.rsync_exit_code == 24, out
     assert found.sums == _tool_sums(["md5sum"], os.fsencode(dest), [b"a", b"b", b"c"])
+
+
+def test_a_file_changed_and_copied_again_by_a_rescan_is_verified_in_its_latest_batch(
+        tmp_path):
+    """A file of SRC rewritten after its copy (the cutover's usual case) is queued
+    again by `run --rescan`, whose batch records its new checksum: verify judges it by
+    that batch alone, not by its first batch's checksum of the old contents (found by
+    bench/chaos.py: every file a rescan copied again was named 'differs', exit 1)."""
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    (src / "d").mkdir(parents=True)
+    for i in range(6):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(3000 + i))
+    _run(src, dest, ledger, "--batch-files", "3")
+    (src / "d" / "f1").write_bytes(os.urandom(5000))
+    _run(src, dest, ledger, "--batch-files", "3", "--rescan")
+    assert query(ledger, "SELECT count(*) FROM batch_files WHERE path = ?", b"d/f1") == [(2,)]
+    r = fleetsync("verify", "--ledger", str(ledger))
+    out = r.stdout.decode()
+    assert r.returncode == 0, out + r.stderr.decode()
+    assert query(ledger, "SELECT count(*) FROM custody_problems") == [(0,)]
+    # A file flipped at DEST is still named, in its latest batch.
+    flipped = dest / "d" / "f1"
+    st = os.stat(flipped)
+    flipped.write_bytes(b"x" * 5000)
+    os.utime(flipped, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = fleetsync("verify", "--ledger", str(ledger))
+    assert r.returncode == 1 and "  differs: d/f1\n" in r.stdout.decode(), r.stdout
+    [(latest,)] = query(ledger, "SELECT max(task_id) FROM batch_files WHERE path = ?", b"d/f1")
+    assert query(ledger, "SELECT task_id FROM custody_problems") == [(latest,)]
+
+
+@pytest.mark.xfail(strict=True, reason="open (bench/chaos.py): verify still checks a file that "
+                   "left SRC and that --delete removed from DEST, and names it 'missing'")
+def test_a_file_removed_from_src_and_deleted_from_dest_is_not_missing_to_verify(tmp_path):
+    """A file copied, then removed from SRC; `run --rescan --delete` removes it from DEST
+    (table deletions): DEST is exact, and verify should say so (exit 0)."""
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    (src / "d").mkdir(parents=True)
+    for i in range(30):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(100 + i))
+    _run(src, dest, ledger, "--batch-files", "10")
+    (src / "d" / "f1").unlink()
+    _run(src, dest, ledger, "--batch-files", "10", "--rescan", "--delete")
+    assert not (dest / "d" / "f1").exists()
+    assert query(ledger, "SELECT path FROM deletions WHERE dry_run = 0") == [("d/f1",)]
+    r = fleetsync("verify", "--ledger", str(ledger))
+    assert r.returncode == 0, r.stdout.decode()
+
+
+def test_verify_and_run_leave_no_directory_of_their_ansible_run(tmp_path):
+    """Each ansible-playbook run has a directory /tmp/fleetsync:MID:TOKEN-..., removed by
+    its thread once the playbook has exited; the command waits for that before it
+    returns (found by bench/chaos.py: `fleetsync verify` left its directory every time)."""
+    import tempfile
+    src, dest, ledger = tmp_path / "src", tmp_path / "dest", tmp_path / "l.db"
+    (src / "d").mkdir(parents=True)
+    for i in range(20):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(100 + i))
+    _run(src, dest, ledger, "--batch-files", "5")
+    [(mid,)] = query(ledger, "SELECT migration_id FROM migration")
+
+    def left() -> list[str]:
+        return [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"fleetsync:{mid}:")]
+    assert left() == []
+    ok(fleetsync("verify", "--ledger", str(ledger)))
+    assert left() == []
