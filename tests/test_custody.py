@@ -247,7 +247,7 @@ def test_an_item_is_cut_so_that_its_checksum_lines_always_fit_one_result():
     name = b"\xff" * 200
     jobs = [rsync.Job(i, 1, [name + b"%d" % k for k in range(500)], ["-a"], 0,
                       sums="sha1", regular=500) for i in range(40)]
-    fitted, rest = slot._fit(jobs)
+    fitted, rest = slot._fit(jobs, [1] * len(jobs))     # only the output bounds it here
     assert rest and len(fitted) + len(rest) == 40
     assert sum(rsync.output_bound(j) for j in fitted) <= rsync.ITEM_OUTPUT_BYTES
     assert rsync.output_bound(jobs[0]) > 500 * 1000 * 2
