@@ -50,7 +50,6 @@ import os
 import random
 import re
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -63,7 +62,7 @@ sys.path.insert(0, REPO)
 
 from fleetsync.controller import processes  # noqa: E402
 from tests.lab import Lab, lab_or_skip  # noqa: E402
-from tests.support import free_port, make_odd_tree, snapshot  # noqa: E402
+from tests.support import free_port, ledger_query, make_odd_tree, snapshot  # noqa: E402
 
 KINDS = ["controller_kill", "host_kill", "host_freeze", "host_cut", "dest_full", "src_churn",
          "inventory_edit"]
@@ -183,22 +182,7 @@ def churn(src: bytes, rng: random.Random, n: int, removed: set[bytes]) -> str:
 
 
 # -- the ledger -------------------------------------------------------------------------------
-def q(ledger: str, sql: str, *args) -> list[tuple]:
-    """A short read-only query of a ledger a controller may be writing ([] before it exists)."""
-    if not os.path.exists(ledger):
-        return []
-    try:
-        con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error:
-        return []
-    try:
-        return con.execute(sql, args).fetchall()
-    except sqlite3.OperationalError as e:
-        if "no such table" in str(e) or "unable to open" in str(e):
-            return []
-        raise
-    finally:
-        con.close()
+q = ledger_query
 
 
 def one(ledger: str, sql: str, *args, default=0):

@@ -509,6 +509,8 @@ _EXTRA_DDL = [
     # is not UTF-8, 'a/' || X'ff') finds it through this index, not by a scan. Its
     # cost to the walk's inserts is measured in bench/audit.py.
     "CREATE INDEX IF NOT EXISTS batch_files_path_text ON batch_files(CAST(path AS TEXT))",
+    # verify (ledger/custody.py) skips a file that --delete removed after its copy.
+    "CREATE INDEX IF NOT EXISTS deletions_done ON deletions(path) WHERE dry_run = 0",
     "CREATE TRIGGER IF NOT EXISTS batch_counts_delete BEFORE DELETE ON batches BEGIN"
     " SELECT RAISE(ABORT, 'batches are never deleted'); END",
     "CREATE TRIGGER IF NOT EXISTS attempts_no_update BEFORE UPDATE ON attempts BEGIN"

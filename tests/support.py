@@ -97,6 +97,25 @@ def query(ledger, sql: str, *args) -> list[tuple]:
         con.close()
 
 
+def ledger_query(ledger, sql: str, *args) -> list[tuple]:
+    """A short read-only query of a ledger a running controller writes ([] before it
+    exists, or before its tables do)."""
+    if not os.path.exists(ledger):
+        return []
+    try:
+        con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error:
+        return []
+    try:
+        return con.execute(sql, args).fetchall()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e) or "unable to open" in str(e):
+            return []
+        raise
+    finally:
+        con.close()
+
+
 def api_processes(parent_pid: int) -> list[int]:
     """The API processes (alive, not zombies) of the `fleetsync run` whose pid is
     parent_pid: controller/api_process.py's ServerProcess puts that pid on their command line."""

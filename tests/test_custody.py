@@ -392,8 +392,6 @@ def test_a_file_changed_and_copied_again_by_a_rescan_is_verified_in_its_latest_b
     assert query(ledger, "SELECT task_id FROM custody_problems") == [(latest,)]
 
 
-@pytest.mark.xfail(strict=True, reason="open (bench/chaos.py): verify still checks a file that "
-                   "left SRC and that --delete removed from DEST, and names it 'missing'")
 def test_a_file_removed_from_src_and_deleted_from_dest_is_not_missing_to_verify(tmp_path):
     """A file copied, then removed from SRC; `run --rescan --delete` removes it from DEST
     (table deletions): DEST is exact, and verify should say so (exit 0)."""
@@ -408,6 +406,12 @@ def test_a_file_removed_from_src_and_deleted_from_dest_is_not_missing_to_verify(
     assert query(ledger, "SELECT path FROM deletions WHERE dry_run = 0") == [("d/f1",)]
     r = fleetsync("verify", "--ledger", str(ledger))
     assert r.returncode == 0, r.stdout.decode()
+    # What --delete removed is passed over, nothing else: a file lost from DEST
+    # without a deletion is still missing.
+    (dest / "d" / "f2").unlink()
+    r = fleetsync("verify", "--ledger", str(ledger))
+    assert r.returncode == 1 and "d/f2" in r.stdout.decode() + r.stderr.decode(), r.stdout.decode()
+    assert "d/f1" not in r.stdout.decode() + r.stderr.decode()
 
 
 def test_verify_and_run_leave_no_directory_of_their_ansible_run(tmp_path):

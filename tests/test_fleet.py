@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import pytest
 from fleetsync.controller import processes
 
 from .lab import make_lab  # noqa: F401  (a fixture: skips where the lab cannot run)
-from .support import REPO, eventually, free_port, popen, snapshot
+from .support import REPO, eventually, free_port, ledger_query, popen, snapshot
 
 RSYNC_TEMP = re.compile(rb"(^|/)\.[^/]+\.[A-Za-z0-9]{6}$")   # rsync's .NAME.XXXXXX
 SLOW = "--rsync-option=--bwlimit=100"     # KiB/s: ~0.8 s for a 20-file batch of 4 KiB files
@@ -38,22 +37,6 @@ def make_tree(root, dirs: int, files: int, size: int = 4096) -> None:
                 f.write(os.urandom(size))
         os.makedirs(os.path.join(root, f"d{d:02d}", "empty"))
     os.utime(root, (1_400_000_000, 1_400_000_000))
-
-
-def ledger_query(ledger, sql, *args):
-    """A short read-only query of a ledger a running controller writes ([] before it exists)."""
-    try:
-        con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error:
-        return []
-    try:
-        return con.execute(sql, args).fetchall()
-    except sqlite3.OperationalError as e:
-        if "no such table" in str(e) or "unable to open" in str(e):
-            return []
-        raise
-    finally:
-        con.close()
 
 
 def successes(ledger, host: str) -> int:
