@@ -1,7 +1,7 @@
 """The rows of `fleetsync report` (issue 23): one per entry of SRC the walk saw, and
 one per entry a filter rule left out, each with its outcome.
 
-Every row is merged, path by path, from four streams read in ascending byte order
+Every row is merged, path by path, from five streams read in ascending byte order
 of the path, so that nothing but the current path is held in memory whatever the
 size of the tree:
 
@@ -13,7 +13,10 @@ size of the tree:
   (ledger/schema.py): a path it names did not arrive, or vanished, whatever its
   batch's state says;
 - the table pruned (what the rules left out; a directory once, nothing beneath);
-- hard links still waiting in `hardlinks` for the walk's end (a live walk).
+- hard links still waiting in `hardlinks` for the walk's end (a live walk);
+- what --delete removed from DEST (table deletions, names as rsync printed them:
+  decoded and sorted here, so this stream is held whole; it is as long as what
+  was deleted, not as the tree).
 
 The caller holds one read transaction around header, every stream and the summary
 (controller/report.py): a report of a ledger being written is one moment of it.
@@ -30,6 +33,7 @@ from typing import NamedTuple
 
 from sqlalchemy import Connection
 
+from .logbook import rsync_unescape
 from .schema import has_table
 from .states import BatchState, EntryClass, EntryType, ReportOutcome
 
@@ -54,8 +58,10 @@ _PRUNED_KEPT = ("size", "type", "mtime")     # NULL in a ledger written before t
 _WAITING = ("SELECT path, size, type, mtime FROM hardlinks WHERE task_id IS NULL "
             "ORDER BY path")
 
+_DELETED = "SELECT path, max(ts) FROM deletions WHERE dry_run = 0 GROUP BY path"
+
 # Stream tags, in the order a path's rows arrive from heapq.merge.
-_FILE, _MISS, _PRUNE, _LINK = range(4)
+_FILE, _MISS, _PRUNE, _LINK, _GONE = range(5)
 
 
 class Entry(NamedTuple):
@@ -100,9 +106,22 @@ def entries(conn: Connection) -> Iterator[Entry]:
     if has_table(conn, "pruned"):
         streams.append(_tagged(conn, _pruned_sql(conn), _PRUNE))
     streams.append(_tagged(conn, _WAITING, _LINK))
+    streams.append(_deleted(conn))
     merged = heapq.merge(*streams, key=lambda t: (t[0], t[1]))
     for path, group in itertools.groupby(merged, key=lambda t: t[0]):
-        yield _entry(path, [(tag, row) for _, tag, row in group])
+        rows = [(tag, row) for _, tag, row in group]
+        if any(tag != _GONE for tag, _ in rows):   # a deletion alone: DEST's, not SRC's
+            yield _entry(path, rows)
+
+
+def _deleted(conn: Connection) -> list[tuple]:
+    """(path, _GONE, (path, when)) of what --delete removed from DEST, by path: a
+    directory as rsync printed it (`d/`) is the path `d`."""
+    gone: dict[bytes, float] = {}
+    for printed, ts in _cursor(conn, _DELETED):
+        path = rsync_unescape(printed.rstrip("/"))
+        gone[path] = max(ts, gone.get(path, ts))
+    return [(p, _GONE, (p, ts)) for p, ts in sorted(gone.items())]
 
 
 def _pruned_sql(conn: Connection) -> str:
@@ -121,6 +140,9 @@ def _entry(path: bytes, rows: list[tuple[int, tuple]]) -> Entry:
     link = next((r for t, r in rows if t == _LINK), None)
     last = files[-1] if files else None          # ordered by task_id: the latest batch
     outcome, reason = _outcome(last, missing, pruned, link)
+    gone = next((r for t, r in rows if t == _GONE), None)
+    if outcome is _ARRIVED and gone is not None and gone[1] > (last[11] or 0):
+        outcome = ReportOutcome.DELETED       # removed after its latest copy
     if last is not None:
         return _from_batch(path, last, outcome, reason)
     if link is not None:

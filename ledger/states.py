@@ -46,6 +46,7 @@ class ReportOutcome(str, enum.Enum):
     NOT_ARRIVED = "not arrived"        # named by missing_entries, or not copied yet
     VANISHED = "vanished"              # gone from SRC between the walk and its copy
     EXCLUDED = "excluded by rule"      # a filter rule of the last walk left it out
+    DELETED = "deleted"                # left SRC after its copy; --delete removed it from DEST
 
 
 class LogLevel(str, enum.Enum):

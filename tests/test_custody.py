@@ -2,11 +2,10 @@
 recorded while copying, and verify by file, on real rsync, Ansible and files."""
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import subprocess
-
-import pytest
 
 from fleetsync.api.app import make_app
 from fleetsync.controller import file_outcomes, outcome, protocol, rsync, slot
@@ -406,6 +405,12 @@ def test_a_file_removed_from_src_and_deleted_from_dest_is_not_missing_to_verify(
     assert query(ledger, "SELECT path FROM deletions WHERE dry_run = 0") == [("d/f1",)]
     r = fleetsync("verify", "--ledger", str(ledger))
     assert r.returncode == 0, r.stdout.decode()
+    # The report says what became of it (not "arrived"); the others arrived.
+    ok(fleetsync("report", "--ledger", str(ledger), "--format", "csv",
+                 "-o", str(tmp_path / "r.csv")))
+    with open(tmp_path / "r.csv", newline="") as f:
+        outcomes = {row["path"]: row["outcome"] for row in csv.DictReader(f)}
+    assert outcomes["d/f1"] == "deleted" and outcomes["d/f2"] == "arrived", outcomes
     # What --delete removed is passed over, nothing else: a file lost from DEST
     # without a deletion is still missing.
     (dest / "d" / "f2").unlink()

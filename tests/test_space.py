@@ -162,12 +162,13 @@ def test_the_playbooks_outcome_names_exit_4_and_fails_the_play(tmp_path, small_f
 
 
 def _hostile_tree(root, dirs: int, files: int, size: int) -> None:
-    """_tree, and in each directory a name with a newline, one that is not UTF-8, a
-    symlink and an empty directory (each directory's entries sort around its files)."""
+    """_tree, and in each directory a name with a newline, one that is not UTF-8, one
+    that starts with a space, a symlink and an empty directory (each directory's
+    entries sort around its files)."""
     _tree(root, dirs, files, size)
     for d in range(dirs):
         here = os.path.join(os.fsencode(root), b"d%d" % d)
-        for name in (b"nl\nname", b"\xff\xfe"):
+        for name in (b"nl\nname", b"\xff\xfe", b" sp name"):
             with open(os.path.join(here, name), "wb") as f:
                 f.write(b"h" * size)
         os.symlink(b"f0", os.path.join(here, b"link"))
@@ -304,4 +305,4 @@ def test_a_full_dest_is_named_in_the_summary_and_heals_after_retry_failed(
     assert query(ledger, "SELECT count(*) FROM missing_entries") == [(0,)]
     regular = query(ledger, "SELECT count(*), count(checksum) FROM batch_files WHERE type = "
                     "(SELECT type FROM batch_files WHERE path = CAST('d0/f0' AS BLOB))")
-    assert regular[0][0] == 5 * 102 and regular[0][1] == regular[0][0]
+    assert regular[0][0] == 5 * 103 and regular[0][1] == regular[0][0]
